@@ -1,0 +1,59 @@
+"""Reptile on Omniglot (Nichol, Achiam & Schulman, 2018), with the paper's hyper-parameters.
+
+Variants: ``5way1shot``, ``5way5shot``, ``20way1shot``, ``20way5shot`` and a CPU-sized ``smoke``::
+
+    python -m tfmeta.train --config=configs/omniglot_reptile.py:5way1shot --workdir=/tmp/reptile
+    python -m tfmeta.evaluate --workdir=/tmp/reptile --split=test --episodes=600
+
+Paper settings (Omniglot): inner Adam (beta1 = 0) with lr 1e-3, 5 inner iterations (10 for 20-way)
+on support minibatches of 10, 10 training shots per class, meta-batch 5, meta step size 1.0 annealed
+linearly to 0, 100,000 meta-iterations (200,000 for 20-way), 50 inner iterations at evaluation.
+Reported (transductive): 5-way 1-shot 97.68 +- 0.04, 5-way 5-shot 99.48 +- 0.06, 20-way 1-shot
+89.43 +- 0.14, 20-way 5-shot 97.12 +- 0.32 %.
+
+Measured: not run to completion on the 2-core CPU development machine; see the README.
+"""
+
+from tfmeta import config as tfmeta_config
+
+_VARIANTS = {
+    # name: (ways, shots, inner_steps, iterations)
+    "5way1shot": (5, 1, 5, 100000),
+    "5way5shot": (5, 5, 5, 100000),
+    "20way1shot": (20, 1, 10, 200000),
+    "20way5shot": (20, 5, 10, 200000),
+}
+
+
+def get_config(variant: str = "5way1shot"):
+    """Returns the Reptile config for ``variant`` (see the module docstring)."""
+    c = tfmeta_config.base_config()
+    c.algorithm = "reptile"
+    c.inner.optimizer = "adam"
+    c.inner.lr = 1e-3
+    c.outer.optimizer = "sgd"
+    c.outer.lr = 1.0  # meta step size epsilon
+    c.outer.schedule = "linear"
+    c.train.meta_batch_size = 5
+    if variant == "smoke":
+        c.data.subset = "small"
+        c.data.ways, c.data.shots, c.data.train_shots, c.data.queries = 5, 1, 5, 5
+        c.model.filters = 16
+        c.inner.steps, c.inner.eval_steps, c.inner.batch_size = 5, 10, 10
+        c.train.meta_batch_size = 4
+        c.train.iterations = 200
+        c.train.steps_per_loop = 10
+        c.train.log_every = 50
+        c.train.checkpoint_every = 50
+        c.train.eval_every = 100
+        c.train.eval_episodes = 40
+        c.eval.episodes = 100
+        c.eval.batch_size = 10
+        return c
+    if variant not in _VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; allowed: {sorted(_VARIANTS) + ['smoke']}")
+    ways, shots, inner_steps, iterations = _VARIANTS[variant]
+    c.data.ways, c.data.shots, c.data.train_shots, c.data.queries = ways, shots, 10, shots
+    c.inner.steps, c.inner.eval_steps, c.inner.batch_size = inner_steps, 50, 10
+    c.train.iterations = iterations
+    return c

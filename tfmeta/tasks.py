@@ -1,0 +1,107 @@
+"""Task sources: what the trainer meta-learns on, built from a config.
+
+A task source turns (split, input pipeline, per-replica batch size, seed, first task index) into a
+``tf.data.Dataset`` of task batches ``{support_x, support_y, query_x, query_y}``. Every task is a
+pure function of (seed, input pipeline, task index), so a resumed run continues exactly the same
+stream by starting at the right index, and each input pipeline of a distributed run draws its own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Mapping
+
+import ml_collections
+import tensorflow as tf
+
+from tfmeta import config as config_lib
+
+# Sinusoid tasks have no splits; held-out evaluation tasks come from a different seed stream.
+_SINUSOID_SPLIT_OFFSET = {"train": 0, "validation": 1, "test": 2}
+
+
+@dataclasses.dataclass
+class TaskSource:
+    """Everything the trainer needs to know about the tasks of an experiment.
+
+    Attributes:
+      make_dataset: ``(split, pipeline_id, batch_size, seed, start_index) -> tf.data.Dataset``.
+      num_outputs: units of the model's head (ways for classification, 1 for regression).
+      input_shape: shape of one example (without batch dimension).
+      classification: whether the labels are classes (accuracy is reported) or real values.
+      split_classes: classes available in each split, for validating ``ways`` (None: no classes).
+    """
+
+    make_dataset: Callable[..., tf.data.Dataset]
+    num_outputs: int
+    input_shape: tuple[int, ...]
+    classification: bool
+    split_classes: Mapping[str, int] | None = None
+
+
+def build(config: ml_collections.ConfigDict, *, data=None) -> TaskSource:
+    """Builds the task source for ``config``.
+
+    Args:
+      config: experiment config.
+      data: for Omniglot, an already loaded ``tfmeta.omniglot`` data object (tests pass a small
+        generated one); loaded from TFDS when None.
+    """
+    if config.task == "sinusoid":
+        return _sinusoid(config)
+    return _omniglot(config, data)
+
+
+def _sinusoid(config: ml_collections.ConfigDict) -> TaskSource:
+    from tfmeta import sinusoid
+
+    def make_dataset(split, pipeline_id, batch_size, seed, start_index):
+        # Offsetting the seed gives held-out tasks disjoint (with probability 1) from training.
+        return sinusoid.task_dataset(
+            k_support=config.data.k_support, k_query=config.data.k_query,
+            seed=seed * 3 + _SINUSOID_SPLIT_OFFSET[split], pipeline_id=pipeline_id,
+            start_index=start_index, batch_size=batch_size)
+
+    return TaskSource(make_dataset, num_outputs=1, input_shape=(1,), classification=False)
+
+
+def _omniglot(config: ml_collections.ConfigDict, data) -> TaskSource:
+    from tfmeta import episodes, omniglot
+
+    if data is None:
+        data = omniglot.load(data_dir=config.data.data_dir or None,
+                             archives_dir=config.data.archives_dir or None,
+                             image_size=config.data.image_size, subset=config.data.subset)
+    pools = {split: omniglot.split(data, scheme=config.data.split_scheme, split=split)
+             for split in omniglot.SPLITS}
+    size = config.data.image_size
+
+    def make_dataset(split, pipeline_id, batch_size, seed, start_index):
+        shots = config_lib.train_shots(config) if split == "train" else config.data.shots
+        spec = episodes.EpisodeSpec(ways=config.data.ways, shots=shots,
+                                    queries=config.data.queries, rotate=config.data.rotate)
+        return episodes.episode_dataset(pools[split], spec, seed=seed, pipeline_id=pipeline_id,
+                                        start_index=start_index, batch_size=batch_size)
+
+    return TaskSource(make_dataset, num_outputs=config.data.ways, input_shape=(size, size, 1),
+                      classification=True,
+                      split_classes={split: int(pool.shape[0]) for split, pool in pools.items()})
+
+
+def distributed_dataset(strategy: tf.distribute.Strategy, source: TaskSource, split: str, *,
+                        global_batch_size: int, seed: int, start_step: int = 0):
+    """Per-replica task batches for ``strategy``, starting at meta-iteration ``start_step``.
+
+    Each input pipeline (one per worker) draws its own task stream; a step consumes
+    ``replicas / pipelines`` per-replica batches from each, so a resumed run skips exactly what the
+    first ``start_step`` steps consumed.
+    """
+
+    def dataset_fn(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
+        per_replica = ctx.get_per_replica_batch_size(global_batch_size)
+        batches_per_step = ctx.num_replicas_in_sync // ctx.num_input_pipelines
+        start_index = start_step * batches_per_step * per_replica
+        ds = source.make_dataset(split, ctx.input_pipeline_id, per_replica, seed, start_index)
+        return ds.prefetch(tf.data.AUTOTUNE)
+
+    return strategy.distribute_datasets_from_function(dataset_fn)

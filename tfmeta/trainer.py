@@ -1,0 +1,404 @@
+"""The meta-training loop: compiled multi-step training, checkpoints, summaries, evaluation.
+
+Shape (after orbit): a compiled ``train_loop(iterator, num_steps)`` runs ``num_steps``
+meta-iterations inside one ``tf.function`` (one host round trip per loop, essential on TPUs); the
+Python loop around it owns logging, summaries, checkpoints, validation and preemption. The only
+distributed lines are ``strategy.run`` and the cross-replica sum of metrics; meta-gradients come
+from the algorithm already divided by the global number of tasks, and the Keras optimizer sums them
+across replicas, so they are averaged over the global task batch exactly once.
+
+All file I/O goes through ``tf.io.gfile`` so a work directory can be ``gs://bucket/run``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from typing import Any, Callable
+
+import keras
+import ml_collections
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from tfmeta import config as config_lib
+from tfmeta import distribute, tasks
+
+CHECKPOINT_DIR = "checkpoints"
+CONFIG_FILE = "config.json"
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The meta-loss became NaN or Inf; the run stops and keeps its last good checkpoint."""
+
+
+@dataclasses.dataclass
+class Experiment:
+    """The objects of one run, built from a config under a strategy."""
+
+    config: ml_collections.ConfigDict
+    strategy: tf.distribute.Strategy
+    source: tasks.TaskSource
+    model: keras.Model
+    algorithm: Any
+    optimizer: keras.optimizers.Optimizer
+    step: tf.Variable
+    _eval_fns: dict = dataclasses.field(default_factory=dict)
+
+
+def build_model(config: ml_collections.ConfigDict, source: tasks.TaskSource) -> keras.Model:
+    """The network named by ``config.model``, built, with the config's compute dtype."""
+    from tfmeta import models
+
+    dtype = "mixed_bfloat16" if config.dtype == "bfloat16" else None
+    if config.model.name == "conv4":
+        return models.omniglot_conv4(source.num_outputs, image_size=source.input_shape[0],
+                                     filters=config.model.filters, dtype=dtype)
+    return models.sinusoid_mlp(dtype=dtype)
+
+
+def build_algorithm(config: ml_collections.ConfigDict, model: keras.Model,
+                    classification: bool):
+    """MAML, first-order MAML or Reptile around ``model``, as the config says."""
+    from tfmeta.maml import MAML
+    from tfmeta.reptile import Reptile
+
+    common = dict(
+        inner_lr=config.inner.lr, inner_steps=config.inner.steps,
+        eval_inner_steps=config.inner.eval_steps,
+        loss="sparse_categorical_crossentropy" if classification else "mse",
+        inner_grad_clip=config.inner.grad_clip or None, bn_mode=config.inner.bn_mode)
+    if config.algorithm == "reptile":
+        return Reptile(model, outer_step_size=config.outer.lr,
+                       inner_optimizer=config.inner.optimizer,
+                       inner_batch_size=config.inner.batch_size or None, **common)
+    return MAML(model, first_order=config.algorithm == "fomaml", **common)
+
+
+def build_optimizer(config: ml_collections.ConfigDict) -> keras.optimizers.Optimizer:
+    """The outer optimizer; for Reptile, SGD with the meta step size as learning rate."""
+    lr = config.outer.lr
+    if config.outer.schedule == "linear":
+        lr = keras.optimizers.schedules.PolynomialDecay(
+            lr, decay_steps=config.train.iterations, end_learning_rate=0.0, power=1.0)
+    if config.outer.optimizer == "adam":
+        return keras.optimizers.Adam(lr)
+    return keras.optimizers.SGD(lr)
+
+
+def build_experiment(config: ml_collections.ConfigDict, strategy: tf.distribute.Strategy, *,
+                     data=None) -> Experiment:
+    """Validates ``config`` and builds data, model, algorithm and optimizer under ``strategy``.
+
+    Args:
+      config: experiment config.
+      strategy: where to run.
+      data: pre-loaded Omniglot data (tests); loaded through TFDS when None.
+
+    Raises:
+      config_lib.ConfigError: for any invalid field, before anything is trained.
+    """
+    replicas = strategy.num_replicas_in_sync
+    config_lib.validate(config, num_replicas=replicas)
+    source = tasks.build(config, data=data)
+    config_lib.validate(config, num_replicas=replicas, split_classes=source.split_classes)
+    with strategy.scope():
+        model = build_model(config, source)
+        algorithm = build_algorithm(config, model, source.classification)
+        optimizer = build_optimizer(config)
+        # Build the optimizer's slots under the scope, before any tf.function traces.
+        optimizer.build(model.trainable_variables)
+        step = tf.Variable(0, dtype=tf.int64, trainable=False, name="meta_iteration")
+    return Experiment(config, strategy, source, model, algorithm, optimizer, step)
+
+
+def _checkpoint(exp: Experiment) -> tf.train.Checkpoint:
+    return tf.train.Checkpoint(model=exp.model, optimizer=exp.optimizer, step=exp.step)
+
+
+def _make_train_loop(exp: Experiment) -> Callable:
+    """Returns ``train_loop(iterator, num_steps) -> (mean metrics, first non-finite step)``."""
+    strategy, algorithm, optimizer = exp.strategy, exp.algorithm, exp.optimizer
+    variables = exp.model.trainable_variables
+    global_batch = exp.config.train.meta_batch_size
+
+    def meta_gradients(batch):
+        return algorithm.meta_gradients(batch, global_batch_size=global_batch)
+
+    if exp.config.train.jit_compile and not distribute.is_tpu(strategy):
+        # XLA for the heavy part only: the optimizer's cross-replica merge stays outside it.
+        meta_gradients = tf.function(meta_gradients, jit_compile=True)
+
+    def replica_step(batch):
+        grads, metrics = meta_gradients(batch)
+        optimizer.apply_gradients(zip(grads, variables))
+        return metrics
+
+    def one_step(iterator):
+        per_replica = strategy.run(replica_step, args=(next(iterator),))
+        # Metrics are per-replica sums divided by the global batch: summing gives the mean.
+        return {k: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
+                for k, v in per_replica.items()}
+
+    @tf.function
+    def train_loop(iterator, num_steps):
+        first = exp.step.read_value()
+        totals = one_step(iterator)
+        bad = tf.where(tf.math.is_finite(totals["loss"]), tf.constant(-1, tf.int64), first)
+        for i in tf.range(1, num_steps):
+            metrics = one_step(iterator)
+            totals = {k: totals[k] + metrics[k] for k in totals}
+            is_bad = tf.logical_and(bad < 0, tf.logical_not(tf.math.is_finite(metrics["loss"])))
+            bad = tf.where(is_bad, first + tf.cast(i, tf.int64), bad)
+        exp.step.assign_add(tf.cast(num_steps, tf.int64))
+        n = tf.cast(num_steps, tf.float32)
+        return {k: v / n for k, v in totals.items()}, bad
+
+    return train_loop
+
+
+def _make_eval_fn(exp: Experiment, inner_steps: int) -> Callable:
+    strategy, algorithm = exp.strategy, exp.algorithm
+
+    @tf.function
+    def eval_fn(iterator):
+        per_replica = strategy.run(lambda b: algorithm.evaluate(b, steps=inner_steps),
+                                   args=(next(iterator),))
+        return {k: strategy.gather(v, axis=0) for k, v in per_replica.items()}
+
+    return eval_fn
+
+
+def evaluate(exp: Experiment, split: str, *, episodes: int, inner_steps: int | None = None,
+             seed: int | None = None) -> dict[str, Any]:
+    """Adapts to ``episodes`` held-out tasks of ``split`` and summarises the post-adaptation metric.
+
+    Returns:
+      A JSON-ready dict: the metric (``accuracy`` for classification, ``mse`` for regression), its
+      mean and 95% confidence interval ``1.96 * std / sqrt(n)`` (as in the MAML reference code),
+      the number of episodes and the settings used.
+    """
+    config = exp.config
+    inner_steps = inner_steps or config.inner.eval_steps
+    seed = config.eval.seed if seed is None else seed
+    global_batch = config.eval.batch_size * exp.strategy.num_replicas_in_sync
+    dataset = tasks.distributed_dataset(exp.strategy, exp.source, split,
+                                        global_batch_size=global_batch, seed=seed)
+    if inner_steps not in exp._eval_fns:
+        exp._eval_fns[inner_steps] = _make_eval_fn(exp, inner_steps)
+    eval_fn = exp._eval_fns[inner_steps]
+    iterator = iter(dataset)
+    chunks = [eval_fn(iterator) for _ in range(math.ceil(episodes / global_batch))]
+    values = {k: np.concatenate([c[k].numpy() for c in chunks])[:episodes] for k in chunks[0]}
+    if exp.source.classification:
+        name, per_task = "accuracy", values["accuracy"]
+    else:
+        name, per_task = "mse", values["loss"]
+    result = {
+        "split": split,
+        "metric": name,
+        name: float(np.mean(per_task)),
+        "ci95": float(1.96 * np.std(per_task) / math.sqrt(len(per_task))),
+        "episodes": int(len(per_task)),
+        "step": int(exp.step.numpy()),
+        "inner_steps": int(inner_steps),
+        "inner_lr": float(config.inner.lr),
+        "algorithm": config.algorithm,
+        "bn_mode": config.inner.bn_mode,
+        "seed": int(seed),
+    }
+    if exp.source.classification:
+        result.update(ways=config.data.ways, shots=config.data.shots,
+                      queries=config.data.queries, split_scheme=config.data.split_scheme)
+    else:
+        result.update(k_support=config.data.k_support, k_query=config.data.k_query)
+    return result
+
+
+def write_json(path: str, value: Any) -> None:
+    """Writes ``value`` as JSON atomically (temporary file, then rename), through tf.io.gfile."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with tf.io.gfile.GFile(tmp, "w") as f:
+        f.write(json.dumps(value, indent=2, sort_keys=True) + "\n")
+    tf.io.gfile.rename(tmp, path, overwrite=True)
+
+
+def _any_worker(strategy: tf.distribute.Strategy, flag: bool) -> bool:
+    """True if ``flag`` is set on any worker: every worker must stop at the same step."""
+    if strategy.extended._in_multi_worker_mode():  # pylint: disable=protected-access
+        value = strategy.run(lambda x: x, args=(tf.constant(float(flag)),))
+        return bool(strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None).numpy() > 0)
+    return flag
+
+
+class _Clock:
+    """Tasks per second and time remaining, from the meta-iterations of the recent loops."""
+
+    def __init__(self, tasks_per_step: int):
+        self.tasks_per_step = tasks_per_step
+        self.steps = 0
+        self.seconds = 0.0
+
+    def add(self, steps: int, seconds: float) -> None:
+        self.steps += steps
+        self.seconds += seconds
+
+    def tasks_per_second(self) -> float:
+        return self.steps * self.tasks_per_step / max(self.seconds, 1e-9)
+
+    def remaining(self, steps_left: int) -> str:
+        secs = steps_left * self.seconds / max(self.steps, 1)
+        return time.strftime("%H:%M:%S", time.gmtime(secs)) if secs < 86400 else f"{secs/3600:.0f}h"
+
+
+def train(config: ml_collections.ConfigDict, workdir: str, *,
+          strategy: tf.distribute.Strategy | None = None, data=None,
+          should_stop: Callable[[], bool] = lambda: False,
+          final_evaluation: bool = True) -> dict[str, Any]:
+    """Meta-trains (or resumes) the experiment in ``workdir``.
+
+    Args:
+      config: experiment config (validated here, before anything is trained).
+      workdir: where config, checkpoints, summaries and results go (local path or gs://...).
+      strategy: distribution strategy; the default (single device) strategy when None.
+      data: pre-loaded Omniglot data (tests); loaded through TFDS when None.
+      should_stop: polled between compiled loops; when it returns True (e.g. after SIGTERM) the run
+        saves a checkpoint and returns, and the same call resumes it later.
+      final_evaluation: evaluate on ``config.eval.split`` at the end and write
+        ``eval_<split>.json``.
+
+    Returns:
+      ``{"step", "preempted", "train", "validation", "test"}`` summaries (JSON-ready).
+
+    Raises:
+      NonFiniteLossError: when the meta-loss becomes NaN or Inf (naming the iteration).
+    """
+    strategy = strategy or tf.distribute.get_strategy()
+    exp = build_experiment(config, strategy, data=data)
+    chief = distribute.is_chief(strategy)
+    tf.io.gfile.makedirs(workdir)
+    if chief:
+        write_json(os.path.join(workdir, CONFIG_FILE), config.to_dict())
+
+    checkpoint = _checkpoint(exp)
+    real_dir = os.path.join(workdir, CHECKPOINT_DIR)
+    # Saving is collective under MultiWorkerMirroredStrategy: every worker saves, non-chief workers
+    # into a scratch directory that is removed right after.
+    ckpt_dir = real_dir if chief else os.path.join(
+        workdir, f"tmp_worker_{distribute.task_id(strategy)}")
+    manager = tf.train.CheckpointManager(checkpoint, ckpt_dir,
+                                         max_to_keep=config.train.keep_checkpoints)
+    latest = tf.train.latest_checkpoint(real_dir)
+    if latest:
+        checkpoint.restore(latest).assert_existing_objects_matched()
+        logging.info("Resumed from %s at iteration %d.", latest, int(exp.step.numpy()))
+
+    def save() -> None:
+        manager.save(checkpoint_number=int(exp.step.numpy()))
+        if not chief:
+            tf.io.gfile.rmtree(ckpt_dir)
+
+    writers = {name: (tf.summary.create_file_writer(os.path.join(workdir, name)) if chief
+                      else tf.summary.create_noop_writer())
+               for name in ("train", "validation")}
+    total = config.train.iterations
+    start = int(exp.step.numpy())
+    dataset = tasks.distributed_dataset(strategy, exp.source, "train",
+                                        global_batch_size=config.train.meta_batch_size,
+                                        seed=config.seed, start_step=start)
+    iterator = iter(dataset)
+    train_loop = _make_train_loop(exp)
+    clock = _Clock(config.train.meta_batch_size)
+    summary: dict[str, Any] = {"preempted": False, "train": {}, "validation": None, "test": None}
+    step = start
+    while step < total:
+        boundaries = [total]
+        for every in (config.train.steps_per_loop, config.train.log_every,
+                      config.train.checkpoint_every, config.train.eval_every):
+            if every:
+                boundaries.append((step // every + 1) * every)
+        num_steps = min(boundaries) - step
+        t0 = time.perf_counter()
+        metrics, bad = train_loop(iterator, tf.constant(num_steps, tf.int64))
+        metrics = {k: float(v) for k, v in metrics.items()}
+        clock.add(num_steps, time.perf_counter() - t0)
+        step = int(exp.step.numpy())
+        if int(bad) >= 0:
+            raise NonFiniteLossError(
+                f"meta-loss became {metrics['loss']} at meta-iteration {int(bad)}; stopping. The "
+                f"last good checkpoint is kept: {tf.train.latest_checkpoint(real_dir)}")
+        summary["train"] = metrics
+        with writers["train"].as_default(step=step):
+            for k, v in metrics.items():
+                tf.summary.scalar(k, v)
+            tf.summary.scalar("learning_rate", float(_learning_rate(exp.optimizer)))
+            tf.summary.scalar("tasks_per_second", clock.tasks_per_second())
+        if step % config.train.log_every == 0 or step == total:
+            logging.info(
+                "iteration %d/%d  %s  %.1f tasks/s  remaining %s", step, total,
+                "  ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items())),
+                clock.tasks_per_second(), clock.remaining(total - step))
+        stop = _any_worker(strategy, should_stop())
+        if step % config.train.checkpoint_every == 0 or step == total or stop:
+            save()
+        if stop:
+            logging.info("Stop requested: saved a checkpoint at iteration %d; rerun the same "
+                         "command to resume.", step)
+            summary.update(step=step, preempted=True)
+            return summary
+        if (config.train.eval_every and step % config.train.eval_every == 0) or step == total:
+            if config.train.eval_episodes:
+                result = evaluate(exp, "validation", episodes=config.train.eval_episodes)
+                summary["validation"] = result
+                with writers["validation"].as_default(step=step):
+                    tf.summary.scalar(result["metric"], result[result["metric"]])
+                logging.info("validation at %d: %s %.4f +- %.4f", step, result["metric"],
+                             result[result["metric"]], result["ci95"])
+    summary["step"] = step
+    if final_evaluation:
+        split = config.eval.split
+        result = evaluate(exp, split, episodes=config.eval.episodes)
+        summary["test"] = result
+        if chief:
+            write_json(os.path.join(workdir, f"eval_{split}.json"), result)
+        logging.info("%s: %s %.4f +- %.4f over %d episodes", split, result["metric"],
+                     result[result["metric"]], result["ci95"], result["episodes"])
+    for writer in writers.values():
+        writer.flush()
+    return summary
+
+
+def _learning_rate(optimizer: keras.optimizers.Optimizer) -> float:
+    lr = optimizer.learning_rate
+    return float(lr.numpy() if hasattr(lr, "numpy") else lr)
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+    """The config a run in ``workdir`` was started with."""
+    path = os.path.join(workdir, CONFIG_FILE)
+    if not tf.io.gfile.exists(path):
+        raise FileNotFoundError(f"no {CONFIG_FILE} in {workdir!r}: is it a tfmeta work directory?")
+    with tf.io.gfile.GFile(path) as f:
+        return config_lib.from_json(f.read())
+
+
+def restore(workdir: str, *, strategy: tf.distribute.Strategy | None = None,
+            data=None, config: ml_collections.ConfigDict | None = None) -> Experiment:
+    """Rebuilds the experiment of ``workdir`` with its latest checkpoint's parameters.
+
+    Raises:
+      FileNotFoundError: when ``workdir`` has no config or no checkpoint.
+    """
+    strategy = strategy or tf.distribute.get_strategy()
+    config = config or load_config(workdir)
+    exp = build_experiment(config, strategy, data=data)
+    latest = tf.train.latest_checkpoint(os.path.join(workdir, CHECKPOINT_DIR))
+    if not latest:
+        raise FileNotFoundError(f"no checkpoint in {os.path.join(workdir, CHECKPOINT_DIR)!r}")
+    # Only the model and step are needed; optimizer slots may be absent from the graph here.
+    tf.train.Checkpoint(model=exp.model, step=exp.step).restore(latest).expect_partial()
+    return exp
