@@ -1,0 +1,170 @@
+"""Layers whose higher-order derivatives are exact.
+
+Keras' own ``BatchNormalization`` computes batch moments with
+``tf.nn.moments``, which stops the gradient through the mean inside the
+variance. First derivatives are unaffected, but the second-order terms MAML
+needs are dropped, so the meta-gradient is wrong. :class:`BatchNorm` writes
+the moments out explicitly.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+
+@keras.saving.register_keras_serializable(package="tfmeta")
+class BatchNorm(keras.layers.Layer):
+    """Batch normalisation over all axes except the last, twice differentiable.
+
+    In training mode the layer normalises with the statistics of the batch it
+    sees, updates ``moving_mean`` / ``moving_variance`` (exponential moving
+    averages with ``momentum``) and records those batch statistics in the
+    non-trainable weights ``batch_mean`` / ``batch_variance``. In inference
+    mode it normalises with ``moving_mean`` / ``moving_variance``.
+
+    ``batch_mean`` / ``batch_variance`` let a meta-learner normalise a query
+    set with the statistics of the support set (``bn_mode="support"``): run
+    the support set in training mode, copy the recorded batch statistics into
+    the moving statistics of a stateless call, then run the query set in
+    inference mode. :func:`with_batch_statistics` does the copy.
+
+    All statistics are computed in float32 (or float64 for float64 inputs),
+    also under a mixed-precision policy.
+
+    Args:
+      momentum: moving-average momentum.
+      epsilon: added to the variance before the square root.
+      center: learn an offset ``beta``.
+      scale: learn a scale ``gamma``.
+      **kwargs: passed to ``keras.layers.Layer``.
+    """
+
+    def __init__(
+        self,
+        momentum: float = 0.99,
+        epsilon: float = 1e-3,
+        center: bool = True,
+        scale: bool = True,
+        **kwargs: Any,
+    ):
+        super().__init__(**kwargs)
+        self.momentum = float(momentum)
+        self.epsilon = float(epsilon)
+        self.center = center
+        self.scale = scale
+
+    def build(self, input_shape: tuple[int | None, ...]) -> None:
+        dim = input_shape[-1]
+        if dim is None:
+            raise ValueError(f"BatchNorm needs a known last dimension, got shape {input_shape}")
+        shape = (dim,)
+        self.gamma = self.add_weight(shape=shape, initializer="ones", name="gamma") if self.scale else None
+        self.beta = self.add_weight(shape=shape, initializer="zeros", name="beta") if self.center else None
+        self.moving_mean = self.add_weight(
+            shape=shape, initializer="zeros", trainable=False, name="moving_mean"
+        )
+        self.moving_variance = self.add_weight(
+            shape=shape, initializer="ones", trainable=False, name="moving_variance"
+        )
+        self.batch_mean = self.add_weight(
+            shape=shape, initializer="zeros", trainable=False, name="batch_mean"
+        )
+        self.batch_variance = self.add_weight(
+            shape=shape, initializer="ones", trainable=False, name="batch_variance"
+        )
+
+    def call(self, inputs: tf.Tensor, training: bool | None = None) -> tf.Tensor:
+        x = tf.convert_to_tensor(inputs)
+        # Statistics in at least float32, as Keras does for half precision.
+        stat_dtype = tf.float64 if x.dtype == tf.float64 else tf.float32
+        x = tf.cast(x, stat_dtype)
+        axes = list(range(len(x.shape) - 1))
+        if training:
+            mean = tf.reduce_mean(x, axis=axes)
+            # Explicit (x - mean)^2 without stop_gradient: exact second derivatives.
+            variance = tf.reduce_mean(tf.square(x - mean), axis=axes)
+            m = self.momentum
+            moving_mean = tf.cast(self.moving_mean, stat_dtype)
+            moving_var = tf.cast(self.moving_variance, stat_dtype)
+            self.moving_mean.assign(
+                tf.cast(m * moving_mean + (1.0 - m) * mean, self.moving_mean.dtype)
+            )
+            self.moving_variance.assign(
+                tf.cast(m * moving_var + (1.0 - m) * variance, self.moving_variance.dtype)
+            )
+            self.batch_mean.assign(tf.cast(mean, self.batch_mean.dtype))
+            self.batch_variance.assign(tf.cast(variance, self.batch_variance.dtype))
+        else:
+            mean = tf.cast(self.moving_mean, stat_dtype)
+            variance = tf.cast(self.moving_variance, stat_dtype)
+        y = (x - mean) * tf.math.rsqrt(variance + self.epsilon)
+        if self.gamma is not None:
+            y = y * tf.cast(self.gamma, stat_dtype)
+        if self.beta is not None:
+            y = y + tf.cast(self.beta, stat_dtype)
+        return tf.cast(y, self.compute_dtype)
+
+    def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
+        return input_shape
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update(
+            momentum=self.momentum, epsilon=self.epsilon, center=self.center, scale=self.scale
+        )
+        return config
+
+
+def _all_layers(model: keras.Layer) -> list[keras.Layer]:
+    # Keras 3 has no public recursive layer iterator; `_flatten_layers` is the
+    # one Keras itself uses for weight tracking.
+    return list(model._flatten_layers(include_self=True, recursive=True))
+
+
+def batch_norm_layers(model: keras.Layer) -> list[BatchNorm]:
+    """All :class:`BatchNorm` layers inside ``model`` (recursively)."""
+    return [layer for layer in _all_layers(model) if isinstance(layer, BatchNorm)]
+
+
+def keras_batch_norm_layers(model: keras.Layer) -> list[keras.Layer]:
+    """All Keras ``BatchNormalization`` layers inside ``model`` (recursively)."""
+    return [
+        layer for layer in _all_layers(model) if isinstance(layer, keras.layers.BatchNormalization)
+    ]
+
+
+def batch_statistics_index(model: keras.Layer) -> list[tuple[int, int]]:
+    """Index pairs ``(moving, batch)`` into ``model.non_trainable_variables``.
+
+    For every :class:`BatchNorm` layer, pairs the position of ``moving_mean``
+    with that of ``batch_mean``, and ``moving_variance`` with ``batch_variance``.
+    """
+    position = {id(v): i for i, v in enumerate(model.non_trainable_variables)}
+    pairs = []
+    for layer in batch_norm_layers(model):
+        pairs.append((position[id(layer.moving_mean)], position[id(layer.batch_mean)]))
+        pairs.append((position[id(layer.moving_variance)], position[id(layer.batch_variance)]))
+    return pairs
+
+
+def with_batch_statistics(
+    non_trainable: list[tf.Tensor], index: list[tuple[int, int]]
+) -> list[tf.Tensor]:
+    """Copies recorded batch statistics over the moving statistics.
+
+    Args:
+      non_trainable: values aligned with ``model.non_trainable_variables``,
+        typically returned by a training-mode stateless call on a support set.
+      index: from :func:`batch_statistics_index`.
+
+    Returns:
+      A new list in which an inference-mode call normalises with those batch
+      statistics (gradients flow through them).
+    """
+    out = list(non_trainable)
+    for moving, batch in index:
+        out[moving] = non_trainable[batch]
+    return out

@@ -1,0 +1,88 @@
+"""Standard meta-learning networks as plain, built Keras models (no meta logic)."""
+
+from __future__ import annotations
+
+import keras
+
+from tfmeta.layers import BatchNorm
+
+
+def _init(kind: str, seed: int | None, offset: int) -> keras.initializers.Initializer:
+    cls = {"glorot": keras.initializers.GlorotUniform, "he": keras.initializers.HeUniform}[kind]
+    return cls(seed=None if seed is None else seed + offset)
+
+
+def omniglot_conv4(
+    num_classes: int,
+    image_size: int = 28,
+    channels: int = 1,
+    filters: int = 64,
+    *,
+    seed: int | None = None,
+) -> keras.Model:
+    """The MAML Omniglot network (Finn et al., 2017), built.
+
+    Four blocks of [3x3 conv with ``filters`` filters, stride 2, 'same'
+    padding; :class:`tfmeta.layers.BatchNorm`; ReLU], a spatial mean and a
+    linear head producing ``num_classes`` logits.
+
+    Args:
+      num_classes: number of output logits (N ways).
+      image_size: input height and width.
+      channels: input channels.
+      filters: filters per convolution.
+      seed: optional seed for deterministic initialisation.
+
+    Returns:
+      A built functional ``keras.Model`` mapping ``[batch, image_size,
+      image_size, channels]`` to logits ``[batch, num_classes]``.
+    """
+    inputs = keras.Input(shape=(image_size, image_size, channels))
+    x = inputs
+    for i in range(4):
+        x = keras.layers.Conv2D(
+            filters, 3, strides=2, padding="same", kernel_initializer=_init("glorot", seed, i),
+            name=f"conv{i}",
+        )(x)
+        x = BatchNorm(name=f"bn{i}")(x)
+        x = keras.layers.ReLU(name=f"relu{i}")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="spatial_mean")(x)
+    logits = keras.layers.Dense(
+        num_classes, kernel_initializer=_init("glorot", seed, 4), name="logits"
+    )(x)
+    return keras.Model(inputs, logits, name="omniglot_conv4")
+
+
+def sinusoid_mlp(*, hidden: tuple[int, ...] = (40, 40), seed: int | None = None) -> keras.Model:
+    """The MAML sinusoid regressor: 1 -> 40 -> 40 -> 1 with ReLU, built.
+
+    Args:
+      hidden: hidden layer widths.
+      seed: optional seed for deterministic initialisation.
+    """
+    inputs = keras.Input(shape=(1,))
+    x = inputs
+    for i, width in enumerate(hidden):
+        x = keras.layers.Dense(
+            width, activation="relu", kernel_initializer=_init("glorot", seed, i), name=f"dense{i}"
+        )(x)
+    outputs = keras.layers.Dense(
+        1, kernel_initializer=_init("glorot", seed, len(hidden)), name="output"
+    )(x)
+    return keras.Model(inputs, outputs, name="sinusoid_mlp")
+
+
+def logistic_regression(input_dim: int, *, seed: int | None = None) -> keras.Model:
+    """Logistic regression ``sigmoid(w^T x + b)`` as a single ``Dense(1)``, built.
+
+    The model outputs the logit ``w^T x + b`` (shape ``[batch, 1]``); pair it
+    with ``loss="binary_crossentropy"`` (labels in {0, 1}, shape ``[batch]``
+    or ``[batch, 1]``), which applies the sigmoid inside the loss.
+
+    Args:
+      input_dim: number of features.
+      seed: optional seed for deterministic initialisation.
+    """
+    inputs = keras.Input(shape=(input_dim,))
+    logit = keras.layers.Dense(1, kernel_initializer=_init("glorot", seed, 0), name="logit")(inputs)
+    return keras.Model(inputs, logit, name="logistic_regression")
