@@ -54,11 +54,14 @@ def build_model(config: ml_collections.ConfigDict, source: tasks.TaskSource) -> 
     """The network named by ``config.model``, built, with the config's compute dtype."""
     from tfmeta import models
 
-    dtype = "mixed_bfloat16" if config.dtype == "bfloat16" else None
+    # Seeded initialisation: every worker and every rerun starts from the same parameters.
+    kwargs = {"seed": config.seed}
+    if config.dtype == "bfloat16":
+        kwargs["dtype"] = "mixed_bfloat16"
     if config.model.name == "conv4":
         return models.omniglot_conv4(source.num_outputs, image_size=source.input_shape[0],
-                                     filters=config.model.filters, dtype=dtype)
-    return models.sinusoid_mlp(dtype=dtype)
+                                     filters=config.model.filters, **kwargs)
+    return models.sinusoid_mlp(**kwargs)
 
 
 def build_algorithm(config: ml_collections.ConfigDict, model: keras.Model,
@@ -126,23 +129,31 @@ def _make_train_loop(exp: Experiment) -> Callable:
     variables = exp.model.trainable_variables
     global_batch = exp.config.train.meta_batch_size
 
-    def meta_gradients(batch):
-        return algorithm.meta_gradients(batch, global_batch_size=global_batch)
+    non_trainable = exp.model.non_trainable_variables
+
+    def meta_step(batch):
+        step = algorithm.meta_step(batch, global_batch_size=global_batch)
+        return step.grads, step.metrics, step.non_trainable
 
     if exp.config.train.jit_compile and not distribute.is_tpu(strategy):
         # XLA for the heavy part only: the optimizer's cross-replica merge stays outside it.
-        meta_gradients = tf.function(meta_gradients, jit_compile=True)
+        meta_step = tf.function(meta_step, jit_compile=True)
 
     def replica_step(batch):
-        grads, metrics = meta_gradients(batch)
+        grads, metrics, nt = meta_step(batch)
         optimizer.apply_gradients(zip(grads, variables))
-        return metrics
+        return metrics, nt
 
     def one_step(iterator):
-        per_replica = strategy.run(replica_step, args=(next(iterator),))
-        # Metrics are per-replica sums divided by the global batch: summing gives the mean.
-        return {k: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
-                for k, v in per_replica.items()}
+        metrics, nt = strategy.run(replica_step, args=(next(iterator),))
+        # Every value is a per-replica sum divided by the global batch: summing gives the mean.
+        total = lambda v: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)  # noqa: E731
+        # Batch-norm moving statistics after the support passes, averaged over all tasks: kept
+        # for evaluation with bn_mode="running" and for the exported model's `predict`.
+        for var, value in zip(non_trainable, nt):
+            if var.dtype.is_floating:
+                var.assign(total(value))
+        return {k: total(v) for k, v in metrics.items()}
 
     @tf.function
     def train_loop(iterator, num_steps):
@@ -195,7 +206,7 @@ def evaluate(exp: Experiment, split: str, *, episodes: int, inner_steps: int | N
     chunks = [eval_fn(iterator) for _ in range(math.ceil(episodes / global_batch))]
     values = {k: np.concatenate([c[k].numpy() for c in chunks])[:episodes] for k in chunks[0]}
     if exp.source.classification:
-        name, per_task = "accuracy", values["accuracy"]
+        name, per_task = "accuracy", values["accuracy_post"]
     else:
         name, per_task = "mse", values["loss"]
     result = {
@@ -275,10 +286,17 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
       ``{"step", "preempted", "train", "validation", "test"}`` summaries (JSON-ready).
 
     Raises:
+      config_lib.ConfigError: for an invalid config, before anything is trained.
       NonFiniteLossError: when the meta-loss becomes NaN or Inf (naming the iteration).
     """
-    strategy = strategy or tf.distribute.get_strategy()
-    exp = build_experiment(config, strategy, data=data)
+    exp = build_experiment(config, strategy or tf.distribute.get_strategy(), data=data)
+    return run(exp, workdir, should_stop=should_stop, final_evaluation=final_evaluation)
+
+
+def run(exp: Experiment, workdir: str, *, should_stop: Callable[[], bool] = lambda: False,
+        final_evaluation: bool = True) -> dict[str, Any]:
+    """Runs (or resumes) meta-training of a built experiment; see :func:`train`."""
+    config, strategy = exp.config, exp.strategy
     chief = distribute.is_chief(strategy)
     tf.io.gfile.makedirs(workdir)
     if chief:

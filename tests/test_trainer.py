@@ -1,0 +1,323 @@
+"""Meta-training loop: distribution equivalence, resume after SIGTERM / kill -9, NaN, bad configs.
+
+Distributed runs are compared against single-device runs on the same global meta-batch; resumed
+runs against uninterrupted ones. Runs that need process-level TF settings (logical devices,
+TF_CONFIG, determinism, signals) go through tests/distributed_driver.py or the real binaries.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DRIVER = os.path.join(REPO, "tests", "distributed_driver.py")
+SINE = os.path.join(REPO, "configs", "sinusoid_maml.py")
+OMNIGLOT_MAML = os.path.join(REPO, "configs", "omniglot_maml.py")
+OMNIGLOT_REPTILE = os.path.join(REPO, "configs", "omniglot_reptile.py")
+TIMEOUT = 600
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    env.update(extra)
+    return env
+
+
+def _drive(spec: dict, **env: str) -> dict:
+    proc = subprocess.run([sys.executable, DRIVER, json.dumps(spec)], capture_output=True,
+                          text=True, timeout=TIMEOUT, env=_env(**env), cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _npz(path: str) -> dict[str, np.ndarray]:
+    with np.load(path) as f:
+        return {k: f[k] for k in f.files}
+
+
+def _assert_same_params(a: dict, b: dict, *, rtol: float, atol: float) -> None:
+    assert sorted(a) == sorted(b)
+    for key in a:
+        np.testing.assert_allclose(a[key], b[key], rtol=rtol, atol=atol, err_msg=key)
+
+
+def _checkpoint_values(workdir: str) -> dict[str, np.ndarray]:
+    import tensorflow as tf
+
+    latest = tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints"))
+    assert latest, f"no checkpoint in {workdir}"
+    reader = tf.train.load_checkpoint(latest)
+    return {k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map()
+            if "model" in k or k.startswith("step")}
+
+
+# ------------------------------------------------------------------------------------ configs
+
+
+def test_bad_configs_are_rejected_naming_the_field():
+    from tfmeta import config as config_lib
+
+    def check(mutate, *fragments, num_replicas=1, split_classes=None):
+        c = config_lib.base_config()
+        mutate(c)
+        with pytest.raises(config_lib.ConfigError) as e:
+            config_lib.validate(c, num_replicas=num_replicas, split_classes=split_classes)
+        for fragment in fragments:
+            assert fragment in str(e.value)
+
+    check(lambda c: c.update({"algorithm": "protonet"}), "'algorithm'", "reptile")
+    check(lambda c: c.inner.update({"lr": 0.0}), "'inner.lr'", "> 0")
+    check(lambda c: c.outer.update({"lr": -1e-3}), "'outer.lr'")
+    check(lambda c: c.inner.update({"steps": 0}), "'inner.steps'")
+    check(lambda c: c.data.update({"shots": 15, "queries": 6}), "21", "<= 20")
+    check(lambda c: c.data.update({"ways": 30}), "'data.ways'", "30", "<= 20",
+          split_classes={"train": 1100, "validation": 20, "test": 423})
+    check(lambda c: None, "'train.meta_batch_size'", "divisible", num_replicas=3)
+    check(lambda c: c.data.update({"split_scheme": "random"}), "'data.split_scheme'", "lake")
+    check(lambda c: c.inner.update({"bn_mode": "frozen"}), "'inner.bn_mode'", "running")
+
+    c = config_lib.base_config()
+    c.train.unknown_field = 3
+    with pytest.raises(config_lib.ConfigError, match="unknown config field 'train.unknown_field'"):
+        config_lib.validate(c)
+
+
+def test_unknown_strategy_is_rejected():
+    from tfmeta import distribute
+
+    with pytest.raises(ValueError, match="unknown strategy 'gpu'.*multiworker"):
+        distribute.make_strategy("gpu")
+
+
+def test_config_json_round_trip():
+    from tfmeta import config as config_lib
+
+    c = config_lib.base_config()
+    c.data.ways, c.inner.lr = 20, 0.1
+    assert config_lib.from_json(config_lib.to_json(c)).to_dict() == c.to_dict()
+
+
+def test_shipped_configs_are_valid():
+    sys.path.insert(0, os.path.join(REPO, "tests"))
+    from distributed_driver import load_config
+
+    from tfmeta import config as config_lib
+
+    for name, variants in [("omniglot_maml", ["5way1shot", "5way5shot", "20way1shot",
+                                              "20way5shot", "smoke"]),
+                           ("omniglot_fomaml", ["5way1shot", "20way5shot", "smoke"]),
+                           ("omniglot_reptile", ["5way1shot", "20way1shot", "smoke"]),
+                           ("sinusoid_maml", ["default", "smoke"])]:
+        for variant in variants:
+            config = load_config(os.path.join(REPO, "configs", f"{name}.py:{variant}"))
+            config_lib.validate(config)
+    with pytest.raises(ValueError, match="unknown variant"):
+        load_config(os.path.join(REPO, "configs", "omniglot_maml.py:3way"))
+
+
+def test_binary_rejects_bad_config_before_training(tmp_path):
+    cases = [
+        (["--config.inner.lr=-0.1"], "inner.lr"),
+        (["--config.algorithm=protonet"], "algorithm"),
+        (["--config.train.meta_batch_size=0"], "train.meta_batch_size"),
+        (["--config.data.nonexistent=1"], "nonexistent"),
+    ]
+    for overrides, fragment in cases:
+        workdir = tmp_path / fragment.replace(".", "_")
+        proc = subprocess.run(
+            [sys.executable, "-m", "tfmeta.train", f"--config={SINE}:smoke",
+             f"--workdir={workdir}", *overrides],
+            capture_output=True, text=True, timeout=TIMEOUT, env=_env(), cwd=REPO)
+        assert proc.returncode != 0, overrides
+        assert fragment in proc.stderr, proc.stderr[-2000:]
+        assert not (workdir / "checkpoints").exists()
+
+
+# -------------------------------------------------------------------------------- distribution
+
+_SMALL_SINE = {"train.iterations": 6, "train.steps_per_loop": 3, "train.meta_batch_size": 4,
+               "train.eval_every": 0, "train.eval_episodes": 0, "train.log_every": 3,
+               "train.checkpoint_every": 6}
+
+
+@pytest.mark.parametrize("case", ["maml_sine", "reptile_sine", "maml_conv4_bn"])
+def test_mirrored_two_devices_matches_single_device(tmp_path, case):
+    """Same global meta-batch on 1 device and on 2 mirrored replicas -> same parameters."""
+    if case == "maml_sine":
+        spec = {"config": f"{SINE}:smoke", "overrides": dict(_SMALL_SINE)}
+    elif case == "reptile_sine":
+        overrides = dict(_SMALL_SINE)
+        overrides.update({"algorithm": "reptile", "inner.optimizer": "adam", "inner.lr": 0.01,
+                          "inner.steps": 3, "outer.optimizer": "sgd", "outer.lr": 1.0,
+                          "outer.schedule": "linear"})
+        spec = {"config": f"{SINE}:smoke", "overrides": overrides}
+    else:
+        overrides = dict(_SMALL_SINE)
+        overrides.update({"data.image_size": 12, "model.filters": 4, "data.queries": 2})
+        spec = {"config": f"{OMNIGLOT_MAML}:smoke", "overrides": overrides,
+                "synthetic_omniglot": {"image_size": 12}}
+    results = {}
+    for strategy in ("default", "mirrored"):
+        run = dict(spec, strategy=strategy, logical_cpus=2, workdir=str(tmp_path / strategy),
+                   dump=str(tmp_path / f"{strategy}.npz"))
+        results[strategy] = _drive(run)
+    assert results["default"]["replicas"] == 1 and results["mirrored"]["replicas"] == 2
+    single, mirrored = _npz(str(tmp_path / "default.npz")), _npz(str(tmp_path / "mirrored.npz"))
+    # Parameters moved, and identically (up to float summation order) on both set-ups.
+    _assert_same_params(single, mirrored, rtol=1e-5, atol=1e-6)
+    initial = _npz(str(tmp_path / "default.npz.initial.npz"))
+    assert any(not np.allclose(single[k], initial[k]) for k in single)
+    for key in ("loss",):
+        np.testing.assert_allclose(results["default"]["summary"]["train"][key],
+                                   results["mirrored"]["summary"]["train"][key], rtol=1e-5)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def test_multiworker_two_local_workers_end_identical(tmp_path):
+    """Two worker processes on localhost (TF_CONFIG) run the smoke config in lockstep."""
+    workers = [f"localhost:{_free_port()}" for _ in range(2)]
+    overrides = dict(_SMALL_SINE)
+    procs = []
+    for index in range(2):
+        tf_config = json.dumps({"cluster": {"worker": workers},
+                                "task": {"type": "worker", "index": index}})
+        spec = {"config": f"{SINE}:smoke", "overrides": overrides, "strategy": "multiworker",
+                "workdir": str(tmp_path / "run"), "dump": str(tmp_path / f"worker{index}.npz")}
+        procs.append(subprocess.Popen(
+            [sys.executable, DRIVER, json.dumps(spec)], stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True, env=_env(TF_CONFIG=tf_config), cwd=REPO))
+    outs = [p.communicate(timeout=TIMEOUT) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-4000:]
+    summaries = [json.loads(out.strip().splitlines()[-1]) for out, _ in outs]
+    assert [s["replicas"] for s in summaries] == [2, 2]
+    w0, w1 = _npz(str(tmp_path / "worker0.npz")), _npz(str(tmp_path / "worker1.npz"))
+    _assert_same_params(w0, w1, rtol=0, atol=0)
+    # Only the chief wrote checkpoints; the other worker's scratch directory is gone.
+    assert os.path.isdir(tmp_path / "run" / "checkpoints")
+    assert not os.path.exists(tmp_path / "run" / "tmp_worker_1")
+
+
+# ------------------------------------------------------------------------ faults and resume
+
+_RESUME_OVERRIDES = ["--config.train.iterations=600", "--config.train.steps_per_loop=20",
+                     "--config.train.checkpoint_every=20", "--config.train.log_every=100",
+                     "--config.train.eval_every=0", "--config.train.eval_episodes=0",
+                     "--config.train.keep_checkpoints=2"]
+
+
+def _train_cmd(workdir) -> list[str]:
+    return [sys.executable, "-m", "tfmeta.train", f"--config={SINE}:smoke",
+            f"--workdir={workdir}", "--deterministic", "--noexport", *_RESUME_OVERRIDES]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("uninterrupted")
+    proc = subprocess.run(_train_cmd(workdir), capture_output=True, text=True, timeout=TIMEOUT,
+                          env=_env(), cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return _checkpoint_values(str(workdir))
+
+
+def _start_and_interrupt(workdir, sig: int) -> subprocess.Popen:
+    """Starts a run and sends ``sig`` once it has written its first checkpoint."""
+    proc = subprocess.Popen(_train_cmd(workdir), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=_env(), cwd=REPO)
+    state = os.path.join(workdir, "checkpoints", "checkpoint")
+    deadline = time.time() + TIMEOUT
+    while not os.path.exists(state):
+        assert proc.poll() is None, proc.communicate()[1][-4000:]
+        assert time.time() < deadline
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    proc.communicate(timeout=TIMEOUT)
+    return proc
+
+
+def _latest_step(workdir) -> int:
+    return int(_checkpoint_values(str(workdir))["step/.ATTRIBUTES/VARIABLE_VALUE"])
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "kill9"])
+def test_interrupted_run_resumes_to_identical_parameters(tmp_path, uninterrupted, sig):
+    workdir = tmp_path / "run"
+    proc = _start_and_interrupt(workdir, sig)
+    if sig == signal.SIGTERM:
+        assert proc.returncode == 0  # saved and exited cleanly
+    else:
+        assert proc.returncode == -signal.SIGKILL
+    stopped_at = _latest_step(workdir)
+    assert 0 < stopped_at < 600, "the run was not interrupted mid-way"
+    # The latest checkpoint is complete: every saved object restores.
+    resumed = subprocess.run(_train_cmd(workdir), capture_output=True, text=True,
+                             timeout=TIMEOUT, env=_env(), cwd=REPO)
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    assert "Resumed from" in resumed.stderr
+    final = _checkpoint_values(str(workdir))
+    assert int(final["step/.ATTRIBUTES/VARIABLE_VALUE"]) == 600
+    _assert_same_params(final, uninterrupted, rtol=0, atol=0)
+
+
+def test_nan_loss_stops_naming_the_step_and_keeps_good_checkpoint(tmp_path):
+    workdir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "tfmeta.train", f"--config={SINE}:smoke",
+           f"--workdir={workdir}", "--noexport", "--config.train.iterations=400",
+           "--config.train.steps_per_loop=10", "--config.train.checkpoint_every=10",
+           "--config.train.eval_every=0", "--config.train.eval_episodes=0",
+           # A huge meta learning rate makes the parameters, then the loss, blow up.
+           "--config.outer.optimizer=sgd", "--config.outer.lr=1e4"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT, env=_env(),
+                          cwd=REPO)
+    assert proc.returncode != 0
+    assert "NonFiniteLossError" in proc.stderr and "meta-iteration" in proc.stderr
+    bad_step = int(proc.stderr.split("at meta-iteration ")[1].split(";")[0])
+    import tensorflow as tf
+
+    latest = tf.train.latest_checkpoint(str(workdir / "checkpoints"))
+    if latest:  # a checkpoint from before the failure, with finite values, is kept
+        saved_step = _latest_step(workdir)
+        assert saved_step <= bad_step
+        for key, value in _checkpoint_values(str(workdir)).items():
+            assert np.all(np.isfinite(value)), key
+
+
+# ------------------------------------------------------------------------- gs:// stand-in
+
+
+def test_workdir_through_gfile_filesystem():
+    """A non-local work directory (TF's in-memory ram:// filesystem stands in for gs://)."""
+    import tensorflow as tf
+
+    from tfmeta import trainer
+
+    sys.path.insert(0, os.path.join(REPO, "tests"))
+    from distributed_driver import load_config
+
+    config = load_config(f"{SINE}:smoke")
+    config.update_from_flattened_dict(dict(_SMALL_SINE, **{"eval.episodes": 10}))
+    workdir = "ram://tfmeta-test/run"
+    summary = trainer.train(config, workdir)
+    assert summary["step"] == 6
+    assert tf.io.gfile.exists(f"{workdir}/config.json")
+    assert tf.train.latest_checkpoint(f"{workdir}/checkpoints").endswith("ckpt-6")
+    assert tf.io.gfile.listdir(f"{workdir}/train")  # TensorBoard event file
+    result = json.loads(tf.io.gfile.GFile(f"{workdir}/eval_test.json").read())
+    assert result["metric"] == "mse" and result["episodes"] == 10
+    exp = trainer.restore(workdir)
+    assert int(exp.step.numpy()) == 6
