@@ -151,7 +151,7 @@ def _make_train_loop(exp: Experiment) -> Callable:
         # Batch-norm moving statistics after the support passes, averaged over all tasks: kept
         # for evaluation with bn_mode="running" and for the exported model's `predict`.
         for var, value in zip(non_trainable, nt):
-            if var.dtype.is_floating:
+            if tf.as_dtype(var.dtype).is_floating:
                 var.assign(total(value))
         return {k: total(v) for k, v in metrics.items()}
 
