@@ -130,7 +130,7 @@ def validate(config: ml_collections.ConfigDict, *, num_replicas: int = 1,
     Raises:
       ConfigError: naming the field, its value and what is allowed.
     """
-    _check_unknown(config, base_config(), "")
+    _check_unknown(config.to_dict(), base_config().to_dict(), "")
     _one_of("algorithm", config.algorithm, ALGORITHMS)
     _one_of("task", config.task, TASKS)
     _one_of("dtype", config.dtype, DTYPES)
