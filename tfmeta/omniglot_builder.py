@@ -30,6 +30,7 @@ import hashlib
 import io
 import os
 import zipfile
+import zlib
 from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
@@ -285,7 +286,8 @@ def read_archive(path: str | os.PathLike, name: str, image_size: int) -> Archive
                     images[i, j] = preprocess_png(archive.read(member), image_size)
     except OmniglotIntegrityError:
         raise
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
+    # zlib.error: damaged deflate stream; SyntaxError: PIL's "broken PNG file".
+    except (zipfile.BadZipFile, zlib.error, OSError, ValueError, EOFError, SyntaxError) as e:
         raise fail(f"{type(e).__name__}: {e}") from e
     return ArchiveContents(name, characters, images)
 
