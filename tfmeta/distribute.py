@@ -5,8 +5,8 @@ Models and algorithms never see a strategy; only the trainer calls ``strategy.ru
 
 from __future__ import annotations
 
-import json
 import os
+from typing import Callable
 
 import tensorflow as tf
 
@@ -58,16 +58,6 @@ def is_tpu(strategy: tf.distribute.Strategy) -> bool:
     return isinstance(strategy, (tf.distribute.TPUStrategy,))
 
 
-def worker_index_and_count() -> tuple[int, int]:
-    """This process's index among the workers of a ``TF_CONFIG`` cluster, and their number."""
-    tf_config = json.loads(os.environ.get("TF_CONFIG", "{}") or "{}")
-    workers = tf_config.get("cluster", {}).get("worker", [])
-    task = tf_config.get("task", {})
-    if not workers or task.get("type") != "worker":
-        return 0, 1
-    return int(task.get("index", 0)), len(workers)
-
-
 def is_chief(strategy: tf.distribute.Strategy) -> bool:
     """Whether this process writes checkpoints, summaries and results.
 
@@ -84,3 +74,29 @@ def task_id(strategy: tf.distribute.Strategy) -> int:
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         return int(strategy.cluster_resolver.task_id)
     return 0
+
+
+def per_replica_dataset(strategy: tf.distribute.Strategy,
+                        make_dataset: Callable[[int, int, int], tf.data.Dataset], *,
+                        global_batch_size: int, start_step: int = 0):
+    """Distributes a resumable task stream: one input pipeline per worker, batched per replica.
+
+    Args:
+      strategy: any ``tf.distribute`` strategy.
+      make_dataset: ``(pipeline_id, per_replica_batch_size, start_index) -> tf.data.Dataset`` of
+        per-replica batches whose task ``i`` depends only on (pipeline, i).
+      global_batch_size: tasks per step over all replicas.
+      start_step: steps already taken; each pipeline starts after the tasks they consumed (a step
+        takes ``replicas / pipelines`` per-replica batches from each pipeline).
+
+    Returns:
+      The distributed dataset; iterate it and pass its elements to ``strategy.run``.
+    """
+
+    def dataset_fn(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
+        per_replica = ctx.get_per_replica_batch_size(global_batch_size)
+        batches_per_step = ctx.num_replicas_in_sync // ctx.num_input_pipelines
+        start_index = start_step * batches_per_step * per_replica
+        return make_dataset(ctx.input_pipeline_id, per_replica, start_index)
+
+    return strategy.distribute_datasets_from_function(dataset_fn)

@@ -15,6 +15,7 @@ import ml_collections
 import tensorflow as tf
 
 from tfmeta import config as config_lib
+from tfmeta import distribute
 
 # Sinusoid tasks have no splits; held-out evaluation tasks come from a different seed stream.
 _SINUSOID_SPLIT_OFFSET = {"train": 0, "validation": 1, "test": 2}
@@ -90,18 +91,8 @@ def _omniglot(config: ml_collections.ConfigDict, data) -> TaskSource:
 
 def distributed_dataset(strategy: tf.distribute.Strategy, source: TaskSource, split: str, *,
                         global_batch_size: int, seed: int, start_step: int = 0):
-    """Per-replica task batches for ``strategy``, starting at meta-iteration ``start_step``.
-
-    Each input pipeline (one per worker) draws its own task stream; a step consumes
-    ``replicas / pipelines`` per-replica batches from each, so a resumed run skips exactly what the
-    first ``start_step`` steps consumed.
-    """
-
-    def dataset_fn(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
-        per_replica = ctx.get_per_replica_batch_size(global_batch_size)
-        batches_per_step = ctx.num_replicas_in_sync // ctx.num_input_pipelines
-        start_index = start_step * batches_per_step * per_replica
-        ds = source.make_dataset(split, ctx.input_pipeline_id, per_replica, seed, start_index)
-        return ds.prefetch(tf.data.AUTOTUNE)
-
-    return strategy.distribute_datasets_from_function(dataset_fn)
+    """Per-replica task batches of ``split`` for ``strategy``, from meta-iteration ``start_step``."""
+    return distribute.per_replica_dataset(
+        strategy,
+        lambda pipeline, batch, start: source.make_dataset(split, pipeline, batch, seed, start),
+        global_batch_size=global_batch_size, start_step=start_step)
