@@ -406,7 +406,7 @@ class MetaLearner:
         return MetaStep(
             grads=F.scale(grads, inv),
             metrics={k: v * inv for k, v in metrics.items()},
-            non_trainable=F.map_floating(lambda v: v * tf.cast(inv, v.dtype), nt_sum),
+            non_trainable=F.map_floating(lambda v: v * tf.constant(inv, v.dtype), nt_sum),
         )
 
     @staticmethod
