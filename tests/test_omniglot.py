@@ -227,3 +227,29 @@ def test_unknown_subset_or_size_is_rejected(tmp_path):
         omniglot.load(data_dir=tmp_path, subset="tiny")
     with pytest.raises(ValueError, match=r"image_size.*\[1, 105\].*0"):
         omniglot.load(data_dir=tmp_path, image_size=0)
+
+
+def test_online_path_downloads_canonical_urls_with_tfds_checksums(
+        omniglot_archives_dir, tmp_path, monkeypatch, no_archive_env):
+    # No archives_dir, env or manual dir: archives come from the TFDS download
+    # manager, which checks them against TFDS's registered omniglot checksums.
+    import tensorflow_datasets as tfds
+
+    requested = {}
+
+    def fake_download(self, urls):
+        requested.update(urls)
+        requested["force"] = self._force_checksums_validation
+        requested["infos"] = {u: self._url_infos[u].checksum for u in urls.values()}
+        return {name: os.path.join(omniglot_archives_dir, url.rsplit("/", 1)[-1])
+                for name, url in urls.items()}
+
+    monkeypatch.setattr(tfds.download.DownloadManager, "download", fake_download)
+    data = omniglot.load(data_dir=tmp_path / "tfds", subset="small")
+    assert data.images.shape == (242, 20, 28, 28)
+    base = "https://github.com/brendenlake/omniglot/raw/master/python/"
+    assert requested["images_background_small1"] == base + "images_background_small1.zip"
+    assert requested["images_background_small2"] == base + "images_background_small2.zip"
+    assert requested["force"] is True
+    tfds_checksums = omniglot_builder.canonical_checksums()
+    assert requested["infos"] == {base + f: tfds_checksums[f][1] for f in SMALL}
