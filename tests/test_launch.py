@@ -507,6 +507,9 @@ def test_local_cluster_two_workers_smoke(tmp_path, request):
         "local_cluster.sh", f"--python={sys.executable}", f"--log_dir={logs}", "2",
         "--config=configs/omniglot_maml.py:smoke", f"--workdir={workdir}",
         f"--config.data.data_dir={data_dir}",
+        # A short version of the smoke run: the multi-worker path, not the learning, is tested.
+        "--config.train.iterations=20", "--config.train.eval_every=0",
+        "--config.train.eval_episodes=0", "--config.eval.episodes=20", "--noexport",
         env={"TFMETA_OMNIGLOT_ARCHIVES": archives, "TF_CPP_MIN_LOG_LEVEL": "2",
              "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")},
         timeout=900,
