@@ -94,7 +94,8 @@ def _take(ds, n):
 @pytest.mark.parametrize("value", [0, -1])
 def test_spec_rejects_non_positive_sizes(field, value):
     sizes = {"ways": 5, "shots": 1, "queries": 15, field: value}
-    with pytest.raises(ValueError, match=rf"EpisodeSpec\.{field} must be a positive int, got {value}"):
+    message = rf"EpisodeSpec\.{field} must be a positive int, got {value}"
+    with pytest.raises(ValueError, match=message):
         EpisodeSpec(**sizes)
 
 
@@ -188,7 +189,8 @@ def test_reproducible_and_seed_dependent():
     assert _equal(a, episodes.sample_episode(pool, spec, [1, 2]))
     assert not _equal(a, episodes.sample_episode(pool, spec, [1, 3]))
     first = _take(episodes.episode_dataset(pool, spec, seed=1), 3)
-    assert all(_equal(x, y) for x, y in zip(first, _take(episodes.episode_dataset(pool, spec, seed=1), 3)))
+    again = _take(episodes.episode_dataset(pool, spec, seed=1), 3)
+    assert all(_equal(x, y) for x, y in zip(first, again))
     assert not _equal(first[0], first[1])
     other_seed = _take(episodes.episode_dataset(pool, spec, seed=2), 3)
     other_pipeline = _take(episodes.episode_dataset(pool, spec, seed=1, pipeline_id=1), 3)

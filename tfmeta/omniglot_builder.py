@@ -310,7 +310,8 @@ def make_config(subset: str, image_size: int) -> OmniglotConfig:
     """Returns the config for a subset and size (named ``<subset>_<size>``)."""
     if subset not in SUBSET_ARCHIVES:
         raise ValueError(f"Unknown Omniglot subset {subset!r}; allowed: {tuple(SUBSET_ARCHIVES)}")
-    if isinstance(image_size, bool) or not isinstance(image_size, int) or not 1 <= image_size <= ORIGINAL_SIZE:
+    valid_int = isinstance(image_size, int) and not isinstance(image_size, bool)
+    if not valid_int or not 1 <= image_size <= ORIGINAL_SIZE:
         raise ValueError(f"image_size must be an int in [1, 105], got {image_size!r}")
     for config in OmniglotBuilder.BUILDER_CONFIGS:
         if config.subset == subset and config.image_size == image_size:
@@ -384,14 +385,14 @@ class OmniglotBuilder(tfds.core.GeneratorBasedBuilder):
     def _locate(self, dl_manager, names: Sequence[str]) -> dict[str, str]:
         """Returns verified archive paths, downloading only when allowed."""
         if self._archives_dir is not None:
-            missing = [ARCHIVES[n].filename for n in names
-                       if not os.path.isfile(os.path.join(self._archives_dir, ARCHIVES[n].filename))]
+            filenames = [ARCHIVES[n].filename for n in names]
+            missing = [f for f in filenames
+                       if not os.path.isfile(os.path.join(self._archives_dir, f))]
             if missing:
                 raise FileNotFoundError(
                     f"Omniglot archives {missing} not found in {self._archives_dir!r} "
                     "(from the archives_dir argument or $TFMETA_OMNIGLOT_ARCHIVES). "
-                    f"Required for subset {self.builder_config.subset!r}: "
-                    f"{[ARCHIVES[n].filename for n in names]}.")
+                    f"Required for subset {self.builder_config.subset!r}: {filenames}.")
             local_dir = self._archives_dir
         else:
             try:
