@@ -18,10 +18,14 @@ H = 1e-6  # float64 central differences: truncation ~H^2, round-off ~1e-16/H
 
 @pytest.fixture
 def float64():
-    old = keras.config.floatx()
+    # Keras caches the global dtype policy on first use, so setting floatx
+    # alone is not enough once any layer exists.
+    old_floatx, old_policy = keras.config.floatx(), keras.config.dtype_policy()
     keras.config.set_floatx("float64")
+    keras.config.set_dtype_policy("float64")
     yield
-    keras.config.set_floatx(old)
+    keras.config.set_floatx(old_floatx)
+    keras.config.set_dtype_policy(old_policy)
 
 
 def _classification_batch(rng, tasks, shots, queries, ways, image):
@@ -66,6 +70,7 @@ def _fd_errors(algo, batch, coords=24, seed=0):
     """Relative errors of (direction, coordinates) vs finite differences."""
     rng = np.random.default_rng(seed)
     theta = [t.numpy() for t in F.values(algo.model.trainable_variables)]
+    assert all(t.dtype == np.float64 for t in theta), "the check needs a float64 model"
     grads, _ = algo.meta_gradients({k: tf.constant(v) for k, v in batch.items()})
     grads = [g.numpy() for g in grads]
     meta_loss = _meta_loss_fn(algo, {k: tf.constant(v) for k, v in batch.items()})
