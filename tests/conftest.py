@@ -3,7 +3,7 @@
 Real Omniglot comes from the offline archives: ``$TFMETA_OMNIGLOT_ARCHIVES``,
 else ``<repo>/../shared/omniglot``. Without them tests that need real data are
 skipped, except under ``CI=true`` where they fail. Everything is prepared into
-a session-scoped temporary TFDS data dir, never outside the pytest tmp dir.
+one temporary TFDS data dir per pytest run, never outside the pytest tmp dir.
 """
 
 from __future__ import annotations
@@ -37,13 +37,13 @@ def omniglot_archives_dir() -> str:
 
 @pytest.fixture(scope="session")
 def tfds_data_dir(tmp_path_factory) -> str:
-    """A TFDS data dir shared by the whole session."""
+    """A TFDS data dir shared by the whole pytest run."""
     return str(tmp_path_factory.mktemp("tfds_data"))
 
 
 @pytest.fixture(scope="session")
 def omniglot_small(omniglot_archives_dir, tfds_data_dir):
-    """The small subset (242 characters at 28x28), prepared once per session."""
+    """The small subset (242 characters at 28x28), prepared once per pytest run."""
     from tfmeta import omniglot
 
     return omniglot.load(data_dir=tfds_data_dir, archives_dir=omniglot_archives_dir,
@@ -52,7 +52,7 @@ def omniglot_small(omniglot_archives_dir, tfds_data_dir):
 
 @pytest.fixture(scope="session")
 def omniglot_full(omniglot_archives_dir, tfds_data_dir):
-    """All 1623 characters at 28x28, prepared once per session (about 10 s)."""
+    """All 1623 characters at 28x28, prepared once per pytest run (about 10 s)."""
     from tfmeta import omniglot
 
     return omniglot.load(data_dir=tfds_data_dir, archives_dir=omniglot_archives_dir,
