@@ -272,3 +272,24 @@ def test_unbuilt_model():
         maml.MAML(model, inner_lr=0.1, inner_steps=1)
     with pytest.raises(ValueError, match="not built"):
         reptile.Reptile(model, inner_lr=0.1, inner_steps=1)
+
+
+def test_models_accept_a_mixed_precision_policy():
+    model = models.omniglot_conv4(3, image_size=8, filters=4, seed=0, dtype="mixed_bfloat16")
+    assert model.get_layer("conv0").compute_dtype == "bfloat16"
+    assert model.get_layer("bn0").compute_dtype == "bfloat16"
+    assert model.get_layer("logits").compute_dtype == "float32"
+    assert all(v.dtype == "float32" for v in model.variables)
+    rng = np.random.default_rng(0)
+    batch = {
+        "support_x": rng.normal(size=(1, 6, 8, 8, 1)).astype("float32"),
+        "support_y": np.tile(np.arange(3), (1, 2)),
+        "query_x": rng.normal(size=(1, 3, 8, 8, 1)).astype("float32"),
+        "query_y": rng.integers(0, 3, (1, 3)),
+    }
+    grads, metrics = maml.MAML(model, inner_lr=0.4, inner_steps=1).meta_gradients(batch)
+    assert all(g.dtype == tf.float32 and np.all(np.isfinite(g)) for g in grads)
+    assert np.isfinite(metrics["loss"])
+    mlp = models.sinusoid_mlp(dtype="mixed_bfloat16")
+    assert mlp.get_layer("dense0").compute_dtype == "bfloat16"
+    assert mlp.get_layer("output").compute_dtype == "float32"

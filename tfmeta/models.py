@@ -6,6 +6,17 @@ import keras
 
 from tfmeta.layers import BatchNorm
 
+DType = str | keras.DTypePolicy | None
+
+
+def _head_dtype(dtype: DType) -> DType:
+    # Under a mixed policy the output layer computes in float32, as Keras
+    # recommends: logits keep full precision for the loss.
+    name = dtype.name if isinstance(dtype, keras.DTypePolicy) else dtype
+    if name is None:
+        name = keras.config.dtype_policy().name
+    return "float32" if name.startswith("mixed_") else dtype
+
 
 def _init(kind: str, seed: int | None, offset: int) -> keras.initializers.Initializer:
     cls = {"glorot": keras.initializers.GlorotUniform, "he": keras.initializers.HeUniform}[kind]
@@ -19,6 +30,7 @@ def omniglot_conv4(
     filters: int = 64,
     *,
     seed: int | None = None,
+    dtype: DType = None,
 ) -> keras.Model:
     """The MAML Omniglot network (Finn et al., 2017), built.
 
@@ -32,6 +44,8 @@ def omniglot_conv4(
       channels: input channels.
       filters: filters per convolution.
       seed: optional seed for deterministic initialisation.
+      dtype: optional dtype policy of the layers (e.g. ``"mixed_bfloat16"``);
+        None uses the global policy. Weights stay float32 under mixed policies.
 
     Returns:
       A built functional ``keras.Model`` mapping ``[batch, image_size,
@@ -42,37 +56,45 @@ def omniglot_conv4(
     for i in range(4):
         x = keras.layers.Conv2D(
             filters, 3, strides=2, padding="same", kernel_initializer=_init("glorot", seed, i),
-            name=f"conv{i}",
+            name=f"conv{i}", dtype=dtype,
         )(x)
-        x = BatchNorm(name=f"bn{i}")(x)
-        x = keras.layers.ReLU(name=f"relu{i}")(x)
-    x = keras.layers.GlobalAveragePooling2D(name="spatial_mean")(x)
+        x = BatchNorm(name=f"bn{i}", dtype=dtype)(x)
+        x = keras.layers.ReLU(name=f"relu{i}", dtype=dtype)(x)
+    x = keras.layers.GlobalAveragePooling2D(name="spatial_mean", dtype=dtype)(x)
     logits = keras.layers.Dense(
-        num_classes, kernel_initializer=_init("glorot", seed, 4), name="logits"
+        num_classes, kernel_initializer=_init("glorot", seed, 4), name="logits",
+        dtype=_head_dtype(dtype),
     )(x)
     return keras.Model(inputs, logits, name="omniglot_conv4")
 
 
-def sinusoid_mlp(*, hidden: tuple[int, ...] = (40, 40), seed: int | None = None) -> keras.Model:
+def sinusoid_mlp(
+    *, hidden: tuple[int, ...] = (40, 40), seed: int | None = None, dtype: DType = None
+) -> keras.Model:
     """The MAML sinusoid regressor: 1 -> 40 -> 40 -> 1 with ReLU, built.
 
     Args:
       hidden: hidden layer widths.
       seed: optional seed for deterministic initialisation.
+      dtype: optional dtype policy of the layers; None uses the global policy.
     """
     inputs = keras.Input(shape=(1,))
     x = inputs
     for i, width in enumerate(hidden):
         x = keras.layers.Dense(
-            width, activation="relu", kernel_initializer=_init("glorot", seed, i), name=f"dense{i}"
+            width, activation="relu", kernel_initializer=_init("glorot", seed, i), name=f"dense{i}",
+            dtype=dtype,
         )(x)
     outputs = keras.layers.Dense(
-        1, kernel_initializer=_init("glorot", seed, len(hidden)), name="output"
+        1, kernel_initializer=_init("glorot", seed, len(hidden)), name="output",
+        dtype=_head_dtype(dtype),
     )(x)
     return keras.Model(inputs, outputs, name="sinusoid_mlp")
 
 
-def logistic_regression(input_dim: int, *, seed: int | None = None) -> keras.Model:
+def logistic_regression(
+    input_dim: int, *, seed: int | None = None, dtype: DType = None
+) -> keras.Model:
     """Logistic regression ``sigmoid(w^T x + b)`` as a single ``Dense(1)``, built.
 
     The model outputs the logit ``w^T x + b`` (shape ``[batch, 1]``); pair it
@@ -82,7 +104,10 @@ def logistic_regression(input_dim: int, *, seed: int | None = None) -> keras.Mod
     Args:
       input_dim: number of features.
       seed: optional seed for deterministic initialisation.
+      dtype: optional dtype policy of the layer; None uses the global policy.
     """
     inputs = keras.Input(shape=(input_dim,))
-    logit = keras.layers.Dense(1, kernel_initializer=_init("glorot", seed, 0), name="logit")(inputs)
+    logit = keras.layers.Dense(
+        1, kernel_initializer=_init("glorot", seed, 0), name="logit", dtype=dtype
+    )(inputs)
     return keras.Model(inputs, logit, name="logistic_regression")
