@@ -1,0 +1,322 @@
+"""Fast-adaptation SavedModels: loadable without tfmeta, equal to in-process adaptation, strict.
+
+Tolerances: the SavedModel and tfmeta's in-process ``adapt`` + ``predict`` run the same ops, so
+logits agree to 1e-5 (absolute). The graph's resize agrees with the training preprocessing (PIL
+LANCZOS on uint8 images) within one grey level, 1/255.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import zipfile
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tests.smoke_fixture import (  # noqa: F401  (fixtures)
+    archives_dir,
+    random_export,
+    smoke_workdir,
+    subprocess_env,
+)
+from tfmeta import export
+
+ATOL = 1e-5
+SAVED_MODEL_CLI = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
+
+
+def _episode(seed: int, ways: int = 5, shots: int = 1, queries: int = 3, size: int = 28):
+    rng = np.random.default_rng(seed)
+    # Quantised like decoded PNGs, white-ish background with dark strokes.
+    sx = np.round(rng.uniform(size=(ways * shots, size, size, 1)) * 255) / 255
+    qx = np.round(rng.uniform(size=(ways * queries, size, size, 1)) * 255) / 255
+    sy = np.repeat(np.arange(ways), shots)
+    return sx.astype(np.float32), sy.astype(np.int32), qx.astype(np.float32)
+
+
+def _omniglot_pngs(count: int) -> list[bytes]:
+    with zipfile.ZipFile(os.path.join(archives_dir(), "images_evaluation.zip")) as z:
+        names = sorted(n for n in z.namelist() if n.endswith(".png"))[:count]
+        return [z.read(n) for n in names]
+
+
+def _in_process(algorithm, sx, sy, qx, steps):
+    """tfmeta's own adapt + predict on already-preprocessed (training representation) inputs."""
+    fast = algorithm.adapt(sx, sy, steps=steps)
+    return algorithm.predict(fast, qx, support_x=sx).numpy()
+
+
+# A child process that cannot import tfmeta and runs outside the repository.
+_CHILD = textwrap.dedent("""
+    import json, sys
+    class _Block:
+        def find_spec(self, name, path=None, target=None):
+            if name == "tfmeta" or name.startswith("tfmeta."):
+                raise ImportError("tfmeta must not be imported")
+    sys.meta_path.insert(0, _Block())
+    sys.modules.pop("tfmeta", None)
+    import numpy as np, tensorflow as tf
+    path, inputs, outputs = sys.argv[1:4]
+    loaded = tf.saved_model.load(path)
+    data = dict(np.load(inputs))
+    out = {}
+    for tag in ("28", "105"):
+        kw = dict(support_images=data["sx" + tag], support_labels=data["sy"],
+                  query_images=data["qx" + tag])
+        out["logits" + tag] = loaded.signatures["adapt_and_predict"](**kw)["logits"].numpy()
+        r = loaded.signatures["adapt_and_predict"](**kw)
+        out["probabilities" + tag] = r["probabilities"].numpy()
+        out["predictions" + tag] = r["predictions"].numpy()
+    kw = dict(support_images=data["sx28"], support_labels=data["sy"], query_images=data["qx28"])
+    for k in (0, 3, 5):
+        out[f"steps{k}"] = loaded.signatures["adapt_and_predict_steps"](
+            **kw, inner_steps=tf.constant(k))["logits"].numpy()
+    out["predict"] = loaded.signatures["predict"](query_images=data["qx28"])["logits"].numpy()
+    np.savez(outputs, **out)
+    meta = json.loads(loaded.signatures["metadata"]()["json"].numpy())
+    asset = open(loaded.metadata_file.asset_path.numpy().decode()).read()
+    print(json.dumps({"meta": meta, "asset": json.loads(asset),
+                      "tfmeta_imported": "tfmeta" in sys.modules and sys.modules["tfmeta"] is not None}))
+""")
+
+
+def test_loads_without_tfmeta_and_matches_in_process(random_export, tmp_path):
+    path, algorithm = random_export["path"], random_export["algorithm"]
+    assert os.listdir(os.path.join(path, "variables")), "variables must be saved"
+    assert os.path.getsize(os.path.join(path, "variables", "variables.data-00000-of-00001")) > 1000
+    sx, sy, qx = _episode(0)
+    sx105, _, qx105 = _episode(1, size=105)
+    np.savez(tmp_path / "in.npz", sx28=sx, sy=sy, qx28=qx, sx105=sx105, qx105=qx105)
+    script = tmp_path / "child.py"
+    script.write_text(_CHILD)
+    cwd = tmp_path / "elsewhere"
+    cwd.mkdir()
+    env = subprocess_env()
+    env["PYTHONPATH"] = ""  # Not even the repository on the path.
+    proc = subprocess.run([sys.executable, str(script), path, str(tmp_path / "in.npz"),
+                           str(tmp_path / "out.npz")], cwd=str(cwd), env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert not report["tfmeta_imported"]
+    assert report["meta"] == report["asset"] == random_export["metadata"]
+    out = np.load(tmp_path / "out.npz")
+
+    # 28x28: resizing is the identity; the graph only inverts.
+    ref = _in_process(algorithm, 1 - sx, sy, 1 - qx, steps=3)
+    np.testing.assert_allclose(out["logits28"], ref, atol=ATOL)
+    np.testing.assert_allclose(out["probabilities28"], tf.nn.softmax(ref).numpy(), atol=ATOL)
+    np.testing.assert_array_equal(out["predictions28"], ref.argmax(-1))
+    np.testing.assert_allclose(out["steps3"], ref, atol=ATOL)
+    np.testing.assert_allclose(out["steps5"], _in_process(algorithm, 1 - sx, sy, 1 - qx, 5),
+                               atol=ATOL)
+    # Zero steps and the predict signature are the unadapted initialisation.
+    unadapted = algorithm.predict(algorithm.model.trainable_variables, 1 - qx).numpy()
+    np.testing.assert_allclose(out["steps0"], unadapted, atol=ATOL)
+    np.testing.assert_allclose(out["predict"], unadapted, atol=ATOL)
+    assert not np.allclose(out["steps0"], out["steps3"], atol=1e-3), "adaptation changed nothing"
+
+    # 105x105: the same graph preprocessing, run in process, gives the same logits.
+    pre_s = export.preprocess_images(tf.constant(sx105), 28)
+    pre_q = export.preprocess_images(tf.constant(qx105), 28)
+    np.testing.assert_allclose(out["logits105"], _in_process(algorithm, pre_s, sy, pre_q, 3),
+                               atol=ATOL)
+
+
+def test_resize_matches_training_preprocessing():
+    """The graph's resize + inversion vs. tfmeta.omniglot's PIL preparation, on real PNGs."""
+    from tfmeta import omniglot_builder
+
+    pngs = _omniglot_pngs(40)
+    decoded = np.stack([tf.image.decode_png(p, channels=1).numpy() for p in pngs]) / 255.0
+    graph = export.preprocess_images(tf.constant(decoded, tf.float32), 28).numpy()[..., 0]
+    training = np.stack([omniglot_builder.preprocess_png(p, 28) for p in pngs]) / 255.0
+    diff = np.abs(graph - training)
+    assert diff.max() <= 1 / 255 + 1e-6, diff.max()
+    assert diff.mean() < 1e-3
+    # 28x28 input: exactly the inversion.
+    small = training[:4, ..., None].astype(np.float32)
+    np.testing.assert_array_equal(export.preprocess_images(tf.constant(1 - small), 28).numpy(),
+                                  1 - (1 - small))
+
+
+def test_saved_model_cli_show_and_run(random_export, tmp_path):
+    path = random_export["path"]
+    show = subprocess.run([SAVED_MODEL_CLI, "show", "--all", "--dir", path], env=subprocess_env(),
+                          capture_output=True, text=True, timeout=300)
+    assert show.returncode == 0, show.stderr[-2000:]
+    for name in ("adapt_and_predict", "adapt_and_predict_steps", "predict", "metadata",
+                 "support_images", "support_labels", "query_images", "probabilities"):
+        assert name in show.stdout
+    sx, sy, qx = _episode(2)
+    npz = tmp_path / "episode.npz"
+    np.savez(npz, support_images=sx, support_labels=sy, query_images=qx)
+    outdir = tmp_path / "out"
+    run = subprocess.run(
+        [SAVED_MODEL_CLI, "run", "--dir", path, "--tag_set", "serve",
+         "--signature_def", "adapt_and_predict", "--inputs",
+         f"support_images={npz}[support_images];support_labels={npz}[support_labels];"
+         f"query_images={npz}[query_images]", "--outdir", str(outdir)],
+        env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    ref = _in_process(random_export["algorithm"], 1 - sx, sy, 1 - qx, 3)
+    np.testing.assert_allclose(np.load(outdir / "logits.npy"), ref, atol=ATOL)
+    np.testing.assert_array_equal(np.load(outdir / "predictions.npy"), ref.argmax(-1))
+
+
+@pytest.fixture(scope="module")
+def loaded(random_export):
+    return tf.saved_model.load(random_export["path"])
+
+
+def _bad(**changes):
+    sx, sy, qx = _episode(3)
+    kw = dict(support_images=sx, support_labels=sy, query_images=qx)
+    kw.update(changes)
+    return kw
+
+
+_NAN = _episode(3)[0].copy()
+_NAN[1, 3, 4, 0] = np.nan
+
+
+@pytest.mark.parametrize("changes,message", [
+    (dict(support_labels=np.array([0, 1, 2, 3, 5], np.int32)), "found a label >= 5"),
+    (dict(support_labels=np.array([0, 1, -1, 3, 4], np.int32)), "found a negative label"),
+    (dict(support_labels=np.arange(4, dtype=np.int32)), "same number of examples"),
+    (dict(support_images=np.zeros((0, 28, 28, 1), np.float32),
+          support_labels=np.zeros((0,), np.int32)), "support set needs at least one example"),
+    (dict(support_images=_NAN), "support_images contains NaN"),
+    (dict(query_images=np.full((2, 28, 28, 1), np.nan, np.float32)), "query_images contains NaN"),
+    (dict(support_images=_episode(3)[0] * 255), "were the images divided by 255"),
+    (dict(query_images=np.zeros((2, 0, 28, 1), np.float32)), "positive height and width"),
+])
+def test_bad_input_raises_named_error(loaded, changes, message):
+    with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+        loaded.signatures["adapt_and_predict"](**_bad(**changes))
+
+
+@pytest.mark.parametrize("changes", [
+    dict(support_images=np.zeros((5, 28, 28), np.float32)),  # rank 3
+    dict(query_images=np.zeros((2, 28, 28, 3), np.float32)),  # 3 channels
+])
+def test_wrong_rank_or_channels_is_rejected_naming_the_input(loaded, changes):
+    (name,) = changes
+    # The signature declares [None, None, None, 1]: the runtime rejects other shapes before the
+    # graph runs, naming the input and the expected shape.
+    with pytest.raises((TypeError, ValueError), match=name):
+        loaded.signatures["adapt_and_predict"](**_bad(**changes))
+
+
+def test_negative_inner_steps(loaded):
+    with pytest.raises(tf.errors.InvalidArgumentError, match="inner_steps must be >= 0"):
+        loaded.signatures["adapt_and_predict_steps"](**_bad(), inner_steps=tf.constant(-1))
+
+
+def test_fewer_classes_than_ways_is_allowed(loaded):
+    sx, sy, qx = _episode(4, ways=3)
+    out = loaded.signatures["adapt_and_predict"](support_images=sx, support_labels=sy,
+                                                 query_images=qx)
+    assert out["logits"].shape == (9, 5)
+
+
+def test_export_is_atomic(random_export, tmp_path, monkeypatch):
+    path = str(tmp_path / "model")
+    shutil.copytree(random_export["path"], path)
+    real = export._write_saved_model
+
+    def fail_midway(module, target):
+        os.makedirs(os.path.join(target, "variables"))
+        with open(os.path.join(target, "saved_model.pb"), "wb") as f:
+            f.write(b"partial")
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(export, "_write_saved_model", fail_midway)
+    model, algorithm = random_export["model"], random_export["algorithm"]
+    with pytest.raises(RuntimeError, match="disk full"):
+        export.export(model, algorithm, path, metadata=dict(random_export["metadata"], step=7))
+    assert sorted(os.listdir(tmp_path)) == ["model"], "no temporary directory may be left"
+    assert export.read_metadata(path) == random_export["metadata"]
+
+    # A killed export leaves a temporary sibling (and, killed mid-swap, only PATH.old-*): the next
+    # export recovers the previous model or cleans up.
+    os.makedirs(f"{path}.tmp-dead/variables")
+    os.rename(path, f"{path}.old-dead")
+    export._clean_stale(path)
+    assert sorted(os.listdir(tmp_path)) == ["model"]
+    assert export.read_metadata(path) == random_export["metadata"]
+
+    # A complete export replaces the previous model.
+    monkeypatch.setattr(export, "_write_saved_model", real)
+    export.export(model, algorithm, path, metadata=dict(random_export["metadata"], step=7))
+    assert sorted(os.listdir(tmp_path)) == ["model"]
+    assert export.read_metadata(path)["step"] == 7
+    assert tf.saved_model.load(path).signatures["adapt_and_predict"] is not None
+
+
+def test_reptile_adam_minibatch_export_matches_in_process(tmp_path):
+    """Reptile's Adam inner loop runs in the graph's while loop; minibatch >= S is the full set."""
+    from tfmeta import models
+    from tfmeta.reptile import Reptile
+
+    model = models.omniglot_conv4(5, filters=4, seed=1)
+    algorithm = Reptile(model, inner_lr=1e-2, inner_steps=2, eval_inner_steps=4,
+                        inner_optimizer="adam", inner_batch_size=10)
+    meta = {"task": "omniglot", "ways": 5, "image_size": 28, "inner_steps": 4}
+    path = export.export(model, algorithm, str(tmp_path / "reptile"), metadata=meta)
+    loaded = tf.saved_model.load(path)
+    sx, sy, qx = _episode(5)
+    out = loaded.signatures["adapt_and_predict"](support_images=sx, support_labels=sy,
+                                                 query_images=qx)["logits"].numpy()
+    np.testing.assert_allclose(out, _in_process(algorithm, 1 - sx, sy, 1 - qx, 4), atol=ATOL)
+
+
+def test_sinusoid_regression_export(tmp_path):
+    from tfmeta import models
+    from tfmeta.maml import MAML
+
+    model = models.sinusoid_mlp(seed=0)
+    algorithm = MAML(model, inner_lr=0.01, inner_steps=1, eval_inner_steps=10, loss="mse")
+    meta = {"task": "sinusoid", "inner_steps": 10}
+    path = export.export(model, algorithm, str(tmp_path / "sine"), metadata=meta,
+                         classification=False)
+    loaded = tf.saved_model.load(path)
+    rng = np.random.default_rng(0)
+    sx = rng.uniform(-5, 5, (10, 1)).astype(np.float32)
+    sy, qx = np.sin(sx).astype(np.float32), rng.uniform(-5, 5, (7, 1)).astype(np.float32)
+    out = loaded.signatures["adapt_and_predict"](support_x=sx, support_y=sy, query_x=qx)
+    np.testing.assert_allclose(out["predictions"].numpy(),
+                               _in_process(algorithm, sx, sy, qx, 10), atol=ATOL)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="same number of examples"):
+        loaded.signatures["adapt_and_predict"](support_x=sx, support_y=sy[:3], query_x=qx)
+
+
+def test_export_binary_on_trained_run(smoke_workdir, tmp_path):
+    # tfmeta.train already exported at the end of training.
+    trained = export.read_metadata(os.path.join(smoke_workdir, "export"))
+    assert trained["step"] == 200 and trained["algorithm"] == "maml" and trained["ways"] == 5
+    output = str(tmp_path / "again")
+    proc = subprocess.run([sys.executable, "-m", "tfmeta.export", f"--workdir={smoke_workdir}",
+                           f"--output={output}"], env=subprocess_env(), capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    meta = export.read_metadata(output)
+    for key in ("algorithm", "ways", "shots", "queries", "image_size", "inner_steps", "inner_lr",
+                "bn_mode", "step", "tfmeta_version", "tensorflow_version"):
+        assert meta[key] == trained[key], key
+    assert meta["inner_steps"] == 3 and meta["inner_lr"] == 0.4
+
+
+def test_export_binary_missing_workdir(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "tfmeta.export",
+                           f"--workdir={tmp_path / 'nothing'}"], env=subprocess_env(),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "nothing" in proc.stderr
