@@ -9,9 +9,11 @@ stream by starting at the right index, and each input pipeline of a distributed 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Callable, Mapping
 
 import ml_collections
+import numpy as np
 import tensorflow as tf
 
 from tfmeta import config as config_lib
@@ -30,14 +32,15 @@ class TaskSource:
       num_outputs: units of the model's head (ways for classification, 1 for regression).
       input_shape: shape of one example (without batch dimension).
       classification: whether the labels are classes (accuracy is reported) or real values.
-      split_classes: classes available in each split, for validating ``ways`` (None: no classes).
+      split_classes: returns the classes available in each split, for validating ``ways``; loads
+        the data on first call (None: the tasks have no classes).
     """
 
     make_dataset: Callable[..., tf.data.Dataset]
     num_outputs: int
     input_shape: tuple[int, ...]
     classification: bool
-    split_classes: Mapping[str, int] | None = None
+    split_classes: Callable[[], Mapping[str, int]] | None = None
 
 
 def build(config: ml_collections.ConfigDict, *, data=None) -> TaskSource:
@@ -69,24 +72,28 @@ def _sinusoid(config: ml_collections.ConfigDict) -> TaskSource:
 def _omniglot(config: ml_collections.ConfigDict, data) -> TaskSource:
     from tfmeta import episodes, omniglot
 
-    if data is None:
-        data = omniglot.load(data_dir=config.data.data_dir or None,
-                             archives_dir=config.data.archives_dir or None,
-                             image_size=config.data.image_size, subset=config.data.subset)
-    pools = {split: omniglot.split(data, scheme=config.data.split_scheme, split=split)
-             for split in omniglot.SPLITS}
-    size = config.data.image_size
+    @functools.cache
+    def pools() -> dict[str, np.ndarray]:
+        # Loaded on first use: restoring a model for export or inspection needs no data.
+        loaded = data
+        if loaded is None:
+            loaded = omniglot.load(data_dir=config.data.data_dir or None,
+                                   archives_dir=config.data.archives_dir or None,
+                                   image_size=config.data.image_size, subset=config.data.subset)
+        return {split: omniglot.split(loaded, scheme=config.data.split_scheme, split=split)
+                for split in omniglot.SPLITS}
 
     def make_dataset(split, pipeline_id, batch_size, seed, start_index):
         shots = config_lib.train_shots(config) if split == "train" else config.data.shots
         spec = episodes.EpisodeSpec(ways=config.data.ways, shots=shots,
                                     queries=config.data.queries, rotate=config.data.rotate)
-        return episodes.episode_dataset(pools[split], spec, seed=seed, pipeline_id=pipeline_id,
+        return episodes.episode_dataset(pools()[split], spec, seed=seed, pipeline_id=pipeline_id,
                                         start_index=start_index, batch_size=batch_size)
 
+    size = config.data.image_size
     return TaskSource(make_dataset, num_outputs=config.data.ways, input_shape=(size, size, 1),
                       classification=True,
-                      split_classes={split: int(pool.shape[0]) for split, pool in pools.items()})
+                      split_classes=lambda: {k: int(v.shape[0]) for k, v in pools().items()})
 
 
 def distributed_dataset(strategy: tf.distribute.Strategy, source: TaskSource, split: str, *,

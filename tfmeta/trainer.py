@@ -94,13 +94,15 @@ def build_optimizer(config: ml_collections.ConfigDict) -> keras.optimizers.Optim
 
 
 def build_experiment(config: ml_collections.ConfigDict, strategy: tf.distribute.Strategy, *,
-                     data=None) -> Experiment:
+                     data=None, check_data: bool = True) -> Experiment:
     """Validates ``config`` and builds data, model, algorithm and optimizer under ``strategy``.
 
     Args:
       config: experiment config.
       strategy: where to run.
-      data: pre-loaded Omniglot data (tests); loaded through TFDS when None.
+      data: pre-loaded Omniglot data (tests); loaded through TFDS on first use when None.
+      check_data: load the data now and check the config against it (e.g. ways <= classes of
+        every split). Off for restoring a trained model, which needs no data.
 
     Raises:
       config_lib.ConfigError: for any invalid field, before anything is trained.
@@ -108,7 +110,8 @@ def build_experiment(config: ml_collections.ConfigDict, strategy: tf.distribute.
     replicas = strategy.num_replicas_in_sync
     config_lib.validate(config, num_replicas=replicas)
     source = tasks.build(config, data=data)
-    config_lib.validate(config, num_replicas=replicas, split_classes=source.split_classes)
+    if check_data and source.split_classes is not None:
+        config_lib.validate(config, num_replicas=replicas, split_classes=source.split_classes())
     with strategy.scope():
         model = build_model(config, source)
         algorithm = build_algorithm(config, model, source.classification)
@@ -413,7 +416,7 @@ def restore(workdir: str, *, strategy: tf.distribute.Strategy | None = None,
     """
     strategy = strategy or tf.distribute.get_strategy()
     config = config or load_config(workdir)
-    exp = build_experiment(config, strategy, data=data)
+    exp = build_experiment(config, strategy, data=data, check_data=False)
     latest = tf.train.latest_checkpoint(os.path.join(workdir, CHECKPOINT_DIR))
     if not latest:
         raise FileNotFoundError(f"no checkpoint in {os.path.join(workdir, CHECKPOINT_DIR)!r}")
