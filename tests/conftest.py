@@ -9,30 +9,18 @@ one temporary TFDS data dir per pytest run, never outside the pytest tmp dir.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-OMNIGLOT_ARCHIVES = (
-    "images_background.zip",
-    "images_evaluation.zip",
-    "images_background_small1.zip",
-    "images_background_small2.zip",
-)
+from tests.helpers import ARCHIVES_ENV, REPO, archives_dir, subprocess_env
 
 
 @pytest.fixture(scope="session")
 def omniglot_archives_dir() -> str:
     """Directory holding the four Omniglot zip archives."""
-    path = os.path.abspath(os.environ.get("TFMETA_OMNIGLOT_ARCHIVES")
-                           or os.path.join(REPO, "..", "shared", "omniglot"))
-    missing = [f for f in OMNIGLOT_ARCHIVES if not os.path.isfile(os.path.join(path, f))]
-    if missing:
-        message = f"Omniglot archives {missing} not found in {path!r}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message + " (CI=true: real data is required)")
-        pytest.skip(message)
-    return path
+    return archives_dir()
 
 
 @pytest.fixture(scope="session")
@@ -57,3 +45,41 @@ def omniglot_full(omniglot_archives_dir, tfds_data_dir):
 
     return omniglot.load(data_dir=tfds_data_dir, archives_dir=omniglot_archives_dir,
                          subset="full")
+
+
+@pytest.fixture(scope="session")
+def smoke_workdir(tmp_path_factory, omniglot_archives_dir, tfds_data_dir, omniglot_small) -> str:
+    """Work directory of ``tfmeta.train`` with ``configs/omniglot_maml.py:smoke`` (with export).
+
+    It reuses the run's TFDS data dir, where ``omniglot_small`` already prepared the dataset.
+    This is also the end-to-end test of the training binary: a failure here fails every user.
+    """
+    root = tmp_path_factory.mktemp("smoke")
+    workdir = str(root / "workdir")
+    cmd = [sys.executable, "-m", "tfmeta.train",
+           f"--config={os.path.join(REPO, 'configs', 'omniglot_maml.py')}:smoke",
+           f"--workdir={workdir}", f"--config.data.data_dir={tfds_data_dir}"]
+    proc = subprocess.run(cmd, cwd=str(root), env=subprocess_env(**{ARCHIVES_ENV: omniglot_archives_dir}),
+                          capture_output=True, text=True, timeout=900)
+    if proc.returncode != 0:
+        raise AssertionError(f"smoke training failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+    return workdir
+
+
+@pytest.fixture(scope="session")
+def random_export(tmp_path_factory) -> dict:
+    """A 5-way MAML conv4 (8 filters, random weights, 3 inner steps) exported to a SavedModel.
+
+    Returns ``{"path", "model", "algorithm", "metadata"}``; the model and algorithm are the
+    in-process originals, to compare the SavedModel with.
+    """
+    from tfmeta import export, models
+    from tfmeta.maml import MAML
+
+    model = models.omniglot_conv4(5, filters=8, seed=0)
+    algorithm = MAML(model, inner_lr=0.4, inner_steps=1, eval_inner_steps=3)
+    metadata = {"task": "omniglot", "algorithm": "maml", "ways": 5, "image_size": 28,
+                "inner_steps": 3, "inner_lr": 0.4, "bn_mode": "transductive"}
+    path = str(tmp_path_factory.mktemp("random_export") / "model")
+    export.export(model, algorithm, path, metadata=metadata)
+    return {"path": path, "model": model, "algorithm": algorithm, "metadata": metadata}

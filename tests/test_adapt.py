@@ -12,12 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.smoke_fixture import (  # noqa: F401  (fixtures)
-    archives_dir,
-    random_export,
-    smoke_workdir,
-    subprocess_env,
-)
+from tests.helpers import archives_dir, subprocess_env
 from tfmeta import adapt
 
 

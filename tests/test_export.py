@@ -20,12 +20,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.smoke_fixture import (  # noqa: F401  (fixtures)
-    archives_dir,
-    random_export,
-    smoke_workdir,
-    subprocess_env,
-)
+from tests.helpers import archives_dir, subprocess_env
 from tfmeta import export
 
 ATOL = 1e-5
