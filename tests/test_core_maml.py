@@ -49,13 +49,15 @@ def _conv4(seed=0):
 def _mlp_bn(seed=0, features=6):
     """A small Sequential classifier with tfmeta BatchNorm: cheap to trace and compile."""
     init = keras.initializers.GlorotUniform
-    return keras.Sequential([
-        keras.Input((features,)),
-        keras.layers.Dense(8, kernel_initializer=init(seed)),
-        BatchNorm(),
-        keras.layers.ReLU(),
-        keras.layers.Dense(3, kernel_initializer=init(seed + 1)),
-    ])
+    return keras.Sequential(
+        [
+            keras.Input((features,)),
+            keras.layers.Dense(8, kernel_initializer=init(seed)),
+            BatchNorm(),
+            keras.layers.ReLU(),
+            keras.layers.Dense(3, kernel_initializer=init(seed + 1)),
+        ]
+    )
 
 
 def _assert_lists_close(a, b, **kw):
@@ -152,8 +154,10 @@ def test_adapt_does_not_modify_variables_and_predict_uses_params():
     # Transductive prediction with the original params equals a training-mode call.
     theta = F.values(model.trainable_variables)
     np.testing.assert_allclose(
-        algo.predict(theta, batch["query_x"][0]), model(batch["query_x"][0], training=True),
-        rtol=1e-5, atol=1e-6,
+        algo.predict(theta, batch["query_x"][0]),
+        model(batch["query_x"][0], training=True),
+        rtol=1e-5,
+        atol=1e-6,
     )
 
 
@@ -167,8 +171,7 @@ def test_adapt_steps_are_sgd_on_support_loss(float64):
     for _ in range(3):
         with tf.GradientTape() as tape:
             tape.watch(expected)
-            loss = tf.reduce_mean(tf.square(
-                model.stateless_call(expected, [], x)[0] - y))
+            loss = tf.reduce_mean(tf.square(model.stateless_call(expected, [], x)[0] - y))
         expected = F.sgd_step(expected, tape.gradient(loss, expected), 0.1)
     _assert_lists_close(algo.adapt(x, y, steps=3), expected, rtol=1e-12)
 
@@ -239,7 +242,9 @@ def _query_dependence(bn_mode):
     out = algo.predict(fast, qx, support_x=sx)
     changed = tf.tensor_scatter_nd_update(qx, [[0]], 10.0 + 3.0 * qx[:1])
     out2 = algo.predict(fast, changed, support_x=sx)
-    return float(tf.reduce_max(tf.abs(out2[1:] - out[1:]))), float(tf.reduce_max(tf.abs(out2[0] - out[0])))
+    return float(tf.reduce_max(tf.abs(out2[1:] - out[1:]))), float(
+        tf.reduce_max(tf.abs(out2[0] - out[0]))
+    )
 
 
 def test_support_mode_query_predictions_are_independent():
@@ -270,7 +275,8 @@ def test_support_mode_uses_support_statistics_of_adapted_weights():
     np.testing.assert_allclose(
         algo.predict(fast, sx, support_x=sx),
         model.stateless_call(fast, F.values(model.non_trainable_variables), sx, training=True)[0],
-        rtol=1e-4, atol=1e-5,
+        rtol=1e-4,
+        atol=1e-5,
     )
     with pytest.raises(ValueError, match="support_x"):
         algo.predict(fast, sx)
@@ -289,7 +295,9 @@ def test_running_mode_trainer_keeps_moving_statistics():
     # Query predictions in "running" mode use exactly the assigned statistics.
     theta = F.values(model.trainable_variables)
     x = _batch()["query_x"][0]
-    np.testing.assert_allclose(algo.predict(theta, x), model(x, training=False), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        algo.predict(theta, x), model(x, training=False), rtol=1e-5, atol=1e-6
+    )
 
 
 def test_support_mode_rejects_keras_batch_normalization():
@@ -338,10 +346,11 @@ def test_two_replicas_sum_to_the_single_device_mean():
     import subprocess
     import sys
 
-    result = subprocess.run([sys.executable, "-c", _TWO_REPLICA_SCRIPT],
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", _TWO_REPLICA_SCRIPT], capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-3000:]
-    line = [l for l in result.stdout.splitlines() if l.startswith("REPLICAS")][0]
+    line = [s for s in result.stdout.splitlines() if s.startswith("REPLICAS")][0]
     _, replicas, _, err, err_m, err_nt = line.split()
     assert int(replicas) == 2
     assert float(err) < 1e-5 and float(err_m) < 1e-5 and float(err_nt) < 1e-5, line

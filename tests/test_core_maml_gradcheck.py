@@ -114,13 +114,18 @@ def _keras_bn_conv4(ways, image, filters, seed):
     x = inputs
     for i in range(4):
         x = keras.layers.Conv2D(
-            filters, 3, strides=2, padding="same",
+            filters,
+            3,
+            strides=2,
+            padding="same",
             kernel_initializer=keras.initializers.GlorotUniform(seed + i),
         )(x)
         x = keras.layers.BatchNormalization()(x)
         x = keras.layers.ReLU()(x)
     x = keras.layers.GlobalAveragePooling2D()(x)
-    outputs = keras.layers.Dense(ways, kernel_initializer=keras.initializers.GlorotUniform(seed + 4))(x)
+    outputs = keras.layers.Dense(
+        ways, kernel_initializer=keras.initializers.GlorotUniform(seed + 4)
+    )(x)
     return keras.Model(inputs, outputs)
 
 
@@ -128,7 +133,9 @@ def _keras_bn_conv4(ways, image, filters, seed):
 def test_conv4_batchnorm_second_order_matches_finite_differences(float64, steps):
     model = models.omniglot_conv4(3, image_size=8, filters=4, seed=0)
     algo = maml.MAML(model, inner_lr=0.4, inner_steps=steps)
-    batch = _classification_batch(np.random.default_rng(2), tasks=2, shots=2, queries=4, ways=3, image=8)
+    batch = _classification_batch(
+        np.random.default_rng(2), tasks=2, shots=2, queries=4, ways=3, image=8
+    )
     errors, n = _fd_errors(algo, batch)
     assert n >= 20
     assert errors.max() < 1e-6, errors
@@ -137,17 +144,22 @@ def test_conv4_batchnorm_second_order_matches_finite_differences(float64, steps)
 def test_conv4_support_bn_mode_matches_finite_differences(float64):
     model = models.omniglot_conv4(3, image_size=8, filters=4, seed=3)
     algo = maml.MAML(model, inner_lr=0.4, inner_steps=2, bn_mode="support")
-    batch = _classification_batch(np.random.default_rng(4), tasks=2, shots=2, queries=4, ways=3, image=8)
+    batch = _classification_batch(
+        np.random.default_rng(4), tasks=2, shots=2, queries=4, ways=3, image=8
+    )
     errors, _ = _fd_errors(algo, batch, coords=8)
     assert errors.max() < 1e-6, errors
 
 
 def test_keras_batchnorm_gives_wrong_second_order_gradient(float64):
     """The same check fails for Keras' BatchNormalization: it can detect errors."""
-    batch = _classification_batch(np.random.default_rng(2), tasks=2, shots=2, queries=4, ways=3, image=8)
+    batch = _classification_batch(
+        np.random.default_rng(2), tasks=2, shots=2, queries=4, ways=3, image=8
+    )
     keras_algo = maml.MAML(_keras_bn_conv4(3, 8, 4, seed=0), inner_lr=0.4, inner_steps=1)
-    tfmeta_algo = maml.MAML(models.omniglot_conv4(3, image_size=8, filters=4, seed=0),
-                            inner_lr=0.4, inner_steps=1)
+    tfmeta_algo = maml.MAML(
+        models.omniglot_conv4(3, image_size=8, filters=4, seed=0), inner_lr=0.4, inner_steps=1
+    )
     keras_errors, _ = _fd_errors(keras_algo, batch, coords=8)
     tfmeta_errors, _ = _fd_errors(tfmeta_algo, batch, coords=8)
     assert tfmeta_errors.max() < 1e-6

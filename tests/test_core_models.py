@@ -43,7 +43,14 @@ def test_omniglot_conv4_architecture():
 
 def test_sinusoid_mlp_and_logistic_regression_shapes():
     mlp = models.sinusoid_mlp()
-    assert [w.shape for w in mlp.trainable_variables] == [(1, 40), (40,), (40, 40), (40,), (40, 1), (1,)]
+    assert [w.shape for w in mlp.trainable_variables] == [
+        (1, 40),
+        (40,),
+        (40, 40),
+        (40,),
+        (40, 1),
+        (1,),
+    ]
     lr = models.logistic_regression(7)
     assert [w.shape for w in lr.trainable_variables] == [(7, 1), (1,)]
 
@@ -60,12 +67,18 @@ def test_logistic_regression_gradients_match_closed_form(float64, label_shape):
         loss = tf.reduce_mean(losses.binary_crossentropy(y_in, model(x)))
     gw, gb = tape.gradient(loss, [w, b])
     sigma = 1.0 / (1.0 + np.exp(-(x.numpy() @ w.numpy() + b.numpy())[:, 0]))
-    np.testing.assert_allclose(gw.numpy()[:, 0], ((sigma - y)[:, None] * x.numpy()).mean(0), rtol=1e-12)
+    np.testing.assert_allclose(
+        gw.numpy()[:, 0], ((sigma - y)[:, None] * x.numpy()).mean(0), rtol=1e-12
+    )
     np.testing.assert_allclose(gb.numpy()[0], (sigma - y).mean(), rtol=1e-12)
     # One MAML inner step is exactly that closed-form gradient step.
     algo = maml.MAML(model, inner_lr=0.5, inner_steps=1, loss="binary_crossentropy")
     w1, b1 = algo.adapt(x, y_in)
-    np.testing.assert_allclose(w1.numpy()[:, 0], w.numpy()[:, 0] - 0.5 * ((sigma - y)[:, None] * x.numpy()).mean(0), rtol=1e-12)
+    np.testing.assert_allclose(
+        w1.numpy()[:, 0],
+        w.numpy()[:, 0] - 0.5 * ((sigma - y)[:, None] * x.numpy()).mean(0),
+        rtol=1e-12,
+    )
     np.testing.assert_allclose(b1.numpy()[0], b.numpy()[0] - 0.5 * (sigma - y).mean(), rtol=1e-12)
 
 
@@ -83,11 +96,15 @@ class _Subclassed(keras.Model):
 
 def _functional():
     inputs = keras.Input((5,))
-    return keras.Model(inputs, keras.layers.Dense(3)(keras.layers.Dense(8, activation="tanh")(inputs)))
+    return keras.Model(
+        inputs, keras.layers.Dense(3)(keras.layers.Dense(8, activation="tanh")(inputs))
+    )
 
 
 def _sequential():
-    return keras.Sequential([keras.Input((5,)), keras.layers.Dense(8, activation="tanh"), keras.layers.Dense(3)])
+    return keras.Sequential(
+        [keras.Input((5,)), keras.layers.Dense(8, activation="tanh"), keras.layers.Dense(3)]
+    )
 
 
 def _subclassed():
@@ -96,17 +113,23 @@ def _subclassed():
     return model
 
 
-@pytest.mark.parametrize("make", [_functional, _sequential, _subclassed], ids=["functional", "sequential", "subclassed"])
+@pytest.mark.parametrize(
+    "make", [_functional, _sequential, _subclassed], ids=["functional", "sequential", "subclassed"]
+)
 def test_every_model_style_adapts_without_modifying_variables(make):
     model = make()
     rng = np.random.default_rng(0)
     x = rng.normal(size=(6, 5)).astype("float32")
     y = np.arange(6) % 3
     before = [v.numpy().copy() for v in model.variables]
-    for algo in (maml.MAML(model, inner_lr=0.5, inner_steps=2),
-                 reptile.Reptile(model, inner_lr=0.5, inner_steps=2)):
+    for algo in (
+        maml.MAML(model, inner_lr=0.5, inner_steps=2),
+        reptile.Reptile(model, inner_lr=0.5, inner_steps=2),
+    ):
         fast = algo.adapt(x, y)
-        loss_before = tf.reduce_mean(algo.loss_fn(y, algo.predict(F.values(model.trainable_variables), x)))
+        loss_before = tf.reduce_mean(
+            algo.loss_fn(y, algo.predict(F.values(model.trainable_variables), x))
+        )
         loss_after = tf.reduce_mean(algo.loss_fn(y, algo.predict(fast, x)))
         assert float(loss_after) < float(loss_before)
         batch = {"support_x": x[None], "support_y": y[None], "query_x": x[None], "query_y": y[None]}
@@ -122,11 +145,15 @@ def test_batchnorm_forward_matches_keras_and_updates_statistics():
     ours, theirs = BatchNorm(momentum=0.9), keras.layers.BatchNormalization(momentum=0.9)
     ours.build(x.shape)
     theirs.build(x.shape)
-    np.testing.assert_allclose(ours(x, training=True), theirs(x, training=True), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        ours(x, training=True), theirs(x, training=True), rtol=1e-4, atol=1e-5
+    )
     np.testing.assert_allclose(ours.moving_mean, theirs.moving_mean, rtol=1e-5)
     np.testing.assert_allclose(ours.moving_variance, theirs.moving_variance, rtol=1e-5)
     np.testing.assert_allclose(ours.batch_mean, tf.reduce_mean(x, [0, 1, 2]), rtol=1e-5)
-    np.testing.assert_allclose(ours(x, training=False), theirs(x, training=False), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        ours(x, training=False), theirs(x, training=False), rtol=1e-4, atol=1e-5
+    )
     assert len(ours.trainable_weights) == 2 and len(ours.non_trainable_weights) == 4
 
 
@@ -160,7 +187,9 @@ def test_losses_per_example_and_registry():
     y = tf.constant([0, 2])
     np.testing.assert_allclose(
         losses.get("sparse_categorical_crossentropy")(y, logits),
-        keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True), rtol=1e-6)
+        keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True),
+        rtol=1e-6,
+    )
     np.testing.assert_allclose(losses.get("mse")(tf.ones((2, 3)), tf.zeros((2, 3))), [1.0, 1.0])
     custom = lambda a, b: tf.reduce_sum(tf.abs(a - b), -1)  # noqa: E731
     assert losses.get(custom) is custom
@@ -231,13 +260,19 @@ def test_labels_out_of_range_eager_and_graph():
     algo = maml.MAML(_mlp(), inner_lr=0.1, inner_steps=1)
     batch = _task_batch()
     batch["support_y"][0, 0] = 3
-    with pytest.raises(ValueError, match=r"support labels must be integers in \[0, 3\); got labels in \[0, 3\]"):
+    with pytest.raises(
+        ValueError, match=r"support labels must be integers in \[0, 3\); got labels in \[0, 3\]"
+    ):
         algo.meta_gradients(batch)
-    with pytest.raises(tf.errors.InvalidArgumentError, match=r"support labels must be integers in \[0, 3\)"):
+    with pytest.raises(
+        tf.errors.InvalidArgumentError, match=r"support labels must be integers in \[0, 3\)"
+    ):
         tf.function(algo.meta_gradients)(batch)
     batch = _task_batch()
     batch["query_y"][1, 2] = -1
-    with pytest.raises(ValueError, match=r"query labels must be integers in \[0, 3\); got labels in \[-1"):
+    with pytest.raises(
+        ValueError, match=r"query labels must be integers in \[0, 3\); got labels in \[-1"
+    ):
         algo.evaluate(batch)
 
 
@@ -247,9 +282,18 @@ def test_labels_out_of_range_eager_and_graph():
         (dict(inner_lr=0.0, inner_steps=1), "inner_lr must be a positive number, got 0.0"),
         (dict(inner_lr=-0.1, inner_steps=1), "inner_lr must be a positive number, got -0.1"),
         (dict(inner_lr=0.1, inner_steps=0), "inner_steps must be a positive integer, got 0"),
-        (dict(inner_lr=0.1, inner_steps=1, eval_inner_steps=-2), "eval_inner_steps must be a positive integer, got -2"),
-        (dict(inner_lr=0.1, inner_steps=1, inner_grad_clip=0), "inner_grad_clip must be a positive number, got 0"),
-        (dict(inner_lr=0.1, inner_steps=1, bn_mode="batch"), r"unknown bn_mode 'batch'; allowed: \['transductive', 'support', 'running'\]"),
+        (
+            dict(inner_lr=0.1, inner_steps=1, eval_inner_steps=-2),
+            "eval_inner_steps must be a positive integer, got -2",
+        ),
+        (
+            dict(inner_lr=0.1, inner_steps=1, inner_grad_clip=0),
+            "inner_grad_clip must be a positive number, got 0",
+        ),
+        (
+            dict(inner_lr=0.1, inner_steps=1, bn_mode="batch"),
+            r"unknown bn_mode 'batch'; allowed: \['transductive', 'support', 'running'\]",
+        ),
         (dict(inner_lr=0.1, inner_steps=1, loss="hinge"), "unknown loss 'hinge'"),
     ],
 )
@@ -268,7 +312,9 @@ def test_bad_steps_argument():
 
 def test_unbuilt_model():
     model = keras.Sequential([keras.layers.Dense(3)])
-    with pytest.raises(ValueError, match=r"not built.*model\.build\(input_shape\).*call the model on an input"):
+    with pytest.raises(
+        ValueError, match=r"not built.*model\.build\(input_shape\).*call the model on an input"
+    ):
         maml.MAML(model, inner_lr=0.1, inner_steps=1)
     with pytest.raises(ValueError, match="not built"):
         reptile.Reptile(model, inner_lr=0.1, inner_steps=1)

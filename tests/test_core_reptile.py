@@ -45,7 +45,9 @@ def test_one_sgd_step_pseudo_gradient_is_lr_times_support_gradient(float64):
     batch = _batch(tasks=1)
     theta = F.values(model.trainable_variables)
     grads, _ = algo.meta_gradients(batch)
-    expected = F.scale(_support_grad(model, theta, batch["support_x"][0], batch["support_y"][0]), 0.03)
+    expected = F.scale(
+        _support_grad(model, theta, batch["support_x"][0], batch["support_y"][0]), 0.03
+    )
     for g, e in zip(grads, expected):
         np.testing.assert_allclose(g, e, rtol=1e-12, atol=1e-15)
 
@@ -71,8 +73,15 @@ def test_meta_update_moves_towards_mean_adapted_parameters(float64, eps):
 def test_adam_inner_loop_matches_hand_written_adam(float64):
     model = models.sinusoid_mlp(hidden=(8,), seed=1)
     lr, b1, b2, steps = 0.01, 0.5, 0.9, 4
-    algo = reptile.Reptile(model, inner_lr=lr, inner_steps=steps, inner_optimizer="adam",
-                           adam_beta1=b1, adam_beta2=b2, loss="mse")
+    algo = reptile.Reptile(
+        model,
+        inner_lr=lr,
+        inner_steps=steps,
+        inner_optimizer="adam",
+        adam_beta1=b1,
+        adam_beta2=b2,
+        loss="mse",
+    )
     batch = _batch(tasks=1)
     x, y = batch["support_x"][0], batch["support_y"][0]
     params = [p.numpy() for p in F.values(model.trainable_variables)]
@@ -98,7 +107,9 @@ def test_paper_default_adam_has_beta1_zero():
 
 def test_inner_minibatches_follow_the_static_schedule(float64):
     model = models.sinusoid_mlp(hidden=(8,), seed=0)
-    algo = reptile.Reptile(model, inner_lr=0.05, inner_steps=5, inner_batch_size=4, loss="mse", seed=7)
+    algo = reptile.Reptile(
+        model, inner_lr=0.05, inner_steps=5, inner_batch_size=4, loss="mse", seed=7
+    )
     batch = _batch(tasks=1, k=10)
     x, y = batch["support_x"][0], batch["support_y"][0]
     schedule = reptile.minibatch_indices(10, 4, 5, seed=7)
@@ -107,7 +118,9 @@ def test_inner_minibatches_follow_the_static_schedule(float64):
     assert len(set(schedule.ravel()[:8])) == 8
     params = F.values(model.trainable_variables)
     for idx in schedule:
-        params = F.sgd_step(params, _support_grad(model, params, tf.gather(x, idx), tf.gather(y, idx)), 0.05)
+        params = F.sgd_step(
+            params, _support_grad(model, params, tf.gather(x, idx), tf.gather(y, idx)), 0.05
+        )
     for a, e in zip(algo.adapt(x, y), params):
         np.testing.assert_allclose(a, e, rtol=1e-12, atol=1e-14)
 
@@ -121,8 +134,14 @@ def test_minibatch_schedule_covers_support_set_each_pass():
 
 def test_reptile_metrics_and_evaluate():
     model = models.omniglot_conv4(3, image_size=8, filters=4, seed=0)
-    algo = reptile.Reptile(model, inner_lr=1e-3, inner_steps=2, eval_inner_steps=4,
-                           inner_optimizer="adam", inner_batch_size=4)
+    algo = reptile.Reptile(
+        model,
+        inner_lr=1e-3,
+        inner_steps=2,
+        eval_inner_steps=4,
+        inner_optimizer="adam",
+        inner_batch_size=4,
+    )
     rng = np.random.default_rng(0)
     batch = {
         "support_x": rng.normal(size=(2, 6, 8, 8, 1)).astype("float32"),

@@ -19,7 +19,9 @@ def test_sample_tasks_shapes_ranges_and_determinism():
     x = np.concatenate([tasks["support_x"], tasks["query_x"]], 1)
     assert x.min() >= -5.0 and x.max() <= 5.0
     y = np.concatenate([tasks["support_y"], tasks["query_y"]], 1)
-    np.testing.assert_allclose(y, amp[:, None, None] * np.sin(x - phase[:, None, None]), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        y, amp[:, None, None] * np.sin(x - phase[:, None, None]), rtol=1e-5, atol=1e-5
+    )
     again = sinusoid.sample_tasks(64, 10, 7, seed=3)
     np.testing.assert_array_equal(again["query_y"], tasks["query_y"])
     other = sinusoid.sample_tasks(64, 10, 7, seed=4)
@@ -74,8 +76,9 @@ def test_maml_sinusoid_beats_pretrained_network():
         y = tf.reshape(tf.concat([batch["support_y"], batch["query_y"]], 1), [-1, 1])
         with tf.GradientTape() as tape:
             loss = tf.reduce_mean(tf.square(baseline(x, training=True) - y))
-        base_opt.apply_gradients(zip(tape.gradient(loss, baseline.trainable_variables),
-                                     baseline.trainable_variables))
+        base_opt.apply_gradients(
+            zip(tape.gradient(loss, baseline.trainable_variables), baseline.trainable_variables)
+        )
         return loss
 
     stream = sinusoid.task_dataset(k_support=10, k_query=10, seed=0, batch_size=25)
@@ -85,12 +88,16 @@ def test_maml_sinusoid_beats_pretrained_network():
 
     held_out = sinusoid.sample_tasks(300, 10, 10, seed=12345)
     maml_eval = tf.function(algo.evaluate, jit_compile=True)(held_out)
-    base_algo = maml.MAML(baseline, inner_lr=0.01, inner_steps=1, eval_inner_steps=eval_steps, loss="mse")
+    base_algo = maml.MAML(
+        baseline, inner_lr=0.01, inner_steps=1, eval_inner_steps=eval_steps, loss="mse"
+    )
     base_eval = tf.function(base_algo.evaluate, jit_compile=True)(held_out)
     pre = float(tf.reduce_mean(maml_eval["loss_pre"]))
     post = float(tf.reduce_mean(maml_eval["loss"]))
     pretrained = float(tf.reduce_mean(base_eval["loss"]))
-    print(f"query MSE: MAML before adaptation {pre:.3f}, MAML after {eval_steps} steps {post:.3f}, "
-          f"pre-trained after {eval_steps} steps {pretrained:.3f}")
+    print(
+        f"query MSE: MAML before adaptation {pre:.3f}, MAML after {eval_steps} steps {post:.3f}, "
+        f"pre-trained after {eval_steps} steps {pretrained:.3f}"
+    )
     assert post < 0.5 * pre
     assert post < 0.7 * pretrained

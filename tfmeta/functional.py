@@ -145,9 +145,7 @@ def assign_floating(variables: Sequence[Any], new_values: Sequence[tf.Tensor]) -
     ``SeedGenerator``) are skipped: they cannot be averaged across tasks.
     """
     if len(variables) != len(new_values):
-        raise ValueError(
-            f"got {len(new_values)} values for {len(variables)} variables"
-        )
+        raise ValueError(f"got {len(new_values)} values for {len(variables)} variables")
     for v, x in zip(variables, new_values):
         if is_floating(v):
             v.assign(tf.cast(x, v.dtype))

@@ -61,8 +61,12 @@ class BatchNorm(keras.layers.Layer):
         if dim is None:
             raise ValueError(f"BatchNorm needs a known last dimension, got shape {input_shape}")
         shape = (dim,)
-        self.gamma = self.add_weight(shape=shape, initializer="ones", name="gamma") if self.scale else None
-        self.beta = self.add_weight(shape=shape, initializer="zeros", name="beta") if self.center else None
+        self.gamma = (
+            self.add_weight(shape=shape, initializer="ones", name="gamma") if self.scale else None
+        )
+        self.beta = (
+            self.add_weight(shape=shape, initializer="zeros", name="beta") if self.center else None
+        )
         self.moving_mean = self.add_weight(
             shape=shape, initializer="zeros", trainable=False, name="moving_mean"
         )

@@ -164,9 +164,7 @@ class MetaLearner:
         if tf.executing_eagerly():
             arr = np.asarray(y)
             if arr.size and (arr.min() < 0 or arr.max() >= classes):
-                raise ValueError(
-                    f"{message}; got labels in [{arr.min()}, {arr.max()}]"
-                )
+                raise ValueError(f"{message}; got labels in [{arr.min()}, {arr.max()}]")
             return y
         yi = tf.cast(y, tf.int64)
         checks = [
@@ -197,7 +195,11 @@ class MetaLearner:
         return tf.reduce_mean(self.loss_fn(y, outputs))
 
     def _support_loss(
-        self, params: list[tf.Tensor], nt: list[tf.Tensor], x: tf.Tensor, y: tf.Tensor,
+        self,
+        params: list[tf.Tensor],
+        nt: list[tf.Tensor],
+        x: tf.Tensor,
+        y: tf.Tensor,
         training: bool,
     ) -> tuple[tf.Tensor, list[tf.Tensor]]:
         outputs, nt = F.forward(self.model, params, nt, x, training=training)
@@ -233,8 +235,13 @@ class MetaLearner:
         return F.clip_by_global_norm(grads, self.inner_grad_clip)
 
     def _adapt(
-        self, params: list[tf.Tensor], nt: list[tf.Tensor], support_x: tf.Tensor,
-        support_y: tf.Tensor, steps: int, training: bool,
+        self,
+        params: list[tf.Tensor],
+        nt: list[tf.Tensor],
+        support_x: tf.Tensor,
+        support_y: tf.Tensor,
+        steps: int,
+        training: bool,
     ) -> tuple[list[tf.Tensor], list[tf.Tensor]]:
         """The inner loop: returns ``(fast_params, non_trainable_after)``."""
         raise NotImplementedError
@@ -332,7 +339,9 @@ class MetaLearner:
             metrics["accuracy_post"] = tf.reduce_mean(self.accuracy_fn(qy, out_post))
         return metrics
 
-    def evaluate(self, batch: Mapping[str, tf.Tensor], *, steps: int | None = None) -> dict[str, tf.Tensor]:
+    def evaluate(
+        self, batch: Mapping[str, tf.Tensor], *, steps: int | None = None
+    ) -> dict[str, tf.Tensor]:
         """Per-task metrics after adaptation, for evaluation.
 
         Args:

@@ -55,14 +55,21 @@ def omniglot_conv4(
     x = inputs
     for i in range(4):
         x = keras.layers.Conv2D(
-            filters, 3, strides=2, padding="same", kernel_initializer=_init("glorot", seed, i),
-            name=f"conv{i}", dtype=dtype,
+            filters,
+            3,
+            strides=2,
+            padding="same",
+            kernel_initializer=_init("glorot", seed, i),
+            name=f"conv{i}",
+            dtype=dtype,
         )(x)
         x = BatchNorm(name=f"bn{i}", dtype=dtype)(x)
         x = keras.layers.ReLU(name=f"relu{i}", dtype=dtype)(x)
     x = keras.layers.GlobalAveragePooling2D(name="spatial_mean", dtype=dtype)(x)
     logits = keras.layers.Dense(
-        num_classes, kernel_initializer=_init("glorot", seed, 4), name="logits",
+        num_classes,
+        kernel_initializer=_init("glorot", seed, 4),
+        name="logits",
         dtype=_head_dtype(dtype),
     )(x)
     return keras.Model(inputs, logits, name="omniglot_conv4")
@@ -82,11 +89,16 @@ def sinusoid_mlp(
     x = inputs
     for i, width in enumerate(hidden):
         x = keras.layers.Dense(
-            width, activation="relu", kernel_initializer=_init("glorot", seed, i), name=f"dense{i}",
+            width,
+            activation="relu",
+            kernel_initializer=_init("glorot", seed, i),
+            name=f"dense{i}",
             dtype=dtype,
         )(x)
     outputs = keras.layers.Dense(
-        1, kernel_initializer=_init("glorot", seed, len(hidden)), name="output",
+        1,
+        kernel_initializer=_init("glorot", seed, len(hidden)),
+        name="output",
         dtype=_head_dtype(dtype),
     )(x)
     return keras.Model(inputs, outputs, name="sinusoid_mlp")

@@ -105,7 +105,9 @@ class Reptile(MetaLearner):
             )
         self.inner_optimizer = inner_optimizer
         self.inner_batch_size = (
-            None if inner_batch_size is None else _positive_int("inner_batch_size", inner_batch_size)
+            None
+            if inner_batch_size is None
+            else _positive_int("inner_batch_size", inner_batch_size)
         )
         if not 0.0 <= adam_beta1 < 1.0:
             raise ValueError(f"adam_beta1 must be in [0, 1), got {adam_beta1!r}")

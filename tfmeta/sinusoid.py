@@ -90,7 +90,9 @@ def task_dataset(
     """
 
     def make(index: tf.Tensor) -> dict[str, tf.Tensor]:
-        tasks = sample_tasks(batch_size or 1, k_support, k_query, element_seed(seed, pipeline_id, index))
+        tasks = sample_tasks(
+            batch_size or 1, k_support, k_query, element_seed(seed, pipeline_id, index)
+        )
         if batch_size is None:
             tasks = {k: v[0] for k, v in tasks.items()}
         return tasks
