@@ -378,6 +378,7 @@ class MetaLearner:
     def meta_step(
         self, batch: Mapping[str, tf.Tensor], *, global_batch_size: int | None = None
     ) -> MetaStep:
+        """Gradients, metrics and non-trainable values; see :class:`MetaStep`."""
         raise NotImplementedError
 
     # ------------------------------------------------------------ task loop
