@@ -321,20 +321,29 @@ def test_unbuilt_model():
 
 
 def test_models_accept_a_mixed_precision_policy():
-    model = models.omniglot_conv4(3, image_size=8, filters=4, seed=0, dtype="mixed_bfloat16")
+    # 28x28 as in use: with 8x8 inputs the last convolution sees 1x1 maps, where
+    # TensorFlow's oneDNN bfloat16 convolution gradient returns non-finite values
+    # nondeterministically (not with TF_ENABLE_ONEDNN_OPTS=0).
+    model = models.omniglot_conv4(3, image_size=28, filters=4, seed=0, dtype="mixed_bfloat16")
     assert model.get_layer("conv0").compute_dtype == "bfloat16"
     assert model.get_layer("bn0").compute_dtype == "bfloat16"
     assert model.get_layer("logits").compute_dtype == "float32"
     assert all(v.dtype == "float32" for v in model.variables)
     rng = np.random.default_rng(0)
     batch = {
-        "support_x": rng.normal(size=(1, 6, 8, 8, 1)).astype("float32"),
+        "support_x": rng.normal(size=(1, 6, 28, 28, 1)).astype("float32"),
         "support_y": np.tile(np.arange(3), (1, 2)),
-        "query_x": rng.normal(size=(1, 3, 8, 8, 1)).astype("float32"),
+        "query_x": rng.normal(size=(1, 3, 28, 28, 1)).astype("float32"),
         "query_y": rng.integers(0, 3, (1, 3)),
     }
     grads, metrics = maml.MAML(model, inner_lr=0.4, inner_steps=1).meta_gradients(batch)
-    assert all(g.dtype == tf.float32 and np.all(np.isfinite(g)) for g in grads)
+    assert all(g.dtype == tf.float32 for g in grads)
+    bad = [
+        (v.path, g.numpy())
+        for v, g in zip(model.trainable_variables, grads)
+        if not np.all(np.isfinite(g))
+    ]
+    assert not bad, bad
     assert np.isfinite(metrics["loss"])
     mlp = models.sinusoid_mlp(dtype="mixed_bfloat16")
     assert mlp.get_layer("dense0").compute_dtype == "bfloat16"

@@ -442,6 +442,21 @@ class MetaLearner:
         changing any caller.
         """
         n = _count(batch["support_x"], 0)
+
+        def add(acc: Any, to_sum: Any) -> Any:
+            return tf.nest.map_structure(
+                lambda a, x: a + tf.cast(x, a.dtype) if F.is_floating(a) else x, acc, to_sum
+            )
+
+        if tf.executing_eagerly() and n is not None:
+            # Same computation as the graph loop below, without TensorArrays.
+            acc, stacked = sum_init, []
+            for i in range(n):
+                to_sum, to_stack = fn({k: v[i] for k, v in batch.items()})
+                acc = add(acc, to_sum)
+                stacked.append(to_stack)
+            return acc, tf.nest.map_structure(lambda _, *xs: tf.stack(xs), stack_specs, *stacked)
+
         if n is None:
             n = tf.shape(batch["support_x"])[0]
         arrays = tf.nest.map_structure(
@@ -451,9 +466,7 @@ class MetaLearner:
         def body(i, acc, arrays):
             task = {k: tf.gather(v, i) for k, v in batch.items()}
             to_sum, to_stack = fn(task)
-            acc = tf.nest.map_structure(
-                lambda a, x: a + tf.cast(x, a.dtype) if F.is_floating(a) else x, acc, to_sum
-            )
+            acc = add(acc, to_sum)
             arrays = tf.nest.map_structure(lambda ta, x: ta.write(i, x), arrays, to_stack)
             return i + 1, acc, arrays
 
