@@ -43,8 +43,13 @@ def test_task_dataset_resumes_the_same_stream():
     batched = sinusoid.task_dataset(batch_size=4, **kw)
     first = next(iter(batched))
     assert first["support_x"].shape == (4, 5, 1) and first["query_x"].shape == (4, 3, 1)
-    again = next(iter(sinusoid.task_dataset(batch_size=4, start_index=1, **kw)))
+    again = next(iter(sinusoid.task_dataset(batch_size=4, start_index=4, **kw)))
     np.testing.assert_array_equal(list(batched.skip(1).take(1))[0]["query_y"], again["query_y"])
+    # Batching only groups consecutive tasks: a batch of 4 is tasks 0..3 of the plain stream, and
+    # two replicas' batches of 2 together are the single device's batch of 4.
+    np.testing.assert_array_equal(first["support_y"].numpy(), np.stack(full[:4]))
+    halves = [e["support_y"].numpy() for e in sinusoid.task_dataset(batch_size=2, **kw).take(2)]
+    np.testing.assert_array_equal(np.concatenate(halves), first["support_y"].numpy())
 
 
 def test_maml_sinusoid_beats_pretrained_network():

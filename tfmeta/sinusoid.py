@@ -70,19 +70,21 @@ def task_dataset(
 ) -> tf.data.Dataset:
     """An infinite, deterministic stream of sinusoid tasks.
 
-    Element ``i`` depends only on ``(seed, pipeline_id, i)``, so a run resumed
-    with ``start_index`` equal to the number of elements already consumed
-    continues the same stream, and pipelines with different ``pipeline_id``
-    (e.g. one per input worker) never repeat each other's tasks.
+    Task ``i`` depends only on ``(seed, pipeline_id, i)``, not on batching: with ``batch_size=B``
+    batch ``j`` holds tasks ``start_index + j*B ... start_index + (j+1)*B - 1``. A run resumed
+    with ``start_index`` equal to the number of tasks already consumed continues the same stream,
+    a batch of 2B tasks equals two consecutive batches of B (so a global batch splits across
+    replicas without changing), and pipelines with different ``pipeline_id`` (e.g. one per input
+    worker) draw different tasks.
 
     Args:
       k_support: support points per task.
       k_query: query points per task.
       seed: base seed.
       pipeline_id: identifies this pipeline (e.g. the input worker index).
-      start_index: index of the first element produced.
-      batch_size: if set, every element is a batch of that many tasks (and
-        ``start_index`` counts batches); otherwise every element is one task.
+      start_index: index of the first task produced.
+      batch_size: if set, every element is a batch of that many tasks (static leading
+        dimension); otherwise every element is one task.
 
     Returns:
       A ``tf.data.Dataset`` of dicts as from :func:`sample_tasks` (without
@@ -90,13 +92,12 @@ def task_dataset(
     """
 
     def make(index: tf.Tensor) -> dict[str, tf.Tensor]:
-        tasks = sample_tasks(
-            batch_size or 1, k_support, k_query, element_seed(seed, pipeline_id, index)
-        )
-        if batch_size is None:
-            tasks = {k: v[0] for k, v in tasks.items()}
-        return tasks
+        tasks = sample_tasks(1, k_support, k_query, element_seed(seed, pipeline_id, index))
+        return {k: v[0] for k, v in tasks.items()}
 
-    return tf.data.Dataset.counter(start_index, dtype=tf.int64).map(
+    ds = tf.data.Dataset.counter(start_index, dtype=tf.int64).map(
         make, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
     )
+    if batch_size is not None:
+        ds = ds.batch(batch_size, drop_remainder=True)
+    return ds
