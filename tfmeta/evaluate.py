@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 from absl import app, flags
 
@@ -32,7 +33,10 @@ def main(argv: list[str]) -> None:
     from tfmeta import distribute, trainer
 
     strategy = distribute.make_strategy(_STRATEGY.value, tpu=_TPU.value)
-    exp = trainer.restore(_WORKDIR.value, strategy=strategy)
+    try:
+        exp = trainer.restore(_WORKDIR.value, strategy=strategy)
+    except FileNotFoundError as e:
+        sys.exit(f"error: {e}")
     result = trainer.evaluate(exp, _SPLIT.value, episodes=_EPISODES.value,
                               inner_steps=_INNER_STEPS.value)
     path = os.path.join(_WORKDIR.value, f"eval_{_SPLIT.value}.json")

@@ -243,7 +243,7 @@ def write_json(path: str, value: Any) -> None:
 
 def _any_worker(strategy: tf.distribute.Strategy, flag: bool) -> bool:
     """True if ``flag`` is set on any worker: every worker must stop at the same step."""
-    if strategy.extended._in_multi_worker_mode():  # pylint: disable=protected-access
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         value = strategy.run(lambda x: x, args=(tf.constant(float(flag)),))
         return bool(strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None).numpy() > 0)
     return flag
