@@ -341,8 +341,8 @@ def _synthetic_experiment(algorithm: str, **overrides):
     config.update_from_flattened_dict({"algorithm": algorithm, "data.image_size": 12,
                                        "model.filters": 4, "train.meta_batch_size": 4,
                                        **overrides})
-    return trainer.build_experiment(config, tf.distribute.get_strategy(),
-                                    data=synthetic_omniglot(12, num_characters=300))
+    data = synthetic_omniglot(config.data.image_size, num_characters=300)
+    return trainer.build_experiment(config, tf.distribute.get_strategy(), data=data)
 
 
 def _replica_step(exp):
@@ -377,3 +377,18 @@ def test_whole_train_step_compiles_with_xla_like_on_tpu(algorithm):
     np.testing.assert_allclose(graph_losses, xla_losses, rtol=1e-4)
     for g, x in zip(graph_params, xla_params):
         np.testing.assert_allclose(g, x, rtol=1e-4, atol=1e-5)
+
+
+def test_bfloat16_compute_keeps_float32_meta_parameters():
+    """--config.dtype=bfloat16 (the TPU option): bfloat16 compute, float32 parameters and
+    fast weights, finite meta-loss."""
+    import tensorflow as tf
+
+    exp = _synthetic_experiment("maml", **{"dtype": "bfloat16", "data.image_size": 28})
+    assert all(v.dtype == "float32" for v in exp.model.trainable_variables)
+    batch = next(iter(exp.source.make_dataset("train", 0, 4, 0, 0)))
+    fast = exp.algorithm.adapt(batch["support_x"][0], batch["support_y"][0])
+    assert all(f.dtype == tf.float32 for f in fast)
+    step = tf.function(_replica_step(exp))
+    losses = [float(step(batch)) for _ in range(3)]
+    assert all(np.isfinite(losses)), losses
