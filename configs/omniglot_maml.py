@@ -57,17 +57,7 @@ def get_config(variant: str = "5way1shot"):
 
 def smoke(c):
     """Shrinks a config to a CPU-sized end-to-end run on the small archives."""
-    c.data.subset = "small"
-    c.data.ways, c.data.shots, c.data.queries = 5, 1, 5
-    c.model.filters = 16
+    tfmeta_config.smoke(c)
     c.inner.lr, c.inner.steps, c.inner.eval_steps = 0.4, 1, 3
     c.train.meta_batch_size = 8
-    c.train.iterations = 200
-    c.train.steps_per_loop = 10
-    c.train.log_every = 50
-    c.train.checkpoint_every = 50
-    c.train.eval_every = 100
-    c.train.eval_episodes = 40
-    c.eval.episodes = 100
-    c.eval.batch_size = 10
     return c

@@ -36,19 +36,10 @@ def get_config(variant: str = "5way1shot"):
     c.outer.schedule = "linear"
     c.train.meta_batch_size = 5
     if variant == "smoke":
-        c.data.subset = "small"
-        c.data.ways, c.data.shots, c.data.train_shots, c.data.queries = 5, 1, 5, 5
-        c.model.filters = 16
+        tfmeta_config.smoke(c)
+        c.data.train_shots = 5
         c.inner.steps, c.inner.eval_steps, c.inner.batch_size = 5, 10, 10
         c.train.meta_batch_size = 4
-        c.train.iterations = 200
-        c.train.steps_per_loop = 10
-        c.train.log_every = 50
-        c.train.checkpoint_every = 50
-        c.train.eval_every = 100
-        c.train.eval_episodes = 40
-        c.eval.episodes = 100
-        c.eval.batch_size = 10
         return c
     if variant not in _VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; allowed: {sorted(_VARIANTS) + ['smoke']}")

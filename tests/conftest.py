@@ -23,6 +23,21 @@ def omniglot_archives_dir() -> str:
     return archives_dir()
 
 
+@pytest.fixture
+def float64():
+    """Builds layers in float64 for the duration of a test (gradient checks)."""
+    import keras
+
+    # Keras caches the global dtype policy on first use, so setting floatx
+    # alone is not enough once any layer exists.
+    old_floatx, old_policy = keras.config.floatx(), keras.config.dtype_policy()
+    keras.config.set_floatx("float64")
+    keras.config.set_dtype_policy("float64")
+    yield
+    keras.config.set_floatx(old_floatx)
+    keras.config.set_dtype_policy(old_policy)
+
+
 @pytest.fixture(scope="session")
 def tfds_data_dir(tmp_path_factory) -> str:
     """A TFDS data dir shared by the whole pytest run."""

@@ -10,18 +10,6 @@ from tfmeta import maml, models, reptile
 from tfmeta.layers import BatchNorm
 
 
-@pytest.fixture
-def float64():
-    # Keras caches the global dtype policy on first use, so setting floatx
-    # alone is not enough once any layer exists.
-    old_floatx, old_policy = keras.config.floatx(), keras.config.dtype_policy()
-    keras.config.set_floatx("float64")
-    keras.config.set_dtype_policy("float64")
-    yield
-    keras.config.set_floatx(old_floatx)
-    keras.config.set_dtype_policy(old_policy)
-
-
 def _batch(seed=0, tasks=4, ways=3, shots=2, queries=4, image=8, dtype="float32"):
     rng = np.random.default_rng(seed)
     return {

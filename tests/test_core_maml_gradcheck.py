@@ -16,18 +16,6 @@ from tfmeta import maml, models
 H = 1e-6  # float64 central differences: truncation ~H^2, round-off ~1e-16/H
 
 
-@pytest.fixture
-def float64():
-    # Keras caches the global dtype policy on first use, so setting floatx
-    # alone is not enough once any layer exists.
-    old_floatx, old_policy = keras.config.floatx(), keras.config.dtype_policy()
-    keras.config.set_floatx("float64")
-    keras.config.set_dtype_policy("float64")
-    yield
-    keras.config.set_floatx(old_floatx)
-    keras.config.set_dtype_policy(old_policy)
-
-
 def _classification_batch(rng, tasks, shots, queries, ways, image):
     return {
         "support_x": rng.normal(size=(tasks, shots * ways, image, image, 1)),

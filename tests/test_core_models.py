@@ -10,18 +10,6 @@ from tfmeta import losses, maml, models, reptile
 from tfmeta.layers import BatchNorm
 
 
-@pytest.fixture
-def float64():
-    # Keras caches the global dtype policy on first use, so setting floatx
-    # alone is not enough once any layer exists.
-    old_floatx, old_policy = keras.config.floatx(), keras.config.dtype_policy()
-    keras.config.set_floatx("float64")
-    keras.config.set_dtype_policy("float64")
-    yield
-    keras.config.set_floatx(old_floatx)
-    keras.config.set_dtype_policy(old_policy)
-
-
 # ------------------------------------------------------------------ models
 def test_omniglot_conv4_architecture():
     model = models.omniglot_conv4(5)

@@ -1,24 +1,11 @@
 """Reptile: inner loop and meta-update against hand-written references (float64)."""
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from tfmeta import functional as F
 from tfmeta import models, reptile
-
-
-@pytest.fixture
-def float64():
-    # Keras caches the global dtype policy on first use, so setting floatx
-    # alone is not enough once any layer exists.
-    old_floatx, old_policy = keras.config.floatx(), keras.config.dtype_policy()
-    keras.config.set_floatx("float64")
-    keras.config.set_dtype_policy("float64")
-    yield
-    keras.config.set_floatx(old_floatx)
-    keras.config.set_dtype_policy(old_policy)
 
 
 def _batch(seed=0, tasks=3, k=6, q=4):

@@ -7,7 +7,6 @@ LANCZOS on uint8 images) within one grey level, 1/255.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import shutil

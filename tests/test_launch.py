@@ -11,7 +11,6 @@ import os
 import re
 import shlex
 import shutil
-import signal
 import stat
 import subprocess
 import sys
@@ -557,7 +556,7 @@ def test_k8s_indexed_job_manifest(tmp_path):
     assert int(env["WORKER_PORT"]) == service["spec"]["ports"][0]["port"]
 
     # Run the container's script with a stub interpreter, as pod index 1.
-    stub = make_executable(tmp_path / "python", STUB_WORKER)
+    make_executable(tmp_path / "python", STUB_WORKER)
     out = tmp_path / "out"
     out.mkdir()
     script_env = dict(os.environ, **env, JOB_COMPLETION_INDEX="1", STUB_OUT=str(out),

@@ -84,7 +84,6 @@ def _episodes_and_throughput(data_dir: str) -> None:
 
 def _write_adapt_folders(root: str, data_dir: str, ways: int, shots: int) -> tuple[str, str]:
     """PNG folders of unseen test characters, drawn as users have them: dark strokes on white."""
-    import numpy as np
     from PIL import Image
 
     from tfmeta import omniglot
