@@ -62,5 +62,6 @@ def test_demo_main_job_runs_end_to_end(tmp_path, omniglot_archives_dir, tfds_dat
     assert "episode 0: support_x (5, 28, 28, 1)" in out
     assert "episodes/s" in out
     assert "test accuracy:" in out
+    assert "unseen characters classified correctly" in out
     assert "Done." in out
     assert os.path.isdir(tmp_path / "demo" / "run" / "export")

@@ -39,11 +39,15 @@ def _default_config() -> str:
     return f"{path}:smoke"
 
 
-def _run(args: list[str]) -> None:
+def _run(args: list[str], *, capture: bool = False) -> str:
     print("\n$ " + " ".join(shlex.quote(a) for a in args), flush=True)
-    result = subprocess.run(args, check=False)
+    result = subprocess.run(args, check=False, text=True,
+                            stdout=subprocess.PIPE if capture else None)
+    if capture:
+        print(result.stdout, end="", flush=True)
     if result.returncode:
         sys.exit(f"step failed with exit code {result.returncode}: {' '.join(args)}")
+    return result.stdout or ""
 
 
 def _episodes_and_throughput(data_dir: str) -> None:
@@ -89,7 +93,8 @@ def _write_adapt_folders(root: str, data_dir: str, ways: int, shots: int) -> tup
     from tfmeta import omniglot
 
     data = omniglot.load(data_dir=data_dir or None, subset="small")
-    indices = omniglot.split_indices(data, "maml", "test")[:ways]
+    test = omniglot.split_indices(data, "maml", "test")
+    indices = test[:: max(1, len(test) // ways)][:ways]  # spread over the test alphabets
     support, query = os.path.join(root, "support"), os.path.join(root, "query")
     for c in indices:
         name = data.characters[c].replace("/", "_")
@@ -127,8 +132,14 @@ def main(argv: list[str]) -> None:
     cfg = trainer.load_config(run_dir)
     support, query = _write_adapt_folders(os.path.join(workdir, "folders"), data_dir,
                                           cfg.data.ways, cfg.data.shots)
-    _run([sys.executable, "-m", "tfmeta.adapt", f"--saved_model={os.path.join(run_dir, 'export')}",
-          f"--support={support}", f"--query={query}"])
+    table = _run([sys.executable, "-m", "tfmeta.adapt",
+                  f"--saved_model={os.path.join(run_dir, 'export')}", f"--support={support}",
+                  f"--query={query}"], capture=True)
+    # Each query file is named after its true class: count the rows predicted correctly.
+    rows = [line.split() for line in table.splitlines() if line.startswith(query)]
+    correct = sum(os.path.splitext(os.path.basename(r[0]))[0] == r[1] for r in rows)
+    print(f"{correct}/{len(rows)} unseen characters classified correctly after adapting to one "
+          f"example each (chance: {100 / cfg.data.ways:.0f}%)")
     print(f"\nDone. Everything is in {workdir}; TensorBoard: tensorboard --logdir={run_dir}")
 
 
