@@ -492,8 +492,11 @@ def _worker_dirs(workdir):
     return sorted(p for p in workdir.rglob("*") if p.is_dir() and re.fullmatch(r"worker[_-]?\d+", p.name))
 
 
-def test_local_cluster_two_workers_smoke(tmp_path, request):
-    """Two real MultiWorkerMirroredStrategy workers on the smoke config."""
+@pytest.mark.parametrize("full", [
+    False, pytest.param(True, marks=pytest.mark.slow, id="full")])
+def test_local_cluster_two_workers_smoke(tmp_path, request, full):
+    """Two real MultiWorkerMirroredStrategy workers on the smoke config (a short version by
+    default; the whole smoke run, with validation and export, under -m slow)."""
     if not _tfmeta_train_available():
         pytest.skip("tfmeta.train is not importable yet (the training binary has not landed)")
     # Prepared once, before the workers start, so they do not race to build the dataset.
@@ -506,9 +509,10 @@ def test_local_cluster_two_workers_smoke(tmp_path, request):
         "local_cluster.sh", f"--python={sys.executable}", f"--log_dir={logs}", "2",
         "--config=configs/omniglot_maml.py:smoke", f"--workdir={workdir}",
         f"--config.data.data_dir={data_dir}",
-        # A short version of the smoke run: the multi-worker path, not the learning, is tested.
-        "--config.train.iterations=20", "--config.train.eval_every=0",
-        "--config.train.eval_episodes=0", "--config.eval.episodes=20", "--noexport",
+        # The short version tests the multi-worker path, not the learning.
+        *([] if full else ["--config.train.iterations=20", "--config.train.eval_every=0",
+                           "--config.train.eval_episodes=0", "--config.eval.episodes=20",
+                           "--noexport"]),
         env={"TFMETA_OMNIGLOT_ARCHIVES": archives, "TF_CPP_MIN_LOG_LEVEL": "2",
              "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")},
         timeout=900,
