@@ -30,6 +30,8 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from tfmeta import distribute
+
 Episode = dict[str, tf.Tensor]
 
 _AUTOTUNE = tf.data.AUTOTUNE
@@ -341,12 +343,8 @@ def distributed_dataset(
     if start_step < 0:
         raise ValueError(f"start_step must be >= 0, got {start_step}")
 
-    def dataset_fn(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
-        per_replica = ctx.get_per_replica_batch_size(global_batch_size)
-        batches_per_step = ctx.num_replicas_in_sync // ctx.num_input_pipelines
-        return episode_dataset(
-            images, spec, seed=seed, pipeline_id=ctx.input_pipeline_id,
-            start_index=start_step * batches_per_step * per_replica,
-            batch_size=per_replica)
-
-    return strategy.distribute_datasets_from_function(dataset_fn)
+    return distribute.per_replica_dataset(
+        strategy,
+        lambda pipeline, batch, start: episode_dataset(
+            images, spec, seed=seed, pipeline_id=pipeline, start_index=start, batch_size=batch),
+        global_batch_size=global_batch_size, start_step=start_step)
