@@ -22,9 +22,13 @@ degrees, 'maml' character split (1100 train / 100 validation / 423 test), Adam m
 1e-3, query examples per class equal to the shots, batch statistics in batch norm (transductive, as
 in the paper; ``--config.inner.bn_mode=support`` for the non-transductive variant).
 
-Measured: the paper variants need an accelerator for 60,000 iterations and were not run to
-completion on the 2-core CPU machine this was developed on; see the README's "Results" section for
-what was measured there (the smoke variant and throughput figures).
+Measured on a 2-core x86_64 CPU (no GPU), TensorFlow 2.21, about 110 tasks/s:
+
+* ``5way1shot`` with ``--config.train.iterations=2000`` (1/30 of the paper's schedule, 10 minutes):
+  test accuracy 96.73 +- 0.72 % over 600 episodes (validation 96.5 % at iteration 2000);
+  the full 60,000 iterations need about 5 hours on that CPU and were not run.
+* ``smoke``: about 60 % on 5-way 1-shot test episodes of the small archives after 200 iterations
+  (about a minute).
 """
 
 from tfmeta import config as tfmeta_config
