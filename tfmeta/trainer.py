@@ -161,14 +161,14 @@ def _make_train_loop(exp: Experiment) -> Callable:
     @tf.function
     def train_loop(iterator, num_steps):
         first = exp.step.read_value()
-        totals = one_step(iterator)
-        bad = tf.where(tf.math.is_finite(totals["loss"]), tf.constant(-1, tf.int64), first)
-        for i in tf.range(1, num_steps):
+        totals = {k: tf.constant(0.0) for k in algorithm.metric_names}
+        bad = tf.constant(-1, tf.int64)  # first meta-iteration with a non-finite loss
+        for i in tf.range(num_steps):
             metrics = one_step(iterator)
             totals = {k: totals[k] + metrics[k] for k in totals}
             is_bad = tf.logical_and(bad < 0, tf.logical_not(tf.math.is_finite(metrics["loss"])))
-            bad = tf.where(is_bad, first + tf.cast(i, tf.int64), bad)
-        exp.step.assign_add(tf.cast(num_steps, tf.int64))
+            bad = tf.where(is_bad, first + i, bad)
+        exp.step.assign_add(num_steps)
         n = tf.cast(num_steps, tf.float32)
         return {k: v / n for k, v in totals.items()}, bad
 
