@@ -20,7 +20,8 @@ Options (before N):
   --log_dir=DIR        per-worker logs DIR/worker-<i>.log
                        (default: ./tfmeta_logs/local-<timestamp>)
   --base_port=P        use ports P..P+N-1 (default: pick free ports)
-  --python=PYTHON      interpreter (default: $PYTHON or python3)
+  --python=PYTHON      interpreter (default: $PYTHON, else the checkout's .venv/bin/python
+                       if it exists, else python3)
   --cmd=PROGRAM        run PROGRAM [training args...] instead of
                        `PYTHON -m tfmeta.train` (used by tests)
   --env=KEY=VALUE      extra environment for every worker (repeatable)
@@ -35,7 +36,13 @@ EOF
 num_workers=""
 log_dir=""
 base_port=""
-python_bin="${PYTHON:-python3}"
+# The README's set-up command installs tfmeta into the checkout's .venv: use it when present.
+repo_venv_python="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/.venv/bin/python"
+if [[ -z "${PYTHON:-}" && -x "${repo_venv_python}" ]]; then
+  python_bin="${repo_venv_python}"
+else
+  python_bin="${PYTHON:-python3}"
+fi
 cmd=""
 declare -a extra_env=()
 declare -a train_args=()

@@ -253,3 +253,23 @@ def test_online_path_downloads_canonical_urls_with_tfds_checksums(
     assert requested["force"] is True
     tfds_checksums = omniglot_builder.canonical_checksums()
     assert requested["infos"] == {base + f: tfds_checksums[f][1] for f in SMALL}
+
+
+def test_concurrent_preparation_by_several_workers(omniglot_archives_dir, tmp_path):
+    """Workers of one machine start together (local_cluster.sh): all of them load the dataset,
+    one prepares it, none fails on another's half-finished preparation."""
+    import subprocess
+    import sys
+
+    from tests.helpers import subprocess_env
+
+    code = ("from tfmeta import omniglot; "
+            f"d = omniglot.load(data_dir={str(tmp_path)!r}, subset='small'); "
+            "print('characters', d.num_characters)")
+    env = subprocess_env(TFMETA_OMNIGLOT_ARCHIVES=omniglot_archives_dir)
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=env) for _ in range(3)]
+    for proc in procs:
+        out, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err[-3000:]
+        assert "characters 242" in out
