@@ -200,36 +200,21 @@ def adapt_steps(algorithm: Any, support_x: tf.Tensor, support_y: tf.Tensor,
       Fast parameters aligned with ``algorithm.model.trainable_variables``.
     """
     model = algorithm.model
-    optimizer = getattr(algorithm, "inner_optimizer", "sgd")
     batch_size = getattr(algorithm, "inner_batch_size", None)
     params = F.values(model.trainable_variables)
     nt = F.values(model.non_trainable_variables)
-    zeros = F.zeros_like(params)
 
-    def body(t, fast, m, v, nt):
+    def body(t, fast, state, nt):
         x, y = support_x, support_y
         if batch_size is not None:
             x, y = _minibatch(support_x, support_y, t, batch_size, _MINIBATCH_SEED)
-        with tf.GradientTape() as tape:
-            tape.watch(fast)
-            loss, nt_after = algorithm._support_loss(fast, nt, x, y, True)  # pylint: disable=protected-access
-        grads = tape.gradient(loss, fast, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-        grads = algorithm._clip(grads)  # pylint: disable=protected-access
-        if optimizer == "sgd":
-            fast = F.sgd_step(fast, grads, algorithm.inner_lr)
-        else:  # Reptile's Adam: bias-corrected, state reset per task (t counts from 0).
-            b1, b2 = algorithm.adam_beta1, algorithm.adam_beta2
-            m = [b1 * mi + (1.0 - b1) * g for mi, g in zip(m, grads)]
-            v = [b2 * vi + (1.0 - b2) * tf.square(g) for vi, g in zip(v, grads)]
-            tf_t = tf.cast(t + 1, tf.float32)
-            c1, c2 = 1.0 - tf.pow(b1, tf_t), 1.0 - tf.pow(b2, tf_t)
-            fast = [p - algorithm.inner_lr * (mi / c1) / (tf.sqrt(vi / c2) + algorithm.adam_epsilon)
-                    for p, mi, vi in zip(fast, m, v)]
+        fast, state, nt_after = algorithm.inner_step(fast, state, nt, x, y, t)
         nt_after = [tf.cast(a, b.dtype) for a, b in zip(nt_after, nt)]
-        return t + 1, fast, m, v, nt_after
+        return t + 1, fast, state, nt_after
 
-    _, fast, _, _, _ = tf.while_loop(
-        lambda t, *_: t < steps, body, (tf.constant(0), params, zeros, zeros, nt))
+    _, fast, _, _ = tf.while_loop(
+        lambda t, *_: t < steps, body,
+        (tf.constant(0), params, algorithm.inner_state(params), nt))
     return fast
 
 

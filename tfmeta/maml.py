@@ -234,6 +234,49 @@ class MetaLearner:
             return grads
         return F.clip_by_global_norm(grads, self.inner_grad_clip)
 
+    def _support_gradients(
+        self, fast: list[tf.Tensor], nt: list[tf.Tensor], x: tf.Tensor, y: tf.Tensor,
+        training: bool,
+    ) -> tuple[list[tf.Tensor], list[tf.Tensor]]:
+        """Clipped gradients of the support loss at ``fast``, and the non-trainable values after."""
+        with tf.GradientTape() as tape:
+            tape.watch(fast)
+            loss, nt = self._support_loss(fast, nt, x, y, training)
+        grads = tape.gradient(loss, fast, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        return self._clip(grads), nt
+
+    def inner_state(self, params: list[tf.Tensor]) -> list[tf.Tensor]:
+        """The inner optimiser's initial state for ``params`` (empty for SGD)."""
+        del params
+        return []
+
+    def inner_step(
+        self,
+        fast: list[tf.Tensor],
+        state: list[tf.Tensor],
+        nt: list[tf.Tensor],
+        x: tf.Tensor,
+        y: tf.Tensor,
+        t: int | tf.Tensor,
+        *,
+        training: bool = True,
+    ) -> tuple[list[tf.Tensor], list[tf.Tensor], list[tf.Tensor]]:
+        """One inner update on ``(x, y)``: the single step every inner loop is made of.
+
+        Args:
+          fast: current fast parameters.
+          state: inner optimiser state (from :meth:`inner_state` or the previous step).
+          nt: non-trainable values (batch-norm statistics) before the step.
+          x: support inputs of this step.
+          y: support labels / targets of this step.
+          t: 0-based step index (Python int, or a tensor inside a ``tf.while_loop``).
+          training: run the forward pass in training mode.
+
+        Returns:
+          ``(fast, state, nt)`` after the step.
+        """
+        raise NotImplementedError
+
     def _adapt(
         self,
         params: list[tf.Tensor],
@@ -528,17 +571,19 @@ class MAML(MetaLearner):
         )
         self.first_order = bool(first_order)
 
+    def inner_step(self, fast, state, nt, x, y, t, *, training=True):
+        """One SGD step on the support loss (see :meth:`MetaLearner.inner_step`)."""
+        del t
+        grads, nt = self._support_gradients(fast, nt, x, y, training)
+        if self.first_order:
+            grads = F.stop_gradient(grads)
+        return F.sgd_step(fast, grads, self.inner_lr), state, nt
+
     def _adapt(self, params, nt, support_x, support_y, steps, training):
-        fast = list(params)
-        for _ in range(steps):  # unrolled: `steps` is a static Python int
-            with tf.GradientTape() as tape:
-                tape.watch(fast)
-                loss, nt = self._support_loss(fast, nt, support_x, support_y, training)
-            grads = tape.gradient(loss, fast, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-            grads = self._clip(grads)
-            if self.first_order:
-                grads = F.stop_gradient(grads)
-            fast = F.sgd_step(fast, grads, self.inner_lr)
+        fast, state = list(params), self.inner_state(params)
+        for t in range(steps):  # unrolled: `steps` is a static Python int
+            fast, state, nt = self.inner_step(fast, state, nt, support_x, support_y, t,
+                                              training=training)
         return fast, nt
 
     def _task_meta_gradient(self, theta, nt, task):

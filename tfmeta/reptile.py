@@ -125,32 +125,41 @@ class Reptile(MetaLearner):
             raise ValueError("inner_batch_size needs a static support-set size")
         return minibatch_indices(num, self.inner_batch_size, steps, self.seed)
 
+    def inner_state(self, params):
+        """Adam's first and second moments (zeros: the state is reset for every task)."""
+        if self.inner_optimizer == "sgd":
+            return []
+        return [*F.zeros_like(params), *F.zeros_like(params)]  # m, then v
+
+    def inner_step(self, fast, state, nt, x, y, t, *, training=True):
+        """One SGD or Adam step on the support loss (see :meth:`MetaLearner.inner_step`)."""
+        grads, nt = self._support_gradients(fast, nt, x, y, training)
+        if self.inner_optimizer == "sgd":
+            return F.sgd_step(fast, grads, self.inner_lr), state, nt
+        n = len(fast)
+        b1, b2 = self.adam_beta1, self.adam_beta2
+        m = [b1 * mi + (1.0 - b1) * g for mi, g in zip(state[:n], grads)]
+        v = [b2 * vi + (1.0 - b2) * tf.square(g) for vi, g in zip(state[n:], grads)]
+        if isinstance(t, int):
+            c1, c2 = 1.0 - b1 ** (t + 1), 1.0 - b2 ** (t + 1)
+        else:  # a loop counter inside a tf.while_loop
+            step = tf.cast(t + 1, tf.float32)
+            c1, c2 = 1.0 - tf.pow(b1, step), 1.0 - tf.pow(b2, step)
+        fast = [
+            p - self.inner_lr * (mi / c1) / (tf.sqrt(vi / c2) + self.adam_epsilon)
+            for p, mi, vi in zip(fast, m, v)
+        ]
+        return fast, m + v, nt
+
     def _adapt(self, params, nt, support_x, support_y, steps, training):
         # Reptile never differentiates through the inner loop.
-        fast = F.stop_gradient(params)
+        fast, state = F.stop_gradient(params), self.inner_state(params)
         schedule = self._minibatches(support_x, steps)
-        m = F.zeros_like(fast)
-        v = F.zeros_like(fast)
-        b1, b2 = self.adam_beta1, self.adam_beta2
         for t in range(steps):  # unrolled: `steps` is a static Python int
             x, y = support_x, support_y
             if schedule is not None:
                 x, y = tf.gather(support_x, schedule[t]), tf.gather(support_y, schedule[t])
-            with tf.GradientTape() as tape:
-                tape.watch(fast)
-                loss, nt = self._support_loss(fast, nt, x, y, training)
-            grads = tape.gradient(loss, fast, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-            grads = self._clip(grads)
-            if self.inner_optimizer == "sgd":
-                fast = F.sgd_step(fast, grads, self.inner_lr)
-                continue
-            m = [b1 * mi + (1.0 - b1) * g for mi, g in zip(m, grads)]
-            v = [b2 * vi + (1.0 - b2) * tf.square(g) for vi, g in zip(v, grads)]
-            c1, c2 = 1.0 - b1 ** (t + 1), 1.0 - b2 ** (t + 1)
-            fast = [
-                p - self.inner_lr * (mi / c1) / (tf.sqrt(vi / c2) + self.adam_epsilon)
-                for p, mi, vi in zip(fast, m, v)
-            ]
+            fast, state, nt = self.inner_step(fast, state, nt, x, y, t, training=training)
         return F.stop_gradient(fast), F.stop_gradient(nt)
 
     def _task_pseudo_gradient(self, theta, nt, task):
