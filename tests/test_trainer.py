@@ -392,3 +392,10 @@ def test_bfloat16_compute_keeps_float32_meta_parameters():
     step = tf.function(_replica_step(exp))
     losses = [float(step(batch)) for _ in range(3)]
     assert all(np.isfinite(losses)), losses
+
+
+def test_tpu_strategy_without_a_tpu_is_a_clear_error():
+    from tfmeta import distribute
+
+    with pytest.raises(distribute.TPUUnavailableError, match="--tpu=local on a TPU VM"):
+        distribute.make_strategy("tpu", tpu="")

@@ -13,6 +13,10 @@ import tensorflow as tf
 STRATEGIES = ("default", "mirrored", "multiworker", "tpu")
 
 
+class TPUUnavailableError(RuntimeError):
+    """``--strategy=tpu`` was asked for but no TPU could be reached."""
+
+
 def make_strategy(name: str, *, tpu: str = "") -> tf.distribute.Strategy:
     """Builds a distribution strategy.
 
@@ -43,12 +47,19 @@ def make_strategy(name: str, *, tpu: str = "") -> tf.distribute.Strategy:
                              "(see launch/local_cluster.sh for how it is built)")
         return tf.distribute.MultiWorkerMirroredStrategy()
     if name == "tpu":
-        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu)
-        if tpu != "local":
-            # A remote TPU (TPU Node, or a pod slice driven from worker 0) is reached over gRPC;
-            # on a single TPU VM the devices are local and there is nothing to connect to.
-            tf.config.experimental_connect_to_cluster(resolver)
-        tf.tpu.experimental.initialize_tpu_system(resolver)
+        try:
+            resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu)
+            if tpu != "local":
+                # A remote TPU (TPU Node, or a pod slice driven from worker 0) is reached over
+                # gRPC; on a single TPU VM the devices are local and there is nothing to connect to.
+                tf.config.experimental_connect_to_cluster(resolver)
+            tf.tpu.experimental.initialize_tpu_system(resolver)
+        except (ValueError, tf.errors.OpError) as e:
+            raise TPUUnavailableError(
+                f"--strategy=tpu could not reach a TPU with --tpu={tpu!r} ({type(e).__name__}: "
+                f"{str(e).strip().splitlines()[0]}). Use --tpu=local on a TPU VM, the TPU's name "
+                "or grpc:// address otherwise (see launch/tpu_pod.sh), or another --strategy."
+            ) from e
         return tf.distribute.TPUStrategy(resolver)
     raise ValueError(f"unknown strategy {name!r}; allowed: {list(STRATEGIES)}")
 

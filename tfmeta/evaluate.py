@@ -32,10 +32,10 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     from tfmeta import distribute, trainer
 
-    strategy = distribute.make_strategy(_STRATEGY.value, tpu=_TPU.value)
     try:
+        strategy = distribute.make_strategy(_STRATEGY.value, tpu=_TPU.value)
         exp = trainer.restore(_WORKDIR.value, strategy=strategy)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, ValueError, distribute.TPUUnavailableError) as e:
         sys.exit(f"error: {e}")
     result = trainer.evaluate(exp, _SPLIT.value, episodes=_EPISODES.value,
                               inner_steps=_INNER_STEPS.value)

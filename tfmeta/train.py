@@ -49,7 +49,11 @@ def main(argv: list[str]) -> int:
         logging.error("invalid config: %s", e)
         print(f"error: invalid config: {e}", file=sys.stderr)
         return 2
-    strategy = distribute.make_strategy(_STRATEGY.value, tpu=_TPU.value)
+    try:
+        strategy = distribute.make_strategy(_STRATEGY.value, tpu=_TPU.value)
+    except (ValueError, distribute.TPUUnavailableError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     logging.info("strategy %s with %d replicas", _STRATEGY.value, strategy.num_replicas_in_sync)
 
     stop = threading.Event()
