@@ -244,7 +244,10 @@ def test_online_path_downloads_canonical_urls_with_tfds_checksums(
         return {name: os.path.join(omniglot_archives_dir, url.rsplit("/", 1)[-1])
                 for name, url in urls.items()}
 
+    import requests
+
     monkeypatch.setattr(tfds.download.DownloadManager, "download", fake_download)
+    monkeypatch.setattr(requests, "head", lambda url, **kw: requested.setdefault("probe", url))
     data = omniglot.load(data_dir=tmp_path / "tfds", subset="small")
     assert data.images.shape == (242, 20, 28, 28)
     base = "https://github.com/brendenlake/omniglot/raw/master/python/"
@@ -253,6 +256,25 @@ def test_online_path_downloads_canonical_urls_with_tfds_checksums(
     assert requested["force"] is True
     tfds_checksums = omniglot_builder.canonical_checksums()
     assert requested["infos"] == {base + f: tfds_checksums[f][1] for f in SMALL}
+
+
+def test_offline_without_archives_fails_fast_saying_what_to_do(tmp_path, monkeypatch,
+                                                                no_archive_env):
+    import requests
+    import tensorflow_datasets as tfds
+
+    def offline(url, **kwargs):
+        raise requests.exceptions.ConnectionError(f"cannot resolve {url}")
+
+    def never(self, urls):
+        raise AssertionError("TFDS's slow retrying download must not start when offline")
+
+    monkeypatch.setattr(requests, "head", offline)
+    monkeypatch.setattr(tfds.download.DownloadManager, "download", never)
+    with pytest.raises(omniglot_builder.OmniglotDownloadError) as e:
+        omniglot.load(data_dir=tmp_path / "tfds", subset="small")
+    assert "images_background_small1" in str(e.value)
+    assert "TFMETA_OMNIGLOT_ARCHIVES" in str(e.value)
 
 
 def test_concurrent_preparation_by_several_workers(omniglot_archives_dir, tmp_path):

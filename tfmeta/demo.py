@@ -113,7 +113,10 @@ def main(argv: list[str]) -> None:
     config = _CONFIG.value or _default_config()
     data_dir = _DATA_DIR.value
     print("== 1. Omniglot through tensorflow-datasets, episodes, pipeline throughput")
-    _episodes_and_throughput(data_dir)
+    try:
+        _episodes_and_throughput(data_dir)
+    except (ConnectionError, FileNotFoundError) as e:  # offline without the archives, say
+        sys.exit(f"error: {e}")
 
     run_dir = os.path.join(workdir, "run")
     overrides = [f"--config.{o}" for o in _OVERRIDES.value]

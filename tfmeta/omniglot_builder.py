@@ -44,6 +44,28 @@ ORIGINAL_SIZE = 105
 _DL_URL = "https://github.com/brendenlake/omniglot/raw/master/python/"
 
 
+class OmniglotDownloadError(ConnectionError):
+    """The Omniglot archives are neither available locally nor downloadable."""
+
+
+def _check_reachable(url: str, names: Sequence[str]) -> None:
+    """Fails fast, with what to do, when the download server cannot be reached.
+
+    TFDS retries a failed download for minutes before surfacing a raw connection error; one
+    request (through any configured proxy) tells at once whether the machine is offline.
+    """
+    import requests  # a dependency of tensorflow-datasets
+
+    try:
+        requests.head(url, timeout=20, allow_redirects=True)
+    except requests.exceptions.RequestException as e:
+        raise OmniglotDownloadError(
+            f"Omniglot archives {list(names)} are not available locally and {url} cannot be "
+            f"reached ({type(e).__name__}). Offline, put the four Omniglot zip archives in a "
+            "directory and set TFMETA_OMNIGLOT_ARCHIVES=DIR (or pass archives_dir / "
+            "--config.data.archives_dir), or copy them to <data_dir>/downloads/manual/.") from e
+
+
 class OmniglotIntegrityError(ValueError):
     """An Omniglot archive is truncated, corrupted or not the expected file."""
 
@@ -408,6 +430,7 @@ class OmniglotBuilder(tfds.core.GeneratorBasedBuilder):
             else:
                 to_download[name] = ARCHIVES[name].url
         if to_download:
+            _check_reachable(next(iter(to_download.values())), sorted(to_download))
             paths.update({k: os.fspath(v) for k, v in dl_manager.download(to_download).items()})
         return paths
 

@@ -69,6 +69,9 @@ def main(argv: list[str]) -> int:
     except config_lib.ConfigError as e:
         print(f"error: invalid config: {e}", file=sys.stderr)
         return 2
+    except (ConnectionError, FileNotFoundError) as e:  # the data could not be obtained
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if summary["preempted"]:
         return 0
     if _EXPORT.value and distribute.is_chief(strategy):
