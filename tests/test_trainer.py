@@ -399,3 +399,20 @@ def test_tpu_strategy_without_a_tpu_is_a_clear_error():
 
     with pytest.raises(distribute.TPUUnavailableError, match="--tpu=local on a TPU VM"):
         distribute.make_strategy("tpu", tpu="")
+
+
+def test_reusing_a_workdir_with_another_config_names_the_changed_fields(caplog):
+    from tfmeta import trainer
+
+    sys.path.insert(0, os.path.join(REPO, "tests"))
+    from distributed_driver import load_config
+
+    config = load_config(f"{SINE}:smoke")
+    config.update_from_flattened_dict(dict(_SMALL_SINE, **{"eval.episodes": 5}))
+    workdir = "ram://tfmeta-test/reused"
+    trainer.train(config, workdir, final_evaluation=False)
+    config.update_from_flattened_dict({"train.iterations": 9, "inner.lr": 0.02})
+    with caplog.at_level("WARNING"):
+        summary = trainer.train(config, workdir, final_evaluation=False)
+    assert summary["step"] == 9
+    assert "inner.lr: 0.01 -> 0.02" in caplog.text and "train.iterations: 6 -> 9" in caplog.text

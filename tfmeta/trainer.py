@@ -303,7 +303,10 @@ def run(exp: Experiment, workdir: str, *, should_stop: Callable[[], bool] = lamb
     chief = distribute.is_chief(strategy)
     tf.io.gfile.makedirs(workdir)
     if chief:
-        write_json(os.path.join(workdir, CONFIG_FILE), config.to_dict())
+        config_path = os.path.join(workdir, CONFIG_FILE)
+        if tf.io.gfile.exists(config_path):
+            _warn_config_changes(load_config(workdir), config)
+        write_json(config_path, config.to_dict())
 
     checkpoint = _checkpoint(exp)
     real_dir = os.path.join(workdir, CHECKPOINT_DIR)
@@ -356,7 +359,7 @@ def run(exp: Experiment, workdir: str, *, should_stop: Callable[[], bool] = lamb
         with writers["train"].as_default(step=step):
             for k, v in metrics.items():
                 tf.summary.scalar(k, v)
-            tf.summary.scalar("learning_rate", float(_learning_rate(exp.optimizer)))
+            tf.summary.scalar("learning_rate", _learning_rate(exp.optimizer))
             tf.summary.scalar("tasks_per_second", clock.tasks_per_second())
         if step % config.train.log_every == 0 or step == total:
             logging.info(
@@ -391,6 +394,23 @@ def run(exp: Experiment, workdir: str, *, should_stop: Callable[[], bool] = lamb
     for writer in writers.values():
         writer.flush()
     return summary
+
+
+def _warn_config_changes(saved: ml_collections.ConfigDict,
+                         current: ml_collections.ConfigDict) -> None:
+    """Says which fields differ when a work directory is reused with another config.
+
+    Extending ``train.iterations`` is a normal reason; anything else changes the experiment the
+    checkpoints belong to, so it must not pass silently.
+    """
+    old = config_lib.flatten(saved.to_dict())
+    new = config_lib.flatten(current.to_dict())
+    changed = {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new))
+               if old.get(k) != new.get(k)}
+    if changed:
+        logging.warning("This work directory was started with a different config; changed "
+                        "fields (saved -> now): %s",
+                        ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items()))
 
 
 def _learning_rate(optimizer: keras.optimizers.Optimizer) -> float:
