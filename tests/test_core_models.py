@@ -267,8 +267,8 @@ def test_labels_out_of_range_eager_and_graph():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(inner_lr=0.0, inner_steps=1), "inner_lr must be a positive number, got 0.0"),
-        (dict(inner_lr=-0.1, inner_steps=1), "inner_lr must be a positive number, got -0.1"),
+        (dict(inner_lr=0.0, inner_steps=1), "inner_lr must be a positive finite number, got 0.0"),
+        (dict(inner_lr=-0.1, inner_steps=1), "inner_lr must be a positive finite number, got -0.1"),
         (dict(inner_lr=0.1, inner_steps=0), "inner_steps must be a positive integer, got 0"),
         (
             dict(inner_lr=0.1, inner_steps=1, eval_inner_steps=-2),
@@ -276,13 +276,20 @@ def test_labels_out_of_range_eager_and_graph():
         ),
         (
             dict(inner_lr=0.1, inner_steps=1, inner_grad_clip=0),
-            "inner_grad_clip must be a positive number, got 0",
+            "inner_grad_clip must be a positive finite number, got 0",
         ),
         (
             dict(inner_lr=0.1, inner_steps=1, bn_mode="batch"),
             r"unknown bn_mode 'batch'; allowed: \['transductive', 'support', 'running'\]",
         ),
         (dict(inner_lr=0.1, inner_steps=1, loss="hinge"), "unknown loss 'hinge'"),
+        (dict(inner_lr=float("inf"), inner_steps=1), "inner_lr must be a positive finite number"),
+        (dict(inner_lr=0.1, inner_steps=1, tasks_in_parallel=0),
+         "tasks_in_parallel must be a positive integer, 'all' or 'auto', got 0"),
+        (dict(inner_lr=0.1, inner_steps=1, tasks_in_parallel=-3), "tasks_in_parallel .* got -3"),
+        (dict(inner_lr=0.1, inner_steps=1, tasks_in_parallel="some"),
+         "tasks_in_parallel .* got 'some'"),
+        (dict(inner_lr=0.1, inner_steps=1, tasks_in_parallel=2.5), "tasks_in_parallel .* got 2.5"),
     ],
 )
 def test_bad_hyper_parameters(kwargs, message):

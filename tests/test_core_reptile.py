@@ -99,7 +99,7 @@ def test_inner_minibatches_follow_the_static_schedule(float64):
     )
     batch = _batch(tasks=1, k=10)
     x, y = batch["support_x"][0], batch["support_y"][0]
-    schedule = reptile.minibatch_indices(10, 4, 5, seed=7)
+    schedule = np.stack([reptile.minibatch_indices(10, 4, t, seed=7).numpy() for t in range(5)])
     assert schedule.shape == (5, 4)
     # Without replacement within a pass over the support set.
     assert len(set(schedule.ravel()[:8])) == 8
@@ -113,10 +113,21 @@ def test_inner_minibatches_follow_the_static_schedule(float64):
 
 
 def test_minibatch_schedule_covers_support_set_each_pass():
-    schedule = reptile.minibatch_indices(10, 5, 4, seed=0)
+    schedule = np.stack([reptile.minibatch_indices(10, 5, t, seed=0).numpy() for t in range(4)])
     assert sorted(schedule[:2].ravel()) == list(range(10))
     assert sorted(schedule[2:].ravel()) == list(range(10))
-    assert reptile.minibatch_indices(3, 10, 2).shape == (2, 3)  # clipped to the support size
+    assert not np.array_equal(schedule[:2], schedule[2:])  # reshuffled every pass
+    assert reptile.minibatch_indices(3, 10, 2, seed=0).shape == (3,)  # clipped to the support size
+
+
+def test_minibatch_schedule_is_the_same_in_graphs_xla_and_for_run_time_sizes():
+    """The exported model draws the same minibatches as training (run-time support size)."""
+    eager = [reptile.minibatch_indices(7, 3, t, seed=5).numpy() for t in range(6)]
+    graph = tf.function(lambda n, t: reptile.minibatch_indices(n, 3, t, seed=5))
+    xla = tf.function(lambda t: reptile.minibatch_indices(7, 3, t, seed=5), jit_compile=True)
+    for t, expected in enumerate(eager):
+        np.testing.assert_array_equal(graph(tf.constant(7), tf.constant(t)), expected)
+        np.testing.assert_array_equal(xla(tf.constant(t)), expected)
 
 
 def test_reptile_metrics_and_evaluate():

@@ -18,7 +18,7 @@ import tensorflow as tf
 Params = list[tf.Tensor]
 
 
-def _like(value: float | tf.Tensor, t: tf.Tensor) -> tf.Tensor:
+def like(value: float | tf.Tensor, t: tf.Tensor) -> tf.Tensor:
     """``value`` in the dtype of ``t``.
 
     A Python float goes straight to that dtype: ``tf.cast(0.1, tf.float64)``
@@ -77,7 +77,7 @@ def forward(
 
 def sgd_step(params: Sequence[tf.Tensor], grads: Sequence[tf.Tensor], lr: float) -> Params:
     """Returns ``params - lr * grads`` element-wise."""
-    return [p - _like(lr, p) * g for p, g in zip(params, grads)]
+    return [p - like(lr, p) * g for p, g in zip(params, grads)]
 
 
 def global_norm(tensors: Sequence[tf.Tensor]) -> tf.Tensor:
@@ -98,7 +98,7 @@ def clip_by_global_norm(tensors: Sequence[tf.Tensor], clip_norm: float) -> Param
     ops, so MAML can differentiate through a clipped inner step.
     """
     norm = global_norm(tensors)
-    clip = _like(clip_norm, norm)
+    clip = like(clip_norm, norm)
     scale = clip / tf.maximum(norm, clip)
     return [t * tf.cast(scale, t.dtype) for t in tensors]
 
@@ -115,7 +115,7 @@ def sub(a: Sequence[tf.Tensor], b: Sequence[tf.Tensor]) -> Params:
 
 def scale(a: Sequence[tf.Tensor], factor: float | tf.Tensor) -> Params:
     """Element-wise ``factor * a``."""
-    return [x * _like(factor, x) for x in a]
+    return [x * like(factor, x) for x in a]
 
 
 def zeros_like(a: Sequence[tf.Tensor]) -> Params:

@@ -15,6 +15,59 @@ import keras
 import tensorflow as tf
 
 
+def batch_norm(
+    x: tf.Tensor,
+    gamma: tf.Tensor | None,
+    beta: tf.Tensor | None,
+    moving_mean: tf.Tensor,
+    moving_variance: tf.Tensor,
+    *,
+    reduce_axes: list[int],
+    training: bool,
+    momentum: float,
+    epsilon: float,
+) -> tuple[tf.Tensor, tuple[tf.Tensor, ...] | None]:
+    """Batch normalisation with exact higher derivatives; the math of :class:`BatchNorm`.
+
+    Statistics are taken over ``reduce_axes`` and are computed in float32 (float64 for float64
+    inputs). The parameters and statistics must broadcast against ``x`` once ``reduce_axes`` are
+    removed from it (for one task: shape ``[C]``; for tasks batched as ``[T, N, ..., C]``:
+    ``[T, C]``), which is how the task-batched forward pass (:mod:`tfmeta.batched`) reuses it.
+
+    Returns:
+      ``(y, stats)``: the normalised output in the statistics dtype, and in training mode the
+      tuple ``(new_moving_mean, new_moving_variance, batch_mean, batch_variance)`` (None in
+      inference mode).
+    """
+    stat_dtype = tf.float64 if x.dtype == tf.float64 else tf.float32
+    x = tf.cast(x, stat_dtype)
+
+    def expand(t: tf.Tensor) -> tf.Tensor:
+        # Statistics have the reduced axes removed; put them back as size-1 axes to broadcast.
+        t = tf.cast(t, stat_dtype)
+        for axis in sorted(a % len(x.shape) for a in reduce_axes):
+            t = tf.expand_dims(t, axis)
+        return t
+
+    stats = None
+    if training:
+        mean = tf.reduce_mean(x, axis=reduce_axes)
+        # Explicit (x - mean)^2 without stop_gradient: exact second derivatives.
+        variance = tf.reduce_mean(tf.square(x - expand(mean)), axis=reduce_axes)
+        m = momentum
+        stats = (m * tf.cast(moving_mean, stat_dtype) + (1.0 - m) * mean,
+                 m * tf.cast(moving_variance, stat_dtype) + (1.0 - m) * variance,
+                 mean, variance)
+    else:
+        mean, variance = moving_mean, moving_variance
+    y = (x - expand(mean)) * tf.math.rsqrt(expand(variance) + epsilon)
+    if gamma is not None:
+        y = y * expand(gamma)
+    if beta is not None:
+        y = y + expand(beta)
+    return y, stats
+
+
 @keras.saving.register_keras_serializable(package="tfmeta")
 class BatchNorm(keras.layers.Layer):
     """Batch normalisation over all axes except the last, twice differentiable.
@@ -82,33 +135,14 @@ class BatchNorm(keras.layers.Layer):
 
     def call(self, inputs: tf.Tensor, training: bool | None = None) -> tf.Tensor:
         x = tf.convert_to_tensor(inputs)
-        # Statistics in at least float32, as Keras does for half precision.
-        stat_dtype = tf.float64 if x.dtype == tf.float64 else tf.float32
-        x = tf.cast(x, stat_dtype)
-        axes = list(range(len(x.shape) - 1))
-        if training:
-            mean = tf.reduce_mean(x, axis=axes)
-            # Explicit (x - mean)^2 without stop_gradient: exact second derivatives.
-            variance = tf.reduce_mean(tf.square(x - mean), axis=axes)
-            m = self.momentum
-            moving_mean = tf.cast(self.moving_mean, stat_dtype)
-            moving_var = tf.cast(self.moving_variance, stat_dtype)
-            self.moving_mean.assign(
-                tf.cast(m * moving_mean + (1.0 - m) * mean, self.moving_mean.dtype)
-            )
-            self.moving_variance.assign(
-                tf.cast(m * moving_var + (1.0 - m) * variance, self.moving_variance.dtype)
-            )
-            self.batch_mean.assign(tf.cast(mean, self.batch_mean.dtype))
-            self.batch_variance.assign(tf.cast(variance, self.batch_variance.dtype))
-        else:
-            mean = tf.cast(self.moving_mean, stat_dtype)
-            variance = tf.cast(self.moving_variance, stat_dtype)
-        y = (x - mean) * tf.math.rsqrt(variance + self.epsilon)
-        if self.gamma is not None:
-            y = y * tf.cast(self.gamma, stat_dtype)
-        if self.beta is not None:
-            y = y + tf.cast(self.beta, stat_dtype)
+        y, stats = batch_norm(
+            x, self.gamma, self.beta, self.moving_mean, self.moving_variance,
+            reduce_axes=list(range(len(x.shape) - 1)), training=bool(training),
+            momentum=self.momentum, epsilon=self.epsilon)
+        if stats is not None:
+            for var, value in zip((self.moving_mean, self.moving_variance, self.batch_mean,
+                                   self.batch_variance), stats):
+                var.assign(tf.cast(value, var.dtype))
         return tf.cast(y, self.compute_dtype)
 
     def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
@@ -122,7 +156,8 @@ class BatchNorm(keras.layers.Layer):
         return config
 
 
-def _all_layers(model: keras.Layer) -> list[keras.Layer]:
+def all_layers(model: keras.Layer) -> list[keras.Layer]:
+    """Every layer inside ``model`` (recursively, in creation order), ``model`` included."""
     # Keras 3 has no public recursive layer iterator; `_flatten_layers` is the
     # one Keras itself uses for weight tracking.
     return list(model._flatten_layers(include_self=True, recursive=True))
@@ -130,13 +165,13 @@ def _all_layers(model: keras.Layer) -> list[keras.Layer]:
 
 def batch_norm_layers(model: keras.Layer) -> list[BatchNorm]:
     """All :class:`BatchNorm` layers inside ``model`` (recursively)."""
-    return [layer for layer in _all_layers(model) if isinstance(layer, BatchNorm)]
+    return [layer for layer in all_layers(model) if isinstance(layer, BatchNorm)]
 
 
 def keras_batch_norm_layers(model: keras.Layer) -> list[keras.Layer]:
     """All Keras ``BatchNormalization`` layers inside ``model`` (recursively)."""
     return [
-        layer for layer in _all_layers(model) if isinstance(layer, keras.layers.BatchNormalization)
+        layer for layer in all_layers(model) if isinstance(layer, keras.layers.BatchNormalization)
     ]
 
 

@@ -1,0 +1,528 @@
+"""The inner loop, written once: adaptation of a group of tasks at a time, for every algorithm.
+
+Everything here works on **task-batched** values: fast weights, optimiser state and batch-norm
+statistics carry a leading task axis ``T``, and support/query sets are ``[T, N, ...]``. With
+``T = 1`` the model runs through ``keras.Layer.stateless_call`` exactly as for one task; with
+``T > 1`` it runs through :class:`tfmeta.batched.BatchedModel`, all tasks in one pass. The same
+:meth:`InnerLoop.step` serves
+
+* MAML (second and first order), MAML++ (learned per-layer per-step learning rates, per-step
+  batch-norm weights and statistics, multi-step loss), Meta-SGD (a learned learning rate per
+  parameter) and ANIL (only the head adapts): options of the update below;
+* Reptile: SGD or Adam on support minibatches (:func:`minibatch_indices`, computed in the graph);
+* evaluation and the exported SavedModel, which run it in a ``tf.while_loop`` for a number of
+  steps known only at run time (:meth:`InnerLoop.adapt` with a tensor ``steps``).
+
+Meta-parameters ("theta") are the model's trainable variables followed by the inner loop's own
+(learned learning rates, per-step batch-norm weights); the state is the model's non-trainable
+variables followed by the per-step batch-norm statistics. :class:`InnerVariables` creates and
+orders them; the meta-learners differentiate through all of theta.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from tfmeta import batched
+from tfmeta import functional as F
+from tfmeta import layers as tfm_layers
+from tfmeta import losses as tfm_losses
+
+BN_MODES = ("transductive", "support", "running")
+INNER_OPTIMIZERS = ("sgd", "adam")
+LEARNED_LR = ("none", "per_layer_step", "per_parameter")
+ADAPT = ("all", "head")
+ADAM_EPSILON = 1e-8
+
+Tensors = list[tf.Tensor]
+Steps = int | tf.Tensor
+
+
+def minibatch_indices(num_examples: Any, batch_size: int, step: Any, seed: int) -> tf.Tensor:
+    """Support positions used by inner step ``step``: ``[min(batch_size, num_examples)]``.
+
+    Minibatches are consecutive slices of per-pass shuffles of the support set (without
+    replacement within a pass, reshuffled every pass, as in the Reptile reference code). The
+    shuffle of pass ``p`` is a pure function of ``(seed, p)``, computed in the graph with
+    stateless ops, so the schedule is the same in training, evaluation and the exported model,
+    works for a support size known only at run time, and compiles under XLA. The same positions
+    are used by every task of a batch (episode labels are assigned at random, so this is no bias).
+
+    Args:
+      num_examples: support-set size S (int or scalar tensor).
+      batch_size: examples per step (clipped to S).
+      step: 0-based inner step (int or scalar tensor).
+      seed: seed of the shuffles.
+    """
+    n = tf.cast(num_examples, tf.int32)
+    if isinstance(num_examples, int):
+        b = min(batch_size, num_examples)
+    else:
+        b = tf.minimum(tf.constant(batch_size, tf.int32), n)
+    positions = tf.cast(step, tf.int32) * b + tf.range(b)
+    passes = positions // n
+
+    def permutation(p: tf.Tensor) -> tf.Tensor:
+        # Sorting distinct hashed keys: integer arithmetic gives the same permutation eagerly, in
+        # graphs and under XLA (stateless random ops differ between TensorFlow and XLA kernels).
+        base = _hash32(tf.cast(seed, tf.int64) * 0x9E3779B1 + tf.cast(p, tf.int64))
+        return tf.argsort(_hash32(tf.bitwise.bitwise_xor(base, tf.range(tf.cast(n, tf.int64)))),
+                          stable=True)
+
+    # A minibatch spans at most two passes.
+    first, last = permutation(passes[0]), permutation(passes[-1])
+    return tf.where(tf.equal(passes, passes[0]), tf.gather(first, positions % n),
+                    tf.gather(last, positions % n))
+
+
+def _hash32(x: tf.Tensor) -> tf.Tensor:
+    """A bijection of 32-bit integers that mixes bits well ("lowbias32"), computed in int64."""
+    mask = tf.constant(0xFFFFFFFF, tf.int64)
+    x = tf.bitwise.bitwise_and(x, mask)
+    low16 = tf.constant(0xFFFF, tf.int64)
+    for shift, mult in ((16, 0x7FEB352D), (15, 0x846CA68B)):
+        x = tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, shift))
+        # (x * mult) mod 2^32 from 16-bit halves, so no product overflows int64.
+        hi, lo = tf.bitwise.right_shift(x, 16), tf.bitwise.bitwise_and(x, low16)
+        x = tf.bitwise.bitwise_and(
+            tf.bitwise.left_shift(tf.bitwise.bitwise_and(hi * mult, low16), 16) + lo * mult, mask)
+    return tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, 16))
+
+
+def _tasks(x: tf.Tensor) -> Any:
+    """Number of tasks (leading axis): static int where known."""
+    return x.shape[0] if x.shape[0] is not None else tf.shape(x)[0]
+
+
+def _per_task(values: tf.Tensor, tasks: Any) -> tf.Tensor:
+    """A value shared by all tasks, repeated along a new leading task axis."""
+    return tf.broadcast_to(values[None], tf.concat([[tasks], tf.shape(values)], 0)) \
+        if not isinstance(tasks, int) else tf.broadcast_to(values[None], [tasks, *values.shape])
+
+
+def _head_indices(model: keras.Model) -> list[int]:
+    """Positions (in ``model.trainable_variables``) of the head: the layer owning the last one."""
+    variables = model.trainable_variables
+    if not variables:
+        raise ValueError(f"model {model.name!r} has no trainable variables")
+    last = id(variables[-1])
+    owner = next(layer for layer in tfm_layers.all_layers(model)
+                 if not isinstance(layer, keras.Model)
+                 and any(id(v) == last for v in layer.trainable_weights))
+    mine = {id(v) for v in owner.trainable_weights}
+    return [i for i, v in enumerate(variables) if id(v) in mine]
+
+
+@dataclasses.dataclass
+class InnerOptions:
+    """What the inner loop does; see :class:`tfmeta.maml.MAML` and :class:`tfmeta.reptile.Reptile`.
+
+    Attributes:
+      lr: inner learning rate (the initial value when it is learned).
+      optimizer: ``"sgd"`` or ``"adam"`` (Adam: Reptile only).
+      adam_beta1, adam_beta2: Adam's decay rates.
+      batch_size: support examples per step (None: the whole support set); Reptile only.
+      seed: seed of the minibatch schedule.
+      grad_clip: global-norm clip of each task's inner gradients (None: no clipping).
+      learned_lr: ``"none"``, ``"per_layer_step"`` (MAML++'s LSLR: one learned rate per parameter
+        tensor and inner step) or ``"per_parameter"`` (Meta-SGD: one per scalar parameter).
+      adapt: ``"all"`` parameters adapt, or only the ``"head"`` (ANIL: the last layer with
+        weights; the rest is meta-trained in the outer loop only).
+      adapt_batch_norm: whether batch-norm scales and offsets adapt in the inner loop.
+      per_step_bn: per-step batch-norm weights and statistics (MAML++): inner step ``t`` (and the
+        query pass after it) uses its own ``gamma``, ``beta`` and moving statistics.
+      per_step_slots: number of per-step slots (the training inner steps); steps beyond it use
+        the last slot, as do learned per-step learning rates.
+    """
+
+    lr: float
+    optimizer: str = "sgd"
+    adam_beta1: float = 0.0
+    adam_beta2: float = 0.999
+    batch_size: int | None = None
+    seed: int = 0
+    grad_clip: float | None = None
+    learned_lr: str = "none"
+    adapt: str = "all"
+    adapt_batch_norm: bool = True
+    per_step_bn: bool = False
+    per_step_slots: int = 1
+
+
+class InnerVariables(tf.Module):
+    """The inner loop's own meta-parameters and state, created once per meta-learner.
+
+    Learned learning rates (per layer and step, or per parameter), per-step batch-norm scales and
+    offsets (trainable) and per-step moving statistics (non-trainable). A ``tf.Module``, so that a
+    ``tf.train.Checkpoint`` and a SavedModel track them.
+    """
+
+    def __init__(self, model: keras.Model, options: InnerOptions, adapted: list[bool]):
+        super().__init__(name="inner_loop")
+        params = model.trainable_variables
+        slots = options.per_step_slots
+        self.lr_index: dict[int, int] = {}  # model param index -> position in `trainable`
+        trainable: list[tf.Variable] = []
+        dtype = tf.float32
+        if options.learned_lr != "none":
+            for i, (p, ok) in enumerate(zip(params, adapted)):
+                if not ok:
+                    continue
+                shape = [slots] if options.learned_lr == "per_layer_step" else p.shape
+                self.lr_index[i] = len(trainable)
+                trainable.append(tf.Variable(tf.fill(shape, tf.constant(options.lr, dtype)),
+                                             name=f"lr_{i}"))
+        # Per-step batch norm: param index -> trainable position; nt index -> state position.
+        self.step_params: dict[int, int] = {}
+        self.step_stats: dict[int, int] = {}
+        non_trainable: list[tf.Variable] = []
+        if options.per_step_bn:
+            p_pos = {id(v): i for i, v in enumerate(params)}
+            nt_pos = {id(v): i for i, v in enumerate(model.non_trainable_variables)}
+            for layer in tfm_layers.batch_norm_layers(model):
+                for var in (layer.gamma, layer.beta):
+                    if var is not None and id(var) in p_pos:
+                        self.step_params[p_pos[id(var)]] = len(trainable)
+                        trainable.append(tf.Variable(
+                            tf.repeat(var.value[None], slots, axis=0), name=f"step_{var.name}"))
+                for var in (layer.moving_mean, layer.moving_variance):
+                    self.step_stats[nt_pos[id(var)]] = len(non_trainable)
+                    non_trainable.append(tf.Variable(
+                        tf.repeat(var.value[None], slots, axis=0), trainable=False,
+                        name=f"step_{var.name}"))
+        self.trainable = trainable
+        self.non_trainable = non_trainable
+
+
+class InnerLoop:
+    """Adaptation, prediction and per-task losses for groups of tasks; see the module docstring.
+
+    Args:
+      model: a built Keras model.
+      loss: per-example loss name or callable (:func:`tfmeta.losses.get`).
+      bn_mode: default query batch-norm mode (``"transductive"``, ``"support"``, ``"running"``).
+      options: the update rule.
+      batched_forward: run groups of tasks with :class:`tfmeta.batched.BatchedModel`; when False
+        (or the model has layers that cannot run batched) groups are computed one task at a time.
+    """
+
+    def __init__(self, model: keras.Model, *, loss: Any, bn_mode: str, options: InnerOptions,
+                 batched_forward: bool = True):
+        self.model = model
+        self.options = options
+        self.bn_mode = bn_mode
+        self.loss_name = loss if isinstance(loss, str) else None
+        self.loss_fn = tfm_losses.get(loss)
+        self.accuracy_fn = tfm_losses.accuracy(loss)
+        self._bn_index = tfm_layers.batch_statistics_index(model)
+        n = len(model.trainable_variables)
+        adapted = [True] * n
+        if options.adapt == "head":
+            head = set(_head_indices(model))
+            adapted = [i in head for i in range(n)]
+        if not options.adapt_batch_norm or options.per_step_bn:
+            bn_vars = {id(v) for layer in tfm_layers.batch_norm_layers(model)
+                       for v in (layer.gamma, layer.beta) if v is not None}
+            adapted = [ok and id(v) not in bn_vars
+                       for ok, v in zip(adapted, model.trainable_variables)]
+        if not any(adapted):
+            raise ValueError("no parameter adapts in the inner loop (check adapt / "
+                             "adapt_batch_norm)")
+        self.adapted = adapted
+        self.variables = InnerVariables(model, options, adapted)
+        self.num_params = n
+        self.num_state = len(model.non_trainable_variables)
+        self.unsupported = batched.unsupported_layers(model) if batched_forward else []
+        self.batched = (batched.BatchedModel(model) if batched_forward and not self.unsupported
+                        else None)
+
+    # ------------------------------------------------------------------ variables & layout
+    @property
+    def meta_variables(self) -> list[Any]:
+        """Model trainable variables, then the inner loop's learned ones (the meta-parameters)."""
+        return [*self.model.trainable_variables, *self.variables.trainable]
+
+    @property
+    def state_variables(self) -> list[Any]:
+        """Model non-trainable variables, then the per-step batch-norm statistics."""
+        return [*self.model.non_trainable_variables, *self.variables.non_trainable]
+
+    def split_theta(self, theta: Sequence[tf.Tensor]) -> tuple[Tensors, Tensors]:
+        return list(theta[: self.num_params]), list(theta[self.num_params:])
+
+    def split_state(self, state: Sequence[tf.Tensor]) -> tuple[Tensors, Tensors]:
+        return list(state[: self.num_state]), list(state[self.num_state:])
+
+    # ---------------------------------------------------------------------------- forward
+    def forward(self, params: Tensors, nt: Tensors, x: tf.Tensor, *,
+                training: bool) -> tuple[tf.Tensor, Tensors]:
+        """The model on ``x [T, N, ...]`` with per-task ``params`` / ``nt`` (``[T, ...]`` each)."""
+        if self.batched is not None and not (isinstance(x.shape[0], int) and x.shape[0] == 1):
+            return self.batched(params, nt, x, training=training)
+        if x.shape[0] != 1:
+            raise ValueError(f"one-task forward pass called with {x.shape[0]} tasks")
+        out, new = F.forward(self.model, [p[0] for p in params], [v[0] for v in nt], x[0],
+                             training=training)
+        return out[None], [v[None] for v in new]
+
+    def _slot(self, t: Steps) -> Steps:
+        last = self.options.per_step_slots - 1
+        return min(t, last) if isinstance(t, int) else tf.minimum(t, last)
+
+    def _at_step(self, fast: Tensors, nt: Tensors, extra_theta: Tensors, steps_nt: Tensors,
+                 slot: Steps) -> tuple[Tensors, Tensors]:
+        """Substitutes the per-step batch-norm weights and statistics of ``slot``."""
+        idx = self.variables
+        if not idx.step_params and not idx.step_stats:
+            return fast, nt
+        tasks = _tasks(fast[0])
+        fast, nt = list(fast), list(nt)
+        for i, j in idx.step_params.items():
+            fast[i] = _per_task(tf.gather(extra_theta[j], slot), tasks)
+        for i, j in idx.step_stats.items():
+            nt[i] = tf.gather(steps_nt[j], slot, axis=1)
+        return fast, nt
+
+    def _store_step_stats(self, nt_before: Tensors, nt_after: Tensors, steps_nt: Tensors,
+                          slot: Steps) -> tuple[Tensors, Tensors]:
+        """Moves updated moving statistics into their per-step slot; the model's stay as they were."""
+        idx = self.variables.step_stats
+        if not idx:
+            return nt_after, steps_nt
+        nt_after, steps_nt = list(nt_after), list(steps_nt)
+        for i, j in idx.items():
+            rows = steps_nt[j]
+            hot = tf.one_hot(slot, rows.shape[1], dtype=rows.dtype)[None, :, None]
+            steps_nt[j] = rows * (1 - hot) + tf.cast(nt_after[i], rows.dtype)[:, None, :] * hot
+            nt_after[i] = nt_before[i]
+        return nt_after, steps_nt
+
+    # ------------------------------------------------------------------------------ losses
+    def check_labels(self, y: tf.Tensor, outputs: tf.Tensor, name: str) -> tf.Tensor:
+        """Checks classification labels are in range; returns ``y``.
+
+        Eagerly a Python ValueError; in a graph a ``tf.debugging`` assertion (an
+        InvalidArgumentError at run time) with the same message.
+        """
+        if self.loss_name == "sparse_categorical_crossentropy":
+            classes = outputs.shape[-1]
+        elif self.loss_name == "binary_crossentropy":
+            classes = 2
+        else:
+            return y
+        message = f"{name} labels must be integers in [0, {classes})"
+        if tf.executing_eagerly():
+            arr = np.asarray(y)
+            if arr.size and (arr.min() < 0 or arr.max() >= classes):
+                raise ValueError(f"{message}; got labels in [{arr.min()}, {arr.max()}]")
+            return y
+        yi = tf.cast(y, tf.int64)
+        checks = [
+            tf.debugging.assert_non_negative(yi, message=message),
+            tf.debugging.assert_less(yi, tf.constant(classes, tf.int64), message=message),
+        ]
+        with tf.control_dependencies(checks):
+            return tf.identity(y)
+
+    def _per_example(self, fn: Callable, y: tf.Tensor, outputs: tf.Tensor) -> tf.Tensor:
+        """``fn`` on the tasks folded into one batch, back to ``[T, N]``."""
+        lead = tf.shape(outputs)[:2]
+        flat_out = tf.reshape(outputs, tf.concat([[-1], tf.shape(outputs)[2:]], 0))
+        flat_y = tf.reshape(y, tf.concat([[-1], tf.shape(y)[2:]], 0))
+        return tf.reshape(fn(flat_y, flat_out), lead)
+
+    def task_loss(self, y: tf.Tensor, outputs: tf.Tensor) -> tf.Tensor:
+        """Mean per-example loss of each task: ``[T]``."""
+        return tf.reduce_mean(self._per_example(self.loss_fn, y, outputs), axis=1)
+
+    def task_accuracy(self, y: tf.Tensor, outputs: tf.Tensor) -> tf.Tensor:
+        return tf.reduce_mean(self._per_example(self.accuracy_fn, y, outputs), axis=1)
+
+    # ---------------------------------------------------------------------------- the step
+    def _clip(self, grads: Tensors) -> Tensors:
+        """Clips each task's gradients to a global norm (differentiably, for second order)."""
+        if self.options.grad_clip is None:
+            return grads
+        sq = tf.add_n([tf.reduce_sum(tf.square(g), axis=list(range(1, len(g.shape))))
+                       for g in grads])  # [T]
+        norm = tf.sqrt(tf.maximum(sq, tf.cast(1e-30, sq.dtype)))
+        clip = tf.constant(self.options.grad_clip, norm.dtype)
+        scale = clip / tf.maximum(norm, clip)
+        return [g * tf.cast(tf.reshape(scale, [-1] + [1] * (len(g.shape) - 1)), g.dtype)
+                for g in grads]
+
+    def init_optimizer_state(self, fast: Tensors) -> Tensors:
+        """Adam's moments of the adapted parameters (zeros: reset for every task); [] for SGD."""
+        if self.options.optimizer == "sgd":
+            return []
+        adapted = [p for p, ok in zip(fast, self.adapted) if ok]
+        return [*F.zeros_like(adapted), *F.zeros_like(adapted)]
+
+    def _learning_rate(self, i: int, extra_theta: Tensors, slot: Steps, like: tf.Tensor) -> Any:
+        opts = self.options
+        if opts.learned_lr == "none":
+            return tf.constant(opts.lr, like.dtype)
+        lr = extra_theta[self.variables.lr_index[i]]
+        if opts.learned_lr == "per_layer_step":
+            lr = tf.gather(lr, slot)
+        return tf.cast(lr, like.dtype)  # per_parameter: broadcasts over the task axis
+
+    def step(self, t: Steps, theta_extra: Tensors, fast: Tensors, opt_state: Tensors,
+             nt: Tensors, steps_nt: Tensors, x: tf.Tensor, y: tf.Tensor, *,
+             first_order: bool, training: bool = True
+             ) -> tuple[Tensors, Tensors, Tensors, Tensors]:
+        """One inner update of every task on ``(x, y)``: the step every inner loop is made of.
+
+        Args:
+          t: 0-based step (Python int when unrolled, scalar tensor inside a ``tf.while_loop``).
+          theta_extra: the inner loop's meta-parameters (learned rates, per-step BN weights).
+          fast: fast parameters ``[T, ...]``, aligned with ``model.trainable_variables``.
+          opt_state: inner optimiser state (:meth:`init_optimizer_state`).
+          nt: model non-trainable values ``[T, ...]``.
+          steps_nt: per-step batch-norm statistics ``[T, slots, C]``.
+          x, y: this step's support examples ``[T, N, ...]``.
+          first_order: treat the inner gradients as constants.
+          training: Keras training flag of the support pass.
+
+        Returns:
+          ``(fast, opt_state, nt, steps_nt)`` after the step.
+        """
+        opts = self.options
+        slot = self._slot(t)
+        adapted = [p for p, ok in zip(fast, self.adapted) if ok]
+        with tf.GradientTape() as tape:
+            tape.watch(adapted)
+            it = iter(adapted)
+            current = [next(it) if ok else p for p, ok in zip(fast, self.adapted)]
+            params, nt_in = self._at_step(current, nt, theta_extra, steps_nt, slot)
+            out, nt_out = self.forward(params, nt_in, x, training=training)
+            y = self.check_labels(y, out, "support")
+            loss = tf.reduce_sum(self.task_loss(y, out))
+        grads = tape.gradient(loss, adapted, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        grads = self._clip(grads)
+        if first_order:
+            grads = F.stop_gradient(grads)
+        nt_out, steps_nt = self._store_step_stats(nt_in, nt_out, steps_nt, slot)
+        nt_out = [tf.cast(a, b.dtype) for a, b in zip(nt_out, nt)]
+        positions = [i for i, ok in enumerate(self.adapted) if ok]
+        new = list(fast)
+        if opts.optimizer == "sgd":
+            for i, p, g in zip(positions, adapted, grads):
+                new[i] = p - self._learning_rate(i, theta_extra, slot, p) * g
+            return new, opt_state, nt_out, steps_nt
+        k = len(adapted)
+        b1, b2 = opts.adam_beta1, opts.adam_beta2
+        m = [b1 * mi + (1.0 - b1) * g for mi, g in zip(opt_state[:k], grads)]
+        v = [b2 * vi + (1.0 - b2) * tf.square(g) for vi, g in zip(opt_state[k:], grads)]
+        if isinstance(t, int):
+            c1, c2 = 1.0 - b1 ** (t + 1), 1.0 - b2 ** (t + 1)
+        else:
+            n = tf.cast(t + 1, tf.float32)
+            c1, c2 = 1.0 - tf.pow(b1, n), 1.0 - tf.pow(b2, n)
+        for i, p, mi, vi in zip(positions, adapted, m, v):
+            lr = self._learning_rate(i, theta_extra, slot, p)
+            new[i] = p - lr * (mi / F.like(c1, p)) / (tf.sqrt(vi / F.like(c2, p)) + ADAM_EPSILON)
+        return new, m + v, nt_out, steps_nt
+
+    # ------------------------------------------------------------------------- adaptation
+    def start(self, theta: Sequence[tf.Tensor], state: Sequence[tf.Tensor],
+              tasks: Any) -> tuple[Tensors, Tensors, Tensors, Tensors]:
+        """Every task's starting point: ``(fast, theta_extra, nt, steps_nt)``."""
+        params, extra = self.split_theta(theta)
+        nt, steps_nt = self.split_state(state)
+        return ([_per_task(p, tasks) for p in params], extra,
+                [_per_task(v, tasks) for v in nt], [_per_task(v, tasks) for v in steps_nt])
+
+    def _support_batch(self, x: tf.Tensor, y: tf.Tensor, t: Steps) -> tuple[tf.Tensor, tf.Tensor]:
+        if self.options.batch_size is None:
+            return x, y
+        num = x.shape[1] if x.shape[1] is not None else tf.shape(x)[1]
+        index = minibatch_indices(num, self.options.batch_size, t, self.options.seed)
+        return tf.gather(x, index, axis=1), tf.gather(y, index, axis=1)
+
+    def adapt(self, theta: Sequence[tf.Tensor], state: Sequence[tf.Tensor], x: tf.Tensor,
+              y: tf.Tensor, steps: Steps, *, first_order: bool, training: bool = True,
+              after_step: Callable[[int, Tensors, Tensors], None] | None = None,
+              ) -> tuple[Tensors, Tensors, Tensors]:
+        """Adapts every task of ``(x [T, S, ...], y [T, S, ...])`` for ``steps`` inner steps.
+
+        Args:
+          theta: meta-parameters aligned with :attr:`meta_variables` (no task axis).
+          state: values aligned with :attr:`state_variables` (no task axis).
+          x, y: support sets.
+          steps: a Python int unrolls the loop (needed to differentiate through it); a scalar
+            tensor runs a ``tf.while_loop`` (evaluation and serving with a run-time count).
+          first_order: treat inner gradients as constants.
+          training: Keras training flag of the support passes.
+          after_step: called as ``after_step(t, fast, steps_nt)`` after every unrolled step
+            (the multi-step loss).
+
+        Returns:
+          ``(fast, nt, steps_nt)`` after adaptation, each with a leading task axis.
+        """
+        fast, extra, nt, steps_nt = self.start(theta, state, _tasks(x))
+        opt_state = self.init_optimizer_state(fast)
+        if isinstance(steps, int):
+            for t in range(steps):
+                xb, yb = self._support_batch(x, y, t)
+                fast, opt_state, nt, steps_nt = self.step(
+                    t, extra, fast, opt_state, nt, steps_nt, xb, yb,
+                    first_order=first_order, training=training)
+                if after_step is not None:
+                    after_step(t, fast, steps_nt)
+            return fast, nt, steps_nt
+
+        def body(t, fast, opt_state, nt, steps_nt):
+            xb, yb = self._support_batch(x, y, t)
+            return (t + 1, *self.step(t, extra, fast, opt_state, nt, steps_nt, xb, yb,
+                                      first_order=first_order, training=training))
+
+        _, fast, _, nt, steps_nt = tf.while_loop(
+            lambda t, *_: t < steps, body, (tf.constant(0), fast, opt_state, nt, steps_nt))
+        return fast, nt, steps_nt
+
+    def predict(self, theta: Sequence[tf.Tensor], state: Sequence[tf.Tensor], fast: Tensors,
+                x: tf.Tensor, *, support_x: tf.Tensor | None, steps_taken: Steps,
+                bn_mode: str | None = None) -> tf.Tensor:
+        """Outputs for ``x [T, Q, ...]`` under ``fast``, with batch norm as ``bn_mode`` says.
+
+        ``transductive``: the queries are normalised with their own batch statistics.
+        ``support``: with the statistics of ``support_x`` under ``fast``, so each query's output
+        depends only on itself and the support set. ``running``: with the moving statistics of
+        ``state``. ``steps_taken`` selects the per-step batch-norm slot (the last step's).
+        """
+        bn_mode = bn_mode or self.bn_mode
+        _, extra = self.split_theta(theta)
+        nt, steps_nt = self.split_state(state)
+        tasks = _tasks(x)
+        nt = [_per_task(v, tasks) for v in nt]
+        steps_nt = [_per_task(v, tasks) for v in steps_nt]
+        last = (max(steps_taken - 1, 0) if isinstance(steps_taken, int)
+                else tf.maximum(steps_taken - 1, 0))
+        slot = self._slot(last)
+        params, nt = self._at_step(fast, nt, extra, steps_nt, slot)
+        if bn_mode == "transductive":
+            return self.forward(params, nt, x, training=True)[0]
+        if bn_mode == "running":
+            return self.forward(params, nt, x, training=False)[0]
+        if bn_mode != "support":
+            raise ValueError(f"unknown bn_mode {bn_mode!r}; allowed: {list(BN_MODES)}")
+        if support_x is None:
+            raise ValueError("bn_mode='support' needs support_x (the support set) to normalise the "
+                             "queries")
+        _, nt_support = self.forward(params, nt, support_x, training=True)
+        nt_query = tfm_layers.with_batch_statistics(nt_support, self._bn_index)
+        return self.forward(params, nt_query, x, training=False)[0]
+
+
+def log_fallback(model: keras.Model, unsupported: list[str]) -> None:
+    """Says once why tasks run one at a time."""
+    logging.warning("Model %r has layers that cannot run tasks batched, so tasks are adapted one "
+                    "at a time: %s", model.name, "; ".join(unsupported))

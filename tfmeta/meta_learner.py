@@ -1,0 +1,538 @@
+"""What every gradient-based meta-learner shares: input checks, the task loop, the public API.
+
+:class:`MetaLearner` turns a batch of tasks into groups of ``tasks_in_parallel`` tasks and hands
+each group to the single inner loop (:mod:`tfmeta.inner_loop`). The algorithms
+(:class:`tfmeta.maml.MAML`, :class:`tfmeta.reptile.Reptile`) only say what one group contributes
+to the meta-gradient.
+
+``tasks_in_parallel``:
+  * ``1``: one task at a time, each through ``keras.Layer.stateless_call``;
+  * ``k``: ``k`` tasks per iteration of a loop over groups (the last group may be smaller), each
+    group in one task-batched forward pass (:class:`tfmeta.batched.BatchedModel`); memory grows
+    with ``k``, not with the meta-batch;
+  * ``"all"``: the whole local meta-batch in one computation (its size must be static);
+  * ``"auto"`` (default): see :func:`auto_tasks_in_parallel`.
+A model with a layer that cannot run batched falls back to one task at a time (one log line names
+the layer).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tfmeta import functional as F
+from tfmeta import inner_loop
+from tfmeta import layers as tfm_layers
+from tfmeta.inner_loop import InnerLoop, InnerOptions
+
+BATCH_KEYS = ("support_x", "support_y", "query_x", "query_y")
+BN_MODES = inner_loop.BN_MODES
+TASKS_IN_PARALLEL = ("auto", "all")
+# On CPU, grouping tasks pays while a task's forward pass is small; measured with
+# benchmarks/train_throughput.py (README, "Performance"): see auto_tasks_in_parallel.
+CPU_GROUP_MAX_EXAMPLES = 12
+CPU_GROUP = 4
+
+Task = dict[str, tf.Tensor]
+
+
+class MetaStep(NamedTuple):
+    """Everything one meta-training step produces for the trainer.
+
+    Every floating-point entry is a SUM over the local tasks divided by the
+    global number of tasks, so a cross-replica SUM yields the global mean.
+
+    Attributes:
+      grads: meta-gradients aligned with the learner's ``meta_variables`` (the model's trainable
+        variables, then the inner loop's learned ones).
+      metrics: scalar float32 metrics (see the algorithm's ``meta_step``).
+      non_trainable: values aligned with the learner's ``state_variables`` after each task's
+        adaptation (batch-norm moving statistics updated by the support-set passes). Non-floating
+        entries (e.g. RNG seed states) hold the last task's value; assign with
+        :func:`tfmeta.functional.assign_floating`, which skips them.
+    """
+
+    grads: list[tf.Tensor]
+    metrics: dict[str, tf.Tensor]
+    non_trainable: list[tf.Tensor]
+
+
+def positive_int(name: str, value: Any) -> int:
+    """``value`` as an int, or a ValueError naming ``name`` if it is not a positive integer."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def positive_float(name: str, value: Any) -> float:
+    """``value`` as a float, or a ValueError naming ``name`` if it is not finite and > 0."""
+    if (isinstance(value, bool) or not isinstance(value, (int, float, np.number))
+            or not np.isfinite(value) or not value > 0):
+        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+    return float(value)
+
+
+def check_tasks_in_parallel(value: Any) -> int | str:
+    """Validates ``tasks_in_parallel``: a positive int, ``"all"`` or ``"auto"``."""
+    if isinstance(value, str) and value in TASKS_IN_PARALLEL:
+        return value
+    if isinstance(value, str) and value.isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"tasks_in_parallel must be a positive integer, 'all' or 'auto', "
+                         f"got {value!r}")
+    return int(value)
+
+
+def on_accelerator() -> bool:
+    """Whether TensorFlow sees a GPU or TPU (where grouping all tasks is the right default)."""
+    return bool(tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU"))
+
+
+def auto_tasks_in_parallel(num_tasks: int, examples_per_task: int) -> int:
+    """The ``"auto"`` rule: how many tasks to compute together.
+
+    On a GPU or TPU every task of the local meta-batch at once (the loop is what starves them).
+    On CPU, groups of :data:`CPU_GROUP` when a task has at most :data:`CPU_GROUP_MAX_EXAMPLES`
+    support + query examples, else one task at a time: on CPU grouped convolutions only beat
+    oneDNN's per-task kernels while each task's tensors are small (README, "Performance").
+
+    Args:
+      num_tasks: tasks in the local meta-batch.
+      examples_per_task: support plus query examples of one task.
+    """
+    if on_accelerator():
+        return num_tasks
+    if examples_per_task <= CPU_GROUP_MAX_EXAMPLES:
+        return min(CPU_GROUP, num_tasks)
+    return 1
+
+
+def _count(t: tf.Tensor, axis: int) -> int | None:
+    shape = t.shape
+    return shape[axis] if shape.rank is not None and shape.rank > axis else None
+
+
+def _check_pair(x: tf.Tensor, y: tf.Tensor, x_name: str, y_name: str, axes: int) -> None:
+    """Raises ValueError if the leading ``axes`` dimensions of x and y differ."""
+    for axis in range(axes):
+        nx, ny = _count(x, axis), _count(y, axis)
+        if nx is not None and ny is not None and nx != ny:
+            what = "tasks" if axes == 2 and axis == 0 else "examples"
+            raise ValueError(
+                f"{x_name} has {nx} {what} but {y_name} has {ny} "
+                f"(shapes {x.shape} and {y.shape}); they must match"
+            )
+
+
+def _sum_tasks(values: list[tf.Tensor]) -> list[tf.Tensor]:
+    """Sums floating values over the leading task axis; keeps the last task's other values."""
+    return [tf.reduce_sum(v, axis=0) if F.is_floating(v) else v[-1] for v in values]
+
+
+class MetaLearner:
+    """Shared machinery of the gradient-based meta-learners; see the module docstring.
+
+    Batch-norm modes (``bn_mode``), i.e. how the query set is normalised:
+      * ``"transductive"`` (MAML's original setting): with its own batch statistics, so a query
+        prediction depends on the other queries.
+      * ``"support"``: with the statistics of the support set under the adapted weights; each
+        query prediction depends only on itself and the support set. Needs
+        :class:`tfmeta.layers.BatchNorm`.
+      * ``"running"``: with the model's moving statistics (the trainer keeps them up to date by
+        assigning ``MetaStep.non_trainable`` after every step).
+    In every mode the inner loop runs the support set in training mode.
+    """
+
+    def __init__(
+        self,
+        model: keras.Model,
+        *,
+        inner_steps: int,
+        eval_inner_steps: int | None,
+        loss: str | Callable[[tf.Tensor, tf.Tensor], tf.Tensor],
+        bn_mode: str,
+        options: InnerOptions,
+        tasks_in_parallel: int | str,
+    ):
+        F.check_built(model)
+        self.model = model
+        self.inner_steps = positive_int("inner_steps", inner_steps)
+        self.eval_inner_steps = (
+            self.inner_steps if eval_inner_steps is None
+            else positive_int("eval_inner_steps", eval_inner_steps))
+        options.lr = positive_float("inner_lr", options.lr)
+        if options.grad_clip is not None:
+            options.grad_clip = positive_float("inner_grad_clip", options.grad_clip)
+        if bn_mode not in BN_MODES:
+            raise ValueError(f"unknown bn_mode {bn_mode!r}; allowed: {list(BN_MODES)}")
+        if bn_mode == "support" or options.per_step_bn:
+            what = "bn_mode='support'" if bn_mode == "support" else "per-step batch norm"
+            foreign = tfm_layers.keras_batch_norm_layers(model)
+            if foreign:
+                raise ValueError(
+                    f"{what} needs tfmeta.layers.BatchNorm, which records batch statistics; the "
+                    f"model has keras BatchNormalization layers {[la.name for la in foreign]}")
+            if options.per_step_bn and not tfm_layers.batch_norm_layers(model):
+                raise ValueError(f"per-step batch norm needs a model with tfmeta.layers.BatchNorm "
+                                 f"layers; model {model.name!r} has none")
+        self.bn_mode = bn_mode
+        self.tasks_in_parallel = check_tasks_in_parallel(tasks_in_parallel)
+        self.inner = InnerLoop(model, loss=loss, bn_mode=bn_mode, options=options,
+                               batched_forward=self.tasks_in_parallel != 1)
+        if self.inner.unsupported:
+            inner_loop.log_fallback(model, self.inner.unsupported)
+        self.loss_name = self.inner.loss_name
+        self.loss_fn = self.inner.loss_fn
+        self.accuracy_fn = self.inner.accuracy_fn
+
+    # ------------------------------------------------------------------------ properties
+    @property
+    def inner_lr(self) -> float:
+        """The inner learning rate (the initial value when it is learned)."""
+        return self.inner.options.lr
+
+    @property
+    def inner_grad_clip(self) -> float | None:
+        return self.inner.options.grad_clip
+
+    @property
+    def meta_variables(self) -> list[Any]:
+        """What the outer loop trains: the model's trainable variables, then the inner loop's."""
+        return self.inner.meta_variables
+
+    @property
+    def state_variables(self) -> list[Any]:
+        """The model's non-trainable variables, then the per-step batch-norm statistics."""
+        return self.inner.state_variables
+
+    @property
+    def checkpointables(self) -> dict[str, Any]:
+        """Objects a checkpoint or SavedModel must track besides the model."""
+        return {"inner_loop": self.inner.variables}
+
+    @property
+    def metric_names(self) -> tuple[str, ...]:
+        """Names of the metrics returned by ``meta_step`` and ``evaluate``."""
+        if self.accuracy_fn is not None:
+            return ("loss", "loss_pre", "accuracy_pre", "accuracy_post")
+        return ("loss", "loss_pre")
+
+    def group_size(self, num_tasks: int | None, examples_per_task: int | None = None) -> int | None:
+        """Tasks computed together for a batch of ``num_tasks`` (None: all, however many)."""
+        if self.inner.batched is None:
+            return 1
+        k = self.tasks_in_parallel
+        if k == "auto":
+            if num_tasks is None:
+                return None if on_accelerator() else 1
+            k = auto_tasks_in_parallel(num_tasks, examples_per_task or 0)
+        if k == "all":
+            if num_tasks is None:
+                raise ValueError(
+                    "tasks_in_parallel='all' needs a static number of tasks per replica; this "
+                    "batch's task axis is unknown when the graph is built (use a fixed batch "
+                    "size, or an integer tasks_in_parallel)")
+            return num_tasks
+        return k if num_tasks is None else min(k, num_tasks)
+
+    # ----------------------------------------------------------------------- input checks
+    def _check_batch(self, batch: Mapping[str, tf.Tensor]) -> Task:
+        missing = [k for k in BATCH_KEYS if k not in batch]
+        if missing:
+            raise ValueError(f"batch is missing keys {missing}; expected {list(BATCH_KEYS)}")
+        b = {k: tf.convert_to_tensor(batch[k]) for k in BATCH_KEYS}
+        _check_pair(b["support_x"], b["support_y"], "support_x", "support_y", axes=2)
+        _check_pair(b["query_x"], b["query_y"], "query_x", "query_y", axes=2)
+        _check_pair(b["support_x"], b["query_x"], "support_x", "query_x", axes=1)
+        for key in ("support_y", "query_y"):
+            b[key] = self._check_label_shape(b[key], key, task_axes=2)
+        return b
+
+    def _check_label_shape(self, y: tf.Tensor, name: str, *, task_axes: int) -> tf.Tensor:
+        """Integer class labels are ``[..., N]``; ``[..., N, 1]`` is squeezed (as Keras does)."""
+        if self.loss_name != "sparse_categorical_crossentropy" or y.shape.rank is None:
+            return y
+        if y.shape.rank == task_axes + 1 and y.shape[-1] == 1:
+            return tf.squeeze(y, -1)
+        if y.shape.rank != task_axes:
+            expected = "[tasks, examples]" if task_axes == 2 else "[examples]"
+            raise ValueError(f"{name} must hold one integer class label per example, shape "
+                             f"{expected}; got shape {y.shape}")
+        return y
+
+    @staticmethod
+    def _steps(steps: int | None, default: int, *, allow_zero: bool = False) -> int:
+        if steps is None:
+            return default
+        if allow_zero and steps == 0 and not isinstance(steps, bool):
+            return 0
+        return positive_int("steps", steps)
+
+    # ------------------------------------------------------------------------- the task loop
+    def _over_groups(self, fn: Callable[[Task], tuple[Any, Any]], batch: Task, *,
+                     group: int | None, sum_init: Any, stack_specs: Any) -> tuple[Any, Any]:
+        """Runs ``fn`` on groups of ``group`` tasks of ``batch`` (None: all at once).
+
+        ``fn(group_batch) -> (to_sum, to_stack)``: ``to_sum`` is accumulated into ``sum_init``
+        (floating entries added; others replaced), ``to_stack`` has a leading task axis and is
+        concatenated over groups. Groups run in a ``tf.while_loop`` (a Python loop eagerly) that
+        holds one group's activations at a time; no gradient flows through the loop. A last,
+        smaller group is computed after the loop, so every shape stays static (XLA, TPUs).
+        """
+        n = _count(batch["support_x"], 0)
+
+        def add(acc: Any, to_sum: Any) -> Any:
+            return tf.nest.map_structure(
+                lambda a, x: a + tf.cast(x, a.dtype) if F.is_floating(a) else x, acc, to_sum)
+
+        def concat(*parts: Any) -> Any:
+            return tf.nest.map_structure(lambda _, *xs: tf.concat(xs, 0), stack_specs, *parts)
+
+        if group is None or (n is not None and group >= n):
+            to_sum, to_stack = fn(batch)
+            return add(sum_init, to_sum), to_stack
+        if n is None:  # one task at a time over a run-time number of tasks
+            full, rest = tf.shape(batch["support_x"])[0], 0
+        else:
+            full, rest = divmod(n, group)
+
+        def take(start: Any, size: int) -> Task:
+            return {k: tf.gather(v, start + tf.range(size)) for k, v in batch.items()}
+
+        if tf.executing_eagerly() and n is not None:
+            acc, stacked = sum_init, []
+            for start in range(0, n, group):
+                to_sum, to_stack = fn({k: v[start: start + group] for k, v in batch.items()})
+                acc, stacked = add(acc, to_sum), stacked + [to_stack]
+            return acc, concat(*stacked)
+
+        arrays = tf.nest.map_structure(
+            lambda s: tf.TensorArray(s.dtype, size=full, element_shape=[group, *s.shape]),
+            stack_specs)
+
+        def body(i, acc, arrays):
+            to_sum, to_stack = fn(take(i * group, group))
+            arrays = tf.nest.map_structure(lambda ta, x: ta.write(i, x), arrays, to_stack)
+            return i + 1, add(acc, to_sum), arrays
+
+        _, acc, arrays = tf.while_loop(lambda i, *_: i < full, body,
+                                       (tf.constant(0), sum_init, arrays),
+                                       maximum_iterations=full)
+        stacked = tf.nest.map_structure(
+            lambda ta, s: tf.reshape(ta.stack(), [-1, *s.shape]), arrays, stack_specs)
+        if rest:
+            to_sum, to_stack = fn(take(full * group, rest))
+            acc, stacked = add(acc, to_sum), concat(stacked, to_stack)
+        return acc, stacked
+
+    def _group_for(self, batch: Task) -> int | None:
+        examples = sum(_count(batch[k], 1) or 0 for k in ("support_x", "query_x"))
+        return self.group_size(_count(batch["support_x"], 0), examples)
+
+    # ---------------------------------------------------------------------------- metrics
+    def _metrics(self, theta: list[tf.Tensor], state: list[tf.Tensor], fast: list[tf.Tensor],
+                 task: Task, *, out_post: tf.Tensor, loss_post: tf.Tensor | None = None,
+                 bn_mode: str | None = None) -> dict[str, tf.Tensor]:
+        """Pre/post-adaptation query metrics of every task of ``task``: float32 ``[T]`` each."""
+        qx, qy, sx = task["query_x"], task["query_y"], task["support_x"]
+        start = self.inner.start(theta, state, inner_loop._tasks(qx))[0]
+        out_pre = tf.stop_gradient(self.inner.predict(
+            theta, state, start, qx, support_x=sx, steps_taken=0, bn_mode=bn_mode))
+        qy = self.inner.check_labels(qy, out_pre, "query")
+        out_post = tf.stop_gradient(out_post)
+        if loss_post is None:
+            loss_post = self.inner.task_loss(qy, out_post)
+        metrics = {
+            "loss": tf.cast(tf.stop_gradient(loss_post), tf.float32),
+            "loss_pre": tf.cast(self.inner.task_loss(qy, out_pre), tf.float32),
+        }
+        if self.accuracy_fn is not None:
+            metrics["accuracy_pre"] = self.inner.task_accuracy(qy, out_pre)
+            metrics["accuracy_post"] = self.inner.task_accuracy(qy, out_post)
+        return metrics
+
+    def _values(self) -> tuple[list[tf.Tensor], list[tf.Tensor]]:
+        return F.values(self.meta_variables), F.values(self.state_variables)
+
+    # ------------------------------------------------------------------------- public API
+    def adapt(self, support_x: tf.Tensor, support_y: tf.Tensor, *, steps: int | None = None,
+              params: list[tf.Tensor] | None = None, training: bool = True) -> list[tf.Tensor]:
+        """Adapts to one task's support set without modifying the model.
+
+        Args:
+          support_x: support inputs ``[S, ...]``.
+          support_y: support labels / targets ``[S, ...]``.
+          steps: inner steps; defaults to ``inner_steps``.
+          params: starting parameters aligned with ``model.trainable_variables``; defaults to
+            their current values.
+          training: Keras ``training`` flag of the support passes.
+
+        Returns:
+          The adapted parameters, aligned with ``model.trainable_variables``.
+        """
+        support_x = tf.convert_to_tensor(support_x)
+        support_y = self._check_label_shape(tf.convert_to_tensor(support_y), "support_y",
+                                            task_axes=1)
+        _check_pair(support_x, support_y, "support_x", "support_y", axes=1)
+        steps = self._steps(steps, self.inner_steps)
+        theta, state = self._values()
+        if params is not None:
+            if len(params) != len(self.model.trainable_variables):
+                raise ValueError(f"params has {len(params)} entries but the model has "
+                                 f"{len(self.model.trainable_variables)} trainable variables")
+            theta = [*params, *theta[len(params):]]
+        fast, _, _ = self.inner.adapt(theta, state, support_x[None], support_y[None], steps,
+                                      first_order=False, training=training)
+        return [p[0] for p in fast]
+
+    def predict(self, params: list[tf.Tensor], x: tf.Tensor, *,
+                support_x: tf.Tensor | None = None, bn_mode: str | None = None,
+                steps: int | None = None) -> tf.Tensor:
+        """Model outputs for one task's ``x [Q, ...]`` under ``params``.
+
+        Args:
+          params: parameters aligned with ``model.trainable_variables`` (from :meth:`adapt`).
+          x: inputs ``[Q, ...]``.
+          support_x: the task's support inputs; needed for ``bn_mode="support"``.
+          bn_mode: how queries are normalised; defaults to the learner's ``bn_mode``.
+          steps: inner steps ``params`` were adapted with (selects the per-step batch-norm slot);
+            defaults to ``eval_inner_steps``.
+        """
+        theta, state = self._values()
+        x = tf.convert_to_tensor(x)
+        sx = None if support_x is None else tf.convert_to_tensor(support_x)[None]
+        fast = [tf.convert_to_tensor(p)[None] for p in params]
+        steps = self.eval_inner_steps if steps is None else steps
+        return self.inner.predict(theta, state, fast, x[None], support_x=sx,
+                                  steps_taken=steps, bn_mode=bn_mode)[0]
+
+    def adapt_and_predict(self, support_x: tf.Tensor, support_y: tf.Tensor,
+                          query_x: tf.Tensor, *, steps: int | tf.Tensor | None = None,
+                          bn_mode: str | None = None) -> tf.Tensor:
+        """Adapts to each of ``B`` tasks and predicts its queries: outputs ``[B, Q, ...]``.
+
+        The tasks are computed in groups (``tasks_in_parallel``); with a run-time ``B`` (serving)
+        all at once when the model runs batched, else one at a time.
+
+        Args:
+          support_x, support_y: ``[B, S, ...]``.
+          query_x: ``[B, Q, ...]``.
+          steps: inner steps, an int or a scalar int32 tensor (a ``tf.while_loop``); defaults to
+            ``eval_inner_steps``. 0 predicts with the meta-learned initialisation.
+          bn_mode: how queries are normalised; defaults to the learner's ``bn_mode``.
+        """
+        steps = self.eval_inner_steps if steps is None else steps
+        theta, state = self._values()
+        batch = {"support_x": tf.convert_to_tensor(support_x),
+                 "support_y": tf.convert_to_tensor(support_y),
+                 "query_x": tf.convert_to_tensor(query_x)}
+
+        def one_group(task: Task) -> tuple[dict, tf.Tensor]:
+            fast, _, _ = self.inner.adapt(theta, state, task["support_x"], task["support_y"],
+                                          steps, first_order=True)
+            out = self.inner.predict(theta, state, F.stop_gradient(fast), task["query_x"],
+                                     support_x=task["support_x"], steps_taken=steps,
+                                     bn_mode=bn_mode)
+            return {}, out
+
+        if self.inner.batched is None:
+            group = 1
+        elif isinstance(self.tasks_in_parallel, int) and _count(batch["support_x"], 0):
+            group = self.tasks_in_parallel
+        else:
+            group = None  # serving: every task of the request in one batched computation
+        out_shape = self._output_spec(batch["query_x"])
+        _, outputs = self._over_groups(one_group, batch, group=group, sum_init={},
+                                       stack_specs=out_shape)
+        return outputs
+
+    def _output_spec(self, query_x: tf.Tensor) -> tf.TensorSpec:
+        spec = self.model.compute_output_spec(
+            keras.KerasTensor([None, *query_x.shape[2:]], dtype=query_x.dtype))
+        return tf.TensorSpec([query_x.shape[1], *spec.shape[1:]], spec.dtype)
+
+    def evaluate(self, batch: Mapping[str, tf.Tensor], *, steps: int | None = None,
+                 bn_mode: str | None = None) -> dict[str, tf.Tensor]:
+        """Per-task metrics after adaptation, for evaluation.
+
+        Args:
+          batch: ``{"support_x": [B, S, ...], "support_y": [B, S, ...],
+            "query_x": [B, Q, ...], "query_y": [B, Q, ...]}``.
+          steps: inner steps; defaults to ``eval_inner_steps``.
+          bn_mode: how queries are normalised; defaults to the learner's ``bn_mode``.
+
+        Returns:
+          ``metric_names`` -> float32 ``[B]`` (one value per task): ``loss`` and
+          ``accuracy_post`` after adaptation, ``loss_pre`` and ``accuracy_pre`` before.
+        """
+        batch = self._check_batch(batch)
+        steps = self._steps(steps, self.eval_inner_steps)
+        theta, state = self._values()
+
+        def one_group(task: Task) -> tuple[dict, dict]:
+            fast, _, _ = self.inner.adapt(theta, state, task["support_x"], task["support_y"],
+                                          steps, first_order=True)
+            fast = F.stop_gradient(fast)
+            out = self.inner.predict(theta, state, fast, task["query_x"],
+                                     support_x=task["support_x"], steps_taken=steps,
+                                     bn_mode=bn_mode)
+            return {}, self._metrics(theta, state, fast, task, out_post=out, bn_mode=bn_mode)
+
+        specs = {k: tf.TensorSpec([], tf.float32) for k in self.metric_names}
+        _, per_task = self._over_groups(one_group, batch, group=self._group_for(batch),
+                                        sum_init={}, stack_specs=specs)
+        return per_task
+
+    def meta_gradients(self, batch: Mapping[str, tf.Tensor], *,
+                       global_batch_size: int | None = None, **kwargs: Any
+                       ) -> tuple[list[tf.Tensor], dict[str, tf.Tensor]]:
+        """``(grads, metrics)`` of :meth:`meta_step`."""
+        step = self.meta_step(batch, global_batch_size=global_batch_size, **kwargs)
+        return step.grads, step.metrics
+
+    def meta_step(self, batch: Mapping[str, tf.Tensor], *,
+                  global_batch_size: int | None = None, **kwargs: Any) -> MetaStep:
+        """Gradients, metrics and non-trainable values; see :class:`MetaStep`."""
+        raise NotImplementedError
+
+    def _group_contribution(self, theta: list[tf.Tensor], state: list[tf.Tensor], task: Task,
+                            **kwargs: Any) -> tuple[list[tf.Tensor], dict, list[tf.Tensor]]:
+        """One group's ``(summed grads, per-task metrics [T], state after [T, ...])``."""
+        raise NotImplementedError
+
+    def _meta_step(self, batch: Mapping[str, tf.Tensor], global_batch_size: int | None,
+                   **kwargs: Any) -> MetaStep:
+        """Sums every group's contribution and divides by ``global_batch_size``."""
+        batch = self._check_batch(batch)
+        local = _count(batch["support_x"], 0)
+        if global_batch_size is None:
+            if local is None:
+                raise ValueError("the number of tasks is not static; pass global_batch_size")
+            global_batch_size = local
+        global_batch_size = positive_int("global_batch_size", global_batch_size)
+        theta, state = self._values()
+
+        def one_group(task: Task) -> tuple[tuple, dict]:
+            grads, metrics, state_after = self._group_contribution(theta, state, task, **kwargs)
+            metrics = {k: tf.reduce_sum(v) for k, v in metrics.items()}
+            return (grads, metrics, _sum_tasks(state_after)), {}
+
+        sum_init = (
+            F.zeros_like(theta),
+            {k: tf.zeros([], tf.float32) for k in self.metric_names},
+            [tf.zeros_like(v) if F.is_floating(v) else v for v in state],
+        )
+        (grads, metrics, state_sum), _ = self._over_groups(
+            one_group, batch, group=self._group_for(batch), sum_init=sum_init, stack_specs={})
+        inv = 1.0 / global_batch_size
+        return MetaStep(
+            grads=F.scale(grads, inv),
+            metrics={k: v * inv for k, v in metrics.items()},
+            non_trainable=F.map_floating(lambda v: v * tf.constant(inv, v.dtype), state_sum),
+        )
