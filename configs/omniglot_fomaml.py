@@ -12,21 +12,11 @@ Measured on a 2-core x86_64 CPU (no GPU), TensorFlow 2.21: ``5way1shot`` with
 accuracy 93.73 +- 0.95 % over 600 episodes. The full schedule was not run.
 """
 
-import importlib.util
-import os
-
-
-def _maml_configs():
-    # Config files are loaded by path, not as a package, so the sibling is loaded the same way.
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "omniglot_maml.py")
-    spec = importlib.util.spec_from_file_location("tfmeta_configs_omniglot_maml", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tfmeta import config as tfmeta_config
 
 
 def get_config(variant: str = "5way1shot"):
     """Returns the first-order counterpart of ``omniglot_maml.get_config(variant)``."""
-    c = _maml_configs().get_config(variant)
+    c = tfmeta_config.sibling_config(__file__, "omniglot_maml.py").get_config(variant)
     c.algorithm = "fomaml"
     return c

@@ -19,8 +19,17 @@ Exact command (any field can be overridden, e.g. ``--config.train.iterations=100
 
 Common to all paper variants: 28x28 images, each sampled class rotated by a random multiple of 90
 degrees, 'maml' character split (1100 train / 100 validation / 423 test), Adam meta learning rate
-1e-3, query examples per class equal to the shots, batch statistics in batch norm (transductive, as
-in the paper; ``--config.inner.bn_mode=support`` for the non-transductive variant).
+1e-3, query examples per class equal to the shots.
+
+Batch norm: unlike the paper, queries are normalised with the support set's statistics under the
+adapted weights (``inner.bn_mode="support"``), so a query's prediction never depends on the other
+queries, in training, evaluation and serving alike. Measured on the 5-way 1-shot config after
+2,000 iterations (600 test episodes, 1 query per class, 3 inner steps;
+``benchmarks/serving_accuracy.py``): trained transductively (the paper's setting), the exported
+model answering one query per call reaches 90.77 +- 1.05 % (96.73 +- 0.72 % in the paper's
+transductive protocol); trained with ``support``, 93.27 +- 0.92 % one query per call
+(96.27 +- 0.75 % transductive), for about 20 % more time per iteration.
+``--config.inner.bn_mode=transductive`` restores the paper's setting.
 
 Measured on a 2-core x86_64 CPU (no GPU), TensorFlow 2.21, about 110 tasks/s:
 
@@ -46,6 +55,7 @@ def get_config(variant: str = "5way1shot"):
     """Returns the config for ``variant`` (see the module docstring)."""
     c = tfmeta_config.base_config()
     c.algorithm = "maml"
+    c.inner.bn_mode = "support"  # non-transductive: see the module docstring
     if variant == "smoke":
         return smoke(c)
     if variant not in _VARIANTS:

@@ -52,6 +52,9 @@ def _dump(exp, path: str) -> None:
 def main() -> None:
     spec = json.loads(sys.argv[1])
     import tensorflow as tf
+    from absl import logging
+
+    logging.set_verbosity(logging.INFO)  # the trainer's log lines, as the binary shows them
 
     if spec.get("logical_cpus", 1) > 1:
         cpu = tf.config.list_physical_devices("CPU")[0]

@@ -1,16 +1,24 @@
-"""tfmeta.adapt: folders of images in, class names out; clear errors for bad folders."""
+"""tfmeta.adapt: folders of images in, class names out.
+
+Also: one-line errors with exit status 2, recursive query folders, images read one at a time
+(bounded memory), and Ctrl-C during a long adaptation.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import textwrap
+import threading
+import time
 import zipfile
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from tests.helpers import archives_dir, subprocess_env
 from tfmeta import adapt
@@ -52,12 +60,88 @@ def test_colour_jpeg_and_transparent_png_become_grayscale(tmp_path):
     rgb.save(tmp_path / "a.jpg")
     rgba = Image.new("RGBA", (20, 20), (0, 0, 0, 0))  # fully transparent: white after compositing
     rgba.save(tmp_path / "b.png")
-    a, b = adapt.load_image(str(tmp_path / "a.jpg")), adapt.load_image(str(tmp_path / "b.png"))
-    assert a.mode == b.mode == "L"
+    a = adapt.load_image(str(tmp_path / "a.jpg"), 28)
+    b = adapt.load_image(str(tmp_path / "b.png"), 28)
+    assert a.mode == b.mode == "L" and a.size == b.size == (28, 28)
     assert np.asarray(b).min() == 255
-    # Mixed sizes are brought to the model's size.
-    assert adapt.to_array([a, b], 28).shape == (2, 28, 28, 1)
-    assert adapt.to_array([b, b], 28).shape == (2, 20, 20, 1)
+    # Every image, whatever its size, arrives at the model's size, as pixels / 255.
+    pixels = adapt.read_images([str(tmp_path / "a.jpg"), str(tmp_path / "b.png")], 28)
+    assert pixels.shape == (2, 28, 28, 1) and pixels.dtype == np.float32
+    assert np.all(pixels[1] == 1.0)
+
+
+def _expected_pixels(path, size):
+    """The reference: PIL's grayscale conversion (alpha onto white) and LANCZOS resize."""
+    with Image.open(path) as image:
+        if image.mode == "RGBA":
+            image = Image.alpha_composite(Image.new("RGBA", image.size, "white"), image)
+        gray = image.convert("L")
+    if gray.size != (size, size):
+        gray = gray.resize((size, size), resample=Image.LANCZOS)
+    return np.asarray(gray, np.float32)[..., None] / 255.0
+
+
+def test_images_are_resized_one_by_one_like_pil_lanczos(tmp_path):
+    rng = np.random.default_rng(0)
+
+    def strokes(h, w):
+        return np.where(rng.uniform(size=(h, w)) < 0.2, 0, 255).astype(np.uint8)
+
+    paths = []
+    for name, image in [
+            ("same.png", Image.fromarray(strokes(28, 28), "L")),         # not resampled
+            ("omniglot.png", Image.fromarray(strokes(105, 105), "L").convert("1")),
+            ("wide.jpg", Image.fromarray(np.stack([strokes(30, 61)] * 3, axis=-1), "RGB")),
+            ("small.png", Image.fromarray(strokes(9, 9), "L")),          # upsampled
+            ("alpha.png", Image.fromarray(
+                np.dstack([strokes(50, 40)] * 3 + [strokes(50, 40)]), "RGBA"))]:
+        image.save(tmp_path / name)
+        paths.append(str(tmp_path / name))
+    pixels = adapt.read_images(paths, 28)
+    assert pixels.shape == (len(paths), 28, 28, 1) and pixels.dtype == np.float32
+    for path, got in zip(paths, pixels):
+        np.testing.assert_array_equal(got, _expected_pixels(path, 28), err_msg=path)
+    # An image already at the model's size is passed through exactly.
+    np.testing.assert_array_equal(
+        pixels[0, ..., 0], np.asarray(Image.open(paths[0]), np.float32) / 255.0)
+
+
+_MEMORY_SCRIPT = textwrap.dedent("""
+    import json, sys
+    from tfmeta import adapt
+
+    def status_mb(key):
+        with open("/proc/self/status") as f:
+            return next(int(l.split()[1]) / 1024 for l in f if l.startswith(key + ":"))
+
+    paths = sys.argv[1:]
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # resets VmHWM (peak RSS) to the current RSS
+    before = status_mb("VmRSS")
+    pixels = adapt.read_images(paths, 28)
+    print(json.dumps({"increase_mb": status_mb("VmHWM") - before, "shape": pixels.shape,
+                      "min": float(pixels.min()), "max": float(pixels.max())}))
+""")
+
+
+def test_reading_large_images_keeps_memory_bounded(tmp_path):
+    if not os.path.exists("/proc/self/clear_refs"):
+        pytest.skip("needs Linux /proc to measure peak memory")
+    paths = []
+    for i in range(12):
+        image = Image.new("L", (3000, 3000), 255)  # mostly white: small PNG files
+        ImageDraw.Draw(image).line([(300 + 150 * i, 200), (2800, 2800 - 150 * i)], fill=0, width=80)
+        paths.append(str(tmp_path / f"{i}.png"))
+        image.save(paths[-1])
+    proc = subprocess.run([sys.executable, "-c", _MEMORY_SCRIPT, *paths], env=subprocess_env(),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["shape"] == [12, 28, 28, 1]
+    assert result["min"] < 1.0 and result["max"] == 1.0  # the strokes survive the downsampling
+    # One full-size image at a time needs ~10 MB; keeping all 12 at full size, as float32 arrays
+    # stacked into one batch, peaked at ~940 MB (and ~430 MB even without the stacking copy).
+    assert result["increase_mb"] < 200, result
 
 
 @pytest.mark.parametrize("case,message", [
@@ -91,14 +175,221 @@ def test_bad_folders_raise_errors_naming_the_path(random_export, tmp_path, case,
     assert bad_path in str(info.value)
 
 
-def test_binary_exit_code_and_message(random_export, tmp_path):
-    missing = str(tmp_path / "no_support")
-    proc = subprocess.run(
-        [sys.executable, "-m", "tfmeta.adapt", f"--saved_model={random_export['path']}",
-         f"--support={missing}", f"--query={tmp_path}"],
-        env=subprocess_env(), capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 1
-    assert missing in proc.stderr and "does not exist" in proc.stderr
+@pytest.fixture(scope="module")
+def plain_saved_model(tmp_path_factory):
+    """A SavedModel that tfmeta.export did not write (one tf.function, no metadata)."""
+    import tensorflow as tf
+
+    module = tf.Module()
+    module.double = tf.function(lambda x: {"y": 2.0 * x},
+                                input_signature=[tf.TensorSpec([None], tf.float32)],
+                                autograph=False)
+    path = str(tmp_path_factory.mktemp("plain") / "model")
+    tf.saved_model.save(module, path, signatures={"double": module.double})
+    return path
+
+
+def test_saved_model_not_made_by_tfmeta_is_named(plain_saved_model, tmp_path):
+    support, query = _support(str(tmp_path))
+    with pytest.raises(adapt.AdaptError, match="no tfmeta 'metadata' signature") as info:
+        adapt.classify(plain_saved_model, support, [query])
+    assert plain_saved_model in str(info.value) and "tfmeta.export" in str(info.value)
+
+
+@pytest.mark.parametrize("case", ["empty_dir", "file", "missing"])
+def test_path_that_is_not_a_saved_model_is_named(tmp_path, case):
+    support, query = _support(str(tmp_path))
+    path = str(tmp_path / "model")
+    if case == "empty_dir":
+        os.makedirs(path)
+    elif case == "file":
+        with open(path, "w") as f:
+            f.write("not a model")
+    with pytest.raises(adapt.AdaptError) as info:
+        adapt.classify(path, support, [query])
+    assert path in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("steps", [-1, 2**31])
+def test_out_of_range_inner_steps_is_an_error(tmp_path, steps):
+    support, query = _support(str(tmp_path))
+    # Checked before anything is read, so the model path does not even matter.
+    with pytest.raises(adapt.AdaptError, match=f"inner_steps .* got {steps}"):
+        adapt.classify(str(tmp_path / "unused"), support, [query], inner_steps=steps)
+
+
+def _binary(*args, **env):
+    """Runs ``python -m tfmeta.adapt ARGS``."""
+    # TF_ENABLE_ONEDNN_OPTS=0 only silences TensorFlow's start-up banner, which it prints on
+    # import even with TF_CPP_MIN_LOG_LEVEL=2, so that stderr holds only what adapt prints.
+    return subprocess.run([sys.executable, "-m", "tfmeta.adapt", *args],
+                          env=subprocess_env(TF_ENABLE_ONEDNN_OPTS="0", **env),
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("case", ["missing_support", "not_tfmeta", "negative_inner_steps"])
+def test_binary_reports_bad_input_in_one_line_with_exit_2(random_export, plain_saved_model,
+                                                          tmp_path, case):
+    support, query = _support(str(tmp_path))
+    model, extra = random_export["path"], []
+    if case == "missing_support":
+        named = support = str(tmp_path / "no_support")
+    elif case == "not_tfmeta":
+        named = model = plain_saved_model
+    else:
+        named, extra = "--inner_steps=-1", ["--inner_steps=-1"]
+    proc = _binary(f"--saved_model={model}", f"--support={support}", f"--query={query}", *extra)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stdout == ""
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr[-3000:]
+    assert named in lines[0]
+
+
+def _nested_queries(root):
+    """A query folder with subfolders, hidden entries and non-image files; returns the images."""
+    query = os.path.join(root, "query")
+    _write_images(os.path.join(query, "b_sub", "deeper"), 1, seed=1)
+    _write_images(os.path.join(query, "a_sub"), 2, seed=2)
+    _write_images(query, 1, seed=3)
+    _write_images(os.path.join(query, ".hidden_dir"), 1, seed=4)
+    Image.new("L", (28, 28)).save(os.path.join(query, "a_sub", ".hidden.png"))
+    with open(os.path.join(query, "a_sub", "notes.txt"), "w") as f:
+        f.write("not an image")
+    os.symlink(os.path.join(query, "a_sub"), os.path.join(query, "c_link"))
+    os.symlink(query, os.path.join(query, "b_sub", "loop"))  # a cycle is read once
+    expected = ["0.png", "a_sub/0.png", "a_sub/1.png", "b_sub/deeper/0.png", "c_link/0.png",
+                "c_link/1.png"]
+    return query, [os.path.join(query, f) for f in expected]
+
+
+def test_query_subfolders_are_read_in_sorted_walk_order(tmp_path, monkeypatch):
+    query, expected = _nested_queries(str(tmp_path))
+    single = str(tmp_path / "single.png")
+    Image.new("L", (28, 28), 255).save(single)
+    assert adapt.read_queries([query, single]) == expected + [single]
+    # Relative paths stay relative, as given.
+    monkeypatch.chdir(tmp_path)
+    assert adapt.read_queries(["query"]) == [os.path.relpath(f, tmp_path) for f in expected]
+
+
+def test_hidden_support_entries_are_ignored(tmp_path):
+    support, _ = _support(str(tmp_path), classes=2)
+    _write_images(os.path.join(support, ".ipynb_checkpoints"), 1, seed=5)
+    with open(os.path.join(support, "class_0", "._0.png"), "wb") as f:  # macOS AppleDouble file
+        f.write(b"\x00\x05\x16\x07 resource fork, not an image")
+    classes, files, labels = adapt.read_support(support)
+    assert classes == ["class_0", "class_1"]
+    assert [os.path.relpath(f, support) for f in files] == ["class_0/0.png", "class_1/0.png"]
+    assert labels == [0, 1]
+
+
+def test_query_folder_without_any_image_is_named(tmp_path):
+    query = tmp_path / "query"
+    (query / "sub" / ".hidden").mkdir(parents=True)
+    Image.new("L", (28, 28)).save(query / "sub" / ".hidden" / "0.png")
+    Image.new("L", (28, 28)).save(query / "sub" / ".1.png")
+    (query / "sub" / "readme.txt").write_text("no images here")
+    with pytest.raises(adapt.AdaptError, match="holds no images") as info:
+        adapt.read_queries([str(query)])
+    assert str(query) in str(info.value)
+
+
+def test_nested_queries_are_classified_and_printed(random_export, tmp_path):
+    support, _ = _support(str(tmp_path))
+    query, expected = _nested_queries(str(tmp_path / "nested"))
+    _, preds = adapt.classify(random_export["path"], support, [query])
+    assert [p.file for p in preds] == expected
+    table = adapt.format_table(preds)
+    assert all(f in table for f in expected)
+
+
+class _FakeExport:
+    """Just the signatures adapt uses, each recording the thread it runs in."""
+
+    def __init__(self, logits=None, error=None):
+        import tensorflow as tf
+
+        self.threads = []
+        self._logits, self._error = logits, error
+        meta = tf.constant(json.dumps({"task": "omniglot", "ways": 5, "image_size": 28}))
+        self.signatures = {"metadata": lambda: {"json": meta},
+                           "adapt_and_predict": self._call,
+                           "adapt_and_predict_steps": self._call}
+
+    def _call(self, **inputs):
+        import tensorflow as tf
+
+        self.threads.append(threading.current_thread())
+        if self._error is not None:
+            raise self._error
+        return {"logits": tf.constant(self._logits(inputs), tf.float32)}
+
+
+def test_model_runs_in_a_worker_thread_and_results_come_back(tmp_path):
+    support, query = _support(str(tmp_path), classes=2)
+    # Logits favouring class (query index % 2), so results must come back per query, in order.
+    fake = _FakeExport(logits=lambda inputs: np.eye(5)[np.arange(
+        inputs["query_images"].shape[0]) % 2] * 10)
+    classes, preds = adapt.classify(fake, support, [query], inner_steps=7)
+    assert [p.label for p in preds] == ["class_0", "class_1", "class_0", "class_1"]
+    assert len(fake.threads) == 1 and fake.threads[0] is not threading.current_thread()
+    assert fake.threads[0].daemon
+
+
+@pytest.mark.parametrize("error,expected", [
+    (RuntimeError("boom in the worker"), RuntimeError),
+    ("invalid_argument", adapt.AdaptError),
+])
+def test_errors_in_the_worker_are_raised_in_the_caller(tmp_path, error, expected):
+    import tensorflow as tf
+
+    if error == "invalid_argument":
+        error = tf.errors.InvalidArgumentError(None, None, "inner_steps must be <= 10\n\t[[node]]")
+    support, query = _support(str(tmp_path), classes=2)
+    with pytest.raises(expected) as info:
+        adapt.classify(_FakeExport(error=error), support, [query])
+    first = str(info.value).splitlines()[0]
+    assert "boom in the worker" in first or "rejected the inputs: inner_steps must be" in first
+
+
+def test_ctrl_c_stops_a_long_adaptation_at_once(random_export, tmp_path):
+    from tfmeta import export
+
+    support, query = _support(str(tmp_path))
+    # An export that allows far more inner steps than the default bound of 100.
+    path = export.export(random_export["model"], random_export["algorithm"],
+                         str(tmp_path / "unbounded"), metadata=random_export["metadata"],
+                         max_inner_steps=10**6)
+    # 20000 inner steps take about a minute on 2 CPU cores; `-v 1` logs "adapting to ..." right
+    # before the SavedModel call, so the interrupt is known to land inside it.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tfmeta.adapt", f"--saved_model={path}",
+         f"--support={support}", f"--query={query}", "--inner_steps=20000", "-v", "1"],
+        env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    watchdog = threading.Timer(240, proc.kill)  # in case the log line never comes
+    watchdog.start()
+    try:
+        for line in proc.stderr:
+            if "adapting to 3 classes" in line:
+                break
+        time.sleep(3)
+        assert proc.poll() is None, "finished before it could be interrupted"
+        start = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        try:
+            stdout, stderr = proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            pytest.fail("Ctrl-C did not stop the adaptation within 10 s")
+        elapsed = time.monotonic() - start
+    finally:
+        watchdog.cancel()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, stderr[-3000:]
+    assert stdout == "" and stderr.splitlines()[-1] == "interrupted"
+    assert elapsed < 3, elapsed
 
 
 def _unseen_episodes(root, episodes=4, ways=5, queries=5):
@@ -159,3 +450,32 @@ def test_trained_model_classifies_unseen_characters(smoke_workdir, tmp_path):
         env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert table.returncode == 0, table.stderr[-3000:]
     assert "probability" in table.stdout and len(table.stdout.strip().splitlines()) == 2 + 25
+
+
+def test_one_query_gets_the_same_answer_alone_and_among_others(random_export, tmp_path):
+    support, query = _support(str(tmp_path), classes=5)
+    files = sorted(os.path.join(query, f) for f in os.listdir(query))
+    _, together = adapt.classify(random_export["path"], support, [query])
+    for path, expected in zip(files, together):
+        _, (alone,) = adapt.classify(random_export["path"], support, [path])
+        assert alone.label == expected.label
+        for name, p in expected.probabilities.items():
+            assert abs(alone.probabilities[name] - p) < 1e-5
+    # Asked for explicitly, the transductive protocol normalises the queries together.
+    _, trans = adapt.classify(random_export["path"], support, [query], transductive=True)
+    gap = max(abs(a.probabilities[k] - b.probabilities[k])
+              for a, b in zip(trans, together) for k in a.probabilities)
+    assert gap > 1e-4
+
+
+def test_inner_steps_above_the_exports_bound_is_refused(random_export, tmp_path):
+    support, query = _support(str(tmp_path))
+    with pytest.raises(adapt.AdaptError, match="inner_steps must be between 0 and 100, got 101"):
+        adapt.classify(random_export["path"], support, [query], inner_steps=101)
+    proc = subprocess.run(
+        [sys.executable, "-m", "tfmeta.adapt", f"--saved_model={random_export['path']}",
+         f"--support={support}", f"--query={query}", "--inner_steps=1000000"],
+        env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert [line for line in proc.stderr.splitlines() if line.startswith("error:")] == [
+        "error: inner_steps must be between 0 and 100, got 1000000"]

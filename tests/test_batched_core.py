@@ -224,8 +224,10 @@ with strategy.scope():
 rng = np.random.default_rng(0)
 batch = {"support_x": rng.normal(size=(6, 6, 8, 8, 1)), "support_y": np.tile(np.arange(3), (6, 2)),
          "query_x": rng.normal(size=(6, 4, 8, 8, 1)), "query_y": rng.integers(0, 3, (6, 4))}
-expected = maml.MAML(model, inner_lr=0.4, inner_steps=2, tasks_in_parallel=1).meta_step(batch)
-algo = maml.MAML(model, inner_lr=0.4, inner_steps=2, tasks_in_parallel="all")
+mode = "BN_MODE"
+expected = maml.MAML(model, inner_lr=0.4, inner_steps=2, tasks_in_parallel=1,
+                     bn_mode=mode).meta_step(batch)
+algo = maml.MAML(model, inner_lr=0.4, inner_steps=2, tasks_in_parallel="all", bn_mode=mode)
 local = strategy.experimental_distribute_values_from_function(
     lambda ctx: {k: v[3 * ctx.replica_id_in_sync_group:3 * ctx.replica_id_in_sync_group + 3]
                  for k, v in batch.items()})
@@ -246,9 +248,10 @@ print("REPLICAS", strategy.num_replicas_in_sync, "ERR", err, err_m, err_nt)
 """
 
 
-def test_mirrored_two_devices_batched_equals_one_device_loop():
-    result = subprocess.run([sys.executable, "-c", _MIRRORED], capture_output=True, text=True,
-                            timeout=600)
+@pytest.mark.parametrize("bn_mode", ["transductive", "support"])
+def test_mirrored_two_devices_batched_equals_one_device_loop(bn_mode):
+    result = subprocess.run([sys.executable, "-c", _MIRRORED.replace("BN_MODE", bn_mode)],
+                            capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     line = [s for s in result.stdout.splitlines() if s.startswith("REPLICAS")][0]
     _, replicas, _, err, err_m, err_nt = line.split()

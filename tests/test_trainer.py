@@ -166,7 +166,13 @@ def test_mirrored_two_devices_matches_single_device(tmp_path, case):
         # Outer SGD: a conv bias followed by batch norm has an exactly-zero true gradient, so its
         # computed gradient is rounding noise that Adam would blow up into full-size steps.
         overrides.update({"data.image_size": 12, "model.filters": 4, "data.queries": 2,
-                          "outer.optimizer": "sgd", "outer.lr": 0.1})
+                          "outer.optimizer": "sgd", "outer.lr": 0.1,
+                          # Float32 comparison of a trajectory: with bn_mode="support", queries of
+                          # noise images normalised by 5 support examples make training chaotic
+                          # (even a different task grouping on one device ends 3e-2 apart after 6
+                          # steps). The per-step contract in support mode is checked exactly in
+                          # float64 (tests/test_batched_core.py).
+                          "inner.bn_mode": "transductive"})
         spec = {"config": f"{OMNIGLOT_MAML}:smoke", "overrides": overrides,
                 "synthetic_omniglot": {"image_size": 12}}
     results = {}
@@ -399,20 +405,3 @@ def test_tpu_strategy_without_a_tpu_is_a_clear_error():
 
     with pytest.raises(distribute.TPUUnavailableError, match="--tpu=local on a TPU VM"):
         distribute.make_strategy("tpu", tpu="")
-
-
-def test_reusing_a_workdir_with_another_config_names_the_changed_fields(caplog):
-    from tfmeta import trainer
-
-    sys.path.insert(0, os.path.join(REPO, "tests"))
-    from distributed_driver import load_config
-
-    config = load_config(f"{SINE}:smoke")
-    config.update_from_flattened_dict(dict(_SMALL_SINE, **{"eval.episodes": 5}))
-    workdir = "ram://tfmeta-test/reused"
-    trainer.train(config, workdir, final_evaluation=False)
-    config.update_from_flattened_dict({"train.iterations": 9, "inner.lr": 0.02})
-    with caplog.at_level("WARNING"):
-        summary = trainer.train(config, workdir, final_evaluation=False)
-    assert summary["step"] == 9
-    assert "inner.lr: 0.01 -> 0.02" in caplog.text and "train.iterations: 6 -> 9" in caplog.text

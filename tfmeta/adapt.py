@@ -1,23 +1,36 @@
 r"""Classifies images with an exported model after adapting it to a folder of examples.
 
     python -m tfmeta.adapt --saved_model=/tmp/run/export --support=DIR --query=DIR_OR_FILES \
-        [--json] [--inner_steps=N]
+        [--json] [--inner_steps=N] [--transductive]
 
 ``--support`` holds one subfolder per class (the subfolder name is the class name) with a few
 example images each (PNG or JPEG, any size; colour is converted to grayscale, transparency is
 composited onto white). ``--query`` is a directory of images or a comma-separated list of image
-files and directories. Each query is printed with its predicted class and probability, as a table
-or, with ``--json``, as one JSON document.
+files and directories; directories are read recursively, in sorted order. Hidden files and
+folders (names starting with ".") and files without an image extension are ignored, but a
+directory without any image is an error. Each query is printed with its path and predicted class
+and probability, as a table or, with ``--json``, as one JSON document.
 
 The model adapts to the support set inside the SavedModel (see :mod:`tfmeta.export`). With fewer
 classes than the model's N ways, the unused outputs are masked out and the probabilities
-renormalised over the classes present. All queries form one batch: with batch norm in
-"transductive" mode (MAML's default) each prediction depends on the other queries too.
+renormalised over the classes present. Each query's answer depends only on the support set and
+that query, so one image gets the same answer alone as among others. ``--transductive`` asks for
+MAML's original protocol instead (the queries of a call are batch-normalised together, so each
+answer also depends on the other queries); the output says which protocol was used.
 
-Images are sent as ``pixels / 255`` with white background = 1, the contract of the SavedModel, at
-their own size when all images share one size (the graph resizes them like the training data);
-otherwise each is first resized to the model's size with PIL's LANCZOS filter, the filter the
-training data was prepared with.
+Images are read one at a time: each is decoded, converted to grayscale and at once resized to the
+model's ``image_size`` with PIL's LANCZOS filter (the filter the training data was prepared with;
+images already at that size are not resampled), so memory does not grow with the images' size.
+They are sent as float32 ``pixels / 255`` with white background = 1, the SavedModel's input
+contract; the graph then only inverts them.
+
+Errors a user can cause (a missing or unreadable path, a class folder or query directory without
+images, an unreadable image, more classes than the model's N, a directory that is not a SavedModel
+or a SavedModel not exported by tfmeta, ``--inner_steps`` outside ``[0, max_inner_steps]`` of the
+export) raise :class:`AdaptError`;
+the command prints them as one line ``error: ...`` on stderr and exits with status 2. Ctrl-C
+stops the command at once, even during a long adaptation: it prints ``interrupted`` on stderr and
+exits with status 130. ``-v 1`` logs what is adapted, just before the SavedModel call.
 """
 
 from __future__ import annotations
@@ -26,16 +39,27 @@ import dataclasses
 import json
 import os
 import sys
-from collections.abc import Sequence
-from typing import Any
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn, TypeVar
 
 import numpy as np
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+SIGNATURE_ADAPT = "adapt_and_predict"
+SIGNATURE_ADAPT_STEPS = "adapt_and_predict_steps"
+SIGNATURE_TRANSDUCTIVE = "adapt_and_predict_transductive"
+SIGNATURE_METADATA = "metadata"
+MAX_INNER_STEPS = 2**31 - 1  # the signature takes an int32
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
+# How often the main thread wakes up to let Python deliver Ctrl-C while the model runs.
+POLL_SECONDS = 0.1
+
+_T = TypeVar("_T")
 
 
 class AdaptError(ValueError):
-    """Bad input for adaptation; the message names the offending path."""
+    """Bad input for adaptation; the message names the offending path or value."""
 
 
 @dataclasses.dataclass
@@ -48,26 +72,72 @@ class Prediction:
     probabilities: dict[str, float]
 
 
+def _first_line(text: str) -> str:
+    """The first non-empty line: TensorFlow's messages go on with graph and stack details."""
+    return next((line.strip() for line in text.splitlines() if line.strip()), text.strip())
+
+
+def _is_hidden(name: str) -> bool:
+    return name.startswith(".")
+
+
+def _is_image_name(name: str) -> bool:
+    return not _is_hidden(name) and name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def _listdir(directory: str) -> list[str]:
+    try:
+        return sorted(os.listdir(directory))
+    except OSError as e:
+        raise AdaptError(f"cannot read directory {directory!r}: {e.strerror or e}") from e
+
+
 def _image_files(directory: str) -> list[str]:
-    return sorted(os.path.join(directory, name) for name in os.listdir(directory)
-                  if name.lower().endswith(IMAGE_EXTENSIONS)
-                  and os.path.isfile(os.path.join(directory, name)))
+    """The image files directly inside ``directory``, sorted."""
+    return [os.path.join(directory, name) for name in _listdir(directory)
+            if _is_image_name(name) and os.path.isfile(os.path.join(directory, name))]
+
+
+def _walk_image_files(directory: str) -> list[str]:
+    """The image files anywhere under ``directory``, walked in sorted order.
+
+    Symlinked folders are followed, as skipping them would drop images silently, except a link
+    back to a folder the walk is already inside, which would loop forever.
+    """
+    def fail(error: OSError) -> NoReturn:
+        raise AdaptError(f"cannot read directory {error.filename!r}: {error.strerror or error}")
+
+    files: list[str] = []
+    ancestors = {directory: frozenset[str]()}  # folder -> real paths of the folders above it
+    for root, dirs, names in os.walk(directory, onerror=fail, followlinks=True):
+        inside = ancestors.pop(root) | {os.path.realpath(root)}
+        # os.walk descends into `dirs` as left here: sorted, without hidden folders or loops.
+        dirs[:] = sorted(d for d in dirs if not _is_hidden(d)
+                         and os.path.realpath(os.path.join(root, d)) not in inside)
+        ancestors.update((os.path.join(root, d), inside) for d in dirs)
+        files += [os.path.join(root, name) for name in sorted(names) if _is_image_name(name)]
+    return files
 
 
 def read_support(support_dir: str) -> tuple[list[str], list[str], list[int]]:
     """Lists a support directory.
+
+    Args:
+      support_dir: one subfolder of example images per class. Hidden files and folders are
+        ignored, and so are subfolders inside a class folder.
 
     Returns:
       ``(class_names, files, labels)``: class names are the sorted subfolder names, and every image
       file in subfolder i has label i.
 
     Raises:
-      AdaptError: missing directory, no class subfolders, or a class folder without images.
+      AdaptError: missing or unreadable directory, no class subfolders, or a class folder without
+        images.
     """
     if not os.path.isdir(support_dir):
         raise AdaptError(f"support directory {support_dir!r} does not exist or is not a directory")
-    classes = sorted(name for name in os.listdir(support_dir)
-                     if os.path.isdir(os.path.join(support_dir, name)))
+    classes = [name for name in _listdir(support_dir)
+               if not _is_hidden(name) and os.path.isdir(os.path.join(support_dir, name))]
     if not classes:
         raise AdaptError(f"support directory {support_dir!r} has no class subfolders; expected one "
                          "subfolder of example images per class")
@@ -83,18 +153,25 @@ def read_support(support_dir: str) -> tuple[list[str], list[str], list[int]]:
 
 
 def read_queries(queries: Sequence[str]) -> list[str]:
-    """Expands query directories and files into a list of image files.
+    """Expands query directories (recursively, in sorted order) and files into image files.
+
+    Args:
+      queries: image files and/or directories. A file is used whatever its name; in a directory,
+        hidden files and folders and files without an image extension are ignored.
+
+    Returns:
+      The image files, in the order given, each directory's in walk order.
 
     Raises:
-      AdaptError: a missing path, or no images at all.
+      AdaptError: a missing or unreadable path, a directory without any image, or no paths.
     """
     files: list[str] = []
     for path in queries:
         if os.path.isdir(path):
-            found = _image_files(path)
+            found = _walk_image_files(path)
             if not found:
                 raise AdaptError(f"query directory {path!r} holds no images "
-                                 f"({', '.join(IMAGE_EXTENSIONS)})")
+                                 f"({', '.join(IMAGE_EXTENSIONS)}), not even in subfolders")
             files += found
         elif os.path.isfile(path):
             files.append(path)
@@ -105,8 +182,19 @@ def read_queries(queries: Sequence[str]) -> list[str]:
     return files
 
 
-def load_image(path: str) -> Any:
-    """Opens an image as 8-bit grayscale (PIL mode "L"), transparency composited onto white.
+def load_image(path: str, image_size: int) -> Any:
+    """Reads one image as 8-bit grayscale (PIL mode "L") of ``image_size`` x ``image_size``.
+
+    Transparency is composited onto white. The image is resized with PIL's LANCZOS filter, as the
+    training data was prepared, unless it already has that size; the full-size decoded image is
+    dropped on return.
+
+    Args:
+      path: a PNG or JPEG file (anything PIL reads).
+      image_size: side of the model's images.
+
+    Returns:
+      A PIL image, mode "L", ``image_size`` x ``image_size``.
 
     Raises:
       AdaptError: the file is not a readable image.
@@ -119,83 +207,231 @@ def load_image(path: str) -> Any:
             if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
                 rgba = image.convert("RGBA")
                 white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-                image = Image.alpha_composite(white, rgba)
-            return image.convert("L")
-    except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise AdaptError(f"cannot read image {path!r}: {e}") from e
+                gray = Image.alpha_composite(white, rgba).convert("L")
+            else:
+                gray = image.convert("L")
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError,
+            Image.DecompressionBombError) as e:
+        raise AdaptError(f"cannot read image {path!r}: {_first_line(str(e))}") from e
+    if gray.size != (image_size, image_size):
+        gray = gray.resize((image_size, image_size), resample=Image.LANCZOS)
+    return gray
 
 
-def to_array(images: Sequence[Any], image_size: int) -> np.ndarray:
-    """Stacks grayscale PIL images into float32 ``[B, H, W, 1]`` in [0, 1] (pixels / 255)."""
-    from PIL import Image
+def read_images(paths: Sequence[str], image_size: int) -> np.ndarray:
+    """Reads images one at a time into the SavedModel's input format.
 
-    if len({image.size for image in images}) > 1:
-        images = [image if image.size == (image_size, image_size)
-                  else image.resize((image_size, image_size), resample=Image.LANCZOS)
-                  for image in images]
-    return np.stack([np.asarray(image, np.float32) / 255.0 for image in images])[..., None]
+    Only one full-size image is in memory at any time, so memory is bounded by the largest
+    image, not by the sum of all of them.
+
+    Args:
+      paths: image files.
+      image_size: side of the model's images.
+
+    Returns:
+      float32 ``[len(paths), image_size, image_size, 1]``, ``pixels / 255`` (white = 1).
+
+    Raises:
+      AdaptError: a file is not a readable image (the message names it).
+    """
+    out = np.empty((len(paths), image_size, image_size, 1), np.float32)
+    for i, path in enumerate(paths):
+        out[i, :, :, 0] = np.asarray(load_image(path, image_size), np.float32) / 255.0
+    return out
+
+
+def _load_saved_model(path: str) -> Any:
+    """``tf.saved_model.load``, with an :class:`AdaptError` naming the path on failure."""
+    import tensorflow as tf
+
+    if not path.startswith("gs://") and not os.path.isdir(path):
+        raise AdaptError(f"SavedModel directory {path!r} does not exist or is not a directory")
+    try:
+        return tf.saved_model.load(path)
+    except (OSError, ValueError, tf.errors.OpError) as e:
+        raise AdaptError(f"{path!r} is not a readable SavedModel: {_first_line(str(e))}") from e
+
+
+def read_metadata(saved_model: Any, name: str) -> dict[str, Any]:
+    """Reads and checks the metadata of a loaded tfmeta image-classifier export.
+
+    Args:
+      saved_model: the object ``tf.saved_model.load`` returned.
+      name: how to name the SavedModel in error messages, e.g. "the SavedModel at '/tmp/x'".
+
+    Returns:
+      The metadata, with at least ``ways`` and ``image_size``.
+
+    Raises:
+      AdaptError: the SavedModel was not exported by tfmeta, or is not an image classifier.
+    """
+    signatures = getattr(saved_model, "signatures", {})
+    if SIGNATURE_METADATA not in signatures:
+        raise AdaptError(f"{name} has no tfmeta {SIGNATURE_METADATA!r} signature (its signatures: "
+                         f"{sorted(signatures)}), so it was not exported by tfmeta.export")
+    try:
+        meta = json.loads(signatures[SIGNATURE_METADATA]()["json"].numpy().decode("utf-8"))
+    except (KeyError, ValueError, AttributeError) as e:
+        raise AdaptError(f"the {SIGNATURE_METADATA!r} signature of {name} does not return "
+                         f"tfmeta's JSON: {_first_line(str(e))}") from e
+    if meta.get("task", "omniglot") != "omniglot" or "ways" not in meta or "image_size" not in meta:
+        raise AdaptError(f"{name} is not an image classifier (task {meta.get('task')!r}); "
+                         "tfmeta.adapt needs an Omniglot-style export")
+    missing = [s for s in (SIGNATURE_ADAPT, SIGNATURE_ADAPT_STEPS) if s not in signatures]
+    if missing:
+        raise AdaptError(f"{name} lacks the signatures {missing}; export it again with "
+                         "tfmeta.export")
+    return meta
+
+
+def _run_interruptibly(fn: Callable[[], _T]) -> _T:
+    """Returns ``fn()``, run in a daemon thread while this thread waits for it.
+
+    A SavedModel call stays in TensorFlow's C++ runtime until it is done, and Python runs signal
+    handlers only in the main thread, between bytecodes: a call in the main thread would hold
+    up Ctrl-C for as long as it runs. Waiting with a timeout lets KeyboardInterrupt through. The
+    worker cannot be cancelled; after an interrupt it runs on until it finishes (or the process
+    exits).
+
+    Raises:
+      Whatever ``fn`` raised, re-raised here; KeyboardInterrupt on Ctrl-C.
+    """
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            outcome["result"] = fn()
+        except BaseException as e:  # noqa: BLE001 - handed to the waiting thread
+            outcome["error"] = e
+
+    worker = threading.Thread(target=target, name="tfmeta-adapt", daemon=True)
+    worker.start()
+    while worker.is_alive():
+        worker.join(POLL_SECONDS)
+    if "error" in outcome:
+        raise outcome.pop("error")
+    return outcome["result"]
+
+
+def adapt_and_predict(saved_model: Any, support_images: np.ndarray, support_labels: Sequence[int],
+                      query_images: np.ndarray, inner_steps: int | None = None, *,
+                      transductive: bool = False) -> np.ndarray:
+    """Calls the SavedModel: the one place that knows its signatures.
+
+    Args:
+      saved_model: a loaded tfmeta classifier export.
+      support_images: float32 ``[S, H, W, 1]``, ``pixels / 255``.
+      support_labels: ``S`` labels in ``[0, N)``.
+      query_images: float32 ``[Q, H, W, 1]``, ``pixels / 255``.
+      inner_steps: inner steps; the export's configured number when None.
+      transductive: normalise the queries together (the export's transductive signature).
+
+    Returns:
+      float32 logits ``[Q, N]``.
+
+    Raises:
+      AdaptError: the SavedModel rejected the inputs (first line of its message).
+      KeyboardInterrupt: on Ctrl-C, at once; the call itself runs on in a daemon thread.
+    """
+    import tensorflow as tf
+
+    inputs = {"support_images": tf.constant(support_images),
+              "support_labels": tf.constant(support_labels, tf.int32),
+              "query_images": tf.constant(query_images)}
+    if transductive:
+        if SIGNATURE_TRANSDUCTIVE not in saved_model.signatures:
+            raise AdaptError("this model has no batch norm, so there is no transductive "
+                             "prediction: every query is already answered on its own")
+        if inner_steps is not None:
+            raise AdaptError("--transductive uses the export's configured inner steps; do not "
+                             "combine it with --inner_steps")
+        signature = saved_model.signatures[SIGNATURE_TRANSDUCTIVE]
+    elif inner_steps is None:
+        signature = saved_model.signatures[SIGNATURE_ADAPT]
+    else:
+        signature = saved_model.signatures[SIGNATURE_ADAPT_STEPS]
+        inputs["inner_steps"] = tf.constant(inner_steps, tf.int32)
+    try:
+        return _run_interruptibly(lambda: signature(**inputs)["logits"].numpy())
+    except tf.errors.InvalidArgumentError as e:
+        raise AdaptError(f"the SavedModel rejected the inputs: {_first_line(e.message)}") from e
+
+
+def _check_inner_steps(inner_steps: int | None, bound: int = MAX_INNER_STEPS) -> None:
+    if inner_steps is not None and not 0 <= inner_steps <= bound:
+        raise AdaptError(f"inner_steps must be between 0 and {bound}, got {inner_steps}")
+
+
+def _open_export(saved_model: Any) -> tuple[Any, dict[str, Any]]:
+    """Loads the SavedModel if given a path; returns it with its checked metadata."""
+    if isinstance(saved_model, str):
+        loaded = _load_saved_model(saved_model)
+        return loaded, read_metadata(loaded, f"the SavedModel at {saved_model!r}")
+    return saved_model, read_metadata(saved_model, "the given SavedModel")
+
+
+def _predictions(classes: list[str], files: list[str], logits: np.ndarray) -> list[Prediction]:
+    # Outputs for classes without support examples are meaningless: drop them and renormalise.
+    logits = logits[:, :len(classes)].astype(np.float64)
+    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probs /= probs.sum(axis=1, keepdims=True)
+    predictions = []
+    for path, p in zip(files, probs):
+        best = int(np.argmax(p))
+        predictions.append(Prediction(
+            file=path, label=classes[best], probability=float(p[best]),
+            probabilities={name: float(v) for name, v in zip(classes, p)}))
+    return predictions
 
 
 def classify(saved_model: Any, support_dir: str, queries: Sequence[str], *,
-             inner_steps: int | None = None) -> tuple[list[str], list[Prediction]]:
+             inner_steps: int | None = None,
+             transductive: bool = False) -> tuple[list[str], list[Prediction]]:
     """Adapts an exported classifier to ``support_dir`` and classifies the query images.
+
+    The SavedModel runs in a worker thread so that Ctrl-C interrupts at once (see
+    :func:`adapt_and_predict`); results and exceptions come back as from a direct call. After a
+    KeyboardInterrupt the call runs on in the background: a process that wants to stop should
+    leave with ``os._exit``, as a normal interpreter exit under a running TensorFlow call can
+    crash.
 
     Args:
       saved_model: a SavedModel path, or the object ``tf.saved_model.load`` returned for it.
       support_dir: one subfolder of example images per class.
-      queries: query image files and/or directories.
-      inner_steps: inner steps; the export's configured number when None.
+      queries: query image files and/or directories (read recursively).
+      inner_steps: inner steps; the export's configured number when None; at most the
+        export's ``max_inner_steps``.
+      transductive: normalise the queries together (MAML's original protocol) instead of
+        answering each query on its own.
 
     Returns:
       ``(class_names, predictions)`` with one prediction per query file, in order.
 
     Raises:
-      AdaptError: for any bad path, image or class count (the message names it).
+      AdaptError: for any bad path, image, SavedModel, class count or ``inner_steps`` (the
+        message names it).
     """
-    import tensorflow as tf
+    from absl import logging
 
-    if isinstance(saved_model, str):
-        if not os.path.isdir(saved_model) and not saved_model.startswith("gs://"):
-            raise AdaptError(f"SavedModel directory {saved_model!r} does not exist")
-        try:
-            saved_model = tf.saved_model.load(saved_model)
-        except (OSError, ValueError, tf.errors.OpError) as e:
-            raise AdaptError(f"cannot load a SavedModel from {saved_model!r}: {e}") from e
-    meta = json.loads(saved_model.signatures["metadata"]()["json"].numpy().decode("utf-8"))
-    if meta.get("task", "omniglot") != "omniglot" or "ways" not in meta:
-        raise AdaptError("the SavedModel is not an image classifier (task "
-                         f"{meta.get('task')!r}); tfmeta.adapt needs an Omniglot-style export")
-    ways, size = int(meta["ways"]), int(meta["image_size"])
+    _check_inner_steps(inner_steps)
+    # Folder mistakes are found before the (slow) model load.
     classes, support_files, labels = read_support(support_dir)
+    query_files = read_queries(queries)
+    saved_model, meta = _open_export(saved_model)
+    _check_inner_steps(inner_steps, int(meta.get("max_inner_steps", MAX_INNER_STEPS)))
+    ways, size = int(meta["ways"]), int(meta["image_size"])
     if len(classes) > ways:
         raise AdaptError(f"support directory {support_dir!r} has {len(classes)} class folders but "
                          f"the model was trained for {ways} ways; use at most {ways} classes")
-    query_files = read_queries(queries)
-    images = [load_image(f) for f in support_files + query_files]
-    pixels = to_array(images, size)
-    inputs = {
-        "support_images": tf.constant(pixels[:len(support_files)]),
-        "support_labels": tf.constant(labels, tf.int32),
-        "query_images": tf.constant(pixels[len(support_files):]),
-    }
-    if inner_steps is None:
-        out = saved_model.signatures["adapt_and_predict"](**inputs)
-    else:
-        if inner_steps < 0:
-            raise AdaptError(f"inner_steps must be >= 0, got {inner_steps}")
-        out = saved_model.signatures["adapt_and_predict_steps"](
-            **inputs, inner_steps=tf.constant(inner_steps, tf.int32))
-    # Outputs for classes without support examples are meaningless: drop them and renormalise.
-    logits = out["logits"].numpy()[:, :len(classes)].astype(np.float64)
-    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
-    probs /= probs.sum(axis=1, keepdims=True)
-    predictions = []
-    for path, p in zip(query_files, probs):
-        best = int(np.argmax(p))
-        predictions.append(Prediction(
-            file=path, label=classes[best], probability=float(p[best]),
-            probabilities={name: float(v) for name, v in zip(classes, p)}))
-    return classes, predictions
+    support_images = read_images(support_files, size)
+    query_images = read_images(query_files, size)
+    logging.debug("adapting to %d classes (%d images) with %s inner steps, then classifying %d "
+                  "queries", len(classes), len(support_files),
+                  meta.get("inner_steps") if inner_steps is None else inner_steps,
+                  len(query_files))
+    logits = adapt_and_predict(saved_model, support_images, labels, query_images, inner_steps,
+                               transductive=transductive)
+    return classes, _predictions(classes, query_files, logits)
 
 
 def format_table(predictions: Sequence[Prediction]) -> str:
@@ -217,43 +453,67 @@ def _define_flags() -> dict[str, Any]:
         "support": flags.DEFINE_string(
             "support", None, "Directory with one subfolder of example images per class."),
         "query": flags.DEFINE_list(
-            "query", None, "Query image directory, or comma-separated image files/directories."),
+            "query", None, "Query image directory (read recursively), or comma-separated image "
+            "files/directories."),
         "json": flags.DEFINE_bool("json", False, "Print JSON instead of a table."),
         "inner_steps": flags.DEFINE_integer(
-            "inner_steps", None, "Inner steps (default: the export's configured number).",
-            lower_bound=0),
+            "inner_steps", None, "Inner steps (default: the export's configured number; at most "
+            "its max_inner_steps).", lower_bound=0, upper_bound=MAX_INNER_STEPS),
+        "transductive": flags.DEFINE_bool(
+            "transductive", False, "Normalise the queries together (MAML's original protocol: "
+            "each answer then depends on the other queries). Default: each query on its own."),
     }
     flags.mark_flags_as_required(["saved_model", "support", "query"])
     return holders
 
 
+def _exit_interrupted() -> NoReturn:
+    """Ends the process at once, with the status shells use for Ctrl-C.
+
+    A SavedModel call still running in its worker thread cannot be stopped, and a normal
+    interpreter exit would tear Python down under it (tried: it died of SIGSEGV, status 139).
+    """
+    print("interrupted", file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(EXIT_INTERRUPTED)
+
+
 def main(argv: list[str], fl: dict[str, Any]) -> int:
     """Runs the binary with parsed flag holders ``fl``; returns the exit code."""
-    from absl import app
+    from tfmeta import cli
 
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        return cli.fail(f"unexpected arguments {argv[1:]}; pass several queries as "
+                        "--query=A,B (comma-separated)")
+    transductive = fl["transductive"].value
+    protocol = ("transductive: queries batch-normalised together" if transductive
+                else "each query answered on its own")
     try:
         classes, predictions = classify(fl["saved_model"].value, fl["support"].value,
-                                        fl["query"].value, inner_steps=fl["inner_steps"].value)
+                                        fl["query"].value, inner_steps=fl["inner_steps"].value,
+                                        transductive=transductive)
+        if fl["json"].value:
+            print(json.dumps({"saved_model": fl["saved_model"].value, "classes": classes,
+                              "protocol": protocol,
+                              "predictions": [dataclasses.asdict(p) for p in predictions]},
+                             indent=2))
+        else:
+            print(format_table(predictions))
+            print(f"({protocol})")
     except AdaptError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    if fl["json"].value:
-        print(json.dumps({"saved_model": fl["saved_model"].value, "classes": classes,
-                          "predictions": [dataclasses.asdict(p) for p in predictions]},
-                         indent=2))
-    else:
-        print(format_table(predictions))
+        return cli.fail(str(e))
+    except KeyboardInterrupt:
+        _exit_interrupted()
     return 0
 
 
 def run() -> None:
     """Console-script entry point."""
-    from absl import app
+    from tfmeta import cli
 
     holders = _define_flags()
-    app.run(lambda argv: main(argv, holders))
+    cli.run(lambda argv: main(argv, holders))
 
 
 if __name__ == "__main__":

@@ -8,21 +8,40 @@ typo in a config file or on the command line fails before training instead of be
 from __future__ import annotations
 
 import json
+import math
 from typing import Any, Mapping
 
 import ml_collections
 
-ALGORITHMS = ("maml", "fomaml", "reptile")
+ALGORITHMS = ("maml", "fomaml", "reptile", "mamlpp", "metasgd", "anil")
+# Algorithms that are MAML with options of the one inner loop (tfmeta.maml).
+MAML_FAMILY = ("maml", "fomaml", "mamlpp", "metasgd", "anil")
 TASKS = ("omniglot", "sinusoid")
 MODELS = ("conv4", "mlp")
 OUTER_OPTIMIZERS = ("adam", "sgd")
 INNER_OPTIMIZERS = ("sgd", "adam")
-SCHEDULES = ("constant", "linear")
+SCHEDULES = ("constant", "linear", "cosine")
+DOWNSAMPLING = ("stride", "maxpool")
 BN_MODES = ("transductive", "support", "running")
 DTYPES = ("float32", "bfloat16")
 SPLIT_SCHEMES = ("maml", "lake")
 SUBSETS = ("full", "small")
 DRAWINGS_PER_CHARACTER = 20
+
+# Fields that may change when a work directory is resumed: how long, how often, where and how to
+# evaluate. Everything else defines what the checkpoints are and is refused on resume. An entry
+# ending in "." covers its whole group.
+RESUMABLE_FIELDS = (
+    "train.iterations", "train.steps_per_loop", "train.log_every", "train.checkpoint_every",
+    "train.keep_checkpoints", "train.eval_every", "train.eval_episodes", "train.jit_compile",
+    "train.max_minutes", "train.tasks_in_parallel",
+    "inner.eval_steps", "eval.", "export.", "data.data_dir", "data.archives_dir",
+)
+
+
+def is_resumable(field: str) -> bool:
+    """Whether ``field`` (dotted name) may change when a work directory is resumed."""
+    return any(field == f or (f.endswith(".") and field.startswith(f)) for f in RESUMABLE_FIELDS)
 
 
 class ConfigError(ValueError):
@@ -32,7 +51,7 @@ class ConfigError(ValueError):
 def base_config() -> ml_collections.ConfigDict:
     """Returns the complete config schema with default values (5-way 1-shot MAML on Omniglot)."""
     c = ml_collections.ConfigDict()
-    c.algorithm = "maml"  # maml (second order) | fomaml | reptile
+    c.algorithm = "maml"  # maml (second order) | fomaml | reptile | mamlpp | metasgd | anil
     c.task = "omniglot"  # omniglot | sinusoid
     c.seed = 0
     c.dtype = "float32"  # float32 | bfloat16 (compute dtype; fast weights stay float32)
@@ -54,6 +73,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict()
     c.model.name = "conv4"  # conv4 | mlp
     c.model.filters = 64
+    c.model.downsample = "stride"  # conv4: stride-2 convs (MAML) | maxpool (2x2 max pooling, MAML++)
 
     c.inner = ml_collections.ConfigDict()
     c.inner.lr = 0.4
@@ -64,10 +84,21 @@ def base_config() -> ml_collections.ConfigDict:
     c.inner.batch_size = 0  # reptile only: support minibatch per inner step; 0 = whole support
     c.inner.bn_mode = "transductive"  # transductive | support | running
 
+    # MAML++ (algorithm 'mamlpp'; Antoniou et al. 2019): each of its changes to MAML is a switch.
+    # The cosine meta learning rate is outer.schedule = 'cosine' (with outer.min_lr).
+    c.mamlpp = ml_collections.ConfigDict()
+    c.mamlpp.multi_step_loss = True  # query loss after every inner step, annealed to the last
+    c.mamlpp.msl_epochs = 10  # epochs over which the multi-step weights anneal; off after them
+    c.mamlpp.iterations_per_epoch = 500  # MAML++ counts epochs of 500 meta-iterations
+    c.mamlpp.learned_lr = True  # learned per-layer per-step inner learning rates (LSLR)
+    c.mamlpp.per_step_bn = True  # per-step batch-norm weights and statistics
+    c.mamlpp.first_order_iterations = 0  # derivative-order annealing: first order before this
+
     c.outer = ml_collections.ConfigDict()
     c.outer.optimizer = "adam"
     c.outer.lr = 1e-3  # Adam meta learning rate (MAML) or meta step size epsilon (Reptile)
-    c.outer.schedule = "constant"  # constant | linear (annealed to 0 at the last iteration)
+    c.outer.schedule = "constant"  # constant | linear (to 0) | cosine (to min_lr), over iterations
+    c.outer.min_lr = 0.0  # final learning rate of the cosine schedule
 
     c.train = ml_collections.ConfigDict()
     c.train.meta_batch_size = 32  # global number of tasks per meta-iteration
@@ -79,12 +110,23 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.eval_every = 5000  # validation interval; 0 = only at the end
     c.train.eval_episodes = 200  # validation episodes
     c.train.jit_compile = False  # XLA for the train loop (always on for TPU)
+    # Wall-clock budget: training stops (checkpoint, validation, final evaluation, export) once
+    # this many minutes have passed in total, over all the parts of a resumed run; 0 = no budget.
+    c.train.max_minutes = 0.0
+    # Tasks computed together: 1 (one at a time), k, 'all' (the replica's whole meta-batch) or
+    # 'auto' (all on GPU/TPU; on CPU what benchmarks/train_throughput.py measured fastest).
+    c.train.tasks_in_parallel = "auto"
 
     c.eval = ml_collections.ConfigDict()
     c.eval.split = "test"
     c.eval.episodes = 600
     c.eval.batch_size = 8  # tasks evaluated per replica per call
     c.eval.seed = 1234  # evaluation episodes are fixed, so numbers are comparable across runs
+
+    c.export = ml_collections.ConfigDict()
+    # Upper bound on a client's `inner_steps` in the exported SavedModel, enforced in the graph:
+    # adaptation costs one forward and backward pass per step, so the bound caps a call's time.
+    c.export.max_inner_steps = 100
     return c
 
 
@@ -126,10 +168,62 @@ def _one_of(name: str, value: Any, allowed: tuple[str, ...]) -> None:
 
 
 def _positive(name: str, value: Any, *, allow_zero: bool = False) -> None:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"config field '{name}' is {value!r}; it must be a finite number")
     ok = value >= 0 if allow_zero else value > 0
     if not ok:
         bound = ">= 0" if allow_zero else "> 0"
         raise ConfigError(f"config field '{name}' is {value!r}; it must be {bound}")
+
+
+def _check_tasks_in_parallel(value: Any) -> None:
+    text = str(value)
+    if text in ("auto", "all") or (text.isdigit() and int(text) >= 1):
+        return
+    raise ConfigError(f"config field 'train.tasks_in_parallel' is {value!r}; allowed: a positive "
+                      "integer, 'all' or 'auto'")
+
+
+def tasks_in_parallel(config: ml_collections.ConfigDict) -> int | str:
+    """``train.tasks_in_parallel`` as the algorithms take it (an int, 'all' or 'auto')."""
+    text = str(config.train.tasks_in_parallel)
+    return int(text) if text.isdigit() else text
+
+
+def _check_mamlpp(config: ml_collections.ConfigDict) -> None:
+    """MAML++ switches belong to algorithm 'mamlpp' and need what they act on."""
+    defaults = base_config().mamlpp
+    if config.algorithm != "mamlpp":
+        changed = [f"mamlpp.{k}" for k in defaults if config.mamlpp[k] != defaults[k]]
+        if changed:
+            raise ConfigError(
+                f"config fields {changed} are MAML++ switches; they need algorithm='mamlpp' "
+                f"(algorithm is {config.algorithm!r})")
+        return
+    if config.mamlpp.per_step_bn and config.model.name != "conv4":
+        raise ConfigError(
+            f"config field 'mamlpp.per_step_bn' is True but 'model.name' is "
+            f"{config.model.name!r}, which has no batch norm; set mamlpp.per_step_bn=False")
+    if config.mamlpp.multi_step_loss and config.inner.steps < 2:
+        raise ConfigError(
+            "config field 'mamlpp.multi_step_loss' is True but 'inner.steps' is "
+            f"{config.inner.steps}; the multi-step loss needs at least 2 inner steps")
+
+
+def first_order_until(config: ml_collections.ConfigDict) -> int:
+    """Meta-iterations trained with first-order gradients before second order (if ever)."""
+    if config.algorithm == "fomaml":
+        return config.train.iterations
+    if config.algorithm == "mamlpp":
+        return config.mamlpp.first_order_iterations
+    return 0
+
+
+def multi_step_loss_until(config: ml_collections.ConfigDict) -> int:
+    """Meta-iterations that use MAML++'s multi-step loss (0: none)."""
+    if config.algorithm != "mamlpp" or not config.mamlpp.multi_step_loss:
+        return 0
+    return config.mamlpp.msl_epochs * config.mamlpp.iterations_per_epoch
 
 
 def train_shots(config: ml_collections.ConfigDict) -> int:
@@ -159,16 +253,28 @@ def validate(config: ml_collections.ConfigDict, *, num_replicas: int = 1,
     _one_of("outer.schedule", config.outer.schedule, SCHEDULES)
     _one_of("inner.optimizer", config.inner.optimizer, INNER_OPTIMIZERS)
     _one_of("inner.bn_mode", config.inner.bn_mode, BN_MODES)
+    _one_of("model.downsample", config.model.downsample, DOWNSAMPLING)
+    _check_tasks_in_parallel(config.train.tasks_in_parallel)
+    _check_mamlpp(config)
     for name in ("inner.lr", "outer.lr", "inner.steps", "inner.eval_steps",
                  "train.meta_batch_size", "train.iterations", "train.steps_per_loop",
                  "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
-                 "eval.episodes", "eval.batch_size", "data.image_size"):
+                 "eval.episodes", "eval.batch_size", "data.image_size",
+                 "export.max_inner_steps", "mamlpp.msl_epochs", "mamlpp.iterations_per_epoch"):
         group, field = name.split(".")
         _positive(name, config[group][field])
     for name in ("inner.grad_clip", "inner.batch_size", "train.eval_every",
-                 "train.eval_episodes", "data.train_shots"):
+                 "train.eval_episodes", "data.train_shots", "train.max_minutes",
+                 "outer.min_lr", "mamlpp.first_order_iterations"):
         group, field = name.split(".")
         _positive(name, config[group][field], allow_zero=True)
+    if config.export.max_inner_steps < config.inner.eval_steps:
+        raise ConfigError(
+            f"config field 'export.max_inner_steps' is {config.export.max_inner_steps}; it must be "
+            f">= inner.eval_steps ({config.inner.eval_steps}), the exported default")
+    if config.outer.schedule == "cosine" and config.outer.min_lr > config.outer.lr:
+        raise ConfigError(f"config field 'outer.min_lr' is {config.outer.min_lr}; the cosine "
+                          f"schedule needs it <= outer.lr ({config.outer.lr})")
     if config.algorithm != "reptile" and config.inner.optimizer != "sgd":
         raise ConfigError(
             f"config field 'inner.optimizer' is {config.inner.optimizer!r}; MAML adapts with "
@@ -212,6 +318,25 @@ def validate(config: ml_collections.ConfigDict, *, num_replicas: int = 1,
         if config.inner.bn_mode != "transductive":
             raise ConfigError("config field 'inner.bn_mode' must be 'transductive' for the "
                               "sinusoid MLP, which has no batch norm")
+        if config.model.downsample != "stride":
+            raise ConfigError("config field 'model.downsample' applies to the conv4 network; "
+                              "the sinusoid MLP has none")
+
+
+def sibling_config(config_file: str, name: str) -> Any:
+    """Loads the config module ``name`` next to ``config_file`` (one config file reusing another).
+
+    Config files are loaded by path (``--config=configs/x.py``), not imported as a package, so a
+    config that extends another loads it the same way.
+    """
+    import importlib.util
+    import os
+
+    path = os.path.join(os.path.dirname(os.path.abspath(config_file)), name)
+    spec = importlib.util.spec_from_file_location(f"tfmeta_configs_{name[:-3]}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def to_json(config: ml_collections.ConfigDict) -> str:

@@ -8,7 +8,7 @@ after the configured number of inner steps, from any TensorFlow runtime, without
 
 Signatures of a classification (Omniglot) export, with N = ways the model was trained for:
 
-``adapt_and_predict``
+``adapt_and_predict`` (also ``serving_default``)
     inputs ``support_images`` float32 [S, H, W, 1], ``support_labels`` int32 [S] in [0, N),
     ``query_images`` float32 [Q, H, W, 1]; outputs ``logits`` float32 [Q, N],
     ``probabilities`` float32 [Q, N], ``predictions`` int32 [Q]. Images are what
@@ -16,21 +16,37 @@ Signatures of a classification (Omniglot) export, with N = ways the model was tr
     any H and W. The graph resizes them to the training size exactly like the training data was
     prepared (PIL LANCZOS: separable Lanczos-3, horizontal pass then vertical, each rounded to
     uint8; within one grey level, 1/255, of PIL) and inverts them (``1 - x``), then adapts with the
-    configured evaluation inner steps and learning rate and the trained batch-norm mode.
+    configured evaluation inner steps and learning rate. **Each query's answer depends only on the
+    support set and that query** (the serving batch-norm mode, ``serving_bn_mode`` in the
+    metadata: the support set's statistics under the adapted weights, or the trained moving
+    statistics for models trained with ``bn_mode="running"``), so one query per call and many
+    queries per call give the same answers.
 ``adapt_and_predict_steps``
-    the same plus ``inner_steps`` int32 scalar (>= 0), run as a ``tf.while_loop``.
+    the same plus ``inner_steps`` int32 scalar, ``0 <= inner_steps <= max_inner_steps`` (set at
+    export, enforced in the graph), run as a ``tf.while_loop``.
+``adapt_and_predict_batch``
+    ``support_images`` [B, S, H, W, 1], ``support_labels`` [B, S], ``query_images`` [B, Q, H, W, 1]:
+    B independent adaptations in one call (computed together when the model's layers run
+    task-batched); outputs as above with a leading B.
+``adapt_and_predict_transductive``
+    (models with batch norm only) as ``adapt_and_predict``, but the queries of a call are
+    normalised together with their own batch statistics: MAML's original protocol, in which an
+    answer depends on the other queries of the call. Asked for explicitly, never the default.
 ``predict``
-    ``query_images`` only; the meta-learned initialisation without adaptation.
+    ``query_images`` only; the meta-learned initialisation without adaptation (batch norm with the
+    moving statistics recorded in training, so each query is independent too).
 ``metadata``
     no inputs; ``json``: a JSON string (algorithm, ways, shots, image size, inner steps and
-    learning rate, bn_mode, versions, training step). The same JSON is the asset
-    ``assets/tfmeta.json``.
+    learning rate, trained and serving batch-norm modes, max_inner_steps, versions, training
+    step). The same JSON is the asset ``assets/tfmeta.json``.
 
-Regression (sinusoid) exports use ``support_x`` / ``support_y`` / ``query_x`` float32 [*, 1] and
-return ``predictions`` float32 [Q, 1]; the ``predict`` signature takes ``query_x``.
+Regression (sinusoid) exports use ``support_x`` / ``support_y`` / ``query_x`` float32 [*, 1] (with
+a leading B for the batch signature) and return ``predictions`` float32 [Q, 1]; the ``predict``
+signature takes ``query_x``.
 
 Bad inputs (labels out of range, label and image counts that differ, an empty support set, NaN or
-out-of-range pixels) fail inside the graph with an ``InvalidArgumentError`` naming the problem.
+out-of-range pixels, ``inner_steps`` outside ``[0, max_inner_steps]``) fail inside the graph with an
+``InvalidArgumentError`` naming the problem.
 
 A plain ``tf.Module`` holding the model's variables is exported (rather than
 ``keras.export.ExportArchive``): the endpoints are functions of several tensors that call the
@@ -55,18 +71,18 @@ import keras
 import tensorflow as tf
 
 import tfmeta
-from tfmeta import functional as F
+from tfmeta import layers as tfm_layers
 
 SIGNATURE_ADAPT = "adapt_and_predict"
 SIGNATURE_ADAPT_STEPS = "adapt_and_predict_steps"
+SIGNATURE_ADAPT_BATCH = "adapt_and_predict_batch"
+SIGNATURE_TRANSDUCTIVE = "adapt_and_predict_transductive"
 SIGNATURE_PREDICT = "predict"
 SIGNATURE_METADATA = "metadata"
 METADATA_ASSET = "tfmeta.json"
 EXPORT_DIR = "export"
-FORMAT_VERSION = 1
-
-# Seed of the in-graph support minibatch order (Reptile with inner_batch_size).
-_MINIBATCH_SEED = 0
+FORMAT_VERSION = 2
+DEFAULT_MAX_INNER_STEPS = 100
 
 
 class ExportError(ValueError):
@@ -157,96 +173,88 @@ def _check_support(x: tf.Tensor, y: tf.Tensor, x_name: str, y_name: str,
     return checks
 
 
-# --------------------------------------------------------------------------- inner loop
-def _minibatch(x: tf.Tensor, y: tf.Tensor, step: tf.Tensor, batch_size: int,
-               seed: int) -> tuple[tf.Tensor, tf.Tensor]:
-    """Step ``step``'s minibatch: consecutive slices of per-pass shuffles of the support set.
+# --------------------------------------------------------------------------- serving
+def serving_bn_mode(algorithm: Any) -> str:
+    """How the export normalises queries so that each answer depends on that query alone.
 
-    Same scheme as :func:`tfmeta.reptile.minibatch_indices` (without replacement, reshuffled every
-    pass) but computed in the graph, because the support size is only known at run time. When
-    ``batch_size >= S`` every step sees the whole support set, exactly as in tfmeta.
+    A model trained with ``bn_mode="running"`` keeps using its moving statistics, as does a model
+    without batch norm (then an inference-mode pass is all there is); every other model
+    normalises queries with the support set's statistics under the adapted weights
+    (``"support"``). Transductive normalisation (queries together) is only served on request.
     """
-    n = tf.shape(x)[0]
-    b = tf.minimum(tf.constant(batch_size, tf.int32), n)
-    positions = step * b + tf.range(b)
-    passes = positions // n
-
-    def permutation(p: tf.Tensor) -> tf.Tensor:
-        keys = tf.random.stateless_uniform(tf.reshape(n, [1]), seed=tf.stack([seed, p]))
-        return tf.argsort(keys)
-
-    # A minibatch spans at most two passes.
-    first, last = permutation(passes[0]), permutation(passes[-1])
-    index = tf.where(tf.equal(passes, passes[0]), tf.gather(first, positions % n),
-                     tf.gather(last, positions % n))
-    return tf.gather(x, index), tf.gather(y, index)
+    if algorithm.bn_mode == "running" or not _has_batch_norm(algorithm.model):
+        return "running"
+    return "support"
 
 
-def adapt_steps(algorithm: Any, support_x: tf.Tensor, support_y: tf.Tensor,
-                steps: tf.Tensor) -> list[tf.Tensor]:
-    """Adapts with a run-time number of inner steps, as a ``tf.while_loop``.
-
-    The update is the algorithm's own (SGD for MAML; SGD or Adam, optionally on minibatches, for
-    Reptile), with the same clipping and batch-norm handling as ``algorithm.adapt``; the loop
-    carries the fast weights, the optimiser state and the non-trainable values.
-
-    Args:
-      algorithm: a :class:`tfmeta.maml.MAML` or :class:`tfmeta.reptile.Reptile`.
-      support_x: support inputs (already preprocessed).
-      support_y: support labels / targets.
-      steps: int32 scalar >= 0.
-
-    Returns:
-      Fast parameters aligned with ``algorithm.model.trainable_variables``.
-    """
-    model = algorithm.model
-    batch_size = getattr(algorithm, "inner_batch_size", None)
-    params = F.values(model.trainable_variables)
-    nt = F.values(model.non_trainable_variables)
-
-    def body(t, fast, state, nt):
-        x, y = support_x, support_y
-        if batch_size is not None:
-            x, y = _minibatch(support_x, support_y, t, batch_size, _MINIBATCH_SEED)
-        fast, state, nt_after = algorithm.inner_step(fast, state, nt, x, y, t)
-        nt_after = [tf.cast(a, b.dtype) for a, b in zip(nt_after, nt)]
-        return t + 1, fast, state, nt_after
-
-    _, fast, _, _ = tf.while_loop(
-        lambda t, *_: t < steps, body,
-        (tf.constant(0), params, algorithm.inner_state(params), nt))
-    return fast
+def _has_batch_norm(model: keras.Model) -> bool:
+    return bool(tfm_layers.batch_norm_layers(model) or tfm_layers.keras_batch_norm_layers(model))
 
 
-def _needs_loop(algorithm: Any) -> bool:
-    """Whether ``algorithm.adapt`` cannot be traced for a run-time support size."""
-    return getattr(algorithm, "inner_batch_size", None) is not None
+def _check_steps(inner_steps: tf.Tensor, max_inner_steps: int) -> list[tf.Operation]:
+    return [
+        tf.debugging.assert_non_negative(inner_steps, message="inner_steps must be >= 0"),
+        tf.debugging.assert_less_equal(
+            inner_steps, tf.constant(max_inner_steps, inner_steps.dtype),
+            message=f"inner_steps must be <= {max_inner_steps}, the max_inner_steps this model "
+                    "was exported with (python -m tfmeta.export --max_inner_steps=N to change it)"),
+    ]
 
 
-# --------------------------------------------------------------------------- module
-class _Classifier(tf.Module):
-    """The exported module of an N-way image classifier."""
+class _Module(tf.Module):
+    """What every export holds: the variables, the learner, the metadata."""
 
-    def __init__(self, model: keras.Model, algorithm: Any, *, ways: int, image_size: int,
-                 inner_steps: int, metadata_json: str, asset_path: str):
+    def __init__(self, algorithm: Any, *, inner_steps: int, max_inner_steps: int,
+                 metadata_json: str, asset_path: str):
         super().__init__(name="tfmeta_export")
-        self.model_variables = [v.value for v in model.variables]
+        self.model_variables = [v.value for v in algorithm.model.variables]
+        # Learned inner learning rates, per-step batch-norm weights and statistics.
+        inner = algorithm.inner.variables
+        self.inner_variables = [*inner.trainable, *inner.non_trainable]
         self.metadata_file = tf.saved_model.Asset(asset_path)
         self._algorithm = algorithm
+        self._steps = inner_steps
+        self._max_steps = max_inner_steps
+        self._json = metadata_json
+        self._serving = serving_bn_mode(algorithm)
+        self.metadata = tf.function(lambda: {"json": tf.constant(self._json)}, input_signature=[])
+
+    def _adapt(self, sx: tf.Tensor, sy: tf.Tensor, qx: tf.Tensor, steps: Any,
+               bn_mode: str) -> tf.Tensor:
+        """Adapts one task (``sx [S, ...]``) and predicts ``qx [Q, ...]``."""
+        return self._algorithm.adapt_and_predict(sx[None], sy[None], qx[None], steps=steps,
+                                                 bn_mode=bn_mode)[0]
+
+    def _unadapted(self, x: tf.Tensor) -> tf.Tensor:
+        """The meta-learned initialisation, batch norm with the moving statistics."""
+        algorithm = self._algorithm
+        params = [v.value for v in algorithm.model.trainable_variables]
+        return algorithm.predict(params, x, bn_mode="running", steps=0)
+
+
+class _Classifier(_Module):
+    """The exported module of an N-way image classifier."""
+
+    def __init__(self, algorithm: Any, *, ways: int, image_size: int, **kwargs: Any):
+        super().__init__(algorithm, **kwargs)
         self._ways = ways
         self._size = image_size
-        self._steps = inner_steps
-        self._json = metadata_json
         images = tf.TensorSpec([None, None, None, 1], tf.float32)
         labels = tf.TensorSpec([None], tf.int32)
-        self.adapt_and_predict = tf.function(
-            self._adapt_and_predict,
-            input_signature=[images, labels, images])
+        task_images = tf.TensorSpec([None, None, None, None, 1], tf.float32)
+        # The Python parameter names are the signature's input names.
+        self.adapt_and_predict = tf.function(self._adapt_and_predict,
+                                             input_signature=[images, labels, images])
         self.adapt_and_predict_steps = tf.function(
             self._adapt_and_predict_steps,
             input_signature=[images, labels, images, tf.TensorSpec([], tf.int32)])
+        self.adapt_and_predict_batch = tf.function(
+            self._adapt_and_predict_batch,
+            input_signature=[task_images, tf.TensorSpec([None, None], tf.int32), task_images])
+        if _has_batch_norm(algorithm.model):
+            self.adapt_and_predict_transductive = tf.function(
+                self._adapt_and_predict_transductive, input_signature=[images, labels, images])
         self.predict = tf.function(self._predict, input_signature=[images])
-        self.metadata = tf.function(self._metadata, input_signature=[])
 
     def _inputs(self, support_images, support_labels, query_images):
         checks = (_check_images(support_images, "support_images", allow_empty=False)
@@ -264,85 +272,106 @@ class _Classifier(tf.Module):
         return {"logits": logits, "probabilities": tf.nn.softmax(logits, axis=-1),
                 "predictions": tf.argmax(logits, axis=-1, output_type=tf.int32)}
 
-    def _adapt_and_predict(self, support_images, support_labels, query_images):
+    def _serve(self, support_images, support_labels, query_images, steps, bn_mode):
         sx, sy, qx = self._inputs(support_images, support_labels, query_images)
-        if _needs_loop(self._algorithm):
-            fast = adapt_steps(self._algorithm, sx, sy, tf.constant(self._steps))
-        else:
-            fast = self._algorithm.adapt(sx, sy, steps=self._steps)
-        return self._outputs(self._algorithm.predict(fast, qx, support_x=sx))
+        return self._outputs(self._adapt(sx, sy, qx, steps, bn_mode))
+
+    def _adapt_and_predict(self, support_images, support_labels, query_images):
+        return self._serve(support_images, support_labels, query_images, self._steps,
+                           self._serving)
+
+    def _adapt_and_predict_transductive(self, support_images, support_labels, query_images):
+        return self._serve(support_images, support_labels, query_images, self._steps,
+                           "transductive")
 
     def _adapt_and_predict_steps(self, support_images, support_labels, query_images,
                                  inner_steps):
-        check = tf.debugging.assert_non_negative(inner_steps, message="inner_steps must be >= 0")
-        sx, sy, qx = self._inputs(support_images, support_labels, query_images)
-        with tf.control_dependencies([check]):
-            fast = adapt_steps(self._algorithm, sx, sy, inner_steps)
-        return self._outputs(self._algorithm.predict(fast, qx, support_x=sx))
+        with tf.control_dependencies(_check_steps(inner_steps, self._max_steps)):
+            inner_steps = tf.identity(inner_steps)
+        return self._serve(support_images, support_labels, query_images, inner_steps,
+                           self._serving)
+
+    def _adapt_and_predict_batch(self, support_images, support_labels, query_images):
+        shape = tf.shape(support_images)
+        tasks, shots = shape[0], shape[1]
+        queries = tf.shape(query_images)[1]
+        flat = lambda x: tf.reshape(x, tf.concat([[-1], tf.shape(x)[2:]], 0))  # noqa: E731
+        checks = [tf.debugging.assert_equal(
+            tf.shape(query_images)[0], tasks,
+            message="query_images and support_images must have the same number of tasks B"),
+            tf.debugging.assert_equal(
+            tf.shape(support_labels), shape[:2],
+            message="support_labels must be [B, S], matching support_images [B, S, H, W, 1]")]
+        with tf.control_dependencies(checks):
+            sx, sy, qx = self._inputs(flat(support_images), flat(support_labels),
+                                      flat(query_images))
+        sx = tf.reshape(sx, tf.stack([tasks, shots, self._size, self._size, 1]))
+        sy = tf.reshape(sy, tf.stack([tasks, shots]))
+        qx = tf.reshape(qx, tf.stack([tasks, queries, self._size, self._size, 1]))
+        logits = self._algorithm.adapt_and_predict(sx, sy, qx, steps=self._steps,
+                                                   bn_mode=self._serving)
+        return self._outputs(logits)
 
     def _predict(self, query_images):
         with tf.control_dependencies(_check_images(query_images, "query_images",
                                                    allow_empty=True)):
             qx = preprocess_images(query_images, self._size)
-        return self._outputs(_predict_unadapted(self._algorithm, qx))
-
-    def _metadata(self):
-        return {"json": tf.constant(self._json)}
+        return self._outputs(self._unadapted(qx))
 
 
-class _Regressor(tf.Module):
+class _Regressor(_Module):
     """The exported module of a regressor on [*, 1] inputs (sinusoid)."""
 
-    def __init__(self, model: keras.Model, algorithm: Any, *, inner_steps: int,
-                 metadata_json: str, asset_path: str):
-        super().__init__(name="tfmeta_export")
-        self.model_variables = [v.value for v in model.variables]
-        self.metadata_file = tf.saved_model.Asset(asset_path)
-        self._algorithm = algorithm
-        self._steps = inner_steps
-        self._json = metadata_json
+    def __init__(self, algorithm: Any, **kwargs: Any):
+        super().__init__(algorithm, **kwargs)
         points = tf.TensorSpec([None, 1], tf.float32)
+        task_points = tf.TensorSpec([None, None, 1], tf.float32)
         self.adapt_and_predict = tf.function(self._adapt_and_predict,
                                              input_signature=[points, points, points])
         self.adapt_and_predict_steps = tf.function(
             self._adapt_and_predict_steps,
             input_signature=[points, points, points, tf.TensorSpec([], tf.int32)])
+        self.adapt_and_predict_batch = tf.function(
+            self._adapt_and_predict_batch, input_signature=[task_points] * 3)
         self.predict = tf.function(self._predict, input_signature=[points])
-        self.metadata = tf.function(lambda: {"json": tf.constant(self._json)}, input_signature=[])
 
-    def _inputs(self, support_x, support_y, query_x):
-        checks = _check_support(support_x, support_y, "support_x", "support_y", None) + [
+    def _checks(self, support_x, support_y, query_x):
+        return _check_support(support_x, support_y, "support_x", "support_y", None) + [
             tf.debugging.assert_all_finite(support_x, message="support_x contains NaN or Inf"),
             tf.debugging.assert_all_finite(query_x, message="query_x contains NaN or Inf")]
-        with tf.control_dependencies(checks):
-            return tf.identity(support_x), tf.identity(support_y), tf.identity(query_x)
+
+    def _serve(self, support_x, support_y, query_x, steps):
+        with tf.control_dependencies(self._checks(support_x, support_y, query_x)):
+            sx, sy, qx = tf.identity(support_x), tf.identity(support_y), tf.identity(query_x)
+        out = self._adapt(sx, sy, qx, steps, self._serving)
+        return {"predictions": tf.cast(out, tf.float32)}
 
     def _adapt_and_predict(self, support_x, support_y, query_x):
-        sx, sy, qx = self._inputs(support_x, support_y, query_x)
-        fast = self._algorithm.adapt(sx, sy, steps=self._steps)
-        return {"predictions": tf.cast(self._algorithm.predict(fast, qx, support_x=sx), tf.float32)}
+        return self._serve(support_x, support_y, query_x, self._steps)
 
     def _adapt_and_predict_steps(self, support_x, support_y, query_x, inner_steps):
-        check = tf.debugging.assert_non_negative(inner_steps, message="inner_steps must be >= 0")
-        sx, sy, qx = self._inputs(support_x, support_y, query_x)
-        with tf.control_dependencies([check]):
-            fast = adapt_steps(self._algorithm, sx, sy, inner_steps)
-        return {"predictions": tf.cast(self._algorithm.predict(fast, qx, support_x=sx), tf.float32)}
+        with tf.control_dependencies(_check_steps(inner_steps, self._max_steps)):
+            inner_steps = tf.identity(inner_steps)
+        return self._serve(support_x, support_y, query_x, inner_steps)
+
+    def _adapt_and_predict_batch(self, support_x, support_y, query_x):
+        flat = lambda x: tf.reshape(x, [-1, 1])  # noqa: E731
+        checks = self._checks(flat(support_x), flat(support_y), flat(query_x)) + [
+            tf.debugging.assert_equal(tf.shape(support_y), tf.shape(support_x),
+                                      message="support_y must have the shape of support_x"),
+            tf.debugging.assert_equal(tf.shape(query_x)[0], tf.shape(support_x)[0],
+                                      message="query_x and support_x must have the same B")]
+        with tf.control_dependencies(checks):
+            sx, sy, qx = tf.identity(support_x), tf.identity(support_y), tf.identity(query_x)
+        out = self._algorithm.adapt_and_predict(sx, sy, qx, steps=self._steps,
+                                                bn_mode=self._serving)
+        return {"predictions": tf.cast(out, tf.float32)}
 
     def _predict(self, query_x):
         with tf.control_dependencies([tf.debugging.assert_all_finite(
                 query_x, message="query_x contains NaN or Inf")]):
             qx = tf.identity(query_x)
-        return {"predictions": tf.cast(_predict_unadapted(self._algorithm, qx), tf.float32)}
-
-
-def _predict_unadapted(algorithm: Any, x: tf.Tensor) -> tf.Tensor:
-    params = F.values(algorithm.model.trainable_variables)
-    if algorithm.bn_mode == "support":
-        # Without a support set there are no support statistics; the query batch's own are the
-        # closest stand-in (the "transductive" behaviour).
-        return algorithm.predict(params, x, training=True)
-    return algorithm.predict(params, x)
+        return {"predictions": tf.cast(self._unadapted(qx), tf.float32)}
 
 
 # --------------------------------------------------------------------------- metadata
@@ -367,13 +396,12 @@ def metadata_from_config(config: Any, *, step: int, classification: bool) -> dic
         "inner_batch_size": int(config.inner.batch_size) if config.algorithm == "reptile" else 0,
         "inner_grad_clip": float(config.inner.grad_clip),
         "bn_mode": config.inner.bn_mode,
+        "max_inner_steps": int(config.export.max_inner_steps),
         "step": int(step),
         "tfmeta_version": tfmeta.__version__,
         "tensorflow_version": tf.__version__,
         "keras_version": keras.__version__,
         "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "signatures": [SIGNATURE_ADAPT, SIGNATURE_ADAPT_STEPS, SIGNATURE_PREDICT,
-                       SIGNATURE_METADATA],
     }
     if classification:
         meta.update(ways=int(config.data.ways), shots=int(config.data.shots),
@@ -391,13 +419,15 @@ def metadata_from_config(config: Any, *, step: int, classification: bool) -> dic
 
 
 # --------------------------------------------------------------------------- writing
+def _signature_names(module: tf.Module) -> list[str]:
+    names = [SIGNATURE_ADAPT, SIGNATURE_ADAPT_STEPS, SIGNATURE_ADAPT_BATCH, SIGNATURE_TRANSDUCTIVE,
+             SIGNATURE_PREDICT, SIGNATURE_METADATA]
+    return [name for name in names if hasattr(module, name)]
+
+
 def _write_saved_model(module: tf.Module, path: str) -> None:
-    signatures = {
-        SIGNATURE_ADAPT: module.adapt_and_predict.get_concrete_function(),
-        SIGNATURE_ADAPT_STEPS: module.adapt_and_predict_steps.get_concrete_function(),
-        SIGNATURE_PREDICT: module.predict.get_concrete_function(),
-        SIGNATURE_METADATA: module.metadata.get_concrete_function(),
-    }
+    signatures = {name: getattr(module, name).get_concrete_function()
+                  for name in _signature_names(module)}
     # The default signature is the contract, so `saved_model_cli run` without a name works too.
     signatures[tf.saved_model.DEFAULT_SERVING_SIGNATURE_DEF_KEY] = signatures[SIGNATURE_ADAPT]
     tf.saved_model.save(module, path, signatures=signatures)
@@ -426,16 +456,26 @@ def write_atomically(module: tf.Module, output: str) -> str:
     """Saves ``module`` to ``output`` so that ``output`` is never a partial model.
 
     Not safe against concurrent exports to the same path.
+
+    Raises:
+      ExportError: the output location cannot be written (naming it and the reason).
     """
     output = output.rstrip("/")
-    _clean_stale(output)
+    try:
+        tf.io.gfile.makedirs(os.path.dirname(output) or ".")
+        _clean_stale(output)
+    except (tf.errors.OpError, OSError) as e:
+        raise ExportError(f"cannot write the SavedModel to {output!r}: {_reason(e)}") from e
     tag = uuid.uuid4().hex[:8]
     tmp, old = f"{output}.tmp-{tag}", f"{output}.old-{tag}"
     try:
         _write_saved_model(module, tmp)
-    except BaseException:
+    except BaseException as e:
         if tf.io.gfile.exists(tmp):
             tf.io.gfile.rmtree(tmp)
+        if isinstance(e, (tf.errors.PermissionDeniedError, tf.errors.FailedPreconditionError,
+                          PermissionError)):
+            raise ExportError(f"cannot write the SavedModel to {output!r}: {_reason(e)}") from e
         raise
     had_old = tf.io.gfile.exists(output)
     if had_old:
@@ -451,62 +491,83 @@ def write_atomically(module: tf.Module, output: str) -> str:
     return output
 
 
+def _reason(e: BaseException) -> str:
+    text = getattr(e, "message", None) or str(e) or type(e).__name__
+    return text.strip().splitlines()[0]
+
+
 def export(model: keras.Model, algorithm: Any, output: str, *, metadata: dict[str, Any],
-           classification: bool = True) -> str:
+           classification: bool = True, max_inner_steps: int | None = None) -> str:
     """Exports a meta-learner as a fast-adaptation SavedModel (see the module docstring).
 
     Args:
       model: the built Keras model (``algorithm.model``), with the parameters to export.
-      algorithm: a :class:`tfmeta.maml.MAML` or :class:`tfmeta.reptile.Reptile` around ``model``.
+      algorithm: a meta-learner (:class:`tfmeta.maml.MAML` and relatives, or
+        :class:`tfmeta.reptile.Reptile`) around ``model``.
       output: SavedModel directory (local or gs://); replaced atomically if it exists.
       metadata: JSON-ready description (see :func:`metadata_from_config`); for classification it
         must hold ``ways`` and ``image_size``; ``inner_steps`` is the default adaptation length.
+        The export adds ``serving_bn_mode``, ``max_inner_steps`` and ``signatures``.
       classification: N-way image classification (True) or [*, 1] regression (False).
+      max_inner_steps: largest ``inner_steps`` a client may ask for (default: the metadata's, else
+        :data:`DEFAULT_MAX_INNER_STEPS`); at least ``inner_steps``.
 
     Returns:
       ``output``.
 
     Raises:
-      ExportError: the model's input or output shape does not fit the signature contract.
+      ExportError: the model's input or output shape does not fit the signature contract, the
+        step bound is below the default steps, or the output cannot be written.
     """
     if algorithm.model is not model:
         raise ExportError("algorithm.model must be the exported model")
-    text = json.dumps(metadata, indent=2, sort_keys=True)
     steps = int(metadata["inner_steps"])
+    if max_inner_steps is None:
+        max_inner_steps = int(metadata.get("max_inner_steps", max(DEFAULT_MAX_INNER_STEPS, steps)))
+    if max_inner_steps < steps:
+        raise ExportError(f"max_inner_steps is {max_inner_steps}; it must be >= the default "
+                          f"inner_steps of the export ({steps})")
+    if classification:
+        ways, size = int(metadata["ways"]), int(metadata["image_size"])
+        if tuple(model.input_shape[1:]) != (size, size, 1) or model.output_shape[-1] != ways:
+            raise ExportError(
+                f"the signature contract needs a model mapping [B, {size}, {size}, 1] images "
+                f"to [B, {ways}] logits; got input {model.input_shape} and output "
+                f"{model.output_shape}")
+    elif tuple(model.input_shape[1:]) != (1,) or model.output_shape[-1] != 1:
+        raise ExportError(
+            "regression exports support models mapping [B, 1] to [B, 1] (sinusoid); got "
+            f"input {model.input_shape} and output {model.output_shape}")
+    metadata = dict(metadata, max_inner_steps=int(max_inner_steps),
+                    serving_bn_mode=serving_bn_mode(algorithm))
     with tempfile.TemporaryDirectory() as scratch:
         # The asset is copied into the SavedModel's assets/ under this name.
         asset = os.path.join(scratch, METADATA_ASSET)
-        with open(asset, "w", encoding="utf-8") as f:
-            f.write(text + "\n")
+        common = dict(inner_steps=steps, max_inner_steps=int(max_inner_steps), asset_path=asset)
         if classification:
-            ways, size = int(metadata["ways"]), int(metadata["image_size"])
-            if tuple(model.input_shape[1:]) != (size, size, 1) or model.output_shape[-1] != ways:
-                raise ExportError(
-                    f"the signature contract needs a model mapping [B, {size}, {size}, 1] images "
-                    f"to [B, {ways}] logits; got input {model.input_shape} and output "
-                    f"{model.output_shape}")
-            module = _Classifier(model, algorithm, ways=ways, image_size=size, inner_steps=steps,
-                                 metadata_json=text, asset_path=asset)
+            module = _Classifier(algorithm, ways=ways, image_size=size, metadata_json="", **common)
         else:
-            if tuple(model.input_shape[1:]) != (1,) or model.output_shape[-1] != 1:
-                raise ExportError(
-                    "regression exports support models mapping [B, 1] to [B, 1] (sinusoid); got "
-                    f"input {model.input_shape} and output {model.output_shape}")
-            module = _Regressor(model, algorithm, inner_steps=steps, metadata_json=text,
-                                asset_path=asset)
+            module = _Regressor(algorithm, metadata_json="", **common)
+        metadata["signatures"] = _signature_names(module)
+        if SIGNATURE_TRANSDUCTIVE in metadata["signatures"]:
+            metadata["transductive_signature"] = SIGNATURE_TRANSDUCTIVE
+        module._json = json.dumps(metadata, indent=2, sort_keys=True)
+        with open(asset, "w", encoding="utf-8") as f:
+            f.write(module._json + "\n")
         return write_atomically(module, output)
 
 
-def export_experiment(exp: Any, output: str) -> str:
+def export_experiment(exp: Any, output: str, *, max_inner_steps: int | None = None) -> str:
     """Exports a built :class:`tfmeta.trainer.Experiment` (its current parameters) to ``output``."""
     classification = exp.source.classification
     metadata = metadata_from_config(exp.config, step=int(exp.step.numpy()),
                                     classification=classification)
     return export(exp.model, exp.algorithm, output, metadata=metadata,
-                  classification=classification)
+                  classification=classification, max_inner_steps=max_inner_steps)
 
 
-def export_from_workdir(workdir: str, output: str | None = None) -> str:
+def export_from_workdir(workdir: str, output: str | None = None, *,
+                        max_inner_steps: int | None = None) -> str:
     """Exports the latest checkpoint of a training run.
 
     Args:
@@ -522,7 +583,8 @@ def export_from_workdir(workdir: str, output: str | None = None) -> str:
     from tfmeta import trainer
 
     exp = trainer.restore(workdir)
-    return export_experiment(exp, output or os.path.join(workdir, EXPORT_DIR))
+    return export_experiment(exp, output or os.path.join(workdir, EXPORT_DIR),
+                             max_inner_steps=max_inner_steps)
 
 
 def read_metadata(path: str) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 r"""Exports a trained run as a fast-adaptation SavedModel.
 
-    python -m tfmeta.export --workdir=/tmp/run [--output=/tmp/run/export]
+    python -m tfmeta.export --workdir=/tmp/run [--output=/tmp/run/export] [--max_inner_steps=N]
 
 (``tfmeta-export`` is the same command.) The SavedModel's signatures are described in
 :mod:`tfmeta.export`; ``tfmeta.train`` runs this automatically at the end of training.
@@ -9,25 +9,26 @@ r"""Exports a trained run as a fast-adaptation SavedModel.
 from __future__ import annotations
 
 import json
-import sys
 
-from absl import app, flags
+from absl import flags
+
+from tfmeta import cli
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Work directory of a tfmeta.train run.")
 _OUTPUT = flags.DEFINE_string("output", None, "SavedModel directory (default: WORKDIR/export).")
+_MAX_INNER_STEPS = flags.DEFINE_integer(
+    "max_inner_steps", None, "Largest inner_steps a client may ask the SavedModel for (default: "
+    "the config's export.max_inner_steps).", lower_bound=1)
 flags.mark_flags_as_required(["workdir"])
 
 
 def main(argv: list[str]) -> int:
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        return cli.fail(f"unexpected arguments: {argv[1:]}")
     from tfmeta import export
 
-    try:
-        path = export.export_from_workdir(_WORKDIR.value, _OUTPUT.value)
-    except (FileNotFoundError, export.ExportError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    path = export.export_from_workdir(_WORKDIR.value, _OUTPUT.value,
+                                      max_inner_steps=_MAX_INNER_STEPS.value)
     print(f"exported to {path}")
     print(json.dumps(export.read_metadata(path), sort_keys=True))
     return 0
@@ -35,7 +36,7 @@ def main(argv: list[str]) -> int:
 
 def run() -> None:
     """Console-script entry point."""
-    app.run(main)
+    cli.run(main)
 
 
 if __name__ == "__main__":

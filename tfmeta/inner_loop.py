@@ -170,14 +170,14 @@ class InnerVariables(tf.Module):
         slots = options.per_step_slots
         self.lr_index: dict[int, int] = {}  # model param index -> position in `trainable`
         trainable: list[tf.Variable] = []
-        dtype = tf.float32
         if options.learned_lr != "none":
             for i, (p, ok) in enumerate(zip(params, adapted)):
                 if not ok:
                     continue
                 shape = [slots] if options.learned_lr == "per_layer_step" else p.shape
                 self.lr_index[i] = len(trainable)
-                trainable.append(tf.Variable(tf.fill(shape, tf.constant(options.lr, dtype)),
+                # In the parameter's dtype (float32 weights under mixed precision too).
+                trainable.append(tf.Variable(tf.fill(shape, tf.constant(options.lr, p.dtype)),
                                              name=f"lr_{i}"))
         # Per-step batch norm: param index -> trainable position; nt index -> state position.
         self.step_params: dict[int, int] = {}

@@ -31,12 +31,15 @@ def omniglot_conv4(
     *,
     seed: int | None = None,
     dtype: DType = None,
+    downsample: str = "stride",
 ) -> keras.Model:
     """The MAML Omniglot network (Finn et al., 2017), built.
 
     Four blocks of [3x3 conv with ``filters`` filters, stride 2, 'same'
     padding; :class:`tfmeta.layers.BatchNorm`; ReLU], a spatial mean and a
-    linear head producing ``num_classes`` logits.
+    linear head producing ``num_classes`` logits. With ``downsample="maxpool"``
+    (the MAML++ network) the convolutions have stride 1 and each block ends in
+    2x2 max pooling instead.
 
     Args:
       num_classes: number of output logits (N ways).
@@ -46,18 +49,21 @@ def omniglot_conv4(
       seed: optional seed for deterministic initialisation.
       dtype: optional dtype policy of the layers (e.g. ``"mixed_bfloat16"``);
         None uses the global policy. Weights stay float32 under mixed policies.
+      downsample: ``"stride"`` (strided convolutions) or ``"maxpool"``.
 
     Returns:
       A built functional ``keras.Model`` mapping ``[batch, image_size,
       image_size, channels]`` to logits ``[batch, num_classes]``.
     """
+    if downsample not in ("stride", "maxpool"):
+        raise ValueError(f"downsample must be 'stride' or 'maxpool', got {downsample!r}")
     inputs = keras.Input(shape=(image_size, image_size, channels))
     x = inputs
     for i in range(4):
         x = keras.layers.Conv2D(
             filters,
             3,
-            strides=2,
+            strides=2 if downsample == "stride" else 1,
             padding="same",
             kernel_initializer=_init("glorot", seed, i),
             name=f"conv{i}",
@@ -65,6 +71,8 @@ def omniglot_conv4(
         )(x)
         x = BatchNorm(name=f"bn{i}", dtype=dtype)(x)
         x = keras.layers.ReLU(name=f"relu{i}", dtype=dtype)(x)
+        if downsample == "maxpool":
+            x = keras.layers.MaxPooling2D(2, name=f"pool{i}", dtype=dtype)(x)
     x = keras.layers.GlobalAveragePooling2D(name="spatial_mean", dtype=dtype)(x)
     logits = keras.layers.Dense(
         num_classes,

@@ -28,7 +28,9 @@ class TaskSource:
     """Everything the trainer needs to know about the tasks of an experiment.
 
     Attributes:
-      make_dataset: ``(split, pipeline_id, batch_size, seed, start_index) -> tf.data.Dataset``.
+      make_dataset: ``(split, pipeline_id, batch_size, seed, start_index, queries=None) ->
+        tf.data.Dataset``; ``queries`` overrides the query examples per class (points for
+        regression).
       num_outputs: units of the model's head (ways for classification, 1 for regression).
       input_shape: shape of one example (without batch dimension).
       classification: whether the labels are classes (accuracy is reported) or real values.
@@ -59,10 +61,10 @@ def build(config: ml_collections.ConfigDict, *, data=None) -> TaskSource:
 def _sinusoid(config: ml_collections.ConfigDict) -> TaskSource:
     from tfmeta import sinusoid
 
-    def make_dataset(split, pipeline_id, batch_size, seed, start_index):
+    def make_dataset(split, pipeline_id, batch_size, seed, start_index, queries=None):
         # Offsetting the seed gives held-out tasks disjoint (with probability 1) from training.
         return sinusoid.task_dataset(
-            k_support=config.data.k_support, k_query=config.data.k_query,
+            k_support=config.data.k_support, k_query=queries or config.data.k_query,
             seed=seed * 3 + _SINUSOID_SPLIT_OFFSET[split], pipeline_id=pipeline_id,
             start_index=start_index, batch_size=batch_size)
 
@@ -83,10 +85,11 @@ def _omniglot(config: ml_collections.ConfigDict, data) -> TaskSource:
         return {split: omniglot.split(loaded, scheme=config.data.split_scheme, split=split)
                 for split in omniglot.SPLITS}
 
-    def make_dataset(split, pipeline_id, batch_size, seed, start_index):
+    def make_dataset(split, pipeline_id, batch_size, seed, start_index, queries=None):
         shots = config_lib.train_shots(config) if split == "train" else config.data.shots
         spec = episodes.EpisodeSpec(ways=config.data.ways, shots=shots,
-                                    queries=config.data.queries, rotate=config.data.rotate)
+                                    queries=queries or config.data.queries,
+                                    rotate=config.data.rotate)
         return episodes.episode_dataset(pools()[split], spec, seed=seed, pipeline_id=pipeline_id,
                                         start_index=start_index, batch_size=batch_size)
 
@@ -97,9 +100,11 @@ def _omniglot(config: ml_collections.ConfigDict, data) -> TaskSource:
 
 
 def distributed_dataset(strategy: tf.distribute.Strategy, source: TaskSource, split: str, *,
-                        global_batch_size: int, seed: int, start_step: int = 0):
+                        global_batch_size: int, seed: int, start_step: int = 0,
+                        queries: int | None = None):
     """Per-replica task batches of ``split`` for ``strategy``, from meta-iteration ``start_step``."""
     return distribute.per_replica_dataset(
         strategy,
-        lambda pipeline, batch, start: source.make_dataset(split, pipeline, batch, seed, start),
+        lambda pipeline, batch, start: source.make_dataset(split, pipeline, batch, seed, start,
+                                                           queries=queries),
         global_batch_size=global_batch_size, start_step=start_step)

@@ -11,12 +11,12 @@ At the end the model is evaluated on the config's evaluation split and exported 
 from __future__ import annotations
 
 import signal
-import sys
 import threading
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from tfmeta import cli
 from tfmeta import config as config_lib
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -37,23 +37,15 @@ def main(argv: list[str]) -> int:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     import tensorflow as tf
 
-    from tfmeta import distribute, trainer
+    from tfmeta import distribute, trainer, workdir
 
     if _DETERMINISTIC.value:
         tf.config.experimental.enable_op_determinism()
     config = _CONFIG.value
-    try:
-        # Fail on a bad config before any device or data is touched.
-        config_lib.validate(config)
-    except config_lib.ConfigError as e:
-        logging.error("invalid config: %s", e)
-        print(f"error: invalid config: {e}", file=sys.stderr)
-        return 2
-    try:
-        strategy = distribute.make_strategy(_STRATEGY.value, tpu=_TPU.value)
-    except (ValueError, distribute.TPUUnavailableError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    # Fail on a bad config or an unusable work directory before any device or data is touched.
+    config_lib.validate(config)
+    workdir.check_writable(_WORKDIR.value)
+    strategy = distribute.make_strategy(_STRATEGY.value, tpu=_TPU.value)
     logging.info("strategy %s with %d replicas", _STRATEGY.value, strategy.num_replicas_in_sync)
 
     stop = threading.Event()
@@ -63,15 +55,7 @@ def main(argv: list[str]) -> int:
         stop.set()
 
     signal.signal(signal.SIGTERM, on_sigterm)
-    try:
-        summary = trainer.train(config, _WORKDIR.value, strategy=strategy,
-                                should_stop=stop.is_set)
-    except config_lib.ConfigError as e:
-        print(f"error: invalid config: {e}", file=sys.stderr)
-        return 2
-    except (ConnectionError, FileNotFoundError) as e:  # the data could not be obtained
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    summary = trainer.train(config, _WORKDIR.value, strategy=strategy, should_stop=stop.is_set)
     if summary["preempted"]:
         return 0
     if _EXPORT.value and distribute.is_chief(strategy):
@@ -83,7 +67,7 @@ def main(argv: list[str]) -> int:
 
 def run() -> None:
     """Console-script entry point."""
-    app.run(main)
+    cli.run(main, config_flag="config")
 
 
 if __name__ == "__main__":

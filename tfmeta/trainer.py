@@ -27,9 +27,12 @@ from absl import logging
 
 from tfmeta import config as config_lib
 from tfmeta import distribute, tasks
+from tfmeta import workdir as workdir_lib
+from tfmeta.workdir import load_config, write_json  # noqa: F401  (part of this module's API)
 
 CHECKPOINT_DIR = "checkpoints"
-CONFIG_FILE = "config.json"
+CONFIG_FILE = workdir_lib.CONFIG_FILE
+HISTORY_FILE = "history.jsonl"
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -47,6 +50,10 @@ class Experiment:
     algorithm: Any
     optimizer: keras.optimizers.Optimizer
     step: tf.Variable
+    # Seconds since the run started (all of it, and inside compiled training loops only), kept in
+    # the checkpoint so that a run done in parts reports its true wall-clock time.
+    wall_seconds: tf.Variable
+    train_seconds: tf.Variable
     _eval_fns: dict = dataclasses.field(default_factory=dict)
 
 
@@ -60,13 +67,14 @@ def build_model(config: ml_collections.ConfigDict, source: tasks.TaskSource) -> 
         kwargs["dtype"] = "mixed_bfloat16"
     if config.model.name == "conv4":
         return models.omniglot_conv4(source.num_outputs, image_size=source.input_shape[0],
-                                     filters=config.model.filters, **kwargs)
+                                     filters=config.model.filters,
+                                     downsample=config.model.downsample, **kwargs)
     return models.sinusoid_mlp(**kwargs)
 
 
 def build_algorithm(config: ml_collections.ConfigDict, model: keras.Model,
                     classification: bool):
-    """MAML, first-order MAML or Reptile around ``model``, as the config says."""
+    """The meta-learner the config names, around ``model``."""
     from tfmeta.maml import MAML
     from tfmeta.reptile import Reptile
 
@@ -74,12 +82,24 @@ def build_algorithm(config: ml_collections.ConfigDict, model: keras.Model,
         inner_lr=config.inner.lr, inner_steps=config.inner.steps,
         eval_inner_steps=config.inner.eval_steps,
         loss="sparse_categorical_crossentropy" if classification else "mse",
-        inner_grad_clip=config.inner.grad_clip or None, bn_mode=config.inner.bn_mode)
+        inner_grad_clip=config.inner.grad_clip or None, bn_mode=config.inner.bn_mode,
+        tasks_in_parallel=config_lib.tasks_in_parallel(config))
     if config.algorithm == "reptile":
         return Reptile(model, outer_step_size=config.outer.lr,
                        inner_optimizer=config.inner.optimizer,
                        inner_batch_size=config.inner.batch_size or None, **common)
-    return MAML(model, first_order=config.algorithm == "fomaml", **common)
+    options: dict[str, Any] = {}
+    if config.algorithm == "mamlpp":
+        pp = config.mamlpp
+        options = dict(learned_lr="per_layer_step" if pp.learned_lr else "none",
+                       per_step_bn=pp.per_step_bn, adapt_batch_norm=False,
+                       multi_step_loss=pp.multi_step_loss, msl_epochs=pp.msl_epochs,
+                       iterations_per_epoch=pp.iterations_per_epoch)
+    elif config.algorithm == "metasgd":
+        options = dict(learned_lr="per_parameter")
+    elif config.algorithm == "anil":
+        options = dict(adapt="head")
+    return MAML(model, first_order=config.algorithm == "fomaml", **options, **common)
 
 
 def build_optimizer(config: ml_collections.ConfigDict) -> keras.optimizers.Optimizer:
@@ -88,6 +108,9 @@ def build_optimizer(config: ml_collections.ConfigDict) -> keras.optimizers.Optim
     if config.outer.schedule == "linear":
         lr = keras.optimizers.schedules.PolynomialDecay(
             lr, decay_steps=config.train.iterations, end_learning_rate=0.0, power=1.0)
+    elif config.outer.schedule == "cosine":
+        lr = keras.optimizers.schedules.CosineDecay(
+            lr, decay_steps=config.train.iterations, alpha=config.outer.min_lr / lr)
     if config.outer.optimizer == "adam":
         return keras.optimizers.Adam(lr)
     return keras.optimizers.SGD(lr)
@@ -114,46 +137,75 @@ def build_experiment(config: ml_collections.ConfigDict, strategy: tf.distribute.
         config_lib.validate(config, num_replicas=replicas, split_classes=source.split_classes())
     with strategy.scope():
         model = build_model(config, source)
-        algorithm = build_algorithm(config, model, source.classification)
+        try:
+            algorithm = build_algorithm(config, model, source.classification)
+        except ValueError as e:  # an option the model cannot support: a config mistake
+            raise config_lib.ConfigError(f"the config cannot be built: {e}") from e
         optimizer = build_optimizer(config)
         # Build the optimizer's slots under the scope, before any tf.function traces.
-        optimizer.build(model.trainable_variables)
+        optimizer.build(algorithm.meta_variables)
         step = tf.Variable(0, dtype=tf.int64, trainable=False, name="meta_iteration")
-    return Experiment(config, strategy, source, model, algorithm, optimizer, step)
+        wall = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="wall_seconds")
+        train_s = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="train_seconds")
+    return Experiment(config, strategy, source, model, algorithm, optimizer, step, wall, train_s)
 
 
 def _checkpoint(exp: Experiment) -> tf.train.Checkpoint:
-    return tf.train.Checkpoint(model=exp.model, optimizer=exp.optimizer, step=exp.step)
+    return tf.train.Checkpoint(model=exp.model, optimizer=exp.optimizer, step=exp.step,
+                               wall_seconds=exp.wall_seconds, train_seconds=exp.train_seconds,
+                               **exp.algorithm.checkpointables)
 
 
-def _make_train_loop(exp: Experiment) -> Callable:
+def phase(config: ml_collections.ConfigDict, step: int) -> tuple[dict[str, Any], int]:
+    """How meta-iteration ``step`` is computed, and the first iteration computed differently.
+
+    Derivative-order annealing (first order before ``first_order_until``) and MAML++'s multi-step
+    loss (on before ``multi_step_loss_until``) switch at fixed iterations; each phase is its own
+    compiled loop, so a switch happens exactly at its iteration, also in a resumed run.
+
+    Returns:
+      ``(meta_step keyword arguments, next switch iteration or train.iterations)``.
+    """
+    if config.algorithm not in config_lib.MAML_FAMILY:
+        return {}, config.train.iterations
+    first_order_until = config_lib.first_order_until(config)
+    msl_until = config_lib.multi_step_loss_until(config)
+    kwargs = {"first_order": step < first_order_until}
+    if config.algorithm == "mamlpp":
+        kwargs["multi_step_loss"] = step < msl_until
+    switches = [s for s in (first_order_until, msl_until) if s > step]
+    return kwargs, min(switches + [config.train.iterations])
+
+
+def _make_train_loop(exp: Experiment, phase_kwargs: dict[str, Any]) -> Callable:
     """Returns ``train_loop(iterator, num_steps) -> (mean metrics, first non-finite step)``."""
     strategy, algorithm, optimizer = exp.strategy, exp.algorithm, exp.optimizer
-    variables = exp.model.trainable_variables
+    variables = algorithm.meta_variables
+    state = algorithm.state_variables
     global_batch = exp.config.train.meta_batch_size
+    uses_iteration = "multi_step_loss" in phase_kwargs
 
-    non_trainable = exp.model.non_trainable_variables
-
-    def meta_step(batch):
-        step = algorithm.meta_step(batch, global_batch_size=global_batch)
+    def meta_step(batch, iteration):
+        kwargs = dict(phase_kwargs, iteration=iteration) if uses_iteration else phase_kwargs
+        step = algorithm.meta_step(batch, global_batch_size=global_batch, **kwargs)
         return step.grads, step.metrics, step.non_trainable
 
     if exp.config.train.jit_compile and not distribute.is_tpu(strategy):
         # XLA for the heavy part only: the optimizer's cross-replica merge stays outside it.
         meta_step = tf.function(meta_step, jit_compile=True)
 
-    def replica_step(batch):
-        grads, metrics, nt = meta_step(batch)
+    def replica_step(batch, iteration):
+        grads, metrics, nt = meta_step(batch, iteration)
         optimizer.apply_gradients(zip(grads, variables))
         return metrics, nt
 
-    def one_step(iterator):
-        metrics, nt = strategy.run(replica_step, args=(next(iterator),))
+    def one_step(iterator, iteration):
+        metrics, nt = strategy.run(replica_step, args=(next(iterator), iteration))
         # Every value is a per-replica sum divided by the global batch: summing gives the mean.
         total = lambda v: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)  # noqa: E731
         # Batch-norm moving statistics after the support passes, averaged over all tasks: kept
         # for evaluation with bn_mode="running" and for the exported model's `predict`.
-        for var, value in zip(non_trainable, nt):
+        for var, value in zip(state, nt):
             if tf.as_dtype(var.dtype).is_floating:
                 var.assign(total(value))
         return {k: total(v) for k, v in metrics.items()}
@@ -164,7 +216,7 @@ def _make_train_loop(exp: Experiment) -> Callable:
         totals = {k: tf.constant(0.0) for k in algorithm.metric_names}
         bad = tf.constant(-1, tf.int64)  # first meta-iteration with a non-finite loss
         for i in tf.range(num_steps):
-            metrics = one_step(iterator)
+            metrics = one_step(iterator, first + i)
             totals = {k: totals[k] + metrics[k] for k in totals}
             is_bad = tf.logical_and(bad < 0, tf.logical_not(tf.math.is_finite(metrics["loss"])))
             bad = tf.where(is_bad, first + i, bad)
@@ -175,40 +227,69 @@ def _make_train_loop(exp: Experiment) -> Callable:
     return train_loop
 
 
-def _make_eval_fn(exp: Experiment, inner_steps: int) -> Callable:
+def _make_eval_fn(exp: Experiment, inner_steps: int, bn_mode: str) -> Callable:
     strategy, algorithm = exp.strategy, exp.algorithm
 
     @tf.function
     def eval_fn(iterator):
-        per_replica = strategy.run(lambda b: algorithm.evaluate(b, steps=inner_steps),
-                                   args=(next(iterator),))
+        per_replica = strategy.run(
+            lambda b: algorithm.evaluate(b, steps=inner_steps, bn_mode=bn_mode),
+            args=(next(iterator),))
         return {k: strategy.gather(v, axis=0) for k, v in per_replica.items()}
 
     return eval_fn
 
 
 def evaluate(exp: Experiment, split: str, *, episodes: int, inner_steps: int | None = None,
-             seed: int | None = None) -> dict[str, Any]:
+             seed: int | None = None, queries: int | None = None,
+             bn_mode: str | None = None) -> dict[str, Any]:
     """Adapts to ``episodes`` held-out tasks of ``split`` and summarises the post-adaptation metric.
+
+    Args:
+      exp: a built (trained or restored) experiment.
+      split: ``"train"``, ``"validation"`` or ``"test"``.
+      episodes: number of tasks.
+      inner_steps: inner steps (default: ``inner.eval_steps``).
+      seed: seed of the evaluation tasks (default: ``eval.seed``, so runs compare on the same
+        tasks).
+      queries: query examples per class (query points for regression); default: the config's.
+      bn_mode: how queries are normalised (default: the trained ``inner.bn_mode``); with
+        ``"transductive"`` the result depends on the number of queries per class.
 
     Returns:
       A JSON-ready dict: the metric (``accuracy`` for classification, ``mse`` for regression), its
       mean and 95% confidence interval ``1.96 * std / sqrt(n)`` (as in the MAML reference code),
-      the number of episodes and the settings used.
+      and the protocol: episodes, ways/shots/queries, inner steps, ``bn_mode`` and whether it was
+      ``transductive``.
+
+    Raises:
+      config_lib.ConfigError: ``queries`` too large for Omniglot, or an unknown ``bn_mode``.
     """
     config = exp.config
     inner_steps = inner_steps or config.inner.eval_steps
     seed = config.eval.seed if seed is None else seed
+    bn_mode = bn_mode or config.inner.bn_mode
+    if bn_mode not in config_lib.BN_MODES:
+        raise config_lib.ConfigError(f"evaluation bn_mode is {bn_mode!r}; allowed: "
+                                     f"{list(config_lib.BN_MODES)}")
+    classification = exp.source.classification
+    queries = queries or (config.data.queries if classification else config.data.k_query)
+    if classification and config.data.shots + queries > config_lib.DRAWINGS_PER_CHARACTER:
+        raise config_lib.ConfigError(
+            f"{queries} queries per class + {config.data.shots} shots exceed the "
+            f"{config_lib.DRAWINGS_PER_CHARACTER} drawings of an Omniglot character")
     global_batch = config.eval.batch_size * exp.strategy.num_replicas_in_sync
     dataset = tasks.distributed_dataset(exp.strategy, exp.source, split,
-                                        global_batch_size=global_batch, seed=seed)
-    if inner_steps not in exp._eval_fns:
-        exp._eval_fns[inner_steps] = _make_eval_fn(exp, inner_steps)
-    eval_fn = exp._eval_fns[inner_steps]
+                                        global_batch_size=global_batch, seed=seed,
+                                        queries=queries)
+    key = (inner_steps, bn_mode)
+    if key not in exp._eval_fns:
+        exp._eval_fns[key] = _make_eval_fn(exp, inner_steps, bn_mode)
+    eval_fn = exp._eval_fns[key]
     iterator = iter(dataset)
     chunks = [eval_fn(iterator) for _ in range(math.ceil(episodes / global_batch))]
     values = {k: np.concatenate([c[k].numpy() for c in chunks])[:episodes] for k in chunks[0]}
-    if exp.source.classification:
+    if classification:
         name, per_task = "accuracy", values["accuracy_post"]
     else:
         name, per_task = "mse", values["loss"]
@@ -222,23 +303,24 @@ def evaluate(exp: Experiment, split: str, *, episodes: int, inner_steps: int | N
         "inner_steps": int(inner_steps),
         "inner_lr": float(config.inner.lr),
         "algorithm": config.algorithm,
-        "bn_mode": config.inner.bn_mode,
+        "bn_mode": bn_mode,
+        "trained_bn_mode": config.inner.bn_mode,
+        # Only transductive batch norm lets a query's answer depend on the other queries.
+        "transductive": bn_mode == "transductive" and _has_batch_norm(exp.model),
         "seed": int(seed),
     }
-    if exp.source.classification:
-        result.update(ways=config.data.ways, shots=config.data.shots,
-                      queries=config.data.queries, split_scheme=config.data.split_scheme)
+    if classification:
+        result.update(ways=config.data.ways, shots=config.data.shots, queries=int(queries),
+                      split_scheme=config.data.split_scheme)
     else:
-        result.update(k_support=config.data.k_support, k_query=config.data.k_query)
+        result.update(k_support=config.data.k_support, k_query=int(queries))
     return result
 
 
-def write_json(path: str, value: Any) -> None:
-    """Writes ``value`` as JSON atomically (temporary file, then rename), through tf.io.gfile."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with tf.io.gfile.GFile(tmp, "w") as f:
-        f.write(json.dumps(value, indent=2, sort_keys=True) + "\n")
-    tf.io.gfile.rename(tmp, path, overwrite=True)
+def _has_batch_norm(model: keras.Model) -> bool:
+    from tfmeta import layers
+
+    return bool(layers.batch_norm_layers(model) or layers.keras_batch_norm_layers(model))
 
 
 def _any_worker(strategy: tf.distribute.Strategy, flag: bool) -> bool:
@@ -290,23 +372,57 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
 
     Raises:
       config_lib.ConfigError: for an invalid config, before anything is trained.
+      workdir_lib.WorkdirError: the work directory is in use, unwritable, was started with an
+        incompatible config, or has only unreadable checkpoints; nothing is written to it.
       NonFiniteLossError: when the meta-loss becomes NaN or Inf (naming the iteration).
     """
-    exp = build_experiment(config, strategy or tf.distribute.get_strategy(), data=data)
+    strategy = strategy or tf.distribute.get_strategy()
+    config_lib.validate(config, num_replicas=strategy.num_replicas_in_sync)
+    if distribute.is_chief(strategy) and tf.io.gfile.exists(os.path.join(workdir, CONFIG_FILE)):
+        # Refuse an incompatible resume before spending time on data and model building.
+        workdir_lib.check_resumable(load_config(workdir), config)
+    exp = build_experiment(config, strategy, data=data)
     return run(exp, workdir, should_stop=should_stop, final_evaluation=final_evaluation)
 
 
 def run(exp: Experiment, workdir: str, *, should_stop: Callable[[], bool] = lambda: False,
         final_evaluation: bool = True) -> dict[str, Any]:
-    """Runs (or resumes) meta-training of a built experiment; see :func:`train`."""
+    """Runs (or resumes) meta-training of a built experiment; see :func:`train`.
+
+    The chief holds the work directory's lock for the whole run, so a second training on the same
+    directory fails at once instead of interleaving checkpoints and configs.
+    """
+    lock = workdir_lib.WorkdirLock(workdir) if distribute.is_chief(exp.strategy) else None
+    if lock is not None:
+        lock.acquire()
+    try:
+        if lock is not None:
+            workdir_lib.record_config(workdir, exp.config)
+        return _run_locked(exp, workdir, should_stop=should_stop,
+                           final_evaluation=final_evaluation)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _append_history(workdir: str, entry: dict[str, Any]) -> None:
+    """Adds one validation point to ``history.jsonl`` (rewritten whole: object stores cannot append)."""
+    path = os.path.join(workdir, HISTORY_FILE)
+    text = ""
+    if tf.io.gfile.exists(path):
+        with tf.io.gfile.GFile(path) as f:
+            text = f.read()
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with tf.io.gfile.GFile(tmp, "w") as f:
+        f.write(text + json.dumps(entry, sort_keys=True) + "\n")
+    tf.io.gfile.rename(tmp, path, overwrite=True)
+
+
+def _run_locked(exp: Experiment, workdir: str, *, should_stop: Callable[[], bool],
+                final_evaluation: bool) -> dict[str, Any]:
     config, strategy = exp.config, exp.strategy
     chief = distribute.is_chief(strategy)
     tf.io.gfile.makedirs(workdir)
-    if chief:
-        config_path = os.path.join(workdir, CONFIG_FILE)
-        if tf.io.gfile.exists(config_path):
-            _warn_config_changes(load_config(workdir), config)
-        write_json(config_path, config.to_dict())
 
     checkpoint = _checkpoint(exp)
     real_dir = os.path.join(workdir, CHECKPOINT_DIR)
@@ -316,10 +432,9 @@ def run(exp: Experiment, workdir: str, *, should_stop: Callable[[], bool] = lamb
         workdir, f"tmp_worker_{distribute.task_id(strategy)}")
     manager = tf.train.CheckpointManager(checkpoint, ckpt_dir,
                                          max_to_keep=config.train.keep_checkpoints)
-    latest = tf.train.latest_checkpoint(real_dir)
-    if latest:
-        checkpoint.restore(latest).assert_existing_objects_matched()
-        logging.info("Resumed from %s at iteration %d.", latest, int(exp.step.numpy()))
+    restored = workdir_lib.restore_newest_readable(checkpoint, real_dir, partial=False)
+    if restored:
+        logging.info("Resumed from %s at iteration %d.", restored, int(exp.step.numpy()))
 
     def save() -> None:
         manager.save(checkpoint_number=int(exp.step.numpy()))
@@ -330,51 +445,78 @@ def run(exp: Experiment, workdir: str, *, should_stop: Callable[[], bool] = lamb
                       else tf.summary.create_noop_writer())
                for name in ("train", "validation")}
     total = config.train.iterations
+    budget = config.train.max_minutes * 60.0
     start = int(exp.step.numpy())
     dataset = tasks.distributed_dataset(strategy, exp.source, "train",
                                         global_batch_size=config.train.meta_batch_size,
                                         seed=config.seed, start_step=start)
     iterator = iter(dataset)
-    train_loop = _make_train_loop(exp)
+    train_loops: dict[tuple, Callable] = {}
     clock = _Clock(config.train.meta_batch_size)
     summary: dict[str, Any] = {"preempted": False, "train": {}, "validation": None, "test": None}
+    wall_at_start, t_start = float(exp.wall_seconds.numpy()), time.perf_counter()
+
+    def tick() -> float:
+        """Updates the persistent wall clock; returns the run's wall-clock seconds."""
+        exp.wall_seconds.assign(wall_at_start + time.perf_counter() - t_start)
+        return float(exp.wall_seconds.numpy())
+
     step = start
-    while step < total:
+    out_of_time = bool(budget) and wall_at_start >= budget
+    while step < total and not out_of_time:
         boundaries = [total]
         for every in (config.train.steps_per_loop, config.train.log_every,
                       config.train.checkpoint_every, config.train.eval_every):
             if every:
                 boundaries.append((step // every + 1) * every)
+        phase_kwargs, next_switch = phase(config, step)
+        boundaries.append(next_switch)
         num_steps = min(boundaries) - step
+        key = tuple(sorted(phase_kwargs.items()))
+        if key not in train_loops:
+            if train_loops:
+                logging.info("From iteration %d: %s.", step,
+                             ", ".join(f"{k}={v}" for k, v in key))
+            train_loops[key] = _make_train_loop(exp, phase_kwargs)
         t0 = time.perf_counter()
-        metrics, bad = train_loop(iterator, tf.constant(num_steps, tf.int64))
+        metrics, bad = train_loops[key](iterator, tf.constant(num_steps, tf.int64))
         metrics = {k: float(v) for k, v in metrics.items()}
-        clock.add(num_steps, time.perf_counter() - t0)
+        seconds = time.perf_counter() - t0
+        clock.add(num_steps, seconds)
+        exp.train_seconds.assign_add(seconds)
         step = int(exp.step.numpy())
         if int(bad) >= 0:
             raise NonFiniteLossError(
                 f"meta-loss became {metrics['loss']} at meta-iteration {int(bad)}; stopping. The "
                 f"last good checkpoint is kept: {tf.train.latest_checkpoint(real_dir)}")
+        wall = tick()
+        # Every worker must agree to stop at the same step, so the budget decision is shared too.
+        out_of_time = _any_worker(strategy, bool(budget) and wall >= budget)
         summary["train"] = metrics
         with writers["train"].as_default(step=step):
             for k, v in metrics.items():
                 tf.summary.scalar(k, v)
             tf.summary.scalar("learning_rate", _learning_rate(exp.optimizer))
             tf.summary.scalar("tasks_per_second", clock.tasks_per_second())
-        if step % config.train.log_every == 0 or step == total:
+        if step % config.train.log_every == 0 or step == total or out_of_time:
             logging.info(
                 "iteration %d/%d  %s  %.1f tasks/s  remaining %s", step, total,
                 "  ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items())),
                 clock.tasks_per_second(), clock.remaining(total - step))
         stop = _any_worker(strategy, should_stop())
-        if step % config.train.checkpoint_every == 0 or step == total or stop:
+        if step % config.train.checkpoint_every == 0 or step == total or stop or out_of_time:
             save()
         if stop:
             logging.info("Stop requested: saved a checkpoint at iteration %d; rerun the same "
                          "command to resume.", step)
             summary.update(step=step, preempted=True)
             return summary
-        if (config.train.eval_every and step % config.train.eval_every == 0) or step == total:
+        if out_of_time:
+            logging.info("The time budget of train.max_minutes=%g is used up at iteration %d "
+                         "(%.1f minutes); finishing the run.", config.train.max_minutes, step,
+                         wall / 60)
+        if ((config.train.eval_every and step % config.train.eval_every == 0) or step == total
+                or out_of_time):
             if config.train.eval_episodes:
                 result = evaluate(exp, "validation", episodes=config.train.eval_episodes)
                 summary["validation"] = result
@@ -382,10 +524,18 @@ def run(exp: Experiment, workdir: str, *, should_stop: Callable[[], bool] = lamb
                     tf.summary.scalar(result["metric"], result[result["metric"]])
                 logging.info("validation at %d: %s %.4f +- %.4f", step, result["metric"],
                              result[result["metric"]], result["ci95"])
+                if chief:
+                    _append_history(workdir, dict(
+                        result, wall_seconds=round(wall, 3),
+                        train_seconds=round(float(exp.train_seconds.numpy()), 3)))
+                # Validation time counts: the budget is wall-clock time.
+                tick()
     summary["step"] = step
     if final_evaluation:
         split = config.eval.split
         result = evaluate(exp, split, episodes=config.eval.episodes)
+        result.update(wall_seconds=round(float(exp.wall_seconds.numpy()), 3),
+                      train_seconds=round(float(exp.train_seconds.numpy()), 3))
         summary["test"] = result
         if chief:
             write_json(os.path.join(workdir, f"eval_{split}.json"), result)
@@ -396,50 +546,28 @@ def run(exp: Experiment, workdir: str, *, should_stop: Callable[[], bool] = lamb
     return summary
 
 
-def _warn_config_changes(saved: ml_collections.ConfigDict,
-                         current: ml_collections.ConfigDict) -> None:
-    """Says which fields differ when a work directory is reused with another config.
-
-    Extending ``train.iterations`` is a normal reason; anything else changes the experiment the
-    checkpoints belong to, so it must not pass silently.
-    """
-    old = config_lib.flatten(saved.to_dict())
-    new = config_lib.flatten(current.to_dict())
-    changed = {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new))
-               if old.get(k) != new.get(k)}
-    if changed:
-        logging.warning("This work directory was started with a different config; changed "
-                        "fields (saved -> now): %s",
-                        ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items()))
-
-
 def _learning_rate(optimizer: keras.optimizers.Optimizer) -> float:
-    lr = optimizer.learning_rate
+    lr = optimizer.learning_rate  # Keras evaluates a schedule at the optimizer's iteration
     return float(lr.numpy() if hasattr(lr, "numpy") else lr)
-
-
-def load_config(workdir: str) -> ml_collections.ConfigDict:
-    """The config a run in ``workdir`` was started with."""
-    path = os.path.join(workdir, CONFIG_FILE)
-    if not tf.io.gfile.exists(path):
-        raise FileNotFoundError(f"no {CONFIG_FILE} in {workdir!r}: is it a tfmeta work directory?")
-    with tf.io.gfile.GFile(path) as f:
-        return config_lib.from_json(f.read())
 
 
 def restore(workdir: str, *, strategy: tf.distribute.Strategy | None = None,
             data=None, config: ml_collections.ConfigDict | None = None) -> Experiment:
-    """Rebuilds the experiment of ``workdir`` with its latest checkpoint's parameters.
+    """Rebuilds the experiment of ``workdir`` with its newest readable checkpoint's parameters.
 
     Raises:
       FileNotFoundError: when ``workdir`` has no config or no checkpoint.
+      workdir_lib.CheckpointError: when no checkpoint can be read (each is named).
     """
     strategy = strategy or tf.distribute.get_strategy()
     config = config or load_config(workdir)
     exp = build_experiment(config, strategy, data=data, check_data=False)
-    latest = tf.train.latest_checkpoint(os.path.join(workdir, CHECKPOINT_DIR))
-    if not latest:
-        raise FileNotFoundError(f"no checkpoint in {os.path.join(workdir, CHECKPOINT_DIR)!r}")
-    # Only the model and step are needed; optimizer slots may be absent from the graph here.
-    tf.train.Checkpoint(model=exp.model, step=exp.step).restore(latest).expect_partial()
+    directory = os.path.join(workdir, CHECKPOINT_DIR)
+    # Only the model, step and clocks are needed; optimizer slots may be absent from the graph.
+    checkpoint = tf.train.Checkpoint(model=exp.model, step=exp.step,
+                                     wall_seconds=exp.wall_seconds,
+                                     train_seconds=exp.train_seconds,
+                                     **exp.algorithm.checkpointables)
+    if not workdir_lib.restore_newest_readable(checkpoint, directory, partial=True):
+        raise FileNotFoundError(f"no checkpoint in {directory!r}")
     return exp

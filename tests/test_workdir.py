@@ -1,0 +1,226 @@
+"""Work directories a second run cannot corrupt: lock, config history, damaged checkpoints."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tests.helpers import REPO, subprocess_env
+from tfmeta import trainer, workdir
+
+SINE = os.path.join(REPO, "configs", "sinusoid_maml.py")
+_SMALL = {"train.iterations": 6, "train.steps_per_loop": 3, "train.meta_batch_size": 4,
+          "train.eval_every": 0, "train.eval_episodes": 0, "train.log_every": 3,
+          "train.checkpoint_every": 3, "train.keep_checkpoints": 3, "eval.episodes": 5}
+
+
+def _config(**overrides):
+    sys.path.insert(0, os.path.join(REPO, "tests"))
+    from distributed_driver import load_config
+
+    config = load_config(f"{SINE}:smoke")
+    config.update_from_flattened_dict(dict(_SMALL, **overrides))
+    return config
+
+
+def _snapshot(path) -> dict[str, bytes]:
+    out = {}
+    for root, _, files in os.walk(path):
+        for name in files:
+            full = os.path.join(root, name)
+            with open(full, "rb") as f:
+                out[os.path.relpath(full, path)] = f.read()
+    return out
+
+
+# ------------------------------------------------------------------------------------- lock
+def test_lock_names_the_holder_and_is_released(tmp_path):
+    lock = workdir.WorkdirLock(str(tmp_path)).acquire()
+    with pytest.raises(workdir.WorkdirLockedError) as info:
+        workdir.WorkdirLock(str(tmp_path)).acquire()
+    message = str(info.value)
+    assert f"pid {os.getpid()}" in message and "in use by another training run" in message
+    lock.release()
+    assert not os.path.exists(tmp_path / workdir.LOCK_FILE)
+    workdir.WorkdirLock(str(tmp_path)).acquire().release()
+
+
+def test_stale_locks_are_taken_over(tmp_path, caplog):
+    path = tmp_path / workdir.LOCK_FILE
+    # A dead process on this host (a pid that does not exist).
+    dead = {"token": "x", "host": os.uname().nodename, "pid": 2**22 + 7, "started": 0,
+            "heartbeat": time.time(), "command": "tfmeta.train (killed)"}
+    path.write_text(json.dumps(dead))
+    with caplog.at_level("WARNING"):
+        workdir.WorkdirLock(str(tmp_path)).acquire().release()
+    assert "no longer alive" in caplog.text and str(2**22 + 7) in caplog.text
+    # A live pid whose start time differs: the pid was recycled by another process.
+    recycled = dict(dead, pid=os.getpid(), pid_start_time="1")
+    path.write_text(json.dumps(recycled))
+    workdir.WorkdirLock(str(tmp_path)).acquire().release()
+    # Another host: stale only once its heartbeat is old.
+    remote = dict(dead, host="elsewhere", heartbeat=time.time())
+    path.write_text(json.dumps(remote))
+    with pytest.raises(workdir.WorkdirLockedError, match="elsewhere"):
+        workdir.WorkdirLock(str(tmp_path)).acquire()
+    path.write_text(json.dumps(dict(remote, heartbeat=time.time() - 2 * workdir.STALE_SECONDS)))
+    workdir.WorkdirLock(str(tmp_path)).acquire().release()
+    # A half-written lock file is stale too.
+    path.write_text("{")
+    workdir.WorkdirLock(str(tmp_path)).acquire().release()
+
+
+def _train_cmd(run_dir, *extra):
+    return [sys.executable, "-m", "tfmeta.train", f"--config={SINE}:smoke",
+            f"--workdir={run_dir}", "--noexport", "--config.train.eval_every=0",
+            "--config.train.eval_episodes=0", "--config.eval.episodes=5", *extra]
+
+
+def test_second_training_is_refused_and_a_killed_holder_is_taken_over(tmp_path):
+    run_dir = tmp_path / "run"
+    first = subprocess.Popen(_train_cmd(run_dir, "--config.train.iterations=1000000"),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env=subprocess_env(), cwd=REPO)
+    try:
+        deadline = time.time() + 300
+        while not (run_dir / "checkpoints").exists():
+            assert first.poll() is None, first.communicate()[1][-3000:]
+            assert time.time() < deadline
+            time.sleep(0.2)
+        second = subprocess.run(_train_cmd(run_dir), capture_output=True, text=True,
+                                env=subprocess_env(), cwd=REPO, timeout=300)
+        assert second.returncode == 2
+        errors = [line for line in second.stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and f"pid {first.pid}" in errors[0], second.stderr[-2000:]
+        assert "Traceback" not in second.stderr
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.communicate()
+    # The killed run's lock is stale: the same command resumes.
+    third = subprocess.run(_train_cmd(run_dir, "--config.train.iterations=1000000",
+                                      "--config.train.max_minutes=0.02"),
+                           capture_output=True, text=True, env=subprocess_env(), cwd=REPO,
+                           timeout=300)
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert "no longer alive" in third.stderr and "Resumed from" in third.stderr
+    assert not (run_dir / workdir.LOCK_FILE).exists()
+
+
+# ----------------------------------------------------------------------------------- config
+def test_incompatible_config_is_refused_before_anything_is_written(tmp_path):
+    run_dir = str(tmp_path / "run")
+    trainer.train(_config(), run_dir, final_evaluation=False)
+    before = _snapshot(run_dir)
+    for overrides, field in [({"model.name": "mlp", "inner.lr": 0.5}, "inner.lr"),
+                             ({"algorithm": "fomaml"}, "algorithm"),
+                             ({"train.meta_batch_size": 8}, "train.meta_batch_size")]:
+        with pytest.raises(workdir.IncompatibleConfigError, match=field) as info:
+            trainer.train(_config(**overrides), run_dir, final_evaluation=False)
+        assert "saved -> now" in str(info.value)
+        assert _snapshot(run_dir) == before, "a refused run must not write anything"
+    # The binary says it in one line with exit status 2.
+    proc = subprocess.run(_train_cmd(run_dir, "--config.inner.lr=0.5"), capture_output=True,
+                          text=True, env=subprocess_env(), cwd=REPO, timeout=300)
+    assert proc.returncode == 2
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "inner.lr: 0.01 -> 0.5" in errors[0]
+    assert _snapshot(run_dir) == before
+
+
+def test_compatible_changes_are_recorded_and_the_original_config_kept(tmp_path):
+    run_dir = str(tmp_path / "run")
+    trainer.train(_config(), run_dir, final_evaluation=False)
+    original = (tmp_path / "run" / "config.json").read_text()
+    summary = trainer.train(_config(**{"train.iterations": 9, "eval.episodes": 7}), run_dir)
+    assert summary["step"] == 9
+    assert (tmp_path / "run" / "config.json").read_text() == original
+    history = json.loads((tmp_path / "run" / workdir.CONFIG_CHANGES_FILE).read_text())
+    assert history[-1]["changes"] == {"eval.episodes": [5, 7], "train.iterations": [6, 9]}
+    config = workdir.load_config(run_dir)
+    assert config.train.iterations == 9 and config.eval.episodes == 7
+    assert json.loads((tmp_path / "run" / "eval_test.json").read_text())["episodes"] == 7
+
+
+def test_unwritable_workdir_is_one_line_exit_2():
+    proc = subprocess.run(_train_cmd("/proc/tfmeta-run"), capture_output=True, text=True,
+                          env=subprocess_env(), cwd=REPO, timeout=300)
+    assert proc.returncode == 2
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "/proc/tfmeta-run" in errors[0], proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+
+
+# ------------------------------------------------------------------------------ checkpoints
+def _damage(prefix: str, how: str, needle: np.ndarray | None = None) -> None:
+    data = f"{prefix}.data-00000-of-00001"
+    if how == "truncated":
+        with open(data, "r+b") as f:
+            f.truncate(os.path.getsize(data) // 2)
+    elif how == "deleted":
+        os.remove(data)
+    else:  # one flipped bit inside the tensor `needle` (a model variable, found by its bytes)
+        with open(data, "rb") as f:
+            content = bytearray(f.read())
+        offset = bytes(content).find(needle.tobytes())
+        assert offset >= 0
+        content[offset + needle.nbytes // 2] ^= 0x10
+        with open(data, "wb") as f:
+            f.write(content)
+
+
+def _params(exp) -> list[np.ndarray]:
+    return [v.numpy() for v in exp.model.trainable_variables]
+
+
+@pytest.mark.parametrize("how", ["truncated", "deleted", "bitflip"])
+def test_damaged_latest_checkpoint_falls_back_to_the_newest_readable(tmp_path, how, caplog):
+    run_dir = str(tmp_path / "run")
+    trainer.train(_config(), run_dir, final_evaluation=False)
+    ckpts = os.path.join(run_dir, "checkpoints")
+    good = trainer.restore(run_dir)
+    assert int(good.step.numpy()) == 6
+    reference = trainer.build_experiment(_config(), tf.distribute.get_strategy(),
+                                         check_data=False)
+    tf.train.Checkpoint(model=reference.model).restore(
+        os.path.join(ckpts, "ckpt-3")).expect_partial()
+    _damage(os.path.join(ckpts, "ckpt-6"), how,
+            needle=max(_params(good), key=lambda p: p.nbytes))
+
+    with caplog.at_level("WARNING"):
+        exp = trainer.restore(run_dir)  # what evaluate and export use
+    assert int(exp.step.numpy()) == 3
+    assert "ckpt-6" in caplog.text and "cannot be read" in caplog.text
+    for got, want in zip(_params(exp), _params(reference)):
+        np.testing.assert_array_equal(got, want)
+    assert not all(np.array_equal(a, b) for a, b in zip(_params(exp), _params(good)))
+
+    # Training continues from ckpt-3 and reaches the end again.
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        summary = trainer.train(_config(), run_dir, final_evaluation=False)
+    assert summary["step"] == 6 and "Resumed from" in caplog.text and "ckpt-3" in caplog.text
+    assert int(trainer.restore(run_dir).step.numpy()) == 6
+
+
+def test_no_readable_checkpoint_names_each_one(tmp_path):
+    run_dir = str(tmp_path / "run")
+    trainer.train(_config(**{"train.keep_checkpoints": 2}), run_dir, final_evaluation=False)
+    ckpts = os.path.join(run_dir, "checkpoints")
+    for n in (3, 6):
+        _damage(os.path.join(ckpts, f"ckpt-{n}"), "truncated")
+    with pytest.raises(workdir.CheckpointError, match="ckpt-6.*ckpt-3"):
+        trainer.restore(run_dir)
+    proc = subprocess.run([sys.executable, "-m", "tfmeta.export", f"--workdir={run_dir}"],
+                          capture_output=True, text=True, env=subprocess_env(), cwd=REPO,
+                          timeout=300)
+    assert proc.returncode == 2
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "ckpt-6" in errors[0] and "ckpt-3" in errors[0]

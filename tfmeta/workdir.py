@@ -1,0 +1,403 @@
+"""Work directories that a second run cannot corrupt: a lock, a config history, readable checkpoints.
+
+A work directory holds one experiment. Three things protect it:
+
+* **A lock** (``WORKDIR/lock.json``) held by the training run. A second training on the same
+  directory is refused with an error naming the holder (host, pid, command, start time). A lock
+  left behind by a run that died (``kill -9``, a lost machine) is detected and taken over: on the
+  same host the holder's pid is checked (with its start time, so a recycled pid does not count);
+  from another host the holder's heartbeat, which a live holder refreshes every
+  :data:`HEARTBEAT_SECONDS`, must be older than :data:`STALE_SECONDS`.
+* **A config history.** ``config.json`` is the config the run was started with and is never
+  rewritten. Resuming with a config that changes what the checkpoints mean (model, ways,
+  algorithm, ...) is refused before anything is written, naming the fields; changes that only
+  say how long, how often or how to evaluate (:data:`tfmeta.config.RESUMABLE_FIELDS`) are allowed
+  and appended to ``config_changes.json``. :func:`load_config` returns the config in force now.
+* **Checkpoints that survive damage.** :func:`restore_newest_readable` tries checkpoints newest
+  first; one that cannot be read (truncated, deleted or corrupted files) is reported with its path
+  and the next older one is used.
+
+Everything goes through ``tf.io.gfile``, so a work directory can be ``gs://bucket/run``. The lock is
+atomic on local file systems (``O_EXCL``); on object stores it is best effort (written, then read
+back), which is enough to stop the usual accident of starting the same command twice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import sys
+import threading
+import time
+import uuid
+from typing import Any
+
+import ml_collections
+import tensorflow as tf
+from absl import logging
+
+from tfmeta import config as config_lib
+
+CONFIG_FILE = "config.json"
+CONFIG_CHANGES_FILE = "config_changes.json"
+LOCK_FILE = "lock.json"
+HEARTBEAT_SECONDS = 30.0
+STALE_SECONDS = 300.0
+
+
+class WorkdirError(ValueError):
+    """The work directory cannot be used as asked (the message says why and what to do)."""
+
+
+class WorkdirLockedError(WorkdirError):
+    """Another live training run holds the work directory."""
+
+
+class IncompatibleConfigError(WorkdirError):
+    """The config changes fields that the work directory's checkpoints depend on."""
+
+
+class CheckpointError(WorkdirError):
+    """Checkpoints exist but none of them can be read."""
+
+
+def _is_local(path: str) -> bool:
+    return "://" not in path
+
+
+def check_writable(workdir: str) -> None:
+    """Creates ``workdir`` if needed and checks that files can be written in it.
+
+    Raises:
+      WorkdirError: naming the directory and the operating system's reason.
+    """
+    try:
+        tf.io.gfile.makedirs(workdir)
+        probe = os.path.join(workdir, f".write-test-{uuid.uuid4().hex[:8]}")
+        with tf.io.gfile.GFile(probe, "w") as f:
+            f.write("ok")
+        tf.io.gfile.remove(probe)
+    except (tf.errors.OpError, OSError) as e:
+        reason = getattr(e, "message", None) or str(e)
+        raise WorkdirError(f"cannot write to the work directory {workdir!r}: "
+                           f"{reason.strip().splitlines()[0]}") from e
+
+
+# ------------------------------------------------------------------------------------- lock
+def _process_start_time(pid: int) -> str | None:
+    """The kernel's start time of ``pid`` (field 22 of /proc/PID/stat), or None if unknown."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
+            # The command name (field 2) may contain spaces; fields after it are well formed.
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _pid_alive(pid: int, start_time: str | None) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # exists, owned by someone else
+    if start_time is not None:
+        current = _process_start_time(pid)
+        if current is not None and current != start_time:
+            return False  # the pid was recycled by another process
+    return True
+
+
+def _describe(holder: dict[str, Any]) -> str:
+    started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(holder.get("started", 0)))
+    return (f"pid {holder.get('pid')} on host {holder.get('host')!r}, started {started}, "
+            f"command: {holder.get('command', '?')}")
+
+
+class WorkdirLock:
+    """Exclusive use of a work directory by one training run.
+
+    Use as a context manager, or :meth:`acquire` / :meth:`release`. While held, a daemon thread
+    refreshes the heartbeat so that other hosts can tell a live holder from a dead one.
+
+    Args:
+      workdir: the work directory (created if missing).
+      stale_seconds: a holder on another host whose heartbeat is older than this is dead.
+    """
+
+    def __init__(self, workdir: str, *, stale_seconds: float = STALE_SECONDS):
+        self.workdir = workdir
+        self.path = os.path.join(workdir, LOCK_FILE)
+        self.stale_seconds = stale_seconds
+        self.token = uuid.uuid4().hex
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.held = False
+
+    def _record(self) -> dict[str, Any]:
+        now = time.time()
+        return {"token": self.token, "host": socket.gethostname(), "pid": os.getpid(),
+                "pid_start_time": _process_start_time(os.getpid()), "started": now,
+                "heartbeat": now, "command": " ".join(sys.argv) or "python"}
+
+    def _read(self) -> dict[str, Any] | None:
+        try:
+            with tf.io.gfile.GFile(self.path) as f:
+                return json.loads(f.read())
+        except tf.errors.NotFoundError:
+            return None
+        except (json.JSONDecodeError, tf.errors.OpError):
+            return {}  # half-written or damaged: treated as stale below
+
+    def _is_stale(self, holder: dict[str, Any]) -> bool:
+        if not holder or "pid" not in holder:
+            return True
+        if holder.get("host") == socket.gethostname():
+            return not _pid_alive(int(holder["pid"]), holder.get("pid_start_time"))
+        return time.time() - float(holder.get("heartbeat", 0)) > self.stale_seconds
+
+    def _create_exclusive(self, record: dict[str, Any]) -> bool:
+        text = json.dumps(record, indent=2)
+        if _is_local(self.path):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                return False
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(text)
+            return True
+        if tf.io.gfile.exists(self.path):
+            return False
+        with tf.io.gfile.GFile(self.path, "w") as f:
+            f.write(text)
+        return (self._read() or {}).get("token") == self.token
+
+    def acquire(self) -> "WorkdirLock":
+        """Takes the lock, taking over a stale one.
+
+        Raises:
+          WorkdirLockedError: another live run holds it (the message names the holder).
+        """
+        check_writable(self.workdir)
+        record = self._record()
+        for _ in range(3):
+            if self._create_exclusive(record):
+                break
+            holder = self._read()
+            if holder is None:
+                continue  # released meanwhile: try again
+            if not self._is_stale(holder):
+                raise WorkdirLockedError(
+                    f"the work directory {self.workdir!r} is in use by another training run "
+                    f"({_describe(holder)}); wait for it to finish or stop it, or use another "
+                    "--workdir")
+            logging.warning("Taking over the lock of a training run that is no longer alive "
+                            "(%s).", _describe(holder) if holder else "unreadable lock file")
+            tf.io.gfile.remove(self.path)
+        else:
+            raise WorkdirLockedError(f"could not lock the work directory {self.workdir!r}: "
+                                     "another run keeps taking it")
+        self.held = True
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._beat, daemon=True, name="workdir-heartbeat")
+        self._thread.start()
+        return self
+
+    def _beat(self) -> None:
+        while not self._stop.wait(HEARTBEAT_SECONDS):
+            try:
+                holder = self._read()
+                if not holder or holder.get("token") != self.token:
+                    return  # taken over: do not fight for it
+                holder["heartbeat"] = time.time()
+                with tf.io.gfile.GFile(self.path, "w") as f:
+                    f.write(json.dumps(holder, indent=2))
+            except (tf.errors.OpError, OSError) as e:  # a transient storage error must not kill
+                logging.warning("could not refresh the work directory lock: %s", e)
+
+    def release(self) -> None:
+        """Releases the lock if this run still holds it."""
+        if not self.held:
+            return
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        holder = self._read()
+        if holder and holder.get("token") == self.token:
+            tf.io.gfile.remove(self.path)
+        self.held = False
+
+    def __enter__(self) -> "WorkdirLock":
+        return self.acquire()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
+# ----------------------------------------------------------------------------------- config
+def _read_json(path: str) -> Any:
+    with tf.io.gfile.GFile(path) as f:
+        return json.loads(f.read())
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+    """The config in force in ``workdir``: the original one with every recorded change applied.
+
+    Raises:
+      FileNotFoundError: ``workdir`` has no ``config.json``.
+    """
+    path = os.path.join(workdir, CONFIG_FILE)
+    if not tf.io.gfile.exists(path):
+        raise FileNotFoundError(f"no {CONFIG_FILE} in {workdir!r}: is it a tfmeta work directory?")
+    config = config_lib.from_json(json.dumps(_read_json(path)))
+    changes_path = os.path.join(workdir, CONFIG_CHANGES_FILE)
+    if tf.io.gfile.exists(changes_path):
+        for entry in _read_json(changes_path):
+            config.update_from_flattened_dict(
+                {k: new for k, (_, new) in entry["changes"].items()})
+    return config
+
+
+def config_differences(saved: ml_collections.ConfigDict,
+                       current: ml_collections.ConfigDict) -> dict[str, tuple[Any, Any]]:
+    """``{field: (saved value, current value)}`` for every field that differs."""
+    old = config_lib.flatten(saved.to_dict())
+    new = config_lib.flatten(current.to_dict())
+    return {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new))
+            if old.get(k) != new.get(k)}
+
+
+def check_resumable(saved: ml_collections.ConfigDict,
+                    current: ml_collections.ConfigDict) -> dict[str, tuple[Any, Any]]:
+    """Checks that ``current`` may continue a run started with ``saved``.
+
+    Returns:
+      The changed fields (all of them resumable).
+
+    Raises:
+      IncompatibleConfigError: naming every changed field that is not resumable.
+    """
+    changes = config_differences(saved, current)
+    refused = {k: v for k, v in changes.items() if not config_lib.is_resumable(k)}
+    if refused:
+        listed = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in refused.items())
+        raise IncompatibleConfigError(
+            f"the work directory was started with another experiment; these fields cannot change "
+            f"when resuming (saved -> now): {listed}. Use a new --workdir for a new experiment. "
+            f"Fields that may change on resume: {', '.join(config_lib.RESUMABLE_FIELDS)}")
+    return changes
+
+
+def record_config(workdir: str, config: ml_collections.ConfigDict) -> dict[str, tuple[Any, Any]]:
+    """Writes ``config.json`` for a new run, or checks and records the changes of a resumed one.
+
+    Call it while holding the :class:`WorkdirLock`. ``config.json`` is never rewritten.
+
+    Returns:
+      The fields changed with respect to the config in force (empty for a new run).
+
+    Raises:
+      IncompatibleConfigError: before anything is written.
+    """
+    path = os.path.join(workdir, CONFIG_FILE)
+    if not tf.io.gfile.exists(path):
+        write_json(path, config.to_dict())
+        return {}
+    changes = check_resumable(load_config(workdir), config)
+    if changes:
+        changes_path = os.path.join(workdir, CONFIG_CHANGES_FILE)
+        history = _read_json(changes_path) if tf.io.gfile.exists(changes_path) else []
+        history.append({"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                        "changes": {k: [a, b] for k, (a, b) in changes.items()}})
+        write_json(changes_path, history)
+        logging.warning("Resuming with changed fields (saved -> now), recorded in %s: %s",
+                        CONFIG_CHANGES_FILE,
+                        ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changes.items()))
+    return changes
+
+
+def write_json(path: str, value: Any) -> None:
+    """Writes ``value`` as JSON atomically (a temporary file renamed into place), via tf.io.gfile."""
+    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    with tf.io.gfile.GFile(tmp, "w") as f:
+        f.write(json.dumps(value, indent=2, sort_keys=True) + "\n")
+    tf.io.gfile.rename(tmp, path, overwrite=True)
+
+
+# ------------------------------------------------------------------------------ checkpoints
+_CKPT_NUMBER = re.compile(r"-(\d+)$")
+
+
+def checkpoint_candidates(directory: str) -> list[str]:
+    """Checkpoint prefixes in ``directory``, newest (highest number) first.
+
+    Found from the ``checkpoint`` state file and, in case that file is damaged or lost, from the
+    ``*.index`` files themselves.
+    """
+    found: set[str] = set()
+    try:
+        state = tf.train.get_checkpoint_state(directory)
+        if state is not None:
+            found.update(state.all_model_checkpoint_paths)
+            if state.model_checkpoint_path:
+                found.add(state.model_checkpoint_path)
+    except (tf.errors.OpError, ValueError) as e:  # a damaged state file (text proto)
+        logging.warning("the checkpoint state file in %s is unreadable (%s); listing the "
+                        "checkpoint files instead", directory, e)
+    if tf.io.gfile.isdir(directory):
+        for name in tf.io.gfile.listdir(directory):
+            if name.endswith(".index"):
+                found.add(os.path.join(directory, name[: -len(".index")]))
+    prefixes = [p if os.path.isabs(p) or "://" in p else os.path.join(directory, p) for p in found]
+
+    def number(prefix: str) -> int:
+        match = _CKPT_NUMBER.search(prefix)
+        return int(match.group(1)) if match else -1
+
+    return sorted(set(prefixes), key=number, reverse=True)
+
+
+def restore_newest_readable(checkpoint: tf.train.Checkpoint, directory: str, *,
+                            partial: bool) -> str | None:
+    """Restores the newest checkpoint in ``directory`` that can be read.
+
+    A checkpoint whose files are missing, truncated or corrupted (TensorFlow checks a CRC32C of
+    every tensor) is reported with its path and the error, and the next older one is tried.
+
+    Args:
+      checkpoint: the objects to restore.
+      directory: the checkpoint directory.
+      partial: allow the checkpoint to hold objects ``checkpoint`` does not (restoring a model
+        without its optimizer); otherwise every saved object must match.
+
+    Returns:
+      The restored checkpoint's prefix, or None when ``directory`` has no checkpoint.
+
+    Raises:
+      CheckpointError: there are checkpoints but none can be read (each is named).
+    """
+    failures = []
+    candidates = checkpoint_candidates(directory)
+    for prefix in candidates:
+        try:
+            status = checkpoint.restore(prefix)
+            if partial:
+                status.expect_partial()
+            else:
+                status.assert_existing_objects_matched()
+        except (tf.errors.OpError, ValueError, IndexError, AssertionError, OSError) as e:
+            reason = (getattr(e, "message", None) or str(e) or type(e).__name__).strip()
+            reason = f"{type(e).__name__}: {reason.splitlines()[0]}"
+            failures.append(f"{prefix} ({reason})")
+            logging.warning("Checkpoint %s cannot be read (%s); trying an older one.", prefix,
+                            reason)
+            continue
+        if failures:
+            logging.warning("Using %s: the newer checkpoint(s) %s could not be read.", prefix,
+                            "; ".join(failures))
+        return prefix
+    if failures:
+        raise CheckpointError(f"no readable checkpoint in {directory!r}: " + "; ".join(failures))
+    return None
