@@ -14,6 +14,9 @@ one query per class) and measures, per workload, in one process:
 Prints one JSON line per (workload, method): p50 / p99 / mean milliseconds over ``--calls`` calls
 after ``--warmup`` calls. Latency does not depend on the weights' values, so random weights
 measure the same graph a trained model has.
+
+Serving many tasks: ``adapt_and_predict_batch`` with B = 1, 8, 64 tasks in one call against the
+baseline of B ``adapt_and_predict`` calls one after another, both in tasks/s (``--batches``).
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ _WARMUP = flags.DEFINE_integer("warmup", 10, "Untimed calls before timing.", low
 _SAVED_MODEL = flags.DEFINE_string(
     "saved_model", None, "Measure this export (1-shot, its N ways) instead of random models.")
 _FILTERS = flags.DEFINE_integer("filters", 64, "conv4 filters of the random models.")
+_BATCHES = flags.DEFINE_list("batches", ["1", "8", "64"], "Task counts B for the batch signature.")
+_BATCH_SECONDS = flags.DEFINE_float("batch_seconds", 5.0, "Timed seconds per batch measurement.")
 
 # name: (ways, inner_lr, eval inner steps), MAML paper settings.
 _WORKLOADS = {"5way1shot": (5, 0.4, 3), "20way1shot": (20, 0.1, 5)}
@@ -60,6 +65,34 @@ def _episode(ways: int, size: int, seed: int = 0):
     return sx, sy, qx
 
 
+def _tasks_per_second(fn, tasks: int, seconds: float) -> float:
+    fn()  # warm-up (and tracing)
+    done, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        fn()
+        done += tasks
+    return done / (time.perf_counter() - start)
+
+
+def _measure_batches(loaded, workload: str, ways: int, common: dict) -> None:
+    """B tasks in one ``adapt_and_predict_batch`` call vs B single calls, in tasks/s."""
+    batch_fn = loaded.signatures["adapt_and_predict_batch"]
+    single_fn = loaded.signatures["adapt_and_predict"]
+    for b in (int(x) for x in _BATCHES.value):
+        tasks = [_episode(ways, 28, seed=i) for i in range(b)]
+        sx, sy, qx = (tf.stack([t[j] for t in tasks]) for j in range(3))
+        batched = _tasks_per_second(
+            lambda: batch_fn(support_images=sx, support_labels=sy, query_images=qx), b,
+            _BATCH_SECONDS.value)
+        single = _tasks_per_second(
+            lambda: [single_fn(support_images=t[0], support_labels=t[1], query_images=t[2])
+                     for t in tasks], b, _BATCH_SECONDS.value)
+        print(json.dumps({"workload": workload, "method": "saved_model.adapt_and_predict_batch",
+                          "tasks_per_call": b, "tasks_per_second": round(batched, 1),
+                          "baseline_single_calls_tasks_per_second": round(single, 1),
+                          "speedup": round(batched / single, 2), **common}), flush=True)
+
+
 def _measure_saved_model(path: str, workload: str, ways: int, steps: int, common: dict) -> None:
     loaded = tf.saved_model.load(path)
     adapt_fn = loaded.signatures["adapt_and_predict"]
@@ -75,6 +108,7 @@ def _measure_saved_model(path: str, workload: str, ways: int, steps: int, common
     result = _time(lambda: predict_fn(query_images=qx), _CALLS.value, _WARMUP.value)
     print(json.dumps({"workload": workload, "method": "saved_model.predict (no adaptation)",
                       "input_size": 28, "inner_steps": 0, **result, **common}), flush=True)
+    _measure_batches(loaded, workload, ways, common)
 
 
 def main(argv: list[str]) -> None:
@@ -102,8 +136,8 @@ def main(argv: list[str]) -> None:
 
             @tf.function
             def in_process(sx, sy, qx):
-                fast = algorithm.adapt(sx, sy, steps=steps)  # pylint: disable=cell-var-from-loop
-                return algorithm.predict(fast, qx)  # pylint: disable=cell-var-from-loop
+                return algorithm.adapt_and_predict(  # pylint: disable=cell-var-from-loop
+                    sx[None], sy[None], qx[None], steps=steps, bn_mode="support")[0]
 
             sx, sy, qx = _episode(ways, 28)
             result = _time(lambda: in_process(sx, sy, qx), _CALLS.value, _WARMUP.value)

@@ -1,20 +1,31 @@
-"""Meta-training throughput of MAML on the conv4 Omniglot network, synthetic 28x28 episodes.
+"""Meta-training throughput by number of tasks computed together, and the accelerator proxy.
 
-    python benchmarks/train_throughput.py [--seconds 20] [--workloads a,b,c,d]
+    python benchmarks/train_throughput.py [--seconds 10] [--workloads a,b,c,d]
+        [--tasks_in_parallel 1,4,all,auto] [--ops 8,16,32,64] [--rss]
 
-Prints one JSON line per (workload, mode) with ``tasks_per_second`` and
-``seconds_per_iteration``. Workloads (as in the learn2learn comparison):
+Workloads (second-order MAML on the 64-filter conv4 network, synthetic 28x28 episodes, as in
+the learn2learn comparison):
 
-  a  5-way 1-shot, 1 query per class, meta-batch 32, 1 inner step, second order
+  a  5-way 1-shot, 1 query per class, meta-batch 32, 1 inner step
   b  as (a) with 15 queries per class
-  c  20-way 1-shot, 1 query per class, meta-batch 16, 5 inner steps, second order
+  c  20-way 1-shot, 1 query per class, meta-batch 16, 5 inner steps
   d  as (b), first order
 
-Each workload runs the same meta-iteration (meta-gradients + Adam update, ``steps_per_loop``
-iterations inside one tf.function, as the trainer does) in two modes measured in the same run:
-``graph`` (tf.function) is the baseline, ``xla`` compiles the meta-gradient computation with XLA
-(``--config.train.jit_compile=true`` in the trainer). The input pipeline is excluded: every
-iteration reuses one synthetic batch, so the figure is the compute of the step alone.
+Three measurements, each printed as JSON lines:
+
+* ``throughput`` (one line per workload and ``tasks_in_parallel``): tasks/s of one
+  meta-iteration (meta-gradients + Adam update, 5 iterations per compiled call, as in the
+  trainer), all measured in this run, interleaved in rounds; ``tasks_in_parallel=1`` (one task
+  at a time, the loop) is the baseline every line carries as ``speedup_vs_loop``.
+* ``ops`` (``--ops``): the accelerator proxy. The meta-gradient step of workload (a) at
+  meta-batch B is compiled by XLA and its optimised HLO is read: each instruction counts once
+  (a fusion counts as one kernel), the instructions of a while loop's body count once per trip.
+  On a GPU or TPU each is roughly one kernel launch, so this is what a meta-iteration costs in
+  launches whatever the chip; with all tasks computed together it must not grow with B.
+* ``rss`` (``--rss``): peak resident memory of a process running workload (c) with each
+  ``tasks_in_parallel`` (a fresh process each, so peaks do not mix).
+
+The input pipeline is excluded: every iteration reuses one synthetic batch.
 """
 
 from __future__ import annotations
@@ -23,6 +34,9 @@ import argparse
 import json
 import os
 import platform
+import re
+import subprocess
+import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -30,7 +44,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from tfmeta import models  # noqa: E402
+from tfmeta import meta_learner, models  # noqa: E402
 from tfmeta.maml import MAML  # noqa: E402
 
 WORKLOADS = {
@@ -52,61 +66,230 @@ def _batch(ways: int, shots: int, queries: int, meta_batch: int) -> dict[str, tf
     }
 
 
-def measure(workload: str, mode: str, seconds: float, steps_per_loop: int) -> dict:
-    """Runs one workload in one mode for about ``seconds`` after warm-up."""
-    w = WORKLOADS[workload]
+def _parse_k(text: str) -> int | str:
+    return int(text) if text.isdigit() else text
+
+
+def _learner(w: dict, k, meta_batch: int | None = None):
     model = models.omniglot_conv4(w["ways"], seed=0)
-    inner_lr = 0.4 if w["ways"] == 5 else 0.1
-    maml = MAML(model, inner_lr=inner_lr, inner_steps=w["inner_steps"],
-                first_order=w["first_order"])
-    optimizer = keras.optimizers.Adam(1e-3)
-    optimizer.build(model.trainable_variables)
-    batch = _batch(w["ways"], w["shots"], w["queries"], w["meta_batch"])
+    maml = MAML(model, inner_lr=0.4 if w["ways"] == 5 else 0.1, inner_steps=w["inner_steps"],
+                first_order=w["first_order"], tasks_in_parallel=k)
+    batch = _batch(w["ways"], w["shots"], w["queries"], meta_batch or w["meta_batch"])
+    return model, maml, batch
 
-    def grads_fn(b):
-        step = maml.meta_step(b, global_batch_size=w["meta_batch"])
-        return step.grads, step.metrics["loss"]
 
-    if mode == "xla":
-        grads_fn = tf.function(grads_fn, jit_compile=True)
+class _Setting:
+    """One workload with one ``tasks_in_parallel``: built and compiled, ready to be timed."""
 
-    @tf.function
-    def loop(n):
-        loss = tf.constant(0.0)
-        for _ in tf.range(n):
-            grads, loss = grads_fn(batch)
-            optimizer.apply_gradients(zip(grads, model.trainable_variables))
-        return loss
+    def __init__(self, workload: str, k, steps_per_loop: int):
+        self.workload, self.k, self.steps_per_loop = workload, k, steps_per_loop
+        w = self.w = WORKLOADS[workload]
+        _, maml, batch = _learner(w, k)
+        optimizer = keras.optimizers.Adam(1e-3)
+        optimizer.build(maml.meta_variables)
+        self.group = maml.group_size(w["meta_batch"], w["ways"] * (w["shots"] + w["queries"]))
 
-    t0 = time.perf_counter()
-    float(loop(tf.constant(1)))  # trace and compile
-    compile_s = time.perf_counter() - t0
-    float(loop(tf.constant(steps_per_loop)))  # warm-up
-    iterations, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        float(loop(tf.constant(steps_per_loop)))
-        iterations += steps_per_loop
-    elapsed = time.perf_counter() - start
-    return {
-        "benchmark": "train_throughput", "workload": workload, "mode": mode, **w,
-        "tasks_per_second": round(iterations * w["meta_batch"] / elapsed, 2),
-        "seconds_per_iteration": round(elapsed / iterations, 4),
-        "iterations": iterations, "compile_seconds": round(compile_s, 1),
-        "tensorflow": tf.__version__, "cpus": os.cpu_count(), "machine": platform.machine(),
-    }
+        @tf.function
+        def loop(n):
+            loss = tf.constant(0.0)
+            for _ in tf.range(n):
+                step = maml.meta_step(batch, global_batch_size=w["meta_batch"])
+                optimizer.apply_gradients(zip(step.grads, maml.meta_variables))
+                loss = step.metrics["loss"]
+            return loss
+
+        t0 = time.perf_counter()
+        float(loop(tf.constant(1)))  # trace and compile
+        self.compile_seconds = time.perf_counter() - t0
+        float(loop(tf.constant(steps_per_loop)))  # warm-up
+        self.loop, self.iterations, self.seconds, self.rates = loop, 0, 0.0, []
+
+    def run(self, seconds: float) -> None:
+        """Times whole compiled calls for about ``seconds``."""
+        iterations, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            float(self.loop(tf.constant(self.steps_per_loop)))
+            iterations += self.steps_per_loop
+        elapsed = time.perf_counter() - start
+        self.iterations += iterations
+        self.seconds += elapsed
+        self.rates.append(iterations * self.w["meta_batch"] / elapsed)
+
+    def result(self) -> dict:
+        return {
+            "benchmark": "train_throughput", "workload": self.workload,
+            "tasks_in_parallel": str(self.k), "tasks_computed_together": self.group, **self.w,
+            "tasks_per_second": round(self.iterations * self.w["meta_batch"] / self.seconds, 2),
+            "tasks_per_second_by_round": [round(r, 1) for r in self.rates],
+            "seconds_per_iteration": round(self.seconds / self.iterations, 4),
+            "iterations": self.iterations, "compile_seconds": round(self.compile_seconds, 1),
+            "tensorflow": tf.__version__, "cpus": os.cpu_count(), "machine": platform.machine(),
+        }
+
+
+def _group(workload: str, k) -> int:
+    """How many tasks ``tasks_in_parallel=k`` computes together on ``workload`` here."""
+    w = WORKLOADS[workload]
+    if k == "auto":
+        return meta_learner.auto_tasks_in_parallel(
+            w["meta_batch"], w["ways"] * (w["shots"] + w["queries"]),
+            second_order=not w["first_order"])
+    return w["meta_batch"] if k == "all" else min(int(k), w["meta_batch"])
+
+
+def measure_workload(workload: str, ks: list, seconds: float, steps_per_loop: int,
+                     rounds: int) -> list[dict]:
+    """Every setting of ``workload``, timed in interleaved rounds.
+
+    The machine's speed drifts by 10-25 % over minutes; timing each setting for a slice of every
+    round, in a rotating order, spreads that drift over all of them instead of biasing whichever
+    ran last. Each setting gets ``seconds`` in total. Settings that compute the same number of
+    tasks together (``"auto"`` resolves to one of the others) are one computation: it is timed
+    once and reported for each, with ``same_computation_as``.
+    """
+    settings: dict[int, _Setting] = {}
+    for k in ks:
+        settings.setdefault(_group(workload, k), _Setting(workload, k, steps_per_loop))
+    unique = list(settings.values())
+    for r in range(rounds):
+        for setting in unique[r % len(unique):] + unique[:r % len(unique)]:
+            setting.run(seconds / rounds)
+    results = []
+    for k in ks:
+        setting = settings[_group(workload, k)]
+        result = dict(setting.result(), tasks_in_parallel=str(k))
+        if str(setting.k) != str(k):
+            result["same_computation_as"] = str(setting.k)
+        results.append(result)
+    return results
+
+
+def measure(workload: str, k, seconds: float, steps_per_loop: int) -> dict:
+    """Tasks/s of ``workload`` with ``tasks_in_parallel=k`` for about ``seconds``."""
+    return measure_workload(workload, [k], seconds, steps_per_loop, rounds=1)[0]
+
+
+# --------------------------------------------------------------------------- HLO op count
+_COMPUTATION = re.compile(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$")
+_WHILE = re.compile(r"\bwhile\(.*condition=%?([\w.\-]+), body=%?([\w.\-]+)")
+_TRIPS = re.compile(r'"known_trip_count":\{"n":"(\d+)"\}')
+_CALLS = re.compile(r"\b(?:call|conditional)\(.*?(?:to_apply|branch_computations)=\{?%?([\w.\-, %]+)\}?")
+_FREE = ("parameter(", "constant(", "get-tuple-element(", "tuple(", "bitcast(")
+
+
+def executed_instructions(hlo: str, trips: int = 1) -> int:
+    """Instructions an XLA module executes: while bodies times their trip counts.
+
+    Fusions count as one instruction (one kernel); parameters, constants, tuples and bitcasts,
+    which launch nothing, are not counted. A while loop's trip count is XLA's
+    ``known_trip_count`` when it annotates one, else ``trips`` (the caller knows it: the loop
+    over groups of tasks runs once per group).
+    """
+    computations: dict[str, list[str]] = {}
+    entry, name = None, None
+    for line in hlo.splitlines():
+        match = _COMPUTATION.match(line.strip())
+        if match and "=" not in line.split("{")[0].split("(")[0]:
+            name = match.group(1)
+            computations[name] = []
+            if line.strip().startswith("ENTRY"):
+                entry = name
+        elif line.strip() == "}":
+            name = None
+        elif name is not None and "=" in line:
+            computations[name].append(line.strip())
+
+    def count(comp: str) -> int:
+        total = 0
+        for inst in computations.get(comp, []):
+            op = inst.split("=", 1)[1].strip()
+            op = op.split(" ", 1)[1] if " " in op else op  # drop the shape
+            if any(op.startswith(free) for free in _FREE):
+                continue
+            total += 1
+            loop = _WHILE.search(inst)
+            if loop:
+                found = _TRIPS.search(inst)
+                n = int(found.group(1)) if found else trips
+                total += n * (count(loop.group(1)) + count(loop.group(2)))
+            else:
+                for called in _CALLS.findall(inst):
+                    for c in called.replace("%", "").split(","):
+                        total += count(c.strip())
+        return total
+
+    return count(entry)
+
+
+def op_count(meta_batch: int, k) -> dict:
+    """Executed HLO instructions of workload (a)'s meta-gradient step at ``meta_batch``."""
+    model, maml, batch = _learner(WORKLOADS["a"], k, meta_batch)
+    step = tf.function(lambda b: maml.meta_step(b, global_batch_size=meta_batch).grads,
+                       jit_compile=True)
+    hlo = step.experimental_get_compiler_ir(batch)(stage="optimized_hlo")
+    group = maml.group_size(meta_batch, 10)
+    return {"benchmark": "ops_per_meta_iteration", "workload": "a", "meta_batch": meta_batch,
+            "tasks_in_parallel": str(k), "tasks_computed_together": group,
+            "executed_hlo_instructions": executed_instructions(hlo, trips=meta_batch // group),
+            "hlo_instructions_in_module": sum(1 for line in hlo.splitlines() if " = " in line)}
+
+
+# ---------------------------------------------------------------------------------- memory
+def _peak_rss_mb() -> float:
+    with open("/proc/self/status", encoding="utf-8") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def rss_child(workload: str, k) -> None:
+    """Runs a few iterations and prints this process's peak RSS (called in a fresh process)."""
+    result = measure(workload, k, seconds=3.0, steps_per_loop=2)
+    print(json.dumps({"benchmark": "peak_rss", "workload": workload, "tasks_in_parallel": str(k),
+                      "tasks_computed_together": result["tasks_computed_together"],
+                      "peak_rss_mb": round(_peak_rss_mb(), 1)}), flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seconds", type=float, default=20.0, help="timed seconds per run")
+    parser.add_argument("--seconds", type=float, default=15.0,
+                        help="timed seconds per setting (spread over the rounds)")
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps_per_loop", type=int, default=5)
     parser.add_argument("--workloads", default="a,b,c,d")
-    parser.add_argument("--modes", default="graph,xla")
+    parser.add_argument("--tasks_in_parallel", default="1,4,all,auto")
+    parser.add_argument("--ops", default="", help="meta-batch sizes for the op count, e.g. 8,16")
+    parser.add_argument("--rss", action="store_true", help="peak RSS of (c) for each setting")
+    parser.add_argument("--rss_child", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    for workload in args.workloads.split(","):
-        for mode in args.modes.split(","):
-            print(json.dumps(measure(workload, mode, args.seconds, args.steps_per_loop)),
-                  flush=True)
+    ks = [_parse_k(k) for k in args.tasks_in_parallel.split(",")]
+    if args.rss_child:
+        workload, k = args.rss_child.split(":")
+        rss_child(workload, _parse_k(k))
+        return
+    print(json.dumps({"benchmark": "settings", "auto_rule": {
+        "accelerator": "all", "cpu_first_order": 1, "cpu_second_order_small_tasks":
+        meta_learner.CPU_GROUP, "cpu_small_task_max_examples": meta_learner.CPU_GROUP_MAX_EXAMPLES,
+        "cpu_second_order_large_tasks": "all"},
+        "on_accelerator": meta_learner.on_accelerator()}), flush=True)
+    for workload in [w for w in args.workloads.split(",") if w]:
+        results = measure_workload(workload, ks, args.seconds, args.steps_per_loop, args.rounds)
+        loop = next((r for r in results if r["tasks_in_parallel"] == "1"), None)
+        best = max(r["tasks_per_second"] for r in results)
+        for r in results:
+            if loop:
+                r["speedup_vs_loop"] = round(r["tasks_per_second"] / loop["tasks_per_second"], 3)
+            r["fraction_of_best"] = round(r["tasks_per_second"] / best, 3)
+            print(json.dumps(r), flush=True)
+    for meta_batch in [int(b) for b in args.ops.split(",") if b]:
+        for k in (1, "all"):
+            print(json.dumps(op_count(meta_batch, k)), flush=True)
+    if args.rss:
+        for k in ks:
+            proc = subprocess.run([sys.executable, __file__, f"--rss_child=c:{k}"],
+                                  capture_output=True, text=True, check=True)
+            print(proc.stdout.strip().splitlines()[-1], flush=True)
 
 
 if __name__ == "__main__":

@@ -206,10 +206,13 @@ def test_auto_rule_is_documented_and_bounded():
     from tfmeta import meta_learner
 
     assert meta_learner.auto_tasks_in_parallel(32, 2) == min(meta_learner.CPU_GROUP, 32)
-    assert meta_learner.auto_tasks_in_parallel(16, 400) == 1
+    assert meta_learner.auto_tasks_in_parallel(16, 400) == 16
+    assert meta_learner.auto_tasks_in_parallel(16, 4, second_order=False) == 1
     algo = maml.MAML(models.omniglot_conv4(5, filters=4, seed=0), inner_lr=0.4, inner_steps=1)
     assert algo.tasks_in_parallel == "auto"
     assert algo.group_size(3, examples_per_task=2) == 3
+    assert algo.group_size(32, examples_per_task=80) == 32
+    assert algo.group_size(32, examples_per_task=80, second_order=False) == 1
 
 
 _MIRRORED = r"""

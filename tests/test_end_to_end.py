@@ -27,26 +27,84 @@ def test_smoke_training_writes_a_complete_work_directory(smoke_workdir):
     assert result["accuracy"] - result["ci95"] > 0.3, result
 
 
-def test_evaluate_binary_reports_accuracy_with_confidence_interval(smoke_workdir):
-    proc = subprocess.run(
-        [sys.executable, "-m", "tfmeta.evaluate", f"--workdir={smoke_workdir}",
-         "--split=validation", "--episodes=30", "--inner_steps=5"],
-        capture_output=True, text=True, timeout=600, env=subprocess_env(), cwd=REPO)
+def _evaluate(workdir, *args):
+    proc = subprocess.run([sys.executable, "-m", "tfmeta.evaluate", f"--workdir={workdir}", *args],
+                          capture_output=True, text=True, timeout=600, env=subprocess_env(),
+                          cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "validation accuracy:" in proc.stdout and "(95% CI) over 30 episodes" in proc.stdout
-    with open(os.path.join(smoke_workdir, "eval_validation.json")) as f:
-        result = json.load(f)
+    path = proc.stdout.strip().splitlines()[-1].removeprefix("written to ")
+    with open(path) as f:
+        return proc.stdout, path, json.load(f)
+
+
+def test_evaluate_binary_reports_accuracy_with_its_protocol(smoke_workdir):
+    with open(os.path.join(smoke_workdir, "eval_test.json")) as f:
+        training_result = f.read()
+    out, path, result = _evaluate(smoke_workdir, "--split=test", "--episodes=30",
+                                  "--inner_steps=5")
+    assert "test accuracy:" in out and "(95% CI) over 30 episodes" in out
+    assert "5-way 1-shot, 5 queries per class, 5 inner steps" in out
+    assert "non-transductive (bn_mode=support" in out
     assert result["episodes"] == 30 and result["inner_steps"] == 5
-    assert result["split"] == "validation" and 0.0 <= result["accuracy"] <= 1.0
-    assert result["ci95"] > 0
+    assert result["split"] == "test" and 0.0 <= result["accuracy"] <= 1.0
+    assert result["ci95"] > 0 and result["transductive"] is False and result["queries"] == 5
+    # A new file: the training run's own result is kept.
+    assert os.path.basename(path) == "eval_test_support_5q_5steps_30ep.json"
+    with open(os.path.join(smoke_workdir, "eval_test.json")) as f:
+        assert f.read() == training_result
+    _, again, _ = _evaluate(smoke_workdir, "--split=test", "--episodes=30", "--inner_steps=5")
+    assert again.endswith("eval_test_support_5q_5steps_30ep-2.json")
+    # The paper's protocol: transductive batch norm, here with 1 query per class.
+    out, path, result = _evaluate(smoke_workdir, "--split=test", "--episodes=30",
+                                  "--bn_mode=transductive", "--queries=1")
+    assert result["transductive"] is True and result["queries"] == 1
+    assert "transductive batch norm" in out and "1 queries per class" in out
+    assert os.path.basename(path) == "eval_test_transductive_1q_3steps_30ep.json"
+    # --replace writes the training run's file.
+    _, path, _ = _evaluate(smoke_workdir, "--split=validation", "--episodes=10", "--replace")
+    assert os.path.basename(path) == "eval_validation.json"
 
 
 def test_evaluate_binary_rejects_a_directory_without_a_run(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "tfmeta.evaluate", f"--workdir={tmp_path}"],
                           capture_output=True, text=True, timeout=300, env=subprocess_env(),
                           cwd=REPO)
-    assert proc.returncode != 0
-    assert "no config.json" in proc.stderr
+    assert proc.returncode == 2
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "no config.json" in errors[0]
+
+
+@pytest.mark.parametrize("overrides", [
+    ["--config.inner.bn_mode=transductive"],
+    ["--config.inner.bn_mode=running"],
+    ["--config.algorithm=reptile", "--config.inner.optimizer=adam", "--config.inner.lr=0.001",
+     "--config.outer.optimizer=sgd", "--config.outer.lr=1.0", "--config.inner.batch_size=3"],
+], ids=["transductive", "running", "reptile_minibatch"])
+def test_every_batch_norm_mode_trains_and_exports(tmp_path, omniglot_archives_dir,
+                                                  tfds_data_dir, omniglot_small, overrides):
+    """Training ends with a working SavedModel whose answers do not depend on other queries."""
+    import numpy as np
+    import tensorflow as tf
+
+    workdir = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "tfmeta.train",
+         f"--config={os.path.join(REPO, 'configs', 'omniglot_maml.py')}:smoke",
+         f"--workdir={workdir}", f"--config.data.data_dir={tfds_data_dir}",
+         "--config.train.iterations=10", "--config.train.eval_every=0",
+         "--config.train.eval_episodes=0", "--config.eval.episodes=10", *overrides],
+        capture_output=True, text=True, timeout=900,
+        env=subprocess_env(**{ARCHIVES_ENV: omniglot_archives_dir}), cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    loaded = tf.saved_model.load(str(workdir / "export"))
+    rng = np.random.default_rng(0)
+    sx = rng.uniform(size=(5, 28, 28, 1)).astype("float32")
+    qx = rng.uniform(size=(4, 28, 28, 1)).astype("float32")
+    kw = dict(support_images=sx, support_labels=np.arange(5, dtype="int32"))
+    together = loaded.signatures["adapt_and_predict"](**kw, query_images=qx)["logits"].numpy()
+    alone = loaded.signatures["adapt_and_predict"](**kw, query_images=qx[:1])["logits"].numpy()
+    np.testing.assert_allclose(alone[0], together[0], atol=1e-5)
+    loaded.signatures["predict"](query_images=qx)
 
 
 def test_demo_main_job_runs_end_to_end(tmp_path, omniglot_archives_dir, tfds_data_dir,

@@ -121,6 +121,9 @@ class MAML(MetaLearner):
         self.msl_epochs = positive_int("msl_epochs", msl_epochs)
         self.iterations_per_epoch = positive_int("iterations_per_epoch", iterations_per_epoch)
 
+    def _second_order(self, *, first_order=None, **unused) -> bool:
+        return not (self.first_order if first_order is None else first_order)
+
     def _group_contribution(self, theta, state, task, *, iteration=None, first_order=None,
                             multi_step_loss=None):
         inner = self.inner

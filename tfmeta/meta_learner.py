@@ -33,9 +33,9 @@ from tfmeta.inner_loop import InnerLoop, InnerOptions
 BATCH_KEYS = ("support_x", "support_y", "query_x", "query_y")
 BN_MODES = inner_loop.BN_MODES
 TASKS_IN_PARALLEL = ("auto", "all")
-# On CPU, grouping tasks pays while a task's forward pass is small; measured with
-# benchmarks/train_throughput.py (README, "Performance"): see auto_tasks_in_parallel.
-CPU_GROUP_MAX_EXAMPLES = 12
+# The CPU side of the "auto" rule, measured with benchmarks/train_throughput.py (README,
+# "Performance"): see auto_tasks_in_parallel.
+CPU_GROUP_MAX_EXAMPLES = 40
 CPU_GROUP = 4
 
 Task = dict[str, tf.Tensor]
@@ -94,23 +94,32 @@ def on_accelerator() -> bool:
     return bool(tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU"))
 
 
-def auto_tasks_in_parallel(num_tasks: int, examples_per_task: int) -> int:
+def auto_tasks_in_parallel(num_tasks: int, examples_per_task: int, *,
+                           second_order: bool = True) -> int:
     """The ``"auto"`` rule: how many tasks to compute together.
 
-    On a GPU or TPU every task of the local meta-batch at once (the loop is what starves them).
-    On CPU, groups of :data:`CPU_GROUP` when a task has at most :data:`CPU_GROUP_MAX_EXAMPLES`
-    support + query examples, else one task at a time: on CPU grouped convolutions only beat
-    oneDNN's per-task kernels while each task's tensors are small (README, "Performance").
+    On a GPU or TPU every task of the local meta-batch at once: there the loop over tasks is what
+    leaves the chip idle. On CPU, where oneDNN's kernels are already efficient one task at a
+    time, what was measured fastest (``benchmarks/train_throughput.py``, 2-core x86 CPU):
+
+    * second-order meta-gradients: groups of :data:`CPU_GROUP` tasks when a task has at most
+      :data:`CPU_GROUP_MAX_EXAMPLES` support + query examples (1.1-1.5x the loop), else all at
+      once (larger tasks amortise the grouped convolutions' overhead);
+    * first order (first-order MAML, Reptile, evaluation): one task at a time (grouping was
+      6-13 % slower).
 
     Args:
       num_tasks: tasks in the local meta-batch.
       examples_per_task: support plus query examples of one task.
+      second_order: whether the computation differentiates through the inner loop.
     """
     if on_accelerator():
         return num_tasks
+    if not second_order:
+        return 1
     if examples_per_task <= CPU_GROUP_MAX_EXAMPLES:
         return min(CPU_GROUP, num_tasks)
-    return 1
+    return num_tasks
 
 
 def _count(t: tf.Tensor, axis: int) -> int | None:
@@ -223,7 +232,8 @@ class MetaLearner:
             return ("loss", "loss_pre", "accuracy_pre", "accuracy_post")
         return ("loss", "loss_pre")
 
-    def group_size(self, num_tasks: int | None, examples_per_task: int | None = None) -> int | None:
+    def group_size(self, num_tasks: int | None, examples_per_task: int | None = None, *,
+                   second_order: bool = True) -> int | None:
         """Tasks computed together for a batch of ``num_tasks`` (None: all, however many)."""
         if self.inner.batched is None:
             return 1
@@ -231,7 +241,8 @@ class MetaLearner:
         if k == "auto":
             if num_tasks is None:
                 return None if on_accelerator() else 1
-            k = auto_tasks_in_parallel(num_tasks, examples_per_task or 0)
+            k = auto_tasks_in_parallel(num_tasks, examples_per_task or 0,
+                                       second_order=second_order)
         if k == "all":
             if num_tasks is None:
                 raise ValueError(
@@ -331,9 +342,13 @@ class MetaLearner:
             acc, stacked = add(acc, to_sum), concat(stacked, to_stack)
         return acc, stacked
 
-    def _group_for(self, batch: Task) -> int | None:
+    def _group_for(self, batch: Task, *, second_order: bool) -> int | None:
         examples = sum(_count(batch[k], 1) or 0 for k in ("support_x", "query_x"))
-        return self.group_size(_count(batch["support_x"], 0), examples)
+        return self.group_size(_count(batch["support_x"], 0), examples, second_order=second_order)
+
+    def _second_order(self, **kwargs: Any) -> bool:
+        """Whether a meta-step with these arguments differentiates through the inner loop."""
+        return False
 
     # ---------------------------------------------------------------------------- metrics
     def _metrics(self, theta: list[tf.Tensor], state: list[tf.Tensor], fast: list[tf.Tensor],
@@ -485,7 +500,8 @@ class MetaLearner:
             return {}, self._metrics(theta, state, fast, task, out_post=out, bn_mode=bn_mode)
 
         specs = {k: tf.TensorSpec([], tf.float32) for k in self.metric_names}
-        _, per_task = self._over_groups(one_group, batch, group=self._group_for(batch),
+        _, per_task = self._over_groups(one_group, batch,
+                                        group=self._group_for(batch, second_order=False),
                                         sum_init={}, stack_specs=specs)
         return per_task
 
@@ -528,8 +544,9 @@ class MetaLearner:
             {k: tf.zeros([], tf.float32) for k in self.metric_names},
             [tf.zeros_like(v) if F.is_floating(v) else v for v in state],
         )
+        group = self._group_for(batch, second_order=self._second_order(**kwargs))
         (grads, metrics, state_sum), _ = self._over_groups(
-            one_group, batch, group=self._group_for(batch), sum_init=sum_init, stack_specs={})
+            one_group, batch, group=group, sum_init=sum_init, stack_specs={})
         inv = 1.0 / global_batch_size
         return MetaStep(
             grads=F.scale(grads, inv),

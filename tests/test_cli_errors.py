@@ -1,0 +1,99 @@
+"""Every error a user can cause is one line naming the value, exit status 2, in every binary."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests.helpers import OMNIGLOT_ARCHIVES, REPO, archives_dir, subprocess_env
+
+SINE = os.path.join(REPO, "configs", "sinusoid_maml.py")
+MAML = os.path.join(REPO, "configs", "omniglot_maml.py")
+
+
+def _run(*args: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True,
+                          timeout=600, env=subprocess_env(**env), cwd=REPO)
+
+
+def _one_error(proc: subprocess.CompletedProcess) -> str:
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    return errors[0]
+
+
+@pytest.mark.parametrize("override,expected", [
+    ("--config.train.foo=1", "unknown config field 'train.foo'"),
+    ("--config.foo=1", "unknown config field 'foo'"),
+    ("--config.outer.lr=inf", "'outer.lr' is inf; it must be a finite number"),
+    ("--config.inner.lr=nan", "'inner.lr' is nan; it must be a finite number"),
+    ("--config.train.tasks_in_parallel=0", "'train.tasks_in_parallel' is '0'"),
+    ("--config.train.iterations=abc", "--config.train.iterations=abc"),
+])
+def test_bad_config_values_are_one_line(tmp_path, override, expected):
+    error = _one_error(_run("tfmeta.train", f"--config={SINE}:smoke",
+                            f"--workdir={tmp_path / 'run'}", override))
+    assert expected in error, error
+    if "train.foo" in expected:
+        assert "allowed fields in 'train'" in error and "iterations" in error
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_damaged_archive_is_one_line_naming_the_file(tmp_path):
+    source = archives_dir()
+    bad = tmp_path / "archives"
+    bad.mkdir()
+    for name in OMNIGLOT_ARCHIVES:
+        shutil.copy(os.path.join(source, name), bad / name)
+    with open(bad / "images_background_small1.zip", "r+b") as f:
+        f.truncate(100_000)
+    error = _one_error(_run("tfmeta.train", f"--config={MAML}:smoke",
+                            f"--workdir={tmp_path / 'run'}",
+                            f"--config.data.data_dir={tmp_path / 'tfds'}",
+                            f"--config.data.archives_dir={bad}"))
+    assert "images_background_small1.zip" in error
+
+
+def test_unwritable_export_output_is_one_line(tmp_path):
+    from tests.distributed_driver import load_config
+    from tfmeta import trainer
+
+    config = load_config(f"{SINE}:smoke")
+    config.update_from_flattened_dict({"train.iterations": 2, "train.steps_per_loop": 2,
+                                       "train.eval_every": 0, "train.eval_episodes": 0,
+                                       "eval.episodes": 5})
+    trainer.train(config, str(tmp_path / "run"), final_evaluation=False)
+    error = _one_error(_run("tfmeta.export", f"--workdir={tmp_path / 'run'}",
+                            "--output=/proc/tfmeta-export"))
+    assert "/proc/tfmeta-export" in error
+    error = _one_error(_run("tfmeta.export", f"--workdir={tmp_path / 'run'}",
+                            "--max_inner_steps=5"))
+    assert "max_inner_steps is 5; it must be >= the default inner_steps" in error
+
+
+def test_class_labels_of_shape_s_1_are_accepted_and_others_named():
+    from tfmeta import maml, models
+
+    model = models.omniglot_conv4(3, image_size=8, filters=4, seed=0)
+    algo = maml.MAML(model, inner_lr=0.4, inner_steps=1)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(6, 8, 8, 1)).astype("float32")
+    y = np.tile(np.arange(3), 2).astype("int32")
+    flat = algo.adapt(x, y)
+    column = algo.adapt(x, y[:, None])  # [S, 1], as Keras accepts it
+    for a, b in zip(flat, column):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+    with pytest.raises(ValueError, match=r"support_y must hold one integer class label per "
+                                         r"example, shape \[examples\]; got shape \(6, 2\)"):
+        algo.adapt(x, np.stack([y, y], 1))
+    batch = {"support_x": x[None], "support_y": y[None, :, None], "query_x": x[None],
+             "query_y": np.stack([y, y], 1)[None]}
+    with pytest.raises(ValueError, match=r"query_y .* \[tasks, examples\]; got shape \(1, 6, 2\)"):
+        algo.meta_gradients(batch)
