@@ -368,8 +368,16 @@ def _export_small(tmp_path, name, bn_mode):
     return tf.saved_model.load(path), algorithm
 
 
-@pytest.mark.parametrize("name", ["maml", "mamlpp", "metasgd", "anil", "reptile"])
-@pytest.mark.parametrize("bn_mode", ["transductive", "support", "running"])
+# Each algorithm with each batch-norm mode it may have been trained with; by default one mode per
+# algorithm (every mode and every algorithm covered), the whole grid under -m slow.
+_CI_SERVING = {("maml", "transductive"), ("mamlpp", "support"), ("metasgd", "running"),
+               ("anil", "transductive"), ("reptile", "support"), ("maml", "running")}
+
+
+@pytest.mark.parametrize("name,bn_mode", [
+    pytest.param(name, mode, marks=() if (name, mode) in _CI_SERVING else pytest.mark.slow)
+    for name in ("maml", "mamlpp", "metasgd", "anil", "reptile")
+    for mode in ("transductive", "support", "running")])
 def test_one_query_per_call_equals_the_same_query_in_a_batch(tmp_path, name, bn_mode):
     """Serving does not depend on the other queries, whatever the model was trained with."""
     loaded, algorithm = _export_small(tmp_path, name, bn_mode)
@@ -425,3 +433,44 @@ def test_export_binary_missing_workdir(tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
     assert "nothing" in proc.stderr
+
+
+_CHILD_MINIMAL = textwrap.dedent("""
+    import sys
+    class _Block:
+        def find_spec(self, name, path=None, target=None):
+            if name == "tfmeta" or name.startswith("tfmeta."):
+                raise ImportError("tfmeta must not be imported")
+    sys.meta_path.insert(0, _Block())
+    import numpy as np, tensorflow as tf
+    path, inputs, outputs = sys.argv[1:4]
+    data = dict(np.load(inputs))
+    sign = tf.saved_model.load(path).signatures["adapt_and_predict"]
+    out = sign(support_images=data["sx"], support_labels=data["sy"], query_images=data["qx"])
+    np.save(outputs, out["logits"].numpy())
+""")
+
+
+@pytest.mark.parametrize("name", ["mamlpp", "metasgd"])
+def test_learned_rates_and_per_step_bn_export_loads_without_tfmeta(tmp_path, name):
+    """The inner loop's own variables travel with the SavedModel."""
+    loaded, algorithm = _export_small(tmp_path, name, "support")
+    for var in algorithm.inner.variables.trainable:  # not their initial values any more
+        var.assign(var * 1.3)
+    meta = {"task": "omniglot", "ways": 5, "image_size": 28,
+            "inner_steps": algorithm.eval_inner_steps}
+    path = export.export(algorithm.model, algorithm, str(tmp_path / "scaled"), metadata=meta)
+    sx, sy, qx = _episode(11, queries=2)
+    np.savez(tmp_path / "in.npz", sx=sx, sy=sy, qx=qx)
+    (tmp_path / "child.py").write_text(_CHILD_MINIMAL)
+    env = subprocess_env()
+    env["PYTHONPATH"] = ""
+    proc = subprocess.run([sys.executable, str(tmp_path / "child.py"), path,
+                           str(tmp_path / "in.npz"), str(tmp_path / "out.npy")],
+                          cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    want = _in_process(algorithm, 1 - sx, sy, 1 - qx, algorithm.eval_inner_steps)
+    np.testing.assert_allclose(np.load(tmp_path / "out.npy"), want, atol=ATOL)
+    before = loaded.signatures["adapt_and_predict"](support_images=sx, support_labels=sy,
+                                                    query_images=qx)["logits"].numpy()
+    assert not np.allclose(before, want, atol=1e-4), "the scaled variables must matter"

@@ -219,6 +219,15 @@ class _Module(tf.Module):
         self._serving = serving_bn_mode(algorithm)
         self.metadata = tf.function(lambda: {"json": tf.constant(self._json)}, input_signature=[])
 
+    @property
+    def _default_steps(self) -> tf.Tensor:
+        """The default step count, as a tensor.
+
+        The inner loop then runs as a ``tf.while_loop`` instead of being unrolled, which keeps long
+        adaptations (Reptile evaluates with 50 steps) quick to export and small in the graph.
+        """
+        return tf.constant(self._steps, tf.int32)
+
     def _adapt(self, sx: tf.Tensor, sy: tf.Tensor, qx: tf.Tensor, steps: Any,
                bn_mode: str) -> tf.Tensor:
         """Adapts one task (``sx [S, ...]``) and predicts ``qx [Q, ...]``."""
@@ -277,11 +286,11 @@ class _Classifier(_Module):
         return self._outputs(self._adapt(sx, sy, qx, steps, bn_mode))
 
     def _adapt_and_predict(self, support_images, support_labels, query_images):
-        return self._serve(support_images, support_labels, query_images, self._steps,
+        return self._serve(support_images, support_labels, query_images, self._default_steps,
                            self._serving)
 
     def _adapt_and_predict_transductive(self, support_images, support_labels, query_images):
-        return self._serve(support_images, support_labels, query_images, self._steps,
+        return self._serve(support_images, support_labels, query_images, self._default_steps,
                            "transductive")
 
     def _adapt_and_predict_steps(self, support_images, support_labels, query_images,
@@ -308,7 +317,7 @@ class _Classifier(_Module):
         sx = tf.reshape(sx, tf.stack([tasks, shots, self._size, self._size, 1]))
         sy = tf.reshape(sy, tf.stack([tasks, shots]))
         qx = tf.reshape(qx, tf.stack([tasks, queries, self._size, self._size, 1]))
-        logits = self._algorithm.adapt_and_predict(sx, sy, qx, steps=self._steps,
+        logits = self._algorithm.adapt_and_predict(sx, sy, qx, steps=self._default_steps,
                                                    bn_mode=self._serving)
         return self._outputs(logits)
 
@@ -347,7 +356,7 @@ class _Regressor(_Module):
         return {"predictions": tf.cast(out, tf.float32)}
 
     def _adapt_and_predict(self, support_x, support_y, query_x):
-        return self._serve(support_x, support_y, query_x, self._steps)
+        return self._serve(support_x, support_y, query_x, self._default_steps)
 
     def _adapt_and_predict_steps(self, support_x, support_y, query_x, inner_steps):
         with tf.control_dependencies(_check_steps(inner_steps, self._max_steps)):
@@ -363,7 +372,7 @@ class _Regressor(_Module):
                                       message="query_x and support_x must have the same B")]
         with tf.control_dependencies(checks):
             sx, sy, qx = tf.identity(support_x), tf.identity(support_y), tf.identity(query_x)
-        out = self._algorithm.adapt_and_predict(sx, sy, qx, steps=self._steps,
+        out = self._algorithm.adapt_and_predict(sx, sy, qx, steps=self._default_steps,
                                                 bn_mode=self._serving)
         return {"predictions": tf.cast(out, tf.float32)}
 
@@ -464,17 +473,20 @@ def write_atomically(module: tf.Module, output: str) -> str:
     try:
         tf.io.gfile.makedirs(os.path.dirname(output) or ".")
         _clean_stale(output)
+        tag = uuid.uuid4().hex[:8]
+        tmp, old = f"{output}.tmp-{tag}", f"{output}.old-{tag}"
+        # Creating the temporary directory first turns "this location cannot be written"
+        # (read-only or virtual file systems, missing permissions) into one clear error.
+        tf.io.gfile.makedirs(tmp)
     except (tf.errors.OpError, OSError) as e:
         raise ExportError(f"cannot write the SavedModel to {output!r}: {_reason(e)}") from e
-    tag = uuid.uuid4().hex[:8]
-    tmp, old = f"{output}.tmp-{tag}", f"{output}.old-{tag}"
     try:
         _write_saved_model(module, tmp)
     except BaseException as e:
         if tf.io.gfile.exists(tmp):
             tf.io.gfile.rmtree(tmp)
         if isinstance(e, (tf.errors.PermissionDeniedError, tf.errors.FailedPreconditionError,
-                          PermissionError)):
+                          tf.errors.NotFoundError, tf.errors.ResourceExhaustedError, OSError)):
             raise ExportError(f"cannot write the SavedModel to {output!r}: {_reason(e)}") from e
         raise
     had_old = tf.io.gfile.exists(output)
