@@ -449,7 +449,10 @@ def test_trained_model_classifies_unseen_characters(smoke_workdir, tmp_path):
          f"--support={support}", f"--query={query}", "--inner_steps=5"],
         env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert table.returncode == 0, table.stderr[-3000:]
-    assert "probability" in table.stdout and len(table.stdout.strip().splitlines()) == 2 + 25
+    lines = table.stdout.strip().splitlines()
+    # Header, rule, one row per query, then the protocol the answers were computed with.
+    assert "probability" in lines[0] and len(lines) == 2 + 25 + 1
+    assert lines[-1] == "(each query answered on its own)"
 
 
 def test_one_query_gets_the_same_answer_alone_and_among_others(random_export, tmp_path):
