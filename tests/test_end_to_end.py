@@ -74,29 +74,23 @@ def test_evaluate_binary_rejects_a_directory_without_a_run(tmp_path):
     assert len(errors) == 1 and "no config.json" in errors[0]
 
 
-@pytest.mark.parametrize("overrides", [
-    ["--config.inner.bn_mode=transductive"],
-    ["--config.inner.bn_mode=running"],
-    ["--config.algorithm=reptile", "--config.inner.optimizer=adam", "--config.inner.lr=0.001",
-     "--config.outer.optimizer=sgd", "--config.outer.lr=1.0", "--config.inner.batch_size=3"],
-], ids=["transductive", "running", "reptile_minibatch"])
-def test_every_batch_norm_mode_trains_and_exports(tmp_path, omniglot_archives_dir,
-                                                  tfds_data_dir, omniglot_small, overrides):
-    """Training ends with a working SavedModel whose answers do not depend on other queries."""
+def _train(workdir, config: str, data_dir: str, archives: str, *overrides: str, timeout=900):
+    """Runs the training binary as a user would; returns the finished process."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "tfmeta.train", f"--config={os.path.join(REPO, 'configs', config)}",
+         f"--workdir={workdir}", f"--config.data.data_dir={data_dir}", *overrides],
+        capture_output=True, text=True, timeout=timeout,
+        env=subprocess_env(**{ARCHIVES_ENV: archives}), cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def _check_serving(export_dir) -> None:
+    """The export answers a query alone as among others."""
     import numpy as np
     import tensorflow as tf
 
-    workdir = tmp_path / "run"
-    proc = subprocess.run(
-        [sys.executable, "-m", "tfmeta.train",
-         f"--config={os.path.join(REPO, 'configs', 'omniglot_maml.py')}:smoke",
-         f"--workdir={workdir}", f"--config.data.data_dir={tfds_data_dir}",
-         "--config.train.iterations=10", "--config.train.eval_every=0",
-         "--config.train.eval_episodes=0", "--config.eval.episodes=10", *overrides],
-        capture_output=True, text=True, timeout=900,
-        env=subprocess_env(**{ARCHIVES_ENV: omniglot_archives_dir}), cwd=REPO)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    loaded = tf.saved_model.load(str(workdir / "export"))
+    loaded = tf.saved_model.load(str(export_dir))
     rng = np.random.default_rng(0)
     sx = rng.uniform(size=(5, 28, 28, 1)).astype("float32")
     qx = rng.uniform(size=(4, 28, 28, 1)).astype("float32")
@@ -107,24 +101,52 @@ def test_every_batch_norm_mode_trains_and_exports(tmp_path, omniglot_archives_di
     loaded.signatures["predict"](query_images=qx)
 
 
-def test_demo_main_job_runs_end_to_end(tmp_path, omniglot_archives_dir, tfds_data_dir,
-                                       omniglot_small):
-    """The README's main job, shortened: every stage runs and prints its result."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "tfmeta.demo", f"--workdir={tmp_path / 'demo'}",
-         f"--data_dir={tfds_data_dir}", "--episodes=20",
-         "--override=train.iterations=20", "--override=train.eval_every=0",
-         "--override=train.eval_episodes=0", "--override=eval.episodes=20"],
-        capture_output=True, text=True, timeout=900,
-        env=subprocess_env(**{ARCHIVES_ENV: omniglot_archives_dir}), cwd=str(tmp_path))
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    out = proc.stdout
-    assert "episode 0: support_x (5, 28, 28, 1)" in out
-    assert "episodes/s" in out
-    assert "test accuracy:" in out
-    assert "unseen characters classified correctly" in out
-    assert "Done." in out
-    assert os.path.isdir(tmp_path / "demo" / "run" / "export")
+_SHORT = ["--config.train.iterations=10", "--config.train.eval_every=0",
+          "--config.train.eval_episodes=0", "--config.eval.episodes=10"]
+
+
+# The default mode (support) is the smoke run of conftest.py; by default the transductive run
+# here, the others under -m slow (their serving paths are also checked in-process in
+# tests/test_export.py).
+@pytest.mark.parametrize("overrides", [
+    pytest.param(["--config.inner.bn_mode=transductive"], id="transductive"),
+    pytest.param(["--config.inner.bn_mode=running"], id="running", marks=pytest.mark.slow),
+    pytest.param(["--config.algorithm=reptile", "--config.inner.optimizer=adam",
+                  "--config.inner.lr=0.001", "--config.outer.optimizer=sgd",
+                  "--config.outer.lr=1.0", "--config.inner.batch_size=3"],
+                 id="reptile_minibatch", marks=pytest.mark.slow),
+])
+def test_every_batch_norm_mode_trains_and_exports(tmp_path, omniglot_archives_dir,
+                                                  tfds_data_dir, omniglot_small, overrides):
+    """Training ends with a working SavedModel whose answers do not depend on other queries."""
+    workdir = tmp_path / "run"
+    _train(workdir, "omniglot_maml.py:smoke", tfds_data_dir, omniglot_archives_dir, *_SHORT,
+           *overrides)
+    _check_serving(workdir / "export")
+
+
+# MAML++ (which crosses both of its switches within the run) by default; the other algorithms'
+# binaries under -m slow (their cores, exports and configs are tested in-process).
+@pytest.mark.parametrize("config", [
+    "omniglot_mamlpp.py",
+    *(pytest.param(c, marks=pytest.mark.slow) for c in (
+        "omniglot_metasgd.py", "omniglot_anil.py", "omniglot_fomaml.py", "omniglot_reptile.py"))])
+def test_every_algorithms_smoke_config_trains_evaluates_and_exports(
+        tmp_path, omniglot_archives_dir, tfds_data_dir, omniglot_small, config):
+    workdir = tmp_path / "run"
+    overrides = list(_SHORT)
+    if config == "omniglot_mamlpp.py":  # cross both MAML++ switches within the run
+        overrides += ["--config.mamlpp.first_order_iterations=4",
+                      "--config.mamlpp.iterations_per_epoch=2", "--config.mamlpp.msl_epochs=3",
+                      "--config.train.steps_per_loop=5"]
+    proc = _train(workdir, f"{config}:smoke", tfds_data_dir, omniglot_archives_dir, *overrides)
+    if config == "omniglot_mamlpp.py":
+        assert "From iteration 4: first_order=False, multi_step_loss=True" in proc.stderr
+        assert "From iteration 6: first_order=False, multi_step_loss=False" in proc.stderr
+    with open(workdir / "eval_test.json") as f:
+        result = json.load(f)
+    assert result["step"] == 10 and result["transductive"] is False
+    _check_serving(workdir / "export")
 
 
 @pytest.mark.slow
@@ -133,15 +155,10 @@ def test_maml_5way1shot_learns_on_full_omniglot(tmp_path, omniglot_archives_dir,
     """The paper configuration (64 filters, meta-batch 32, 28x28, maml split) for 300 of its
     60,000 iterations already adapts to unseen test characters far above chance (~4 minutes)."""
     workdir = tmp_path / "run"
-    proc = subprocess.run(
-        [sys.executable, "-m", "tfmeta.train",
-         f"--config={os.path.join(REPO, 'configs', 'omniglot_maml.py')}:5way1shot",
-         f"--workdir={workdir}", f"--config.data.data_dir={tfds_data_dir}",
-         "--config.train.iterations=300", "--config.train.eval_every=0",
-         "--config.train.eval_episodes=0", "--config.eval.episodes=200", "--noexport"],
-        capture_output=True, text=True, timeout=1800,
-        env=subprocess_env(**{ARCHIVES_ENV: omniglot_archives_dir}), cwd=REPO)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    _train(workdir, "omniglot_maml.py:5way1shot", tfds_data_dir, omniglot_archives_dir,
+           "--config.train.iterations=300", "--config.train.eval_every=0",
+           "--config.train.eval_episodes=0", "--config.eval.episodes=200", "--noexport",
+           timeout=1800)
     with open(workdir / "eval_test.json") as f:
         result = json.load(f)
     assert result["episodes"] == 200
