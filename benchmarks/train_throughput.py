@@ -173,7 +173,8 @@ def measure(workload: str, k, seconds: float, steps_per_loop: int) -> dict:
 _COMPUTATION = re.compile(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$")
 _WHILE = re.compile(r"\bwhile\(.*condition=%?([\w.\-]+), body=%?([\w.\-]+)")
 _TRIPS = re.compile(r'"known_trip_count":\{"n":"(\d+)"\}')
-_CALLS = re.compile(r"\b(?:call|conditional)\(.*?(?:to_apply|branch_computations)=\{?%?([\w.\-, %]+)\}?")
+_CALLS = re.compile(
+    r"\b(?:call|conditional)\(.*?(?:to_apply|branch_computations)=\{?%?([\w.\-, %]+)\}?")
 _FREE = ("parameter(", "constant(", "get-tuple-element(", "tuple(", "bitcast(")
 
 

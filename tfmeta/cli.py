@@ -63,7 +63,8 @@ def _check_config_overrides(argv: Sequence[str], flag_name: str) -> None:
             allowed = sorted(k.rsplit(".", 1)[1] for k in schema if k.startswith(group + "."))
             where = f"allowed fields in '{group}': {allowed}"
         else:
-            where = f"allowed groups and fields: {sorted(groups | set(k for k in schema if '.' not in k))}"
+            top = sorted(groups | {k for k in schema if "." not in k})
+            where = f"allowed groups and fields: {top}"
         raise config_lib.ConfigError(f"unknown config field '{field}' (from {arg!r}); {where}")
 
 

@@ -73,7 +73,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict()
     c.model.name = "conv4"  # conv4 | mlp
     c.model.filters = 64
-    c.model.downsample = "stride"  # conv4: stride-2 convs (MAML) | maxpool (2x2 max pooling, MAML++)
+    c.model.downsample = "stride"  # conv4: stride-2 convs (MAML) | maxpool (2x2 pooling, MAML++)
 
     c.inner = ml_collections.ConfigDict()
     c.inner.lr = 0.4
@@ -284,7 +284,8 @@ def validate(config: ml_collections.ConfigDict, *, num_replicas: int = 1,
     if batch % num_replicas:
         raise ConfigError(
             f"config field 'train.meta_batch_size' is {batch}; it must be divisible by the "
-            f"{num_replicas} replicas of the strategy (e.g. {max(1, batch // num_replicas) * num_replicas})")
+            f"{num_replicas} replicas of the strategy "
+            f"(e.g. {max(1, batch // num_replicas) * num_replicas})")
 
     if config.task == "omniglot":
         _one_of("data.split_scheme", config.data.split_scheme, SPLIT_SCHEMES)

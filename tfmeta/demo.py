@@ -22,6 +22,8 @@ import time
 
 from absl import app, flags
 
+from tfmeta import cli
+
 _WORKDIR = flags.DEFINE_string("workdir", "/tmp/tfmeta-demo", "Where everything is written.")
 _CONFIG = flags.DEFINE_string(
     "config", "", "Config to train (default: configs/omniglot_maml.py:smoke of this checkout).")
@@ -106,9 +108,9 @@ def _write_adapt_folders(root: str, data_dir: str, ways: int, shots: int) -> tup
     return support, query
 
 
-def main(argv: list[str]) -> None:
+def main(argv: list[str]) -> int:
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        return cli.fail(f"unexpected arguments: {argv[1:]}")
     workdir = _WORKDIR.value
     config = _CONFIG.value or _default_config()
     data_dir = _DATA_DIR.value
@@ -116,7 +118,7 @@ def main(argv: list[str]) -> None:
     try:
         _episodes_and_throughput(data_dir)
     except (ConnectionError, FileNotFoundError) as e:  # offline without the archives, say
-        sys.exit(f"error: {e}")
+        return cli.fail(str(e))
 
     run_dir = os.path.join(workdir, "run")
     overrides = [f"--config.{o}" for o in _OVERRIDES.value]
@@ -144,11 +146,12 @@ def main(argv: list[str]) -> None:
     print(f"{correct}/{len(rows)} unseen characters classified correctly after adapting to one "
           f"example each (chance: {100 / cfg.data.ways:.0f}%)")
     print(f"\nDone. Everything is in {workdir}; TensorBoard: tensorboard --logdir={run_dir}")
+    return 0
 
 
 def run() -> None:
     """Console-script entry point."""
-    app.run(main)
+    cli.run(main)
 
 
 if __name__ == "__main__":

@@ -103,8 +103,9 @@ def _tasks(x: tf.Tensor) -> Any:
 
 def _per_task(values: tf.Tensor, tasks: Any) -> tf.Tensor:
     """A value shared by all tasks, repeated along a new leading task axis."""
-    return tf.broadcast_to(values[None], tf.concat([[tasks], tf.shape(values)], 0)) \
-        if not isinstance(tasks, int) else tf.broadcast_to(values[None], [tasks, *values.shape])
+    if isinstance(tasks, int):
+        return tf.broadcast_to(values[None], [tasks, *values.shape])
+    return tf.broadcast_to(values[None], tf.concat([[tasks], tf.shape(values)], 0))
 
 
 def _head_indices(model: keras.Model) -> list[int]:
@@ -292,7 +293,7 @@ class InnerLoop:
 
     def _store_step_stats(self, nt_before: Tensors, nt_after: Tensors, steps_nt: Tensors,
                           slot: Steps) -> tuple[Tensors, Tensors]:
-        """Moves updated moving statistics into their per-step slot; the model's stay as they were."""
+        """Moves updated moving statistics into their per-step slot (the model's are kept)."""
         idx = self.variables.step_stats
         if not idx:
             return nt_after, steps_nt

@@ -372,6 +372,17 @@ class MetaLearner:
             metrics["accuracy_post"] = self.inner.task_accuracy(qy, out_post)
         return metrics
 
+    def _adapted_outputs(self, theta: list[tf.Tensor], state: list[tf.Tensor], task: Task,
+                         steps: int | tf.Tensor, bn_mode: str | None
+                         ) -> tuple[list[tf.Tensor], tf.Tensor]:
+        """Adapts a group of tasks (no meta-gradient) and predicts their queries."""
+        fast, _, _ = self.inner.adapt(theta, state, task["support_x"], task["support_y"], steps,
+                                      first_order=True)
+        fast = F.stop_gradient(fast)
+        out = self.inner.predict(theta, state, fast, task["query_x"], support_x=task["support_x"],
+                                 steps_taken=steps, bn_mode=bn_mode)
+        return fast, out
+
     def _values(self) -> tuple[list[tf.Tensor], list[tf.Tensor]]:
         return F.values(self.meta_variables), F.values(self.state_variables)
 
@@ -449,12 +460,7 @@ class MetaLearner:
                  "query_x": tf.convert_to_tensor(query_x)}
 
         def one_group(task: Task) -> tuple[dict, tf.Tensor]:
-            fast, _, _ = self.inner.adapt(theta, state, task["support_x"], task["support_y"],
-                                          steps, first_order=True)
-            out = self.inner.predict(theta, state, F.stop_gradient(fast), task["query_x"],
-                                     support_x=task["support_x"], steps_taken=steps,
-                                     bn_mode=bn_mode)
-            return {}, out
+            return {}, self._adapted_outputs(theta, state, task, steps, bn_mode)[1]
 
         if self.inner.batched is None:
             group = 1
@@ -491,12 +497,7 @@ class MetaLearner:
         theta, state = self._values()
 
         def one_group(task: Task) -> tuple[dict, dict]:
-            fast, _, _ = self.inner.adapt(theta, state, task["support_x"], task["support_y"],
-                                          steps, first_order=True)
-            fast = F.stop_gradient(fast)
-            out = self.inner.predict(theta, state, fast, task["query_x"],
-                                     support_x=task["support_x"], steps_taken=steps,
-                                     bn_mode=bn_mode)
+            fast, out = self._adapted_outputs(theta, state, task, steps, bn_mode)
             return {}, self._metrics(theta, state, fast, task, out_post=out, bn_mode=bn_mode)
 
         specs = {k: tf.TensorSpec([], tf.float32) for k in self.metric_names}

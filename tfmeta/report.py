@@ -376,19 +376,19 @@ def main(argv: list[str], fl: dict[str, Any]) -> int:
         markdown = write_report(argv[1:], fl["output"].value, labels=fl["labels"].value,
                                 title=fl["title"].value)
     except ReportError as e:
-        # Messages that quote a file system error may span lines; the contract is one line.
-        print("error: " + str(e).replace("\n", " "), file=sys.stderr)
-        return 2
+        from tfmeta import cli
+
+        return cli.fail(str(e))  # one line, even when a file system error spans several
     print(markdown, end="")
     return 0
 
 
 def run() -> None:
     """Console-script entry point."""
-    from absl import app
+    from tfmeta import cli
 
     holders = _define_flags()
-    app.run(lambda argv: main(argv, holders))
+    cli.run(lambda argv: main(argv, holders))
 
 
 if __name__ == "__main__":

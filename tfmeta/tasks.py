@@ -102,7 +102,7 @@ def _omniglot(config: ml_collections.ConfigDict, data) -> TaskSource:
 def distributed_dataset(strategy: tf.distribute.Strategy, source: TaskSource, split: str, *,
                         global_batch_size: int, seed: int, start_step: int = 0,
                         queries: int | None = None):
-    """Per-replica task batches of ``split`` for ``strategy``, from meta-iteration ``start_step``."""
+    """Per-replica task batches of ``split`` for ``strategy``, from iteration ``start_step``."""
     return distribute.per_replica_dataset(
         strategy,
         lambda pipeline, batch, start: source.make_dataset(split, pipeline, batch, seed, start,

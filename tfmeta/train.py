@@ -25,7 +25,8 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string("workdir", None, "Work directory (local path or gs://...).")
 _STRATEGY = flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multiworker", "tpu"],
                               "Distribution strategy.")
-_TPU = flags.DEFINE_string("tpu", "", "TPU name or address for --strategy=tpu; 'local' on a TPU VM.")
+_TPU = flags.DEFINE_string("tpu", "",
+                           "TPU name or address for --strategy=tpu; 'local' on a TPU VM.")
 _EXPORT = flags.DEFINE_bool("export", True, "Export a fast-adaptation SavedModel at the end.")
 _DETERMINISTIC = flags.DEFINE_bool("deterministic", False,
                                    "Enable TensorFlow's deterministic ops (bit-exact resumes).")

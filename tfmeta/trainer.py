@@ -406,7 +406,7 @@ def run(exp: Experiment, workdir: str, *, should_stop: Callable[[], bool] = lamb
 
 
 def _append_history(workdir: str, entry: dict[str, Any]) -> None:
-    """Adds one validation point to ``history.jsonl`` (rewritten whole: object stores cannot append)."""
+    """Adds a validation point to ``history.jsonl`` (rewritten: object stores cannot append)."""
     path = os.path.join(workdir, HISTORY_FILE)
     text = ""
     if tf.io.gfile.exists(path):

@@ -1,4 +1,4 @@
-"""Work directories that a second run cannot corrupt: a lock, a config history, readable checkpoints.
+"""Work directories a second run cannot corrupt: a lock, a config history, readable checkpoints.
 
 A work directory holds one experiment. Three things protect it:
 
@@ -319,7 +319,7 @@ def record_config(workdir: str, config: ml_collections.ConfigDict) -> dict[str, 
 
 
 def write_json(path: str, value: Any) -> None:
-    """Writes ``value`` as JSON atomically (a temporary file renamed into place), via tf.io.gfile."""
+    """Writes ``value`` as JSON atomically (a temporary file renamed into place), via gfile."""
     tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
     with tf.io.gfile.GFile(tmp, "w") as f:
         f.write(json.dumps(value, indent=2, sort_keys=True) + "\n")
