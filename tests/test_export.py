@@ -451,7 +451,7 @@ _CHILD_MINIMAL = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("name", ["mamlpp", "metasgd"])
+@pytest.mark.parametrize("name", ["mamlpp", pytest.param("metasgd", marks=pytest.mark.slow)])
 def test_learned_rates_and_per_step_bn_export_loads_without_tfmeta(tmp_path, name):
     """The inner loop's own variables travel with the SavedModel."""
     loaded, algorithm = _export_small(tmp_path, name, "support")

@@ -38,7 +38,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import sys
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn, TypeVar
@@ -473,9 +472,9 @@ def _exit_interrupted() -> NoReturn:
     A SavedModel call still running in its worker thread cannot be stopped, and a normal
     interpreter exit would tear Python down under it (tried: it died of SIGSEGV, status 139).
     """
-    print("interrupted", file=sys.stderr)
-    sys.stdout.flush()
-    sys.stderr.flush()
+    # Straight to the file descriptor: the worker may hold sys.stderr's lock (a log line blocked
+    # on a full pipe), and waiting for it would hold up the exit.
+    os.write(2, b"interrupted\n")
     os._exit(EXIT_INTERRUPTED)
 
 
