@@ -317,12 +317,16 @@ def test_sinusoid_regression_export(tmp_path, algo):
     from tfmeta.reptile import Reptile
 
     model = models.sinusoid_mlp(seed=0)
+    # Both sides of export.UNROLL_MAX_STEPS: MAML's default adaptation is unrolled in the graph,
+    # Reptile's runs as a while loop.
+    steps = 10 if algo == "maml" else 25
+    assert (steps > export.UNROLL_MAX_STEPS) == (algo != "maml")
     if algo == "maml":
-        algorithm = MAML(model, inner_lr=0.01, inner_steps=1, eval_inner_steps=10, loss="mse")
+        algorithm = MAML(model, inner_lr=0.01, inner_steps=1, eval_inner_steps=steps, loss="mse")
     else:  # Reptile with inner minibatches of 4 of the 10 support points
-        algorithm = Reptile(model, inner_lr=0.02, inner_steps=5, eval_inner_steps=10,
+        algorithm = Reptile(model, inner_lr=0.02, inner_steps=5, eval_inner_steps=steps,
                             inner_batch_size=4, loss="mse")
-    meta = {"task": "sinusoid", "inner_steps": 10}
+    meta = {"task": "sinusoid", "inner_steps": steps}
     path = export.export(model, algorithm, str(tmp_path / "sine"), metadata=meta,
                          classification=False)
     loaded = tf.saved_model.load(path)
@@ -331,7 +335,8 @@ def test_sinusoid_regression_export(tmp_path, algo):
     sy, qx = np.sin(sx).astype(np.float32), rng.uniform(-5, 5, (3, 7, 1)).astype(np.float32)
     out = loaded.signatures["adapt_and_predict"](support_x=sx[0], support_y=sy[0],
                                                  query_x=qx[0])["predictions"].numpy()
-    np.testing.assert_allclose(out, _in_process(algorithm, sx[0], sy[0], qx[0], 10), atol=ATOL)
+    np.testing.assert_allclose(out, _in_process(algorithm, sx[0], sy[0], qx[0], steps),
+                               atol=ATOL)
     before = loaded.signatures["predict"](query_x=qx[0])["predictions"].numpy()
     assert not np.allclose(out, before, atol=1e-4), "adaptation changed nothing"
     batch = loaded.signatures["adapt_and_predict_batch"](support_x=sx, support_y=sy,

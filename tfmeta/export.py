@@ -75,6 +75,8 @@ from tfmeta import layers as tfm_layers
 
 SIGNATURE_ADAPT = "adapt_and_predict"
 SIGNATURE_ADAPT_STEPS = "adapt_and_predict_steps"
+# Default step counts up to this are unrolled in the graph; longer ones run as a while loop.
+UNROLL_MAX_STEPS = 10
 SIGNATURE_ADAPT_BATCH = "adapt_and_predict_batch"
 SIGNATURE_TRANSDUCTIVE = "adapt_and_predict_transductive"
 SIGNATURE_PREDICT = "predict"
@@ -220,12 +222,15 @@ class _Module(tf.Module):
         self.metadata = tf.function(lambda: {"json": tf.constant(self._json)}, input_signature=[])
 
     @property
-    def _default_steps(self) -> tf.Tensor:
-        """The default step count, as a tensor.
+    def _default_steps(self) -> int | tf.Tensor:
+        """The default step count: a Python int (unrolled loop) up to ``UNROLL_MAX_STEPS``.
 
-        The inner loop then runs as a ``tf.while_loop`` instead of being unrolled, which keeps long
-        adaptations (Reptile evaluates with 50 steps) quick to export and small in the graph.
+        Longer adaptations (Reptile evaluates with 50 steps) get a tensor, so the inner loop runs
+        as a ``tf.while_loop``: unrolled into every signature, 50 Reptile steps took minutes and
+        several GB to export. Short ones stay unrolled, which the graph optimiser handles best.
         """
+        if self._steps <= UNROLL_MAX_STEPS:
+            return self._steps
         return tf.constant(self._steps, tf.int32)
 
     def _adapt(self, sx: tf.Tensor, sy: tf.Tensor, qx: tf.Tensor, steps: Any,
