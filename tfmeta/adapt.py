@@ -38,6 +38,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import signal
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn, TypeVar
@@ -485,6 +486,9 @@ def main(argv: list[str], fl: dict[str, Any]) -> int:
     if len(argv) > 1:
         return cli.fail(f"unexpected arguments {argv[1:]}; pass several queries as "
                         "--query=A,B (comma-separated)")
+    # Ctrl-C ends the process from the signal handler itself rather than through a
+    # KeyboardInterrupt, which code between here and the waiting loop could delay or swallow.
+    signal.signal(signal.SIGINT, lambda signum, frame: _exit_interrupted())
     transductive = fl["transductive"].value
     protocol = ("transductive: queries batch-normalised together" if transductive
                 else "each query answered on its own")
