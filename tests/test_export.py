@@ -50,14 +50,18 @@ def _in_process(algorithm, sx, sy, qx, steps, bn_mode="support"):
                                        bn_mode=bn_mode)[0].numpy()
 
 
-# A child process that cannot import tfmeta and runs outside the repository.
-_CHILD = textwrap.dedent("""
-    import json, sys
+# The start of a child process that cannot import tfmeta (it also runs outside the repository).
+_NO_TFMETA = textwrap.dedent("""
+    import sys
     class _Block:
         def find_spec(self, name, path=None, target=None):
             if name == "tfmeta" or name.startswith("tfmeta."):
                 raise ImportError("tfmeta must not be imported")
     sys.meta_path.insert(0, _Block())
+""")
+
+_CHILD = _NO_TFMETA + textwrap.dedent("""
+    import json
     sys.modules.pop("tfmeta", None)
     import numpy as np, tensorflow as tf
     path, inputs, outputs = sys.argv[1:4]
@@ -440,13 +444,7 @@ def test_export_binary_missing_workdir(tmp_path):
     assert "nothing" in proc.stderr
 
 
-_CHILD_MINIMAL = textwrap.dedent("""
-    import sys
-    class _Block:
-        def find_spec(self, name, path=None, target=None):
-            if name == "tfmeta" or name.startswith("tfmeta."):
-                raise ImportError("tfmeta must not be imported")
-    sys.meta_path.insert(0, _Block())
+_CHILD_MINIMAL = _NO_TFMETA + textwrap.dedent("""
     import numpy as np, tensorflow as tf
     path, inputs, outputs = sys.argv[1:4]
     data = dict(np.load(inputs))
