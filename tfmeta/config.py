@@ -27,6 +27,14 @@ DTYPES = ("float32", "bfloat16")
 SPLIT_SCHEMES = ("maml", "lake")
 SUBSETS = ("full", "small")
 DRAWINGS_PER_CHARACTER = 20
+# Bounds on inner steps, so that a typo cannot trace a graph for minutes or evaluate for hours.
+# MAML-family training differentiates through the inner loop, so every step is unrolled into the
+# training graph (tracing time and memory grow with each one); 50 is ten times what the published
+# Omniglot and mini-ImageNet setups use.
+MAX_UNROLLED_INNER_STEPS = 50
+# Adaptation that is not differentiated (evaluation, serving, Reptile's training) runs as a
+# tf.while_loop above a few steps, so its graph does not grow; this bounds its run time.
+MAX_INNER_STEPS = 1000
 
 # Fields that may change when a work directory is resumed: how long, how often, where and how to
 # evaluate. Everything else defines what the checkpoints are and is refused on resume. An entry
@@ -268,6 +276,16 @@ def validate(config: ml_collections.ConfigDict, *, num_replicas: int = 1,
                  "outer.min_lr", "mamlpp.first_order_iterations"):
         group, field = name.split(".")
         _positive(name, config[group][field], allow_zero=True)
+    steps_limit = (MAX_UNROLLED_INNER_STEPS if config.algorithm in MAML_FAMILY
+                   else MAX_INNER_STEPS)
+    if config.inner.steps > steps_limit:
+        why = ("every MAML-family inner step is unrolled into the training graph"
+               if config.algorithm in MAML_FAMILY else "the bound on one adaptation's length")
+        raise ConfigError(f"config field 'inner.steps' is {config.inner.steps}; it must be <= "
+                          f"{steps_limit} for algorithm {config.algorithm!r} ({why})")
+    if config.inner.eval_steps > MAX_INNER_STEPS:
+        raise ConfigError(f"config field 'inner.eval_steps' is {config.inner.eval_steps}; it must "
+                          f"be <= {MAX_INNER_STEPS}")
     if config.export.max_inner_steps < config.inner.eval_steps:
         raise ConfigError(
             f"config field 'export.max_inner_steps' is {config.export.max_inner_steps}; it must be "

@@ -40,6 +40,9 @@ INNER_OPTIMIZERS = ("sgd", "adam")
 LEARNED_LR = ("none", "per_layer_step", "per_parameter")
 ADAPT = ("all", "head")
 ADAM_EPSILON = 1e-8
+# Adaptations that are not differentiated run as a tf.while_loop when longer than this; up to it
+# they are unrolled, which the graph optimiser handles best (measured for serving latency).
+UNROLL_MAX_STEPS = 10
 
 Tensors = list[tf.Tensor]
 Steps = int | tf.Tensor
@@ -80,6 +83,18 @@ def minibatch_indices(num_examples: Any, batch_size: int, step: Any, seed: int) 
     first, last = permutation(passes[0]), permutation(passes[-1])
     return tf.where(tf.equal(passes, passes[0]), tf.gather(first, positions % n),
                     tf.gather(last, positions % n))
+
+
+def loop_steps(steps: Any) -> Any:
+    """``steps`` as :meth:`InnerLoop.adapt` should get it when nothing differentiates through it.
+
+    A Python int above :data:`UNROLL_MAX_STEPS` becomes a tensor, so the loop runs as a
+    ``tf.while_loop`` whose graph does not grow with the step count; shorter counts and tensors
+    are returned unchanged.
+    """
+    if isinstance(steps, int) and not isinstance(steps, bool) and steps > UNROLL_MAX_STEPS:
+        return tf.constant(steps, tf.int32)
+    return steps
 
 
 def _hash32(x: tf.Tensor) -> tf.Tensor:
@@ -237,6 +252,11 @@ class InnerLoop:
             raise ValueError("no parameter adapts in the inner loop (check adapt / "
                              "adapt_batch_norm)")
         self.adapted = adapted
+        # Adapted parameters whose support-pass gradient is zero in exact arithmetic (a bias that
+        # batch norm subtracts again): set to exactly zero so round-off never becomes a step.
+        cancelled = tfm_layers.biases_cancelled_by_batch_norm(model)
+        self._cancelled = [id(v) in cancelled
+                           for v, ok in zip(model.trainable_variables, adapted) if ok]
         self.variables = InnerVariables(model, options, adapted)
         self.num_params = n
         self.num_state = len(model.non_trainable_variables)
@@ -407,6 +427,9 @@ class InnerLoop:
             y = self.check_labels(y, out, "support")
             loss = tf.reduce_sum(self.task_loss(y, out))
         grads = tape.gradient(loss, adapted, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        if training:  # batch statistics: biases cancelled by batch norm have no gradient
+            grads = [tf.zeros_like(g) if cancelled else g
+                     for g, cancelled in zip(grads, self._cancelled)]
         grads = self._clip(grads)
         if first_order:
             grads = F.stop_gradient(grads)

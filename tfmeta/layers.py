@@ -207,3 +207,47 @@ def with_batch_statistics(
     for moving, batch in index:
         out[moving] = non_trainable[batch]
     return out
+
+
+def biases_cancelled_by_batch_norm(model: keras.Model) -> set[int]:
+    """``id``s of bias variables that batch normalisation with batch statistics cancels exactly.
+
+    A per-channel bias added right before a batch norm over the same channels (the usual
+    ``Conv2D(use_bias=True) -> BatchNorm``) is subtracted again with the batch mean, so while the
+    norm uses batch statistics the loss does not depend on the bias and its gradient is zero in
+    exact arithmetic. Computed in floating point it is round-off (~1e-9), which an optimiser that
+    normalises gradients (Adam) turns into full-size steps that differ between equivalent
+    formulations. The inner loop zeroes these gradients instead.
+
+    Only layers connected in the model's graph (functional and Sequential models) are found: the
+    producer must have a ``bias`` over its last axis and no activation of its own, be followed by
+    a :class:`BatchNorm` or Keras ``BatchNormalization`` over the last axis, and feed nothing
+    else.
+    """
+    found: set[int] = set()
+    for norm in all_layers(model):
+        if not (isinstance(norm, BatchNorm) or (isinstance(norm, keras.layers.BatchNormalization)
+                                                and _normalises_last_axis(norm))):
+            continue
+        for node in getattr(norm, "_inbound_nodes", []):
+            parents = getattr(node, "parent_nodes", [])
+            if len(parents) != 1:
+                continue
+            producer = parents[0].operation
+            bias = getattr(producer, "bias", None)
+            activation = getattr(producer, "activation", None)
+            linear = activation is None or getattr(activation, "__name__", "") == "linear"
+            if (bias is not None and bias.trainable and len(bias.shape) == 1 and linear
+                    and len(getattr(producer, "_outbound_nodes", [])) == 1):
+                found.add(id(bias))
+    return found
+
+
+def _normalises_last_axis(layer: keras.layers.BatchNormalization) -> bool:
+    """Whether a Keras ``BatchNormalization`` normalises each channel of the last axis."""
+    if layer.axis == -1:
+        return True
+    try:
+        return layer.axis == len(layer.input.shape) - 1
+    except (AttributeError, ValueError):  # not connected in a graph: cannot tell
+        return False

@@ -28,7 +28,7 @@ import tensorflow as tf
 from tfmeta import functional as F
 from tfmeta import inner_loop
 from tfmeta import layers as tfm_layers
-from tfmeta.inner_loop import InnerLoop, InnerOptions
+from tfmeta.inner_loop import InnerLoop, InnerOptions, loop_steps
 
 BATCH_KEYS = ("support_x", "support_y", "query_x", "query_y")
 BN_MODES = inner_loop.BN_MODES
@@ -376,6 +376,7 @@ class MetaLearner:
                          steps: int | tf.Tensor, bn_mode: str | None
                          ) -> tuple[list[tf.Tensor], tf.Tensor]:
         """Adapts a group of tasks (no meta-gradient) and predicts their queries."""
+        steps = loop_steps(steps)  # nothing differentiates through it: long loops stay small
         fast, _, _ = self.inner.adapt(theta, state, task["support_x"], task["support_y"], steps,
                                       first_order=True)
         fast = F.stop_gradient(fast)
