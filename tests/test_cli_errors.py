@@ -97,3 +97,48 @@ def test_class_labels_of_shape_s_1_are_accepted_and_others_named():
              "query_y": np.stack([y, y], 1)[None]}
     with pytest.raises(ValueError, match=r"query_y .* \[tasks, examples\]; got shape \(1, 6, 2\)"):
         algo.meta_gradients(batch)
+
+
+BINARIES = ("tfmeta.train", "tfmeta.evaluate", "tfmeta.export", "tfmeta.adapt", "tfmeta.report",
+            "tfmeta.demo")
+
+
+@pytest.mark.parametrize("binary", BINARIES)
+def test_help_exits_0_and_prints_the_flags(binary):
+    proc = _run(binary, "--help")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "flags:" in proc.stdout
+
+
+def test_stray_positional_argument_is_one_line(tmp_path):
+    error = _one_error(_run("tfmeta.train", f"--config={SINE}:smoke",
+                            f"--workdir={tmp_path / 'run'}", "stray"))
+    assert "unexpected arguments: ['stray']" in error
+    assert not (tmp_path / "run").exists()
+
+
+def test_unknown_config_variant_is_one_line_without_traceback(tmp_path):
+    error = _one_error(_run("tfmeta.train", f"--config={MAML}:nope",
+                            f"--workdir={tmp_path / 'run'}"))
+    assert "unknown variant 'nope'" in error and "smoke" in error
+    assert "Traceback" not in error and 'File "' not in error
+
+
+def test_missing_config_file_is_one_line_naming_it(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "tfmeta.train", "--config=configs/nope.py",
+                           f"--workdir={tmp_path / 'run'}"], capture_output=True, text=True,
+                          timeout=600, env=subprocess_env(), cwd=str(tmp_path))
+    error = _one_error(proc)
+    assert "config file 'configs/nope.py' not found" in error and str(tmp_path) in error
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("override,expected", [
+    ("--config.inner.steps=2000", "'inner.steps' is 2000; it must be <= 50"),
+    ("--config.inner.eval_steps=1000000", "'inner.eval_steps' is 1000000; it must be <= 1000"),
+])
+def test_inner_steps_are_bounded_before_anything_is_traced(tmp_path, override, expected):
+    error = _one_error(_run("tfmeta.train", f"--config={MAML}:smoke",
+                            f"--workdir={tmp_path / 'run'}", override))
+    assert expected in error, error
+    assert not (tmp_path / "run" / "checkpoints").exists()

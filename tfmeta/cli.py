@@ -8,6 +8,8 @@ user's input (a bug, a diverging run) keep their traceback and exit status 1.
 
 from __future__ import annotations
 
+import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -68,6 +70,72 @@ def _check_config_overrides(argv: Sequence[str], flag_name: str) -> None:
         raise config_lib.ConfigError(f"unknown config field '{field}' (from {arg!r}); {where}")
 
 
+_HELP_FLAGS = ("--help", "-help", "-h", "--helpshort", "-helpshort", "--helpfull", "-helpfull",
+               "--helpxml", "-helpxml", "-?")
+
+
+def _asks_for_help(argv: Sequence[str]) -> bool:
+    return any(arg.split("=", 1)[0] in _HELP_FLAGS for arg in argv[1:])
+
+
+def _first_error_line(text: str) -> str:
+    """The message of an error whose text embeds a traceback: its last ``Type: message`` line.
+
+    ml_collections puts the whole traceback of a config file's ``get_config`` into the flag error
+    (``Error whilst parsing config file: Traceback ...``); the user needs only the last line.
+    """
+    if "Traceback (most recent call last)" not in text:
+        return text
+    head = text.split("Traceback (most recent call last)", 1)[0].strip().rstrip(":")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    last = next((line for line in reversed(lines) if re.match(r"^[A-Za-z_.]*(Error|Exception)\b", line)),
+                lines[-1])
+    return f"{head}: {last}" if head else last
+
+
+def _config_arg(argv: Sequence[str], flag_name: str) -> str | None:
+    """The value of ``--NAME=VALUE`` or ``--NAME VALUE`` in ``argv`` (the last one), or None."""
+    value = None
+    for i, arg in enumerate(argv[1:], start=1):
+        if arg == "--":
+            break
+        if arg.startswith(f"--{flag_name}="):
+            value = arg.split("=", 1)[1]
+        elif arg == f"--{flag_name}" and i + 1 < len(argv):
+            value = argv[i + 1]
+    return value
+
+
+def _check_config_file(argv: Sequence[str], flag_name: str) -> None:
+    """Names a config file that does not exist, before ml_collections fails on it lazily.
+
+    ml_collections defers a missing file's error to the first use of the config, which then
+    surfaces as a traceback from deep inside the binary.
+    """
+    from tfmeta import config as config_lib
+
+    value = _config_arg(argv, flag_name)
+    if value is None:
+        return
+    path = value.split(":", 1)[0]
+    if not path:
+        raise config_lib.ConfigError(f"--{flag_name} is empty; pass a config file such as "
+                                     f"--{flag_name}=configs/omniglot_maml.py:5way1shot")
+    if not os.path.isfile(path):
+        where = "" if os.path.isabs(path) else f" (relative to the current directory {os.getcwd()!r})"
+        raise config_lib.ConfigError(f"config file {path!r} not found{where}; "
+                                     f"pass --{flag_name}=PATH_TO/configs/NAME.py[:variant]")
+
+
+def _check_config_loaded(flag_name: str) -> None:
+    """Raises the load error that ml_collections keeps inside an unusable config, as one line."""
+    from tfmeta import config as config_lib
+
+    error = getattr(flags.FLAGS[flag_name].value, "_error", None)
+    if isinstance(error, BaseException):
+        raise config_lib.ConfigError(f"--{flag_name}: {_first_error_line(str(error))}")
+
+
 def run(main: Callable[[list[str]], int | None], *, config_flag: str | None = None) -> None:
     """``absl.app.run(main)`` with tfmeta's error contract.
 
@@ -80,19 +148,28 @@ def run(main: Callable[[list[str]], int | None], *, config_flag: str | None = No
     def parse(argv: list[str]) -> list[str]:
         try:
             if config_flag:
+                _check_config_file(argv, config_flag)
                 _check_config_overrides(argv, config_flag)
-            return flags.FLAGS(argv)
+            rest = flags.FLAGS(argv)
+            if config_flag:
+                _check_config_loaded(config_flag)
+            return rest
+        except SystemExit as e:
+            # absl exits with status 1 after printing the help it was asked for.
+            sys.exit(0 if _asks_for_help(argv) and e.code == 1 else e.code)
         except flags.Error as e:
-            sys.exit(fail(f"{e}. Pass --helpshort to see the flags."))
+            sys.exit(fail(f"{_first_error_line(str(e))}. Pass --helpshort to see the flags."))
         except user_errors() as e:
             sys.exit(fail(str(e)))
         except (AttributeError, KeyError, TypeError, ValueError, OSError) as e:
             # Errors raised while loading or overriding a config file.
-            sys.exit(fail(f"{type(e).__name__} while parsing flags: {e}"))
+            sys.exit(fail(f"{type(e).__name__} while parsing flags: {_first_error_line(str(e))}"))
 
     def guarded(argv: list[str]) -> Any:
         try:
             return main(argv)
+        except app.UsageError as e:
+            return fail(str(e))
         except user_errors() as e:
             return fail(str(e))
 
