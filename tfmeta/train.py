@@ -4,19 +4,18 @@ r"""Meta-trains a tfmeta experiment.
         [--config.train.iterations=1000] [--strategy=mirrored] [--tpu=local]
 
 What is computed lives in the config; where it runs lives in the flags. Rerunning the same command
-resumes from the latest checkpoint; SIGTERM (preemption) saves a checkpoint and exits cleanly.
+resumes from the latest checkpoint; SIGTERM (preemption) saves a checkpoint and exits cleanly,
+or, when it comes while a graph is still being built or compiled, stops within
+--stop_grace_seconds keeping the checkpoints already written (exit status 143).
 At the end the model is evaluated on the config's evaluation split and exported to WORKDIR/export.
 """
 
 from __future__ import annotations
 
-import signal
-import threading
-
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from tfmeta import cli
+from tfmeta import cli, preemption
 from tfmeta import config as config_lib
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -30,12 +29,19 @@ _TPU = flags.DEFINE_string("tpu", "",
 _EXPORT = flags.DEFINE_bool("export", True, "Export a fast-adaptation SavedModel at the end.")
 _DETERMINISTIC = flags.DEFINE_bool("deterministic", False,
                                    "Enable TensorFlow's deterministic ops (bit-exact resumes).")
+_STOP_GRACE_SECONDS = flags.DEFINE_float(
+    "stop_grace_seconds", 30.0, "After SIGTERM the run saves a checkpoint at the end of its "
+    "current training loop; if it is still running this many seconds later (tracing or compiling "
+    "a graph, or a long loop) it stops at once, keeping the checkpoints already written.",
+    lower_bound=0.001)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv: list[str]) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    # First, so that a SIGTERM during start-up (imports, tracing, compiling) is honoured too.
+    stop = preemption.StopRequest(_STOP_GRACE_SECONDS.value).install()
     import tensorflow as tf
 
     from tfmeta import distribute, trainer, workdir
@@ -49,13 +55,6 @@ def main(argv: list[str]) -> int:
     strategy = distribute.make_strategy(_STRATEGY.value, tpu=_TPU.value)
     logging.info("strategy %s with %d replicas", _STRATEGY.value, strategy.num_replicas_in_sync)
 
-    stop = threading.Event()
-
-    def on_sigterm(signum, frame):  # pylint: disable=unused-argument
-        logging.warning("SIGTERM received: saving a checkpoint at the end of the current loop.")
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_sigterm)
     summary = trainer.train(config, _WORKDIR.value, strategy=strategy, should_stop=stop.is_set)
     if summary["preempted"]:
         return 0
