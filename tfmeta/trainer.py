@@ -541,9 +541,30 @@ def _run_locked(exp: Experiment, workdir: str, *, should_stop: Callable[[], bool
             write_json(os.path.join(workdir, f"eval_{split}.json"), result)
         logging.info("%s: %s %.4f +- %.4f over %d episodes", split, result["metric"],
                      result[result["metric"]], result["ci95"], result["episodes"])
+        warn_if_chance(result, config)
     for writer in writers.values():
         writer.flush()
     return summary
+
+
+def warn_if_chance(result: dict[str, Any], config: ml_collections.ConfigDict) -> bool:
+    """Warns when a classification result cannot be told apart from guessing; returns whether.
+
+    A run can finish without an error and still learn nothing (an inner learning rate of 100
+    does that): the final number alone looks like a result unless someone compares it with
+    1 / ways.
+    """
+    if result.get("metric") != "accuracy" or not result.get("ways"):
+        return False
+    chance = 1.0 / result["ways"]
+    if result["accuracy"] - result["ci95"] > chance:
+        return False
+    logging.warning(
+        "The %s accuracy %.2f%% +- %.2f%% is at chance level (1/%d ways = %.1f%%): the model did "
+        "not learn. Check the learning rates (inner.lr=%g, outer.lr=%g) and the training curves "
+        "(TensorBoard on the work directory).", result["split"], 100 * result["accuracy"],
+        100 * result["ci95"], result["ways"], 100 * chance, config.inner.lr, config.outer.lr)
+    return True
 
 
 def _learning_rate(optimizer: keras.optimizers.Optimizer) -> float:
