@@ -231,7 +231,8 @@ def _binary(*args, **env):
                           capture_output=True, text=True, timeout=300)
 
 
-@pytest.mark.parametrize("case", ["missing_support", "not_tfmeta", "negative_inner_steps"])
+@pytest.mark.parametrize("case", ["missing_support", "not_tfmeta", "negative_inner_steps",
+                                  "pipe_query"])
 def test_binary_reports_bad_input_in_one_line_with_exit_2(random_export, plain_saved_model,
                                                           tmp_path, case):
     support, query = _support(str(tmp_path))
@@ -240,6 +241,9 @@ def test_binary_reports_bad_input_in_one_line_with_exit_2(random_export, plain_s
         named = support = str(tmp_path / "no_support")
     elif case == "not_tfmeta":
         named = model = plain_saved_model
+    elif case == "pipe_query":
+        named = query = str(tmp_path / "pipe.png")
+        os.mkfifo(query)
     else:
         named, extra = "--inner_steps=-1", ["--inner_steps=-1"]
     proc = _binary(f"--saved_model={model}", f"--support={support}", f"--query={query}", *extra)
@@ -248,6 +252,8 @@ def test_binary_reports_bad_input_in_one_line_with_exit_2(random_export, plain_s
     lines = proc.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr[-3000:]
     assert named in lines[0]
+    if case == "pipe_query":
+        assert "is a named pipe (FIFO)" in lines[0]
 
 
 def _nested_queries(root):

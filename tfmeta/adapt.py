@@ -4,12 +4,16 @@ r"""Classifies images with an exported model after adapting it to a folder of ex
         [--json] [--inner_steps=N] [--transductive]
 
 ``--support`` holds one subfolder per class (the subfolder name is the class name) with a few
-example images each (PNG or JPEG, any size; colour is converted to grayscale, transparency is
-composited onto white). ``--query`` is a directory of images or a comma-separated list of image
-files and directories; directories are read recursively, in sorted order. Hidden files and
-folders (names starting with ".") and files without an image extension are ignored, but a
-directory without any image is an error. Each query is printed with its path and predicted class
-and probability, as a table or, with ``--json``, as one JSON document.
+example images each (PNG or JPEG, any size and depth; colour is converted to grayscale,
+transparency is composited onto white, 16-bit grey is scaled rather than clipped, the EXIF
+orientation is applied; see :func:`load_image`). ``--query`` is a directory of images or a
+comma-separated list of image files and directories; directories are read recursively, in
+sorted order. Hidden files and folders (names starting with ".") and files without an image
+extension are ignored, but a directory without any image is an error. Named pipes, sockets and
+devices with an image name are skipped with a warning naming them, never opened (a stray pipe
+would block the read forever). An image whose grayscale is one constant value is classified
+with a warning naming it. Each query is printed with its path and predicted class and
+probability, as a table or, with ``--json``, as one JSON document.
 
 The model adapts to the support set inside the SavedModel (see :mod:`tfmeta.export`). With fewer
 classes than the model's N ways, the unused outputs are masked out and the probabilities
@@ -21,13 +25,14 @@ answer also depends on the other queries); the output says which protocol was us
 Images are read one at a time: each is decoded, converted to grayscale and at once resized to the
 model's ``image_size`` with PIL's LANCZOS filter (the filter the training data was prepared with;
 images already at that size are not resampled), so memory does not grow with the images' size.
-They are sent as float32 ``pixels / 255`` with white background = 1, the SavedModel's input
-contract; the graph then only inverts them.
+They are sent as float32 in [0, 1] (``pixels / 255`` for 8-bit images) with white background
+= 1, the SavedModel's input contract; the graph then only inverts them. Labels are checked as
+Python integers before the int32 conversion, which would truncate floats and wrap large values.
 
 Errors a user can cause (a missing or unreadable path, a class folder or query directory without
-images, an unreadable image, more classes than the model's N, a directory that is not a SavedModel
-or a SavedModel not exported by tfmeta, ``--inner_steps`` outside ``[0, max_inner_steps]`` of the
-export) raise :class:`AdaptError`;
+images, an unreadable image, a query path that is a named pipe or device, more classes than the
+model's N, a directory that is not a SavedModel or a SavedModel not exported by tfmeta,
+``--inner_steps`` outside ``[0, max_inner_steps]`` of the export) raise :class:`AdaptError`;
 the command prints them as one line ``error: ...`` on stderr and exits with status 2. Ctrl-C
 stops the command at once, even during a long adaptation: it prints ``interrupted`` on stderr and
 exits with status 130. ``-v 1`` logs what is adapted, just before the SavedModel call.
