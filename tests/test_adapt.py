@@ -6,19 +6,23 @@ Also: one-line errors with exit status 2, recursive query folders, images read o
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import os
 import signal
+import struct
 import subprocess
 import sys
 import textwrap
 import threading
 import time
 import zipfile
+import zlib
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageOps
 
 from tests.helpers import archives_dir, subprocess_env
 from tfmeta import adapt
@@ -62,8 +66,8 @@ def test_colour_jpeg_and_transparent_png_become_grayscale(tmp_path):
     rgba.save(tmp_path / "b.png")
     a = adapt.load_image(str(tmp_path / "a.jpg"), 28)
     b = adapt.load_image(str(tmp_path / "b.png"), 28)
-    assert a.mode == b.mode == "L" and a.size == b.size == (28, 28)
-    assert np.asarray(b).min() == 255
+    assert a.shape == b.shape == (28, 28) and a.dtype == b.dtype == np.float32
+    assert b.min() == 1.0
     # Every image, whatever its size, arrives at the model's size, as pixels / 255.
     pixels = adapt.read_images([str(tmp_path / "a.jpg"), str(tmp_path / "b.png")], 28)
     assert pixels.shape == (2, 28, 28, 1) and pixels.dtype == np.float32
@@ -227,7 +231,8 @@ def _binary(*args, **env):
                           capture_output=True, text=True, timeout=300)
 
 
-@pytest.mark.parametrize("case", ["missing_support", "not_tfmeta", "negative_inner_steps"])
+@pytest.mark.parametrize("case", ["missing_support", "not_tfmeta", "negative_inner_steps",
+                                  "pipe_query"])
 def test_binary_reports_bad_input_in_one_line_with_exit_2(random_export, plain_saved_model,
                                                           tmp_path, case):
     support, query = _support(str(tmp_path))
@@ -236,6 +241,9 @@ def test_binary_reports_bad_input_in_one_line_with_exit_2(random_export, plain_s
         named = support = str(tmp_path / "no_support")
     elif case == "not_tfmeta":
         named = model = plain_saved_model
+    elif case == "pipe_query":
+        named = query = str(tmp_path / "pipe.png")
+        os.mkfifo(query)
     else:
         named, extra = "--inner_steps=-1", ["--inner_steps=-1"]
     proc = _binary(f"--saved_model={model}", f"--support={support}", f"--query={query}", *extra)
@@ -244,6 +252,8 @@ def test_binary_reports_bad_input_in_one_line_with_exit_2(random_export, plain_s
     lines = proc.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr[-3000:]
     assert named in lines[0]
+    if case == "pipe_query":
+        assert "is a named pipe (FIFO)" in lines[0]
 
 
 def _nested_queries(root):
@@ -482,3 +492,238 @@ def test_inner_steps_above_the_exports_bound_is_refused(random_export, tmp_path)
     assert proc.returncode == 2
     assert [line for line in proc.stderr.splitlines() if line.startswith("error:")] == [
         "error: inner_steps must be between 0 and 100, got 1000000"]
+
+
+# ----------------------------------------------------------------- image modes, special files
+def _png16(pixels, color_type):
+    """A 16-bit PNG (grey: color_type 0, RGB: 2), written by hand: PIL cannot write 16-bit RGB."""
+    height, width = pixels.shape[:2]
+    raw = b"".join(b"\x00" + pixels[y].astype(">u2").tobytes() for y in range(height))
+
+    def chunk(kind, data):
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    return (b"\x89PNG\r\n\x1a\n"
+            + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 16, color_type, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+def _ink(size=56, seed=0):
+    """A stroke pattern: True where there is ink."""
+    rng = np.random.default_rng(seed)
+    ink = np.zeros((size, size), bool)
+    for _ in range(4):
+        r, c = rng.integers(4, size - 12, 2)
+        ink[r:r + 10, c:c + 3] = ink[r:r + 3, c:c + 10] = True
+    return ink
+
+
+# 16-bit ink at 8000 of 65535 (about 31 of 255) on white: the 8-bit equivalent is 31 on 255.
+_INK16, _INK8 = 8000, round(8000 / 65535 * 255)
+
+
+def _mode_images(folder, ink):
+    """The same strokes in many PIL modes and depths; returns {name: path}."""
+    white16 = np.where(ink, _INK16, 65535).astype(np.uint16)
+    gray8 = np.where(ink, _INK8, 255).astype(np.uint8)
+    paths = {}
+
+    def save(name, image, **kwargs):
+        paths[name] = os.path.join(folder, name)
+        image.save(paths[name], **kwargs)
+
+    save("gray16.png", Image.fromarray(white16))  # PIL mode I;16
+    assert Image.open(paths["gray16.png"]).mode == "I;16"
+    paths["rgb16.png"] = os.path.join(folder, "rgb16.png")
+    with open(paths["rgb16.png"], "wb") as f:
+        f.write(_png16(np.dstack([white16] * 3), color_type=2))
+    save("int32.tif", Image.fromarray(white16.astype(np.int32), "I"))
+    save("float.tif", Image.fromarray(white16.astype(np.float32) / 65535, "F"))
+    save("palette.png", Image.fromarray(gray8).convert("P"))
+    save("rgba.png", Image.fromarray(np.dstack([gray8] * 3 + [np.full_like(gray8, 255)]), "RGBA"))
+    save("la.png", Image.fromarray(gray8).convert("LA"))
+    save("cmyk.jpg", Image.fromarray(gray8).convert("CMYK"), quality=95)
+    save("bilevel.png", Image.fromarray(np.where(ink, 0, 255).astype(np.uint8)).convert("1"))
+    save("gray8.png", Image.fromarray(gray8))
+    return paths
+
+
+def test_every_mode_and_depth_is_scaled_to_0_1_not_clipped(tmp_path):
+    paths = _mode_images(str(tmp_path), _ink())
+    names = list(paths)
+    pixels = dict(zip(names, adapt.read_images([paths[n] for n in names], 28)[..., 0]))
+    reference = pixels["gray8.png"]
+    assert reference.min() < 0.3  # the strokes survive the resize
+    for name, got in pixels.items():
+        assert got.dtype == np.float32 and 0.0 <= got.min() and got.max() <= 1.0, name
+        # The 16-bit ink read as 8000/65535, not clipped to white; JPEG and 1-bit are lossy.
+        tolerance = {"cmyk.jpg": 0.1, "bilevel.png": 0.2}.get(name, 3 / 255)
+        assert np.abs(got - reference).mean() < tolerance / 3, name
+        assert np.abs(got - reference).max() < (0.5 if name == "bilevel.png" else 0.1), name
+    assert abs(pixels["gray16.png"].min() - reference.min()) < 2 / 255
+
+
+def test_faint_16_bit_ink_is_classified_like_its_8_bit_equivalent(random_export, tmp_path,
+                                                                  caplog):
+    support = tmp_path / "support"
+    for c in range(3):
+        os.makedirs(support / f"class_{c}")
+        Image.fromarray(np.where(_ink(seed=c), _INK8, 255).astype(np.uint8)).save(
+            support / f"class_{c}" / "0.png")
+    query = tmp_path / "query"
+    os.makedirs(query)
+    for q in range(3):
+        ink = _ink(seed=q)
+        Image.fromarray(np.where(ink, _INK16, 65535).astype(np.uint16)).save(query / f"{q}_16.png")
+        Image.fromarray(np.where(ink, _INK8, 255).astype(np.uint8)).save(query / f"{q}_8.png")
+    with caplog.at_level(logging.WARNING):
+        _, preds = adapt.classify(random_export["path"], str(support), [str(query)])
+    assert "uniform" not in caplog.text  # nothing was read as blank
+    by_name = {os.path.basename(p.file): p for p in preds}
+    for q in range(3):
+        deep, shallow = by_name[f"{q}_16.png"], by_name[f"{q}_8.png"]
+        assert deep.label == shallow.label == f"class_{q}"
+        for name, p in shallow.probabilities.items():
+            assert abs(deep.probabilities[name] - p) < 0.02
+
+
+def test_out_of_range_deep_pixels_are_an_error_naming_the_file(tmp_path):
+    path = str(tmp_path / "float.tif")
+    Image.fromarray(np.full((8, 8), 200.0, np.float32), "F").save(path)
+    with pytest.raises(adapt.AdaptError, match=r"pixels must be in \[0, 1\]; found") as info:
+        adapt.read_images([path], 28)
+    assert path in str(info.value)
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    upright = np.full((60, 40), 255, np.uint8)
+    upright[5:25, 5:20] = 0  # a dark block at the top left: where it lands shows the rotation
+    Image.fromarray(upright).save(tmp_path / "upright.jpg", quality=95)
+    # Stored rotated a quarter turn anticlockwise; orientation 6 says "turn clockwise to view".
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(upright).transpose(Image.Transpose.ROTATE_90).save(
+        tmp_path / "sideways.jpg", quality=95, exif=exif)
+    with Image.open(tmp_path / "sideways.jpg") as check:
+        assert check.size == (60, 40) and ImageOps.exif_transpose(check).size == (40, 60)
+    got = adapt.load_image(str(tmp_path / "sideways.jpg"), 20)
+    expected = adapt.load_image(str(tmp_path / "upright.jpg"), 20)
+    assert np.abs(got - expected).mean() < 0.02
+    assert got[3:7, 4:8].mean() < 0.2 and got[-6:, -6:].mean() > 0.9
+
+
+def test_uniform_image_is_read_with_a_warning_naming_it(tmp_path, caplog):
+    blank = str(tmp_path / "blank.png")
+    Image.new("L", (40, 40), 255).save(blank)
+    same_brightness = str(tmp_path / "grey.png")  # colours that all become one grey
+    Image.new("RGB", (28, 28), (128, 128, 128)).save(same_brightness)
+    strokes = str(tmp_path / "strokes.png")
+    Image.fromarray(np.where(_ink(28), 0, 255).astype(np.uint8)).save(strokes)
+    with caplog.at_level(logging.WARNING):
+        pixels = adapt.read_images([blank, same_brightness, strokes], 28)
+    assert np.all(pixels[0] == 1.0)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 2, warnings
+    assert blank in warnings[0] and "uniform" in warnings[0] and "every pixel is 1 " in warnings[0]
+    assert same_brightness in warnings[1]
+
+
+def _in_thread_with_timeout(fn, fifos, seconds=120):
+    """Runs ``fn()``; if it is still running after ``seconds``, unblocks readers of ``fifos``."""
+    outcome = {}
+
+    def target():
+        try:
+            outcome["result"] = fn()
+        except BaseException as e:  # noqa: BLE001 - reported to the test
+            outcome["error"] = e
+
+    worker = threading.Thread(target=target, daemon=True)
+    worker.start()
+    worker.join(seconds)
+    hung = worker.is_alive()
+    if hung:  # a reader blocked in open(): give it a writer, then EOF, so the thread ends
+        for fifo in fifos:
+            try:
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+            except OSError:
+                pass
+        worker.join(5)
+    assert not hung, f"blocked on a named pipe for {seconds} s"
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
+def test_named_pipes_are_skipped_with_a_warning_never_opened(loaded_export, tmp_path, caplog):
+    support, query = _support(str(tmp_path), classes=2)
+    fifos = [os.path.join(query, "2_pipe.png"), os.path.join(support, "class_0", "pipe.png")]
+    for fifo in fifos:
+        os.mkfifo(fifo)
+    with caplog.at_level(logging.WARNING):
+        _, preds = _in_thread_with_timeout(
+            lambda: adapt.classify(loaded_export, support, [query]), fifos)
+    assert [os.path.basename(p.file) for p in preds] == ["0.png", "1.png", "2.png", "3.png"]
+    for fifo in fifos:
+        assert f"skipping {fifo!r}: it is a named pipe (FIFO)" in caplog.text
+    # Named directly, it is an error, raised without opening it.
+    with pytest.raises(adapt.AdaptError, match="is a named pipe") as info:
+        _in_thread_with_timeout(lambda: adapt.read_queries([fifos[0]]), fifos)
+    assert fifos[0] in str(info.value)
+    with pytest.raises(adapt.AdaptError, match="is a named pipe"):
+        _in_thread_with_timeout(lambda: adapt.read_images([fifos[0]], 28), fifos)
+
+
+# ----------------------------------------------------------------- labels from Python callers
+@pytest.fixture(scope="module")
+def loaded_export(random_export):
+    import tensorflow as tf
+
+    return tf.saved_model.load(random_export["path"])
+
+
+def _episode_arrays(seed=0):
+    rng = np.random.default_rng(seed)
+    return (rng.uniform(size=(5, 28, 28, 1)).astype(np.float32),
+            rng.uniform(size=(2, 28, 28, 1)).astype(np.float32))
+
+
+@pytest.mark.parametrize("labels,named", [
+    (np.array([0.7, 1.2, 2.9, 3.1, 4.0]), "0.7"),            # the int32 cast would truncate
+    ([0, 1, 2, 3.0, 4], "0.0"),  # NumPy makes the whole list float
+    (np.array([0, 1, 2, 3, 2**32 + 4], np.int64), str(2**32 + 4)),  # would wrap around to 4
+    ([0, 1, 2, 3, 2**31], str(2**31)),
+    ([0, 1, 2, 3, 2**70], str(2**70)),
+    ([0, 1, 2, 3, 5], "5"),
+    (np.array([0, 1, -2, 3, 4], np.int32), "-2"),
+    ([True, False, True, False, True], "True"),
+    (np.array(["0", "1", "2", "3", "4"]), "'0'"),
+])
+def test_client_refuses_labels_the_int32_conversion_would_change(loaded_export, labels, named):
+    sx, qx = _episode_arrays()
+    with pytest.raises(adapt.AdaptError, match="support_labels must be integers in") as info:
+        adapt.adapt_and_predict(loaded_export, sx, labels, qx)
+    message = str(info.value)
+    assert "\n" not in message and f"got {named} at index" in message
+    assert "[0, 5)" in message
+
+
+@pytest.mark.parametrize("steps", [2.5, np.float64(3.0), 2**32 + 3, True])
+def test_client_refuses_inner_steps_the_int32_conversion_would_change(loaded_export, steps):
+    sx, qx = _episode_arrays()
+    with pytest.raises(adapt.AdaptError, match="inner_steps must be") as info:
+        adapt.adapt_and_predict(loaded_export, sx, np.arange(5), qx, inner_steps=steps)
+    assert repr(steps) in str(info.value) or str(steps) in str(info.value)
+
+
+def test_client_accepts_any_integer_labels_and_float64_images(loaded_export):
+    sx, qx = _episode_arrays()
+    expected = adapt.adapt_and_predict(loaded_export, sx, np.arange(5, dtype=np.int32), qx)
+    for labels in ([0, 1, 2, 3, 4], np.arange(5, dtype=np.int64), np.arange(5, dtype=np.uint8)):
+        np.testing.assert_array_equal(
+            adapt.adapt_and_predict(loaded_export, sx, labels, qx, ways=5), expected)
+    np.testing.assert_allclose(adapt.adapt_and_predict(
+        loaded_export, sx.astype(np.float64), np.arange(5), qx.astype(np.float64)), expected,
+        atol=1e-6)

@@ -4,12 +4,16 @@ r"""Classifies images with an exported model after adapting it to a folder of ex
         [--json] [--inner_steps=N] [--transductive]
 
 ``--support`` holds one subfolder per class (the subfolder name is the class name) with a few
-example images each (PNG or JPEG, any size; colour is converted to grayscale, transparency is
-composited onto white). ``--query`` is a directory of images or a comma-separated list of image
-files and directories; directories are read recursively, in sorted order. Hidden files and
-folders (names starting with ".") and files without an image extension are ignored, but a
-directory without any image is an error. Each query is printed with its path and predicted class
-and probability, as a table or, with ``--json``, as one JSON document.
+example images each (PNG or JPEG, any size and depth; colour is converted to grayscale,
+transparency is composited onto white, 16-bit grey is scaled rather than clipped, the EXIF
+orientation is applied; see :func:`load_image`). ``--query`` is a directory of images or a
+comma-separated list of image files and directories; directories are read recursively, in
+sorted order. Hidden files and folders (names starting with ".") and files without an image
+extension are ignored, but a directory without any image is an error. Named pipes, sockets and
+devices with an image name are skipped with a warning naming them, never opened (a stray pipe
+would block the read forever). An image whose grayscale is one constant value is classified
+with a warning naming it. Each query is printed with its path and predicted class and
+probability, as a table or, with ``--json``, as one JSON document.
 
 The model adapts to the support set inside the SavedModel (see :mod:`tfmeta.export`). With fewer
 classes than the model's N ways, the unused outputs are masked out and the probabilities
@@ -21,13 +25,14 @@ answer also depends on the other queries); the output says which protocol was us
 Images are read one at a time: each is decoded, converted to grayscale and at once resized to the
 model's ``image_size`` with PIL's LANCZOS filter (the filter the training data was prepared with;
 images already at that size are not resampled), so memory does not grow with the images' size.
-They are sent as float32 ``pixels / 255`` with white background = 1, the SavedModel's input
-contract; the graph then only inverts them.
+They are sent as float32 in [0, 1] (``pixels / 255`` for 8-bit images) with white background
+= 1, the SavedModel's input contract; the graph then only inverts them. Labels are checked as
+Python integers before the int32 conversion, which would truncate floats and wrap large values.
 
 Errors a user can cause (a missing or unreadable path, a class folder or query directory without
-images, an unreadable image, more classes than the model's N, a directory that is not a SavedModel
-or a SavedModel not exported by tfmeta, ``--inner_steps`` outside ``[0, max_inner_steps]`` of the
-export) raise :class:`AdaptError`;
+images, an unreadable image, a query path that is a named pipe or device, more classes than the
+model's N, a directory that is not a SavedModel or a SavedModel not exported by tfmeta,
+``--inner_steps`` outside ``[0, max_inner_steps]`` of the export) raise :class:`AdaptError`;
 the command prints them as one line ``error: ...`` on stderr and exits with status 2. Ctrl-C
 stops the command at once, even during a long adaptation: it prints ``interrupted`` on stderr and
 exits with status 130. ``-v 1`` logs what is adapted, just before the SavedModel call.
@@ -39,6 +44,7 @@ import dataclasses
 import json
 import os
 import signal
+import stat
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn, TypeVar
@@ -46,6 +52,8 @@ from typing import Any, NoReturn, TypeVar
 import numpy as np
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+# PIL modes with more than 8 bits per grey sample, which PIL's conversion to "L" would clip.
+_HIGH_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 SIGNATURE_ADAPT = "adapt_and_predict"
 SIGNATURE_ADAPT_STEPS = "adapt_and_predict_steps"
 SIGNATURE_TRANSDUCTIVE = "adapt_and_predict_transductive"
@@ -92,10 +100,45 @@ def _listdir(directory: str) -> list[str]:
         raise AdaptError(f"cannot read directory {directory!r}: {e.strerror or e}") from e
 
 
+def _special_file_kind(path: str) -> str | None:
+    """What ``path`` is if it exists but is neither a regular file nor a directory, else None.
+
+    Uses ``stat`` only: opening a named pipe for reading blocks until a writer appears (forever,
+    for a stray one), and a device such as /dev/zero never ends. A path that cannot be stat-ed
+    (a broken link) is left to the reader, which names it in its error.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    for test, kind in ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return kind
+    return "not a regular file"
+
+
+def _regular_image_files(paths: Sequence[str]) -> list[str]:
+    """``paths`` without the special files, each of which is skipped with a warning naming it."""
+    from absl import logging
+
+    kept = []
+    for path in paths:
+        kind = _special_file_kind(path)
+        if kind is None:
+            kept.append(path)
+        else:
+            logging.warning("skipping %r: it is %s, not an image file", path, kind)
+    return kept
+
+
 def _image_files(directory: str) -> list[str]:
-    """The image files directly inside ``directory``, sorted."""
-    return [os.path.join(directory, name) for name in _listdir(directory)
-            if _is_image_name(name) and os.path.isfile(os.path.join(directory, name))]
+    """The image files directly inside ``directory``, sorted; special files are skipped."""
+    return _regular_image_files([
+        os.path.join(directory, name) for name in _listdir(directory)
+        if _is_image_name(name) and not os.path.isdir(os.path.join(directory, name))])
 
 
 def _walk_image_files(directory: str) -> list[str]:
@@ -115,7 +158,8 @@ def _walk_image_files(directory: str) -> list[str]:
         dirs[:] = sorted(d for d in dirs if not _is_hidden(d)
                          and os.path.realpath(os.path.join(root, d)) not in inside)
         ancestors.update((os.path.join(root, d), inside) for d in dirs)
-        files += [os.path.join(root, name) for name in sorted(names) if _is_image_name(name)]
+        files += _regular_image_files([os.path.join(root, name) for name in sorted(names)
+                                       if _is_image_name(name)])
     return files
 
 
@@ -124,7 +168,8 @@ def read_support(support_dir: str) -> tuple[list[str], list[str], list[int]]:
 
     Args:
       support_dir: one subfolder of example images per class. Hidden files and folders are
-        ignored, and so are subfolders inside a class folder.
+        ignored, and so are subfolders inside a class folder. Special files with an image name
+        (named pipes, sockets, devices) are skipped with a warning naming them, never opened.
 
     Returns:
       ``(class_names, files, labels)``: class names are the sorted subfolder names, and every image
@@ -157,13 +202,16 @@ def read_queries(queries: Sequence[str]) -> list[str]:
 
     Args:
       queries: image files and/or directories. A file is used whatever its name; in a directory,
-        hidden files and folders and files without an image extension are ignored.
+        hidden files and folders and files without an image extension are ignored, and special
+        files with an image name (named pipes, sockets, devices) are skipped with a warning
+        naming them, never opened.
 
     Returns:
       The image files, in the order given, each directory's in walk order.
 
     Raises:
-      AdaptError: a missing or unreadable path, a directory without any image, or no paths.
+      AdaptError: a missing or unreadable path, a directory without any image, a path given
+        by name that is a special file (a named pipe, socket or device), or no paths.
     """
     files: list[str] = []
     for path in queries:
@@ -175,6 +223,9 @@ def read_queries(queries: Sequence[str]) -> list[str]:
             files += found
         elif os.path.isfile(path):
             files.append(path)
+        elif os.path.exists(path):
+            raise AdaptError(f"query path {path!r} is {_special_file_kind(path)}; give image "
+                             "files or directories")
         else:
             raise AdaptError(f"query path {path!r} does not exist")
     if not files:
@@ -182,11 +233,52 @@ def read_queries(queries: Sequence[str]) -> list[str]:
     return files
 
 
-def load_image(path: str, image_size: int) -> Any:
-    """Reads one image as 8-bit grayscale (PIL mode "L") of ``image_size`` x ``image_size``.
+def _high_depth_gray(image: Any, path: str) -> Any:
+    """A grayscale image of more than 8 bits per sample as a PIL "F" image in [0, 1].
 
-    Transparency is composited onto white. The image is resized with PIL's LANCZOS filter, as the
-    training data was prepared, unless it already has that size; the full-size decoded image is
+    PIL's own conversion to 8 bits ("L") clips such samples at 255 instead of scaling them, so a
+    16-bit scan, whose ink is far above 255, would come out blank.
+    """
+    from PIL import Image
+
+    pixels = np.asarray(image)
+    if image.mode == "F":
+        white, allowed = 1.0, "floating-point pixels must be in [0, 1]"
+    elif image.mode == "I":
+        # What PIL gives for 16-bit PNGs in some versions and for 32-bit TIFFs: read as 16 bits.
+        white, allowed = 65535.0, "32-bit integer pixels are read as 16-bit samples, in [0, 65535]"
+    else:  # I;16 and its byte orders
+        white, allowed = 65535.0, ""
+    if allowed:
+        if not np.all(np.isfinite(pixels)):
+            raise AdaptError(f"cannot read image {path!r}: it holds NaN or infinite pixels")
+        lo, hi = float(pixels.min()), float(pixels.max())
+        if lo < 0 or hi > white:
+            raise AdaptError(f"cannot read image {path!r}: {allowed}; found values in "
+                             f"[{lo:.6g}, {hi:.6g}]")
+    gray = pixels.astype(np.float32) / np.float32(white)
+    del pixels
+    transparency = image.info.get("transparency")
+    if isinstance(transparency, (int, float)):  # a grey level that means "transparent"
+        gray[np.asarray(image) == transparency] = 1.0  # transparency is white, as for 8 bits
+    return Image.fromarray(gray, "F")
+
+
+def load_image(path: str, image_size: int) -> np.ndarray:
+    """Reads one image as grayscale pixels in [0, 1] (white = 1), ``image_size`` on each side.
+
+    * 8-bit images of any PIL mode (grey, RGB, palette, CMYK, 1-bit, ...) are converted by PIL
+      to 8-bit grayscale ("L"), and transparency is composited onto white.
+    * Deeper grayscale (PIL modes "I;16*": 16-bit PNG or TIFF; "I": read as 16-bit samples in
+      [0, 65535]; "F": float samples in [0, 1]) is scaled to [0, 1] in floating point, never
+      clipped at 8 bits; other values are an error. PIL itself reduces 16-bit colour to 8 bits
+      per channel by keeping the high byte, which scales too.
+    * The EXIF orientation is applied (a photo taken sideways is read upright).
+    * It is resized with PIL's LANCZOS filter, as the training data was prepared, unless it
+      already has that size; resampling overshoot of deep images is clipped to [0, 1].
+
+    An image whose grayscale is one constant value (blank, or colours of equal brightness) has
+    nothing to classify: it is read, but a warning names it. The full-size decoded image is
     dropped on return.
 
     Args:
@@ -194,17 +286,22 @@ def load_image(path: str, image_size: int) -> Any:
       image_size: side of the model's images.
 
     Returns:
-      A PIL image, mode "L", ``image_size`` x ``image_size``.
+      float32 ``[image_size, image_size]`` in [0, 1]: ``pixels / 255`` for 8-bit images.
 
     Raises:
-      AdaptError: the file is not a readable image.
+      AdaptError: the file is not a readable image, or deep pixels are out of range (the message
+        names the file).
     """
-    from PIL import Image, UnidentifiedImageError
+    from absl import logging
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
-        with Image.open(path) as image:
+        with _open_regular_file(path) as file, Image.open(file) as image:
             image.load()
-            if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+            ImageOps.exif_transpose(image, in_place=True)
+            if image.mode in _HIGH_DEPTH_MODES:
+                gray = _high_depth_gray(image, path)
+            elif image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
                 rgba = image.convert("RGBA")
                 white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
                 gray = Image.alpha_composite(white, rgba).convert("L")
@@ -212,14 +309,46 @@ def load_image(path: str, image_size: int) -> Any:
                 gray = image.convert("L")
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError,
             Image.DecompressionBombError) as e:
+        if isinstance(e, AdaptError):
+            raise
         raise AdaptError(f"cannot read image {path!r}: {_first_line(str(e))}") from e
+    scale = 255.0 if gray.mode == "L" else 1.0
+    lo, hi = gray.getextrema()
+    if lo == hi:
+        logging.warning("image %r is uniform: every pixel is %.4g (0 = black, 1 = white), so "
+                        "there is nothing in it to classify and its prediction means nothing",
+                        path, lo / scale)
     if gray.size != (image_size, image_size):
         gray = gray.resize((image_size, image_size), resample=Image.LANCZOS)
-    return gray
+    if gray.mode == "L":
+        return np.asarray(gray, np.float32) / np.float32(255.0)
+    return np.clip(np.asarray(gray, np.float32), 0.0, 1.0)
+
+
+def _open_regular_file(path: str) -> Any:
+    """Opens ``path`` for binary reading, refusing anything but a regular file.
+
+    The listing already skips special files; this also covers a path named directly or replaced
+    after listing. O_NONBLOCK makes opening a named pipe return at once instead of waiting for a
+    writer; it changes nothing for regular files.
+
+    Raises:
+      AdaptError: ``path`` is not a regular file.
+      OSError: it cannot be opened.
+    """
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise AdaptError(f"cannot read image {path!r}: it is "
+                             f"{_special_file_kind(path) or 'not a regular file'}")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def read_images(paths: Sequence[str], image_size: int) -> np.ndarray:
-    """Reads images one at a time into the SavedModel's input format.
+    """Reads images one at a time into the SavedModel's input format (see :func:`load_image`).
 
     Only one full-size image is in memory at any time, so memory is bounded by the largest
     image, not by the sum of all of them.
@@ -229,14 +358,15 @@ def read_images(paths: Sequence[str], image_size: int) -> np.ndarray:
       image_size: side of the model's images.
 
     Returns:
-      float32 ``[len(paths), image_size, image_size, 1]``, ``pixels / 255`` (white = 1).
+      float32 ``[len(paths), image_size, image_size, 1]`` in [0, 1] (white = 1): ``pixels /
+      255`` for 8-bit images.
 
     Raises:
       AdaptError: a file is not a readable image (the message names it).
     """
     out = np.empty((len(paths), image_size, image_size, 1), np.float32)
     for i, path in enumerate(paths):
-        out[i, :, :, 0] = np.asarray(load_image(path, image_size), np.float32) / 255.0
+        out[i, :, :, 0] = load_image(path, image_size)
     return out
 
 
@@ -313,31 +443,87 @@ def _run_interruptibly(fn: Callable[[], _T]) -> _T:
     return outcome["result"]
 
 
+def check_labels(labels: Any, ways: int, name: str = "support_labels") -> np.ndarray:
+    """Checks class labels before they are converted to the signature's int32.
+
+    TensorFlow converts a NumPy array to an int32 input with a C-style cast, before the graph
+    runs: float labels are truncated (0.7 -> 0) and integers of 2**31 and more wrap around
+    (2**32 + 4 -> 4), leaving valid-looking labels the graph cannot tell from real ones. So they
+    are checked here, as Python integers.
+
+    Args:
+      labels: one label per support example (a sequence or 1-D array).
+      ways: the model's N; labels must be in ``[0, N)``.
+      name: how to name the labels in the error.
+
+    Returns:
+      The labels as int32 ``[S]``.
+
+    Raises:
+      AdaptError: a label that is not an integer (floats and booleans included, even 1.0) or is
+        outside ``[0, ways)``, naming the first such value and its index; or labels that are not
+        a flat sequence.
+    """
+    try:
+        array = np.asarray(labels)
+    except (ValueError, TypeError) as e:
+        raise AdaptError(f"{name} must be a flat sequence of integers: {_first_line(str(e))}") \
+            from e
+    if array.ndim != 1:
+        raise AdaptError(f"{name} must be a flat sequence of integers in [0, {ways}), one per "
+                         f"support image; got an array of shape {list(array.shape)}")
+    # .tolist() gives Python scalars: exact for any integer size, and floats stay floats.
+    for i, value in enumerate(array.tolist()):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise AdaptError(f"{name} must be integers in [0, {ways}); got {value!r} at index {i} "
+                             f"({array.dtype}); pass int32 class indices")
+        if not 0 <= value < ways:
+            raise AdaptError(f"{name} must be integers in [0, {ways}) (the model has {ways} "
+                             f"ways); got {value} at index {i}")
+    return array.astype(np.int32)
+
+
+def _float_images(images: Any, name: str) -> np.ndarray:
+    """``images`` as float32 (float64 arrays are welcome), refusing non-numeric data."""
+    array = np.asarray(images)
+    if array.dtype.kind not in "fiub":
+        raise AdaptError(f"{name} must be float32 pixels in [0, 1]; got dtype {array.dtype}")
+    return array.astype(np.float32, copy=False)
+
+
 def adapt_and_predict(saved_model: Any, support_images: np.ndarray, support_labels: Sequence[int],
                       query_images: np.ndarray, inner_steps: int | None = None, *,
-                      transductive: bool = False) -> np.ndarray:
+                      transductive: bool = False, ways: int | None = None) -> np.ndarray:
     """Calls the SavedModel: the one place that knows its signatures.
+
+    Labels and ``inner_steps`` are checked here, in Python (see :func:`check_labels`), because
+    TensorFlow's conversion to the signature's int32 would truncate or wrap them silently.
 
     Args:
       saved_model: a loaded tfmeta classifier export.
       support_images: float32 ``[S, H, W, 1]``, ``pixels / 255``.
-      support_labels: ``S`` labels in ``[0, N)``.
+      support_labels: ``S`` integer labels in ``[0, N)``.
       query_images: float32 ``[Q, H, W, 1]``, ``pixels / 255``.
       inner_steps: inner steps; the export's configured number when None.
       transductive: normalise the queries together (the export's transductive signature).
+      ways: the model's N; read from the export's metadata when None.
 
     Returns:
       float32 logits ``[Q, N]``.
 
     Raises:
-      AdaptError: the SavedModel rejected the inputs (first line of its message).
+      AdaptError: a label that is not an integer in ``[0, N)``, an ``inner_steps`` that is not a
+        non-negative int32, or the SavedModel rejected the inputs (first line of its message).
       KeyboardInterrupt: on Ctrl-C, at once; the call itself runs on in a daemon thread.
     """
     import tensorflow as tf
 
-    inputs = {"support_images": tf.constant(support_images),
-              "support_labels": tf.constant(support_labels, tf.int32),
-              "query_images": tf.constant(query_images)}
+    if ways is None:
+        ways = int(read_metadata(saved_model, "the given SavedModel")["ways"])
+    _check_inner_steps(inner_steps)
+    inputs = {"support_images": tf.constant(_float_images(support_images, "support_images")),
+              "support_labels": tf.constant(check_labels(support_labels, ways)),
+              "query_images": tf.constant(_float_images(query_images, "query_images"))}
     if transductive:
         if SIGNATURE_TRANSDUCTIVE not in saved_model.signatures:
             raise AdaptError("this model has no batch norm, so there is no transductive "
@@ -350,15 +536,22 @@ def adapt_and_predict(saved_model: Any, support_images: np.ndarray, support_labe
         signature = saved_model.signatures[SIGNATURE_ADAPT]
     else:
         signature = saved_model.signatures[SIGNATURE_ADAPT_STEPS]
-        inputs["inner_steps"] = tf.constant(inner_steps, tf.int32)
+        inputs["inner_steps"] = tf.constant(int(inner_steps), tf.int32)
     try:
         return _run_interruptibly(lambda: signature(**inputs)["logits"].numpy())
     except tf.errors.InvalidArgumentError as e:
         raise AdaptError(f"the SavedModel rejected the inputs: {_first_line(e.message)}") from e
 
 
-def _check_inner_steps(inner_steps: int | None, bound: int = MAX_INNER_STEPS) -> None:
-    if inner_steps is not None and not 0 <= inner_steps <= bound:
+def _check_inner_steps(inner_steps: Any, bound: int = MAX_INNER_STEPS) -> None:
+    if inner_steps is None:
+        return
+    # Checked as a Python integer: the int32 conversion would truncate 2.5 and wrap 2**32 + 3.
+    if isinstance(inner_steps, (bool, np.bool_)) or not isinstance(inner_steps,
+                                                                   (int, np.integer)):
+        raise AdaptError(f"inner_steps must be an integer between 0 and {bound}, got "
+                         f"{inner_steps!r}")
+    if not 0 <= inner_steps <= bound:
         raise AdaptError(f"inner_steps must be between 0 and {bound}, got {inner_steps}")
 
 
@@ -430,7 +623,7 @@ def classify(saved_model: Any, support_dir: str, queries: Sequence[str], *,
                   meta.get("inner_steps") if inner_steps is None else inner_steps,
                   len(query_files))
     logits = adapt_and_predict(saved_model, support_images, labels, query_images, inner_steps,
-                               transductive=transductive)
+                               transductive=transductive, ways=ways)
     return classes, _predictions(classes, query_files, logits)
 
 

@@ -322,9 +322,16 @@ class _Classifier(_Module):
         sx = tf.reshape(sx, tf.stack([tasks, shots, self._size, self._size, 1]))
         sy = tf.reshape(sy, tf.stack([tasks, shots]))
         qx = tf.reshape(qx, tf.stack([tasks, queries, self._size, self._size, 1]))
+        # With Q = 0, TensorFlow's Conv2D returns an empty batch with the input's channel count
+        # instead of the filters', so the task-batched layers (B > 1) fail on a shape mismatch.
+        # One blank query stands in and its answers are dropped; queries are answered each on
+        # its own in the serving modes, so it changes no other answer.
+        pad = tf.cast(tf.equal(queries, 0), tf.int32)
+        qx = tf.concat([qx, tf.zeros(tf.stack([tasks, pad, self._size, self._size, 1]),
+                                     qx.dtype)], axis=1)
         logits = self._algorithm.adapt_and_predict(sx, sy, qx, steps=self._default_steps,
                                                    bn_mode=self._serving)
-        return self._outputs(logits)
+        return self._outputs(logits[:, :queries])
 
     def _predict(self, query_images):
         with tf.control_dependencies(_check_images(query_images, "query_images",
