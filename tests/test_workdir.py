@@ -277,7 +277,8 @@ def test_checkpoint_state_files_of_older_runs_still_resume(tmp_path, monkeypatch
     state = run_dir / "checkpoints" / "checkpoint"
     # As a run given --workdir=runs/rel1 wrote it, relative to the directory or to its cwd, and
     # as a moved directory's absolute paths read.
-    for written in ["ckpt-{n}", "runs/rel1/checkpoints/ckpt-{n}", "/elsewhere/checkpoints/ckpt-{n}"]:
+    for written in ["ckpt-{n}", "runs/rel1/checkpoints/ckpt-{n}",
+                    "/elsewhere/checkpoints/ckpt-{n}"]:
         state.write_text("".join([f'model_checkpoint_path: "{written.format(n=6)}"\n'] + [
             f'all_model_checkpoint_paths: "{written.format(n=n)}"\n' for n in (3, 6)]))
         for given in ("runs/rel1", str(run_dir), "runs/rel1/"):

@@ -95,7 +95,8 @@ def normalize(path: str) -> str:
     """
     if path is None or not str(path).strip():
         raise WorkdirError(f"the work directory path is empty ({path!r}); give a directory such "
-                           "as --workdir=/tmp/run, --workdir=runs/name or --workdir=gs://bucket/run")
+                           "as --workdir=/tmp/run, --workdir=runs/name or "
+                           "--workdir=gs://bucket/run")
     path = str(path)
     if not _is_local(path):
         return path
