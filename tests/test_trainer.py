@@ -312,6 +312,131 @@ def test_nan_loss_stops_naming_the_step_and_keeps_good_checkpoint(tmp_path):
             assert np.all(np.isfinite(value)), key
 
 
+def _small_sine(**overrides):
+    sys.path.insert(0, os.path.join(REPO, "tests"))
+    from distributed_driver import load_config
+
+    config = load_config(f"{SINE}:smoke")
+    config.update_from_flattened_dict(dict(_SMALL_SINE, **{"train.checkpoint_every": 3,
+                                                           "eval.episodes": 5}, **overrides))
+    return config
+
+
+@pytest.mark.parametrize("nan_from", [0, 3])
+def test_nan_message_names_the_newest_checkpoint_or_says_there_is_none(tmp_path, monkeypatch,
+                                                                         nan_from):
+    import tensorflow as tf
+
+    from tfmeta import trainer
+
+    exp = trainer.build_experiment(_small_sine(**{"train.iterations": 9}),
+                                   tf.distribute.get_strategy())
+    meta_step = exp.algorithm.meta_step
+
+    def poisoned(*args, **kwargs):  # the loss turns NaN in the loop starting at `nan_from`
+        step = meta_step(*args, **kwargs)
+        factor = tf.where(exp.step >= nan_from, float("nan"), 1.0)
+        return step._replace(metrics=dict(step.metrics, loss=step.metrics["loss"] * factor))
+
+    monkeypatch.setattr(exp.algorithm, "meta_step", poisoned)
+    run_dir = str(tmp_path / "run")
+    with pytest.raises(trainer.NonFiniteLossError, match=f"at meta-iteration {nan_from};") as info:
+        trainer.run(exp, run_dir, final_evaluation=False)
+    message = str(info.value)
+    assert "None" not in message
+    if nan_from == 0:
+        assert "No checkpoint had been saved yet" in message
+        assert not os.path.exists(os.path.join(run_dir, "checkpoints", "checkpoint"))
+    else:
+        assert f"The last good checkpoint is kept: {run_dir}/checkpoints/ckpt-3." in message
+
+
+def _no_space(error: str):
+    import errno
+
+    import tensorflow as tf
+
+    if error == "ENOSPC":
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    return tf.errors.ResourceExhaustedError(None, None, "/x/tmp-write; No space left on device")
+
+
+@pytest.mark.parametrize("error", ["ENOSPC", "ResourceExhaustedError"])
+def test_disk_full_while_saving_names_the_path_and_keeps_earlier_checkpoints(tmp_path,
+                                                                             monkeypatch, error):
+    import tensorflow as tf
+
+    from tfmeta import trainer, workdir
+
+    save = tf.train.CheckpointManager.save
+
+    def failing_save(self, checkpoint_number=None, **kwargs):
+        if checkpoint_number is not None and checkpoint_number > 3:
+            raise _no_space(error)
+        return save(self, checkpoint_number=checkpoint_number, **kwargs)
+
+    monkeypatch.setattr(tf.train.CheckpointManager, "save", failing_save)
+    run_dir = str(tmp_path / "run")
+    with pytest.raises(workdir.WorkdirWriteError) as info:
+        trainer.train(_small_sine(), run_dir, final_evaluation=False)
+    message = str(info.value)
+    ckpts = os.path.join(run_dir, "checkpoints")
+    assert f"cannot write {ckpts}/ckpt-6: " in message and "No space left on device" in message
+    assert f"{ckpts}/ckpt-3 is intact" in message and "\n" not in message
+    monkeypatch.undo()
+    assert not os.path.exists(os.path.join(run_dir, workdir.LOCK_FILE))
+    assert int(trainer.restore(run_dir).step.numpy()) == 3
+
+
+@pytest.mark.parametrize("target", ["history", "summary"])
+def test_disk_full_while_writing_history_or_summaries_names_the_path(tmp_path, monkeypatch,
+                                                                    target):
+    import tensorflow as tf
+
+    from tfmeta import trainer, workdir
+
+    def fail(*args, **kwargs):
+        raise _no_space("ENOSPC" if target == "history" else "ResourceExhaustedError")
+
+    if target == "history":
+        monkeypatch.setattr(trainer, "_append_history", fail)
+    else:
+        monkeypatch.setattr(tf.summary, "scalar", fail)
+    run_dir = str(tmp_path / "run")
+    config = _small_sine(**{"train.eval_every": 3, "train.eval_episodes": 2})
+    with pytest.raises(workdir.WorkdirWriteError) as info:
+        trainer.train(config, run_dir, final_evaluation=False)
+    path = os.path.join(run_dir, "history.jsonl" if target == "history" else "train")
+    assert f"cannot write {path}: " in str(info.value)
+    assert "No space left on device" in str(info.value)
+
+
+def test_disk_full_in_the_binary_is_one_line_exit_2(tmp_path):
+    workdir = tmp_path / "run"
+    script = (
+        "import errno, os, sys\n"
+        "import tensorflow as tf\n"
+        "save = tf.train.CheckpointManager.save\n"
+        "def failing_save(self, checkpoint_number=None, **kwargs):\n"
+        "    if checkpoint_number is not None and checkpoint_number > 3:\n"
+        "        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))\n"
+        "    return save(self, checkpoint_number=checkpoint_number, **kwargs)\n"
+        "tf.train.CheckpointManager.save = failing_save\n"
+        "from tfmeta import train\n"
+        "train.run()\n")
+    cmd = [sys.executable, "-c", script, f"--config={SINE}:smoke", f"--workdir={workdir}",
+           "--noexport", "--config.train.iterations=6", "--config.train.steps_per_loop=3",
+           "--config.train.checkpoint_every=3", "--config.train.eval_every=0",
+           "--config.train.eval_episodes=0"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT,
+                          env=_env(PYTHONPATH=REPO), cwd=REPO)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "No space left on device" in errors[0]
+    assert f"{workdir}/checkpoints/ckpt-3 is intact" in errors[0]
+    assert os.path.exists(workdir / "checkpoints" / "ckpt-3.index")
+
+
 # ------------------------------------------------------------------------- gs:// stand-in
 
 
@@ -406,8 +531,47 @@ def test_bfloat16_compute_keeps_float32_meta_parameters():
     assert all(np.isfinite(losses)), losses
 
 
+def test_multiworker_without_a_usable_tf_config_is_a_clear_error(monkeypatch, tmp_path):
+    from tfmeta import cli, distribute
+
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    with pytest.raises(distribute.ClusterConfigError, match="TF_CONFIG .*not set.*\"cluster\""):
+        distribute.make_strategy("multiworker")
+    for bad in ("{", "{}", '{"cluster": {}, "task": {}}', "[]"):
+        monkeypatch.setenv("TF_CONFIG", bad)
+        with pytest.raises(distribute.ClusterConfigError, match="TF_CONFIG"):
+            distribute.make_strategy("multiworker")
+    assert issubclass(distribute.ClusterConfigError, cli.user_errors())
+    env = _env()
+    env.pop("TF_CONFIG", None)
+    proc = subprocess.run([sys.executable, "-m", "tfmeta.train", f"--config={SINE}:smoke",
+                           f"--workdir={tmp_path / 'run'}", "--strategy=multiworker"],
+                          capture_output=True, text=True, timeout=TIMEOUT, env=env, cwd=REPO)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "TF_CONFIG" in errors[0] and '"task"' in errors[0]
+
+
 def test_tpu_strategy_without_a_tpu_is_a_clear_error():
     from tfmeta import distribute
 
     with pytest.raises(distribute.TPUUnavailableError, match="--tpu=local on a TPU VM"):
         distribute.make_strategy("tpu", tpu="")
+
+
+def test_training_that_ends_at_chance_accuracy_is_warned(caplog):
+    import logging
+
+    from tfmeta import config as config_lib
+    from tfmeta import trainer
+
+    config = config_lib.base_config()
+    config.inner.lr = 100.0
+    result = {"metric": "accuracy", "accuracy": 0.2, "ci95": 0.0, "ways": 5, "split": "test"}
+    with caplog.at_level(logging.WARNING):
+        assert trainer.warn_if_chance(result, config)
+    assert "chance level (1/5 ways = 20.0%)" in caplog.text and "inner.lr=100" in caplog.text
+    # Above chance by more than the confidence interval: no warning; regression: never.
+    assert not trainer.warn_if_chance(dict(result, accuracy=0.3, ci95=0.05), config)
+    assert trainer.warn_if_chance(dict(result, accuracy=0.23, ci95=0.05), config)
+    assert not trainer.warn_if_chance({"metric": "mse", "mse": 1.0, "ci95": 0.1}, config)

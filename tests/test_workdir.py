@@ -224,3 +224,192 @@ def test_no_readable_checkpoint_names_each_one(tmp_path):
     assert proc.returncode == 2
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "ckpt-6" in errors[0] and "ckpt-3" in errors[0]
+
+
+# ------------------------------------------------------------------------------------ paths
+def _errors(proc) -> list[str]:
+    return [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+
+
+def test_normalize_makes_local_paths_absolute_and_leaves_urls(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert workdir.normalize("runs/rel1") == str(tmp_path / "runs" / "rel1")
+    assert workdir.normalize("./runs/../runs/rel1/") == str(tmp_path / "runs" / "rel1")
+    assert workdir.normalize(".") == str(tmp_path)
+    assert workdir.normalize("~/run") == str(tmp_path / "home" / "run")
+    for url in ("gs://bucket/run", "gs://bucket/run/", "ram://x/../y"):
+        assert workdir.normalize(url) == url
+    for empty in ("", "  "):
+        with pytest.raises(workdir.WorkdirError, match="work directory path is empty"):
+            workdir.normalize(empty)
+
+
+def test_relative_and_home_workdirs_train_resume_restore_and_export(tmp_path, monkeypatch,
+                                                                     caplog):
+    from tfmeta import export, report
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    trainer.train(_config(**{"train.iterations": 3}), "runs/rel1", final_evaluation=False)
+    assert int(trainer.restore("runs/rel1").step.numpy()) == 3
+    with caplog.at_level("INFO", logger="absl"):
+        summary = trainer.train(_config(), "~/runs/rel1/")  # the same directory, resumed
+    assert summary["step"] == 6 and "Resumed from" in caplog.text
+    assert "cannot be read" not in caplog.text
+    # From another directory, the absolute path means the same run.
+    monkeypatch.chdir(tmp_path / "runs")
+    assert int(trainer.restore(str(tmp_path / "runs" / "rel1")).step.numpy()) == 6
+    assert int(trainer.restore("rel1").step.numpy()) == 6
+    assert report.load_run("~/runs/rel1").workdir == str(tmp_path / "runs" / "rel1")
+    assert not (tmp_path / "runs" / "~").exists()
+    for call in (lambda: trainer.train(_config(), ""), lambda: trainer.restore(""),
+                 lambda: export.export_from_workdir("")):
+        with pytest.raises(workdir.WorkdirError, match="empty"):
+            call()
+
+
+def test_checkpoint_state_files_of_older_runs_still_resume(tmp_path, monkeypatch):
+    """State files hold paths as they were given; only the checkpoint's name counts."""
+    monkeypatch.chdir(tmp_path)
+    run_dir = tmp_path / "runs" / "rel1"
+    trainer.train(_config(), str(run_dir), final_evaluation=False)
+    state = run_dir / "checkpoints" / "checkpoint"
+    # As a run given --workdir=runs/rel1 wrote it, relative to the directory or to its cwd, and
+    # as a moved directory's absolute paths read.
+    for written in ["ckpt-{n}", "runs/rel1/checkpoints/ckpt-{n}",
+                    "/elsewhere/checkpoints/ckpt-{n}"]:
+        state.write_text("".join([f'model_checkpoint_path: "{written.format(n=6)}"\n'] + [
+            f'all_model_checkpoint_paths: "{written.format(n=n)}"\n' for n in (3, 6)]))
+        for given in ("runs/rel1", str(run_dir), "runs/rel1/"):
+            ckpts = os.path.join(given, "checkpoints")
+            assert workdir.checkpoint_candidates(ckpts)[:2] == [
+                os.path.join(ckpts, "ckpt-6"), os.path.join(ckpts, "ckpt-3")]
+            assert int(trainer.restore(given).step.numpy()) == 6
+
+
+def test_binaries_with_a_relative_workdir_after_cd(tmp_path):
+    """Train (with its final export) in a relative directory, evaluate it from elsewhere via ~."""
+    env = subprocess_env(HOME=str(tmp_path))
+    # A cheap export: one inner step at most.
+    proc = subprocess.run(_train_cmd("runs/rel1", "--export", "--config.train.iterations=4",
+                                     "--config.inner.eval_steps=1",
+                                     "--config.export.max_inner_steps=1"),
+                          capture_output=True, text=True, env=env, cwd=str(tmp_path), timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_dir = tmp_path / "runs" / "rel1"
+    assert (run_dir / "export" / "saved_model.pb").exists()
+    assert (run_dir / "checkpoints" / "ckpt-4.index").exists()
+    (tmp_path / "elsewhere").mkdir()
+    proc = subprocess.run([sys.executable, "-m", "tfmeta.evaluate", "--workdir=~/runs/rel1",
+                           "--episodes=3"], capture_output=True, text=True, env=env,
+                          cwd=str(tmp_path / "elsewhere"), timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"written to {run_dir}{os.sep}eval_test_" in proc.stdout
+    # An empty --workdir would have meant the current directory: one line, nothing written.
+    proc = subprocess.run(_train_cmd(""), capture_output=True, text=True, env=env,
+                          cwd=str(tmp_path / "elsewhere"), timeout=600)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert len(_errors(proc)) == 1 and "work directory path is empty" in _errors(proc)[0]
+    assert os.listdir(tmp_path / "elsewhere") == []
+
+
+# ------------------------------------------------------------------------ work-directory state
+def test_checkpoints_without_config_json_are_refused_before_anything_is_written(tmp_path):
+    run_dir = str(tmp_path / "run")
+    trainer.train(_config(), run_dir, final_evaluation=False)
+    os.remove(os.path.join(run_dir, workdir.CONFIG_FILE))
+    before = _snapshot(run_dir)
+    for call in (lambda: trainer.train(_config(), run_dir),
+                 lambda: trainer.train(_config(**{"inner.lr": 0.5}), run_dir),
+                 lambda: trainer.restore(run_dir)):
+        with pytest.raises(workdir.WorkdirStateError) as info:
+            call()
+        message = str(info.value)
+        assert "no config.json" in message and "checkpoints" in message
+        assert "backup" in message and "new --workdir" in message
+        assert _snapshot(run_dir) == before, "nothing may be written to a directory not understood"
+    proc = subprocess.run(_train_cmd(run_dir, "--config.inner.lr=0.5"), capture_output=True,
+                          text=True, env=subprocess_env(), cwd=REPO, timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert len(_errors(proc)) == 1 and "no config.json" in _errors(proc)[0]
+    assert _snapshot(run_dir) == before
+    # Unrelated files do not make a directory a training run's: it may be used for a new one.
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "README.txt").write_text("mine")
+    assert workdir.check_state(str(other)) is None
+
+
+_DAMAGE = {
+    "truncated config.json": (workdir.CONFIG_FILE, lambda text: text[: len(text) // 2],
+                              "not valid JSON"),
+    "config.json holding a list": (workdir.CONFIG_FILE, lambda text: "[]", "holds a list"),
+    "empty config.json": (workdir.CONFIG_FILE, lambda text: "", "is empty"),
+    "string for a number": (workdir.CONFIG_FILE,
+                            lambda text: text.replace('"lr": 0.01,', '"lr": "fast",'),
+                            "'inner.lr' holds 'fast'"),
+    "invalid value": (workdir.CONFIG_FILE,
+                      lambda text: text.replace('"algorithm": "maml"', '"algorithm": "xyz"'),
+                      "not a valid config"),
+    "truncated config_changes.json": (workdir.CONFIG_CHANGES_FILE,
+                                      lambda text: text[: len(text) // 2], "not valid JSON"),
+    "config_changes.json holding an object": (workdir.CONFIG_CHANGES_FILE,
+                                              lambda text: "{}", "not a list"),
+    "wrong change": (workdir.CONFIG_CHANGES_FILE,
+                     lambda text: text.replace("[\n        6,\n        9\n      ]", '"9"'),
+                     "not a [saved, new] pair"),
+}
+
+
+@pytest.fixture(scope="module")
+def resumed_run(tmp_path_factory) -> str:
+    """A run with a recorded config change (``train.iterations`` 6 -> 9)."""
+    run_dir = str(tmp_path_factory.mktemp("resumed") / "run")
+    trainer.train(_config(), run_dir, final_evaluation=False)
+    trainer.train(_config(**{"train.iterations": 9}), run_dir, final_evaluation=False)
+    return run_dir
+
+
+def _damaged_copy(resumed_run: str, dest, case: str) -> str:
+    import shutil
+
+    name, damage, _ = _DAMAGE[case]
+    run_dir = str(dest / "run")
+    shutil.copytree(resumed_run, run_dir)
+    path = os.path.join(run_dir, name)
+    with open(path) as f:
+        damaged = damage(f.read())
+    with open(path, "w") as f:
+        f.write(damaged)
+    return run_dir
+
+
+@pytest.mark.parametrize("case", sorted(_DAMAGE))
+def test_damaged_workdir_json_names_the_file(tmp_path, resumed_run, case):
+    name, _, expected = _DAMAGE[case]
+    run_dir = _damaged_copy(resumed_run, tmp_path, case)
+    before = _snapshot(run_dir)
+    for call in (lambda: workdir.load_config(run_dir), lambda: trainer.restore(run_dir),
+                 lambda: trainer.train(_config(**{"train.iterations": 9}), run_dir)):
+        with pytest.raises(workdir.WorkdirStateError) as info:
+            call()
+        assert os.path.join(run_dir, name) in str(info.value) and expected in str(info.value)
+        assert "\n" not in str(info.value)
+    assert _snapshot(run_dir) == before
+
+
+@pytest.mark.parametrize("binary,case", [
+    ("train", "truncated config.json"), ("evaluate", "config.json holding a list"),
+    ("export", "truncated config_changes.json")])
+def test_damaged_workdir_json_is_one_line_exit_2_in_every_binary(tmp_path, resumed_run, binary,
+                                                                 case):
+    name, _, expected = _DAMAGE[case]
+    run_dir = _damaged_copy(resumed_run, tmp_path, case)
+    cmd = (_train_cmd(run_dir, "--config.train.iterations=9") if binary == "train" else
+           [sys.executable, "-m", f"tfmeta.{binary}", f"--workdir={run_dir}"])
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=subprocess_env(), cwd=REPO,
+                          timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert len(_errors(proc)) == 1
+    assert os.path.join(run_dir, name) in _errors(proc)[0] and expected in _errors(proc)[0]

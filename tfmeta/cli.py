@@ -23,7 +23,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from tfmeta.omniglot_builder import OmniglotDownloadError, OmniglotIntegrityError
 
     errors: list[type[BaseException]] = [
-        config.ConfigError, workdir.WorkdirError, distribute.TPUUnavailableError,
+        config.ConfigError, workdir.WorkdirError, distribute.StrategyError,
         OmniglotIntegrityError, OmniglotDownloadError, FileNotFoundError, PermissionError,
         NotADirectoryError, IsADirectoryError]
     try:

@@ -13,8 +13,42 @@ import tensorflow as tf
 STRATEGIES = ("default", "mirrored", "multiworker", "tpu")
 
 
-class TPUUnavailableError(RuntimeError):
+class StrategyError(RuntimeError):
+    """The strategy asked for cannot be set up here (its devices or cluster are not there)."""
+
+
+class TPUUnavailableError(StrategyError):
     """``--strategy=tpu`` was asked for but no TPU could be reached."""
+
+
+class ClusterConfigError(StrategyError):
+    """``--strategy=multiworker`` without a usable ``TF_CONFIG`` cluster description."""
+
+
+_TF_CONFIG_HELP = (
+    'it should hold JSON like {"cluster": {"worker": ["host0:12345", "host1:12345"]}, '
+    '"task": {"type": "worker", "index": 0}}: the same cluster on every worker and each '
+    "worker's own index (launch/local_cluster.sh builds it for one machine); or use another "
+    "--strategy")
+
+
+def _check_tf_config() -> None:
+    """Checks ``TF_CONFIG`` before TensorFlow silently falls back to a one-worker 'cluster'."""
+    import json
+
+    text = os.environ.get("TF_CONFIG", "")
+    if not text.strip():
+        raise ClusterConfigError("--strategy=multiworker needs the TF_CONFIG environment "
+                                 f"variable, which is not set; {_TF_CONFIG_HELP}")
+    try:
+        spec = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ClusterConfigError(f"TF_CONFIG is not valid JSON ({e.msg} at column {e.colno}); "
+                                 f"{_TF_CONFIG_HELP}") from e
+    if not (isinstance(spec, dict) and isinstance(spec.get("cluster"), dict)
+            and spec["cluster"] and isinstance(spec.get("task"), dict)):
+        raise ClusterConfigError(f"TF_CONFIG={text!r} lacks a \"cluster\" or \"task\"; "
+                                 f"{_TF_CONFIG_HELP}")
 
 
 def make_strategy(name: str, *, tpu: str = "") -> tf.distribute.Strategy:
@@ -31,6 +65,8 @@ def make_strategy(name: str, *, tpu: str = "") -> tf.distribute.Strategy:
 
     Raises:
       ValueError: for an unknown strategy name.
+      ClusterConfigError: ``multiworker`` without a usable ``TF_CONFIG``.
+      TPUUnavailableError: ``tpu`` when no TPU can be reached.
     """
     if name == "default":
         return tf.distribute.get_strategy()
@@ -42,9 +78,7 @@ def make_strategy(name: str, *, tpu: str = "") -> tf.distribute.Strategy:
             devices = [d.name for d in tf.config.list_logical_devices("CPU")]
         return tf.distribute.MirroredStrategy(devices)
     if name == "multiworker":
-        if "TF_CONFIG" not in os.environ:
-            raise ValueError("--strategy=multiworker needs the TF_CONFIG environment variable "
-                             "(see launch/local_cluster.sh for how it is built)")
+        _check_tf_config()
         return tf.distribute.MultiWorkerMirroredStrategy()
     if name == "tpu":
         try:

@@ -86,12 +86,13 @@ def main(argv: list[str]) -> int:
         return cli.fail(f"unexpected arguments: {argv[1:]}")
     from tfmeta import distribute, trainer, workdir
 
+    run_dir = workdir.normalize(_WORKDIR.value)
     strategy = distribute.make_strategy(_STRATEGY.value, tpu=_TPU.value)
-    exp = trainer.restore(_WORKDIR.value, strategy=strategy)
+    exp = trainer.restore(run_dir, strategy=strategy)
     result = trainer.evaluate(exp, _SPLIT.value, episodes=_EPISODES.value,
                               inner_steps=_INNER_STEPS.value, queries=_QUERIES.value,
                               bn_mode=_BN_MODE.value)
-    path = result_path(_WORKDIR.value, result, output=_OUTPUT.value, replace=_REPLACE.value)
+    path = result_path(run_dir, result, output=_OUTPUT.value, replace=_REPLACE.value)
     if distribute.is_chief(strategy):
         try:
             workdir.write_json(path, result)

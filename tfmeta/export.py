@@ -604,8 +604,9 @@ def export_from_workdir(workdir: str, output: str | None = None, *,
     Raises:
       FileNotFoundError: ``workdir`` has no config or no checkpoint.
     """
-    from tfmeta import trainer
+    from tfmeta import trainer, workdir as workdir_lib
 
+    workdir = workdir_lib.normalize(workdir)
     exp = trainer.restore(workdir)
     return export_experiment(exp, output or os.path.join(workdir, EXPORT_DIR),
                              max_inner_steps=max_inner_steps)

@@ -129,6 +129,8 @@ def load_run(workdir: str, label: str | None = None) -> Run:
     """
     import tensorflow as tf
 
+    from tfmeta.workdir import normalize
+    workdir = normalize(workdir)
     if not tf.io.gfile.isdir(workdir):
         problem = "is not a directory" if tf.io.gfile.exists(workdir) else "does not exist"
         raise ReportError(f"work directory {workdir!r} {problem}")

@@ -51,7 +51,7 @@ def main(argv: list[str]) -> int:
     config = _CONFIG.value
     # Fail on a bad config or an unusable work directory before any device or data is touched.
     config_lib.validate(config)
-    workdir.check_writable(_WORKDIR.value)
+    workdir.check_workdir(_WORKDIR.value, config)
     strategy = distribute.make_strategy(_STRATEGY.value, tpu=_TPU.value)
     logging.info("strategy %s with %d replicas", _STRATEGY.value, strategy.num_replicas_in_sync)
 

@@ -12,6 +12,7 @@ All file I/O goes through ``tf.io.gfile`` so a work directory can be ``gs://buck
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -30,9 +31,9 @@ from tfmeta import distribute, tasks
 from tfmeta import workdir as workdir_lib
 from tfmeta.workdir import load_config, write_json  # noqa: F401  (part of this module's API)
 
-CHECKPOINT_DIR = "checkpoints"
+CHECKPOINT_DIR = workdir_lib.CHECKPOINT_DIR
 CONFIG_FILE = workdir_lib.CONFIG_FILE
-HISTORY_FILE = "history.jsonl"
+HISTORY_FILE = workdir_lib.HISTORY_FILE
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -359,7 +360,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
 
     Args:
       config: experiment config (validated here, before anything is trained).
-      workdir: where config, checkpoints, summaries and results go (local path or gs://...).
+      workdir: where config, checkpoints, summaries and results go (local path, relative to the
+        current directory or with ``~``, or gs://...); see :func:`workdir_lib.normalize`.
       strategy: distribution strategy; the default (single device) strategy when None.
       data: pre-loaded Omniglot data (tests); loaded through TFDS when None.
       should_stop: polled between compiled loops; when it returns True (e.g. after SIGTERM) the run
@@ -372,15 +374,22 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
 
     Raises:
       config_lib.ConfigError: for an invalid config, before anything is trained.
-      workdir_lib.WorkdirError: the work directory is in use, unwritable, was started with an
-        incompatible config, or has only unreadable checkpoints; nothing is written to it.
+      workdir_lib.WorkdirError: the work directory path is empty, the directory is in use,
+        unwritable, holds state that is not understood (checkpoints without ``config.json``, a
+        damaged ``config.json``), was started with an incompatible config, or has only
+        unreadable checkpoints; nothing is written to it. Also when a write fails during
+        training (``WorkdirWriteError``: disk full, ...); the checkpoints saved before stay.
       NonFiniteLossError: when the meta-loss becomes NaN or Inf (naming the iteration).
     """
+    workdir = workdir_lib.normalize(workdir)
     strategy = strategy or tf.distribute.get_strategy()
     config_lib.validate(config, num_replicas=strategy.num_replicas_in_sync)
-    if distribute.is_chief(strategy) and tf.io.gfile.exists(os.path.join(workdir, CONFIG_FILE)):
-        # Refuse an incompatible resume before spending time on data and model building.
-        workdir_lib.check_resumable(load_config(workdir), config)
+    if distribute.is_chief(strategy):
+        # Refuse a directory that is not understood, or an incompatible resume, before spending
+        # time on data and model building.
+        saved = workdir_lib.check_state(workdir)
+        if saved is not None:
+            workdir_lib.check_resumable(saved, config)
     exp = build_experiment(config, strategy, data=data)
     return run(exp, workdir, should_stop=should_stop, final_evaluation=final_evaluation)
 
@@ -392,12 +401,21 @@ def run(exp: Experiment, workdir: str, *, should_stop: Callable[[], bool] = lamb
     The chief holds the work directory's lock for the whole run, so a second training on the same
     directory fails at once instead of interleaving checkpoints and configs.
     """
+    workdir = workdir_lib.normalize(workdir)
+    if distribute.is_chief(exp.strategy):
+        workdir_lib.check_state(workdir)  # before the lock file is written
     lock = workdir_lib.WorkdirLock(workdir) if distribute.is_chief(exp.strategy) else None
     if lock is not None:
         lock.acquire()
     try:
         if lock is not None:
-            workdir_lib.record_config(workdir, exp.config)
+            try:
+                workdir_lib.record_config(workdir, exp.config)
+            except (OSError, tf.errors.OpError) as e:
+                raise workdir_lib.WorkdirWriteError(
+                    f"cannot record the config in {workdir!r}: {workdir_lib.os_reason(e)}; "
+                    "nothing was trained; free space (or repair the file system) and rerun the "
+                    "same command") from e
         return _run_locked(exp, workdir, should_stop=should_stop,
                            final_evaluation=final_evaluation)
     finally:
@@ -435,15 +453,40 @@ def _run_locked(exp: Experiment, workdir: str, *, should_stop: Callable[[], bool
     restored = workdir_lib.restore_newest_readable(checkpoint, real_dir, partial=False)
     if restored:
         logging.info("Resumed from %s at iteration %d.", restored, int(exp.step.numpy()))
+    # The newest complete checkpoint in the real checkpoint directory (the chief's), for messages.
+    newest = restored
+
+    @contextlib.contextmanager
+    def writing(path: str):
+        """Turns a failed write (disk full, ...) into one error naming the path and the reason.
+
+        TensorFlow writes checkpoints to temporary files and renames them, so a failed save
+        leaves the earlier checkpoints complete; the message says which one a rerun resumes from.
+        """
+        try:
+            yield
+        except (OSError, tf.errors.OpError) as e:
+            kept = (f"the newest checkpoint {newest} is intact and a rerun of the same command "
+                    "resumes from it" if newest else
+                    "no checkpoint had been saved yet, so a rerun starts from the beginning")
+            raise workdir_lib.WorkdirWriteError(
+                f"cannot write {path}: {workdir_lib.os_reason(e)}; training stopped at "
+                f"meta-iteration {int(exp.step.numpy())}; {kept}; free space (or repair the file "
+                "system) first") from e
 
     def save() -> None:
-        manager.save(checkpoint_number=int(exp.step.numpy()))
-        if not chief:
-            tf.io.gfile.rmtree(ckpt_dir)
+        nonlocal newest
+        number = int(exp.step.numpy())
+        with writing(os.path.join(ckpt_dir, f"ckpt-{number}")):
+            manager.save(checkpoint_number=number)
+            if not chief:
+                tf.io.gfile.rmtree(ckpt_dir)
+        newest = os.path.join(real_dir, f"ckpt-{number}")
 
-    writers = {name: (tf.summary.create_file_writer(os.path.join(workdir, name)) if chief
-                      else tf.summary.create_noop_writer())
-               for name in ("train", "validation")}
+    with writing(workdir):
+        writers = {name: (tf.summary.create_file_writer(os.path.join(workdir, name)) if chief
+                          else tf.summary.create_noop_writer())
+                   for name in ("train", "validation")}
     total = config.train.iterations
     budget = config.train.max_minutes * 60.0
     start = int(exp.step.numpy())
@@ -486,14 +529,18 @@ def _run_locked(exp: Experiment, workdir: str, *, should_stop: Callable[[], bool
         exp.train_seconds.assign_add(seconds)
         step = int(exp.step.numpy())
         if int(bad) >= 0:
+            kept = (f"The last good checkpoint is kept: {newest}" if newest else
+                    "No checkpoint had been saved yet (the first is written at meta-iteration "
+                    f"{min(config.train.checkpoint_every or total, total)}), so there is none to "
+                    "resume from")
             raise NonFiniteLossError(
-                f"meta-loss became {metrics['loss']} at meta-iteration {int(bad)}; stopping. The "
-                f"last good checkpoint is kept: {tf.train.latest_checkpoint(real_dir)}")
+                f"meta-loss became {metrics['loss']} at meta-iteration {int(bad)}; stopping. "
+                f"{kept}.")
         wall = tick()
         # Every worker must agree to stop at the same step, so the budget decision is shared too.
         out_of_time = _any_worker(strategy, bool(budget) and wall >= budget)
         summary["train"] = metrics
-        with writers["train"].as_default(step=step):
+        with writing(os.path.join(workdir, "train")), writers["train"].as_default(step=step):
             for k, v in metrics.items():
                 tf.summary.scalar(k, v)
             tf.summary.scalar("learning_rate", _learning_rate(exp.optimizer))
@@ -520,14 +567,16 @@ def _run_locked(exp: Experiment, workdir: str, *, should_stop: Callable[[], bool
             if config.train.eval_episodes:
                 result = evaluate(exp, "validation", episodes=config.train.eval_episodes)
                 summary["validation"] = result
-                with writers["validation"].as_default(step=step):
+                with (writing(os.path.join(workdir, "validation")),
+                      writers["validation"].as_default(step=step)):
                     tf.summary.scalar(result["metric"], result[result["metric"]])
                 logging.info("validation at %d: %s %.4f +- %.4f", step, result["metric"],
                              result[result["metric"]], result["ci95"])
                 if chief:
-                    _append_history(workdir, dict(
-                        result, wall_seconds=round(wall, 3),
-                        train_seconds=round(float(exp.train_seconds.numpy()), 3)))
+                    with writing(os.path.join(workdir, HISTORY_FILE)):
+                        _append_history(workdir, dict(
+                            result, wall_seconds=round(wall, 3),
+                            train_seconds=round(float(exp.train_seconds.numpy()), 3)))
                 # Validation time counts: the budget is wall-clock time.
                 tick()
     summary["step"] = step
@@ -538,12 +587,15 @@ def _run_locked(exp: Experiment, workdir: str, *, should_stop: Callable[[], bool
                       train_seconds=round(float(exp.train_seconds.numpy()), 3))
         summary["test"] = result
         if chief:
-            write_json(os.path.join(workdir, f"eval_{split}.json"), result)
+            path = os.path.join(workdir, f"eval_{split}.json")
+            with writing(path):
+                write_json(path, result)
         logging.info("%s: %s %.4f +- %.4f over %d episodes", split, result["metric"],
                      result[result["metric"]], result["ci95"], result["episodes"])
         warn_if_chance(result, config)
-    for writer in writers.values():
-        writer.flush()
+    for name, writer in writers.items():
+        with writing(os.path.join(workdir, name)):
+            writer.flush()
     return summary
 
 
@@ -576,10 +628,19 @@ def restore(workdir: str, *, strategy: tf.distribute.Strategy | None = None,
             data=None, config: ml_collections.ConfigDict | None = None) -> Experiment:
     """Rebuilds the experiment of ``workdir`` with its newest readable checkpoint's parameters.
 
+    Args:
+      workdir: the work directory (local path, relative or with ``~``, or gs://...).
+      strategy: where to run; the default (single device) strategy when None.
+      data: pre-loaded Omniglot data (tests); loaded through TFDS on first use when None.
+      config: the config to build; the one in force in ``workdir`` when None.
+
     Raises:
       FileNotFoundError: when ``workdir`` has no config or no checkpoint.
       workdir_lib.CheckpointError: when no checkpoint can be read (each is named).
+      workdir_lib.WorkdirStateError: ``config.json`` is missing next to checkpoints, or it or
+        ``config_changes.json`` is damaged (naming the file).
     """
+    workdir = workdir_lib.normalize(workdir)
     strategy = strategy or tf.distribute.get_strategy()
     config = config or load_config(workdir)
     exp = build_experiment(config, strategy, data=data, check_data=False)

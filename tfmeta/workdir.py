@@ -16,6 +16,12 @@ A work directory holds one experiment. Three things protect it:
 * **Checkpoints that survive damage.** :func:`restore_newest_readable` tries checkpoints newest
   first; one that cannot be read (truncated, deleted or corrupted files) is reported with its path
   and the next older one is used.
+* **Paths that mean what they say, and a state understood before anything is written.**
+  :func:`normalize` turns a work-directory path into the one form used everywhere (``~`` expanded,
+  relative paths made absolute, URLs untouched); the checkpoint state file holds paths as they
+  were given, so a path normalised late would be joined twice. :func:`check_state` refuses a
+  directory whose tfmeta files are missing or damaged (checkpoints without ``config.json``, a
+  truncated ``config.json``, ...) naming the file and the repair, before anything is written.
 
 Everything goes through ``tf.io.gfile``, so a work directory can be ``gs://bucket/run``. The lock is
 atomic on local file systems (``O_EXCL``); on object stores it is best effort (written, then read
@@ -43,6 +49,8 @@ from tfmeta import config as config_lib
 CONFIG_FILE = "config.json"
 CONFIG_CHANGES_FILE = "config_changes.json"
 LOCK_FILE = "lock.json"
+CHECKPOINT_DIR = "checkpoints"
+HISTORY_FILE = "history.jsonl"
 HEARTBEAT_SECONDS = 30.0
 STALE_SECONDS = 300.0
 
@@ -63,8 +71,44 @@ class CheckpointError(WorkdirError):
     """Checkpoints exist but none of them can be read."""
 
 
+class WorkdirStateError(WorkdirError):
+    """A work-directory file is missing, damaged or holds values tfmeta cannot use."""
+
+
+class WorkdirWriteError(WorkdirError):
+    """Writing into the work directory failed (disk full, permissions, a lost mount)."""
+
+
 def _is_local(path: str) -> bool:
     return "://" not in path
+
+
+def normalize(path: str) -> str:
+    """The one form of a work-directory path that every binary and library entry point uses.
+
+    ``~`` is expanded and a relative path made absolute (against the current directory, once, at
+    the edge: checkpoint state files and a later ``cd`` must not change what the path means); a
+    URL such as ``gs://bucket/run`` is returned unchanged.
+
+    Raises:
+      WorkdirError: ``path`` is empty (which would silently mean the current directory).
+    """
+    if path is None or not str(path).strip():
+        raise WorkdirError(f"the work directory path is empty ({path!r}); give a directory such "
+                           "as --workdir=/tmp/run, --workdir=runs/name or "
+                           "--workdir=gs://bucket/run")
+    path = str(path)
+    if not _is_local(path):
+        return path
+    return os.path.abspath(os.path.expanduser(path))
+
+
+def os_reason(error: BaseException) -> str:
+    """The operating system's (or TensorFlow's file system's) reason for ``error``, one line."""
+    if isinstance(error, OSError) and error.errno:
+        return error.strerror or os.strerror(error.errno)
+    reason = (getattr(error, "message", None) or str(error) or type(error).__name__).strip()
+    return reason.splitlines()[0] if reason else type(error).__name__
 
 
 def check_writable(workdir: str) -> None:
@@ -80,9 +124,32 @@ def check_writable(workdir: str) -> None:
             f.write("ok")
         tf.io.gfile.remove(probe)
     except (tf.errors.OpError, OSError) as e:
-        reason = getattr(e, "message", None) or str(e)
         raise WorkdirError(f"cannot write to the work directory {workdir!r}: "
-                           f"{reason.strip().splitlines()[0]}") from e
+                           f"{os_reason(e)}") from e
+
+
+def check_workdir(workdir: str, config: ml_collections.ConfigDict | None = None) -> str:
+    """Everything a training run checks about its work directory before it writes there.
+
+    Args:
+      workdir: the work directory as the user gave it.
+      config: the config the run will use; checked against the one the directory was started
+        with, if any.
+
+    Returns:
+      The normalised path (see :func:`normalize`).
+
+    Raises:
+      WorkdirError: the path is empty, the directory's state is not understood
+        (:func:`check_state`), the config cannot resume it (:class:`IncompatibleConfigError`), or
+        it cannot be written to; in the first three cases nothing has been written.
+    """
+    path = normalize(workdir)
+    saved = check_state(path)
+    if saved is not None and config is not None:
+        check_resumable(saved, config)
+    check_writable(path)
+    return path
 
 
 # ------------------------------------------------------------------------------------- lock
@@ -237,26 +304,144 @@ class WorkdirLock:
 
 
 # ----------------------------------------------------------------------------------- config
+_REPAIR = "restore it from a backup, or start afresh with a new --workdir"
+
+
 def _read_json(path: str) -> Any:
-    with tf.io.gfile.GFile(path) as f:
-        return json.loads(f.read())
+    """The JSON value in ``path``.
+
+    Raises:
+      WorkdirStateError: the file cannot be read or is not valid JSON (naming the file).
+    """
+    try:
+        with tf.io.gfile.GFile(path) as f:
+            text = f.read()
+    except (tf.errors.OpError, OSError) as e:
+        raise WorkdirStateError(f"cannot read {path}: {os_reason(e)}") from e
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        what = "is empty" if not text.strip() else (
+            f"is not valid JSON ({e.msg} at line {e.lineno} column {e.colno}; truncated?)")
+        raise WorkdirStateError(f"{path} {what}; {_REPAIR}") from e
+
+
+def _json_kind(value: Any) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean",
+            int: "an integer", float: "a number", type(None): "null"}.get(type(value),
+                                                                           type(value).__name__)
+
+
+def state_markers(workdir: str) -> list[str]:
+    """The files and folders in ``workdir`` that only a tfmeta training run writes.
+
+    A directory holding any of them is a tfmeta work directory (whether or not its ``config.json``
+    survived); the lock file alone is not, since a run that died right after taking the lock left
+    nothing else.
+    """
+    if not tf.io.gfile.isdir(workdir):
+        return []
+    names = {name.rstrip("/") for name in tf.io.gfile.listdir(workdir)}
+    found = [name for name in (CHECKPOINT_DIR, CONFIG_CHANGES_FILE, HISTORY_FILE)
+             if name in names]
+    found += sorted(n for n in names if n.startswith("eval_") and n.endswith(".json"))
+    return found
+
+
+def _parse_config(path: str, value: Any) -> ml_collections.ConfigDict:
+    if not isinstance(value, dict):
+        raise WorkdirStateError(f"{path} holds {_json_kind(value)}, not an object of config "
+                                f"fields; {_REPAIR}")
+    config = config_lib.base_config()
+    for key, field in config_lib.flatten(value).items():
+        # One field at a time, so that the message names the field that is wrong.
+        try:
+            config.update_from_flattened_dict({key: field})
+        except (KeyError, AttributeError) as e:
+            raise WorkdirStateError(f"{path} has the field {key!r}, which is not a config field "
+                                    f"of this tfmeta version; {_REPAIR}") from e
+        except (TypeError, ValueError) as e:
+            default = config_lib.flatten(config_lib.base_config().to_dict()).get(key)
+            expected = "another kind of value" if default is None else _json_kind(default)
+            raise WorkdirStateError(f"{path}: the field {key!r} holds {field!r} "
+                                    f"({_json_kind(field)}) where {expected} belongs; "
+                                    f"{_REPAIR}") from e
+    return config
+
+
+def _apply_changes(path: str, config: ml_collections.ConfigDict, history: Any) -> None:
+    repair = ("repair or remove it (then the config the run started with applies), or start "
+              "afresh with a new --workdir")
+    if not isinstance(history, list):
+        raise WorkdirStateError(f"{path} holds {_json_kind(history)}, not a list of recorded "
+                                f"changes; {repair}")
+    for i, entry in enumerate(history):
+        changes = entry.get("changes") if isinstance(entry, dict) else None
+        if not isinstance(changes, dict):
+            raise WorkdirStateError(f"{path}: entry {i} is not an object with \"changes\"; "
+                                    f"{repair}")
+        for key, change in changes.items():
+            if not (isinstance(change, list) and len(change) == 2):
+                raise WorkdirStateError(f"{path}: entry {i}, field {key!r} is not a "
+                                        f"[saved, new] pair; {repair}")
+            try:
+                config.update_from_flattened_dict({key: change[1]})
+            except (KeyError, AttributeError, TypeError, ValueError) as e:
+                raise WorkdirStateError(f"{path}: entry {i} sets the field {key!r} to "
+                                        f"{change[1]!r}, which this config cannot hold; "
+                                        f"{repair}") from e
+
+
+def check_state(workdir: str) -> ml_collections.ConfigDict | None:
+    """Checks that tfmeta understands what ``workdir`` holds, before anything is written to it.
+
+    Args:
+      workdir: a normalised work-directory path (see :func:`normalize`).
+
+    Returns:
+      The config in force (see :func:`load_config`), or None when ``workdir`` holds no tfmeta
+      state (it is missing, empty, or holds only unrelated files): a new run.
+
+    Raises:
+      WorkdirStateError: ``workdir`` holds checkpoints or other tfmeta state but no
+        ``config.json``, or one of its JSON files is damaged (naming the file and the repair).
+    """
+    if tf.io.gfile.exists(os.path.join(workdir, CONFIG_FILE)):
+        return load_config(workdir)
+    markers = state_markers(workdir)
+    if markers:
+        raise WorkdirStateError(
+            f"the work directory {workdir!r} holds training state ({', '.join(markers)}) but no "
+            f"{CONFIG_FILE}, so its checkpoints cannot be interpreted; restore {CONFIG_FILE} "
+            "(the config the run was started with) from a backup, or start afresh with a new "
+            "--workdir")
+    return None
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
     """The config in force in ``workdir``: the original one with every recorded change applied.
 
     Raises:
-      FileNotFoundError: ``workdir`` has no ``config.json``.
+      FileNotFoundError: ``workdir`` has no ``config.json`` and nothing else of a training run.
+      WorkdirStateError: ``config.json`` is missing although the directory holds checkpoints or
+        other training state, or ``config.json`` / ``config_changes.json`` is damaged (not JSON,
+        not the right shape, a value of the wrong type, an invalid config); the message names
+        the file.
     """
     path = os.path.join(workdir, CONFIG_FILE)
     if not tf.io.gfile.exists(path):
+        if state_markers(workdir):
+            check_state(workdir)  # raises, saying how to repair
         raise FileNotFoundError(f"no {CONFIG_FILE} in {workdir!r}: is it a tfmeta work directory?")
-    config = config_lib.from_json(json.dumps(_read_json(path)))
+    config = _parse_config(path, _read_json(path))
     changes_path = os.path.join(workdir, CONFIG_CHANGES_FILE)
     if tf.io.gfile.exists(changes_path):
-        for entry in _read_json(changes_path):
-            config.update_from_flattened_dict(
-                {k: new for k, (_, new) in entry["changes"].items()})
+        _apply_changes(changes_path, config, _read_json(changes_path))
+    try:
+        config_lib.validate(config)
+    except config_lib.ConfigError as e:
+        source = path + (f" with {changes_path}" if tf.io.gfile.exists(changes_path) else "")
+        raise WorkdirStateError(f"{source} is not a valid config: {e}; {_REPAIR}") from e
     return config
 
 
@@ -300,12 +485,13 @@ def record_config(workdir: str, config: ml_collections.ConfigDict) -> dict[str, 
 
     Raises:
       IncompatibleConfigError: before anything is written.
+      WorkdirStateError: the directory's state is not understood (see :func:`check_state`).
     """
-    path = os.path.join(workdir, CONFIG_FILE)
-    if not tf.io.gfile.exists(path):
-        write_json(path, config.to_dict())
+    saved = check_state(workdir)
+    if saved is None:
+        write_json(os.path.join(workdir, CONFIG_FILE), config.to_dict())
         return {}
-    changes = check_resumable(load_config(workdir), config)
+    changes = check_resumable(saved, config)
     if changes:
         changes_path = os.path.join(workdir, CONFIG_CHANGES_FILE)
         history = _read_json(changes_path) if tf.io.gfile.exists(changes_path) else []
@@ -334,7 +520,11 @@ def checkpoint_candidates(directory: str) -> list[str]:
     """Checkpoint prefixes in ``directory``, newest (highest number) first.
 
     Found from the ``checkpoint`` state file and, in case that file is damaged or lost, from the
-    ``*.index`` files themselves.
+    ``*.index`` files themselves. A checkpoint is always in ``directory`` itself, so only the base
+    name of a path in the state file counts: the file holds paths as they were given when saving
+    (relative to the directory, or to the current directory of a run given a relative work
+    directory, or absolute where the directory has since been moved), which TensorFlow then joins
+    with ``directory`` again.
     """
     found: set[str] = set()
     try:
@@ -350,7 +540,7 @@ def checkpoint_candidates(directory: str) -> list[str]:
         for name in tf.io.gfile.listdir(directory):
             if name.endswith(".index"):
                 found.add(os.path.join(directory, name[: -len(".index")]))
-    prefixes = [p if os.path.isabs(p) or "://" in p else os.path.join(directory, p) for p in found]
+    prefixes = [os.path.join(directory, os.path.basename(p.rstrip("/"))) for p in found]
 
     def number(prefix: str) -> int:
         match = _CKPT_NUMBER.search(prefix)
