@@ -111,7 +111,9 @@ def _write_adapt_folders(root: str, data_dir: str, ways: int, shots: int) -> tup
 def main(argv: list[str]) -> int:
     if len(argv) > 1:
         return cli.fail(f"unexpected arguments: {argv[1:]}")
-    workdir = _WORKDIR.value
+    from tfmeta import workdir as workdir_lib
+
+    workdir = workdir_lib.normalize(_WORKDIR.value)  # '~' and relative paths, as in train
     config = _CONFIG.value or _default_config()
     data_dir = _DATA_DIR.value
     print("== 1. Omniglot through tensorflow-datasets, episodes, pipeline throughput")
