@@ -600,7 +600,7 @@ def test_failed_export_leaves_no_temporary(random_export, tmp_path, monkeypatch,
     monkeypatch.setattr(export, "_write_saved_model", fail_midway)
     monkeypatch.chdir(tmp_path)
     expected = (export.ExportError, "No space left on device; nothing was changed") \
-        if isinstance(error, OSError) else (KeyboardInterrupt, "")
+        if isinstance(error, OSError) else (KeyboardInterrupt, None)
     for output in (previous, str(tmp_path / "new" / "nested" / "model")):
         with pytest.raises(expected[0], match=expected[1]) as info:
             _export_to(random_export, output, replace=True)
