@@ -477,14 +477,16 @@ def _listdir(path: str) -> list[str]:
 
 
 def _normalise(path: str) -> str:
-    """An absolute local path (symbolic links resolved) or a remote URL without a trailing "/"."""
+    """An absolute local path or a remote URL, without a trailing "/"."""
     if "://" in path:
         return path.rstrip("/")
-    return os.path.realpath(os.path.expanduser(path))
+    return os.path.abspath(os.path.expanduser(path))
 
 
 def _within(path: str, ancestor: str) -> bool:
-    """Whether ``path`` is ``ancestor`` or lies inside it (both normalised)."""
+    """Whether ``path`` is ``ancestor`` or lies inside it, symbolic links resolved."""
+    if "://" not in path:
+        path, ancestor = os.path.realpath(path), os.path.realpath(ancestor)
     return path == ancestor or path.startswith(ancestor.rstrip("/") + "/")
 
 
@@ -552,7 +554,8 @@ def check_output(output: str, *, replace: bool = False, workdir: str | None = No
     if workdir is not None:
         work = _normalise(workdir)
         if _within(work, path):
-            what = "is the work directory" if work == path else "contains the work directory"
+            what = ("is the work directory" if _within(path, work) else
+                    "contains the work directory")
             raise ExportError(f"--output {output!r} {what} {workdir!r}; choose a path of its "
                               "own for the SavedModel, such as "
                               f"{os.path.join(workdir, EXPORT_DIR)!r}")
@@ -597,9 +600,10 @@ def _marker_is_live(path: str) -> bool:
     try:
         with tf.io.gfile.GFile(os.path.join(path, _TEMP_MARKER)) as f:
             marker = json.loads(f.read())
-        if marker.get("host") != socket.gethostname():
+        pid = int(marker["pid"])
+        if marker.get("host") != socket.gethostname() or pid <= 0:
             return False
-        os.kill(int(marker["pid"]), 0)
+        os.kill(pid, 0)
         return True
     except (ProcessLookupError, ValueError, KeyError, TypeError, tf.errors.OpError):
         return False
