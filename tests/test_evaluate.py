@@ -22,7 +22,7 @@ def evaluate():
 
 
 RESULT = {"split": "test", "metric": "accuracy", "accuracy": 0.9, "ci95": 0.01, "episodes": 30,
-          "step": 200, "inner_steps": 3, "bn_mode": "support", "transductive": False}
+          "step": 7, "inner_steps": 3, "bn_mode": "support", "transductive": False}
 
 
 def _write(path, value):
@@ -43,7 +43,7 @@ def test_a_new_file_is_written_and_an_earlier_result_only_replaced_when_asked(ev
                                                    "--replace") as info:
         evaluate.write_result(path, dict(RESULT, step=300), replace=False)
     assert repr(path) in str(info.value) and len(str(info.value).splitlines()) == 1
-    assert json.loads(_read(path))["step"] == 200
+    assert json.loads(_read(path))["step"] == 7
     evaluate.write_result(path, dict(RESULT, step=300), replace=True)
     assert json.loads(_read(path))["step"] == 300
     assert os.listdir(tmp_path) == ["result.json"]
