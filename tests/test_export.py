@@ -274,21 +274,26 @@ def test_export_is_atomic(random_export, tmp_path, monkeypatch):
     monkeypatch.setattr(export, "_write_saved_model", fail_midway)
     model, algorithm = random_export["model"], random_export["algorithm"]
     with pytest.raises(RuntimeError, match="disk full"):
-        export.export(model, algorithm, path, metadata=dict(random_export["metadata"], step=7))
+        export.export(model, algorithm, path, metadata=dict(random_export["metadata"], step=7),
+                      replace=True)
     assert sorted(os.listdir(tmp_path)) == ["model"], "no temporary directory may be left"
     assert export.read_metadata(path).items() >= random_export["metadata"].items()
 
-    # A killed export leaves a temporary sibling (and, killed mid-swap, only PATH.old-*): the next
-    # export recovers the previous model or cleans up.
-    os.makedirs(f"{path}.tmp-dead/variables")
-    os.rename(path, f"{path}.old-dead")
+    # A killed export leaves a temporary sibling holding its marker (and, killed mid-swap, only
+    # the moved-aside previous model): the next export recovers that model and cleans up.
+    dead = f"{path}.tfmeta-tmp-0123456789ab"
+    os.makedirs(f"{dead}/variables")
+    with open(os.path.join(dead, export._TEMP_MARKER), "w") as f:
+        f.write(json.dumps({"pid": 0, "host": "elsewhere"}))
+    os.rename(path, f"{path}.tfmeta-old-0123456789ab")
     export._clean_stale(path)
     assert sorted(os.listdir(tmp_path)) == ["model"]
     assert export.read_metadata(path).items() >= random_export["metadata"].items()
 
     # A complete export replaces the previous model.
     monkeypatch.setattr(export, "_write_saved_model", real)
-    export.export(model, algorithm, path, metadata=dict(random_export["metadata"], step=7))
+    export.export(model, algorithm, path, metadata=dict(random_export["metadata"], step=7),
+                  replace=True)
     assert sorted(os.listdir(tmp_path)) == ["model"]
     assert export.read_metadata(path)["step"] == 7
     assert tf.saved_model.load(path).signatures["adapt_and_predict"] is not None
@@ -477,3 +482,167 @@ def test_learned_rates_and_per_step_bn_export_loads_without_tfmeta(tmp_path, nam
     before = loaded.signatures["adapt_and_predict"](support_images=sx, support_labels=sy,
                                                     query_images=qx)["logits"].numpy()
     assert not np.allclose(before, want, atol=1e-4), "the scaled variables must matter"
+
+
+# --------------------------------------------------------------------------- nothing lost
+def _tree(root) -> dict[str, bytes]:
+    """Every file under ``root`` with its content, to show that nothing changed."""
+    found = {}
+    for folder, _, files in os.walk(root):
+        for name in files:
+            path = os.path.join(folder, name)
+            with open(path, "rb") as f:
+                found[os.path.relpath(path, root)] = f.read()
+    return found
+
+
+def _fake_workdir(root) -> str:
+    """What tfmeta.train leaves in a work directory, enough for the checks made before restoring."""
+    workdir = os.path.join(str(root), "run")
+    os.makedirs(os.path.join(workdir, "checkpoints"))
+    for name, text in (("config.json", "{}"), ("history.jsonl", "{}\n"),
+                       ("checkpoints/checkpoint", 'model_checkpoint_path: "ckpt-1"\n'),
+                       ("checkpoints/ckpt-1.index", "index")):
+        with open(os.path.join(workdir, name), "w") as f:
+            f.write(text)
+    return workdir
+
+
+def _export_to(random_export, path, **kwargs):
+    return export.export(random_export["model"], random_export["algorithm"], str(path),
+                         metadata=random_export["metadata"], **kwargs)
+
+
+@pytest.mark.parametrize("target", ["workdir", "other_files", "file", "empty_dir",
+                                    "foreign_saved_model", "root"])
+def test_export_refuses_what_it_did_not_create(random_export, tmp_path, monkeypatch, target):
+    monkeypatch.chdir(tmp_path)
+    workdir = _fake_workdir(tmp_path)
+    path = {"workdir": workdir, "root": "/"}.get(target, str(tmp_path / "target"))
+    if target == "other_files":
+        os.makedirs(os.path.join(path, "notes"))
+        with open(os.path.join(path, "notes", "keep.txt"), "w") as f:
+            f.write("mine")
+    elif target == "file":
+        with open(path, "w") as f:
+            f.write("mine")
+    elif target == "empty_dir":
+        os.makedirs(path)
+    elif target == "foreign_saved_model":  # a SavedModel plus a file of the user's
+        shutil.copytree(random_export["path"], path)
+        with open(os.path.join(path, "README"), "w") as f:
+            f.write("mine")
+    before = _tree(tmp_path)
+    for replace in (False, True):
+        with pytest.raises(export.ExportError) as info:
+            _export_to(random_export, path, replace=replace)
+        message = str(info.value)
+        assert len(message.splitlines()) == 1 and repr(path) in message, message
+        assert "choose" in message, message
+        assert _tree(tmp_path) == before, "nothing may change"
+    assert sorted(os.listdir(tmp_path)) == sorted(["run", *(["target"] if target not in (
+        "workdir", "root") else [])]), "no temporary may be left"
+
+
+@pytest.mark.parametrize("where", ["same", "ancestor", "checkpoints"])
+def test_export_from_workdir_protects_the_work_directory(tmp_path, where):
+    workdir = _fake_workdir(tmp_path / "runs")
+    output = {"same": workdir, "ancestor": str(tmp_path),
+              "checkpoints": os.path.join(workdir, "checkpoints", "model")}[where]
+    before = _tree(tmp_path)
+    # Refused before the (fake) checkpoint is read, whatever replace says.
+    with pytest.raises(export.ExportError, match="work directory|checkpoint directory") as info:
+        export.export_from_workdir(workdir, output, replace=True)
+    assert len(str(info.value).splitlines()) == 1
+    assert _tree(tmp_path) == before
+
+
+def test_export_touches_no_neighbour_and_replaces_only_when_asked(random_export, tmp_path):
+    models_dir = tmp_path / "models"
+    path = models_dir / "omniglot"
+    # Neighbours whose names the old clean-up matched, and one that has an export temporary's
+    # exact name but not its marker: all are the user's.
+    for name in ("omniglot.old-v1", "omniglot.tmp-mine", "omniglot.tfmeta-tmp-0123456789ab",
+                 "omniglot.tfmeta-old-0123456789ab"):
+        os.makedirs(models_dir / name)
+        (models_dir / name / "keep.txt").write_text(name)
+    before = _tree(models_dir)
+    assert _export_to(random_export, path) == str(path)
+    assert export.is_tfmeta_export(str(path))
+    # An explicit output over a previous tfmeta export needs replace ...
+    with pytest.raises(export.ExportError, match="already holds a tfmeta SavedModel; pass "
+                                                 "--replace") as info:
+        _export_to(random_export, path)
+    assert repr(str(path)) in str(info.value)
+    # ... and with it, the model is replaced.
+    assert "step" not in export.read_metadata(str(path))
+    assert export.export(random_export["model"], random_export["algorithm"], str(path),
+                         metadata=dict(random_export["metadata"], step=9),
+                         replace=True) == str(path)
+    assert export.read_metadata(str(path))["step"] == 9
+    after = _tree(models_dir)
+    assert {k: v for k, v in after.items() if not k.startswith("omniglot/")} == before
+    assert sorted(os.listdir(models_dir)) == sorted(["omniglot", *{k.split("/")[0]
+                                                                    for k in before}])
+
+
+@pytest.mark.parametrize("error", [OSError(28, "No space left on device"), KeyboardInterrupt()])
+def test_failed_export_leaves_no_temporary(random_export, tmp_path, monkeypatch, error):
+    previous = str(tmp_path / "model")
+    shutil.copytree(random_export["path"], previous)
+    before = _tree(tmp_path)
+
+    def fail_midway(module, target):
+        with open(os.path.join(target, "saved_model.pb"), "wb") as f:
+            f.write(b"partial")
+        raise error
+
+    monkeypatch.setattr(export, "_write_saved_model", fail_midway)
+    monkeypatch.chdir(tmp_path)
+    expected = (export.ExportError, "No space left on device; nothing was changed") \
+        if isinstance(error, OSError) else (KeyboardInterrupt, None)
+    for output in (previous, str(tmp_path / "new" / "nested" / "model")):
+        with pytest.raises(expected[0], match=expected[1]) as info:
+            _export_to(random_export, output, replace=True)
+        assert len(str(info.value).splitlines()) <= 1
+        # The previous model is intact; no temporary and no created parent is left.
+        assert _tree(tmp_path) == before
+        assert sorted(os.listdir(tmp_path)) == ["model"]
+
+
+def test_export_binary_refusals_are_one_line(tmp_path, random_export):
+    """The exit status and the single line, through the binary (all refused before restoring)."""
+    workdir = _fake_workdir(tmp_path)
+    taken = tmp_path / "taken"
+    shutil.copytree(random_export["path"], taken)
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    before = _tree(tmp_path)
+    cases = {"workdir": (workdir, "is the work directory"), "root": ("/", "root"),
+             "taken": (str(taken), "pass --replace")}
+    procs = {name: subprocess.Popen(
+        [sys.executable, "-m", "tfmeta.export", f"--workdir={workdir}", f"--output={output}"],
+        cwd=str(cwd), env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True) for name, (output, _) in cases.items()}
+    for name, proc in procs.items():
+        _, stderr = proc.communicate(timeout=300)
+        assert proc.returncode == 2, (name, stderr[-2000:])
+        lines = [line for line in stderr.splitlines() if line.startswith("error:")]
+        assert len(lines) == 1 and cases[name][1] in lines[0], (name, stderr[-2000:])
+        assert "Traceback" not in stderr
+    assert _tree(tmp_path) == before
+    assert os.listdir(cwd) == []
+
+
+def test_export_binary_replaces_the_runs_own_export(smoke_workdir, tmp_path):
+    workdir = str(tmp_path / "run")
+    shutil.copytree(smoke_workdir, workdir)
+    os.utime(os.path.join(workdir, "export", "saved_model.pb"), (0, 0))
+    before = {k: v for k, v in _tree(workdir).items() if not k.startswith("export/")}
+    proc = subprocess.run([sys.executable, "-m", "tfmeta.export", f"--workdir={workdir}"],
+                          env=subprocess_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert os.stat(os.path.join(workdir, "export", "saved_model.pb")).st_mtime > 0
+    assert export.is_tfmeta_export(os.path.join(workdir, "export"))
+    assert {k: v for k, v in _tree(workdir).items() if not k.startswith("export/")} == before
+    assert sorted(os.listdir(tmp_path)) == ["run"]

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.helpers import REPO
 from tfmeta import report
 
-REPO = "/work/main"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # Matplotlib's first two line colours (tab:blue, tab:orange): markers are filled with them exactly.
 RUN_COLOURS = [(31, 119, 180), (255, 127, 14)]
@@ -204,10 +204,11 @@ def test_importing_defines_no_flags():
     assert "labels" not in flags.FLAGS and "title" not in flags.FLAGS
 
 
-def _holders(output, labels=None, title=None):
+def _holders(output, labels=None, title=None, replace=False):
     return {"output": types.SimpleNamespace(value=output),
             "labels": types.SimpleNamespace(value=labels),
-            "title": types.SimpleNamespace(value=title)}
+            "title": types.SimpleNamespace(value=title),
+            "replace": types.SimpleNamespace(value=replace)}
 
 
 @pytest.mark.parametrize("case", ["missing", "not_a_dir", "empty", "labels", "no_workdirs",
@@ -310,3 +311,59 @@ def test_binary_user_error_exits_2(cli):
     assert cli.no_output.stdout == ""
     [line] = _report_lines(cli.no_output.stderr)
     assert line.startswith("error: --output is required"), line
+
+
+def _files(root):
+    found = {}
+    for folder, _, names in os.walk(root):
+        for name in names:
+            with open(os.path.join(folder, name), "rb") as f:
+                found[os.path.relpath(os.path.join(folder, name), root)] = f.read()
+    return found
+
+
+def _one_error(capsys) -> str:
+    captured = capsys.readouterr()
+    [line] = captured.err.splitlines()
+    assert line.startswith("error: "), line
+    return line
+
+
+def test_report_replaces_only_its_own_files_and_only_with_replace(tmp_path, capsys):
+    workdir = _maml(tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    assert report.main(["report", workdir], _holders(str(out))) == 0
+    first = _files(out)
+    assert sorted(first) == ["accuracy_vs_iterations.png", "accuracy_vs_minutes.png",
+                             "notes.txt", "results.md"]
+    assert all(report.is_own_output(str(out / name)) for name in first if name != "notes.txt")
+    capsys.readouterr()
+    # Again without --replace: refused, nothing changes.
+    assert report.main(["report", workdir], _holders(str(out), title="again")) == 2
+    line = _one_error(capsys)
+    assert "holds an earlier report; pass --replace" in line and str(out) in line
+    assert _files(out) == first
+    # With --replace the report's own files are replaced, the others kept.
+    assert report.main(["report", workdir], _holders(str(out), title="again", replace=True)) == 0
+    second = _files(out)
+    assert second["results.md"].startswith(b"# again\n") and second["notes.txt"] == b"mine"
+    assert sorted(os.listdir(out)) == sorted(first), "no temporary may be left"
+
+
+@pytest.mark.parametrize("name", ["results.md", "accuracy_vs_minutes.png"])
+def test_report_never_overwrites_a_file_it_did_not_write(tmp_path, capsys, name):
+    workdir = _maml(tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    if name.endswith(".png"):  # a PNG, but not one of the report's
+        Image.new("RGB", (4, 4)).save(out / name)
+    else:
+        (out / name).write_text("# My results\n")
+    before = _files(out)
+    for replace in (False, True):
+        assert report.main(["report", workdir], _holders(str(out), replace=replace)) == 2
+        line = _one_error(capsys)
+        assert "was not written by tfmeta.report" in line and name in line, line
+        assert _files(out) == before, "nothing may be written, not even the other files"

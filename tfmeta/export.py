@@ -4,7 +4,7 @@ A trained meta-learner is only useful after adaptation, so the export carries th
 a client sends a labelled support set and unlabelled queries and gets predictions for the queries
 after the configured number of inner steps, from any TensorFlow runtime, without tfmeta installed.
 
-    python -m tfmeta.export --workdir=DIR [--output=PATH]      # default PATH: DIR/export
+    python -m tfmeta.export --workdir=DIR [--output=PATH [--replace]]   # default PATH: DIR/export
 
 Signatures of a classification (Omniglot) export, with N = ways the model was trained for:
 
@@ -53,15 +53,27 @@ A plain ``tf.Module`` holding the model's variables is exported (rather than
 meta-learner, not the model, and a module keeps the SavedModel free of Keras objects, so
 ``tf.saved_model.load`` needs neither Keras nor tfmeta. Variables are saved as variables.
 
-Writing is atomic with respect to the output path: the model is written to a sibling
-``PATH.tmp-XXXX`` and renamed into place only when complete; a previous model at PATH is kept until
-then (moved to ``PATH.old-XXXX`` for the duration of the swap and deleted after).
+Nothing is deleted that tfmeta did not create. An export writes only to a path that does not
+exist, or replaces a previous tfmeta SavedModel (``saved_model.pb`` and ``assets/tfmeta.json``
+and nothing else): ``tfmeta.train``'s own ``WORKDIR/export`` always, any other path with
+``--replace`` (``replace=True``). Anything else (a file, a work directory, a directory holding
+other files, the work directory's ancestors or its checkpoint directory) is refused with one
+error line naming it, before the checkpoint is read.
+
+Writing is atomic with respect to the output path: the model is written to a new sibling
+``PATH.tfmeta-tmp-<12 hex digits>``, holding a marker file written first, and renamed into place
+only when complete; a previous model at PATH is kept until then (moved to
+``PATH.tfmeta-old-<tag>`` for the duration of the swap and deleted after). A failed export (a
+full disk, an error, Ctrl-C) removes its temporary. Leftovers of an export that was killed are
+removed by the next export to the same path, which touches only siblings with exactly that name
+pattern whose content proves them an export's (the marker, or a complete tfmeta SavedModel).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import socket
 import tempfile
 import time
 import uuid
@@ -69,6 +81,7 @@ from typing import Any
 
 import keras
 import tensorflow as tf
+from absl import logging
 
 import tfmeta
 from tfmeta import layers as tfm_layers
@@ -440,6 +453,17 @@ def metadata_from_config(config: Any, *, step: int, classification: bool) -> dic
 
 
 # --------------------------------------------------------------------------- writing
+# What tf.saved_model.save puts into a SavedModel directory. A directory holding anything else is
+# more than a model (a work directory, a folder of other files) and is never replaced.
+_SAVED_MODEL_ENTRIES = frozenset({"saved_model.pb", "saved_model.pbtxt", "fingerprint.pb",
+                                  "variables", "assets", "assets.extra"})
+# Written first into every temporary directory: the proof, for a later export's clean-up, that a
+# leftover directory is a killed export's and not something of the user's.
+_TEMP_MARKER = ".tfmeta-export-in-progress.json"
+_TEMP_KINDS = ("tmp", "old")
+_TAG_LENGTH = 12
+
+
 def _signature_names(module: tf.Module) -> list[str]:
     names = [SIGNATURE_ADAPT, SIGNATURE_ADAPT_STEPS, SIGNATURE_ADAPT_BATCH, SIGNATURE_TRANSDUCTIVE,
              SIGNATURE_PREDICT, SIGNATURE_METADATA]
@@ -454,65 +478,281 @@ def _write_saved_model(module: tf.Module, path: str) -> None:
     tf.saved_model.save(module, path, signatures=signatures)
 
 
+def _listdir(path: str) -> list[str]:
+    # Object stores list subdirectories with a trailing "/".
+    return sorted(name.rstrip("/") for name in tf.io.gfile.listdir(path))
+
+
+def _normalise(path: str) -> str:
+    """An absolute local path or a remote URL, without a trailing "/"."""
+    if "://" in path:
+        return path.rstrip("/")
+    return os.path.abspath(os.path.expanduser(path))
+
+
+def _within(path: str, ancestor: str) -> bool:
+    """Whether ``path`` is ``ancestor`` or lies inside it, symbolic links resolved."""
+    if "://" not in path:
+        path, ancestor = os.path.realpath(path), os.path.realpath(ancestor)
+    return path == ancestor or path.startswith(ancestor.rstrip("/") + "/")
+
+
+def is_tfmeta_export(path: str) -> bool:
+    """Whether ``path`` is a directory holding a tfmeta SavedModel and nothing else.
+
+    A tfmeta SavedModel has ``saved_model.pb`` and the metadata asset ``assets/tfmeta.json``;
+    any entry ``tf.saved_model.save`` does not write (a checkpoint, a config, a user's file)
+    makes the directory something else, which an export never replaces.
+    """
+    try:
+        if not tf.io.gfile.isdir(path):
+            return False
+        names = set(_listdir(path))
+        return ("saved_model.pb" in names and names <= _SAVED_MODEL_ENTRIES
+                and not tf.io.gfile.isdir(os.path.join(path, "saved_model.pb"))
+                and tf.io.gfile.exists(os.path.join(path, "assets", METADATA_ASSET)))
+    except tf.errors.OpError:
+        return False
+
+
+def _describe(path: str) -> str:
+    """What an existing path that is not a tfmeta SavedModel is, for the refusal message."""
+    if not tf.io.gfile.isdir(path):
+        return "is a file"
+    names = _listdir(path)
+    if not names:
+        return "is an empty directory"
+    if "checkpoints" in names or "config.json" in names:
+        return "is a training work directory"
+    if "saved_model.pb" in names:
+        other = [n for n in names if n not in _SAVED_MODEL_ENTRIES]
+        if other:
+            return f"holds a SavedModel together with other files ({', '.join(other[:5])})"
+        return "holds a SavedModel that tfmeta did not export (no assets/tfmeta.json)"
+    shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+    return f"is a directory holding other files ({shown})"
+
+
+def check_output(output: str, *, replace: bool = False, workdir: str | None = None) -> str:
+    """Checks that a SavedModel may be written to ``output`` without losing anything.
+
+    The output may be a path that does not exist, or (with ``replace``) a previous tfmeta
+    SavedModel (:func:`is_tfmeta_export`). Anything else that exists is refused: a file, a work
+    directory, a directory holding other files, even an empty one.
+
+    Args:
+      output: the SavedModel directory asked for (local or remote).
+      replace: whether a previous tfmeta SavedModel at ``output`` may be replaced.
+      workdir: the work directory the model comes from: ``output`` may be neither the work
+        directory nor one of its ancestors, nor lie inside its checkpoint directory.
+
+    Returns:
+      ``output`` normalised: absolute (local), without a trailing "/".
+
+    Raises:
+      ExportError: naming ``output``, why it cannot be written and what to do instead.
+    """
+    path = _normalise(output)
+    parent, base = os.path.split(path)
+    remote_root = "://" in path and "/" not in path.split("://", 1)[1]
+    if base in ("", ".", "..") or not parent or remote_root:
+        raise ExportError(f"--output {output!r} is a file system or bucket root; choose a new "
+                          "directory path for the SavedModel, such as DIR/export")
+    if workdir is not None:
+        work = _normalise(workdir)
+        if _within(work, path):
+            what = ("is the work directory" if _within(path, work) else
+                    "contains the work directory")
+            raise ExportError(f"--output {output!r} {what} {workdir!r}; choose a path of its "
+                              "own for the SavedModel, such as "
+                              f"{os.path.join(workdir, EXPORT_DIR)!r}")
+        checkpoints = os.path.join(work, "checkpoints")
+        if _within(path, checkpoints):
+            raise ExportError(f"--output {output!r} is inside the checkpoint directory "
+                              f"{checkpoints!r}; choose a path outside it, such as "
+                              f"{os.path.join(workdir, EXPORT_DIR)!r}")
+    try:
+        exists = tf.io.gfile.exists(path)
+        if not exists:
+            return path
+        if is_tfmeta_export(path):
+            if replace:
+                return path
+            raise ExportError(f"--output {output!r} already holds a tfmeta SavedModel; pass "
+                              "--replace to replace it, or choose a path that does not exist")
+        what = _describe(path)
+    except tf.errors.OpError as e:
+        raise ExportError(f"cannot write the SavedModel to {output!r}: {_reason(e)}") from e
+    raise ExportError(f"--output {output!r} {what}; an export only creates a new directory or "
+                      "replaces a tfmeta SavedModel, so nothing was written: choose a path that "
+                      "does not exist")
+
+
+def _temporary_name(base: str, kind: str) -> str:
+    return f"{base}.tfmeta-{kind}-{uuid.uuid4().hex[:_TAG_LENGTH]}"
+
+
+def _temporary_kind(name: str, base: str) -> str | None:
+    """``"tmp"`` or ``"old"`` when ``name`` is exactly an export temporary's name for ``base``."""
+    for kind in _TEMP_KINDS:
+        prefix = f"{base}.tfmeta-{kind}-"
+        tag = name[len(prefix):] if name.startswith(prefix) else ""
+        if len(tag) == _TAG_LENGTH and all(c in "0123456789abcdef" for c in tag):
+            return kind
+    return None
+
+
+def _marker_is_live(path: str) -> bool:
+    """Whether the export that wrote the marker in ``path`` is still running on this machine."""
+    try:
+        with tf.io.gfile.GFile(os.path.join(path, _TEMP_MARKER)) as f:
+            marker = json.loads(f.read())
+        pid = int(marker["pid"])
+        if marker.get("host") != socket.gethostname() or pid <= 0:
+            return False
+        os.kill(pid, 0)
+        return True
+    except (ProcessLookupError, ValueError, KeyError, TypeError, tf.errors.OpError):
+        return False
+    except PermissionError:  # the process exists, owned by someone else
+        return True
+
+
+def _is_own_temporary(path: str, kind: str) -> bool:
+    """Whether a directory with a temporary's name provably is a killed export's.
+
+    A ``tmp`` directory holds the marker an export writes first (plus whatever part of a
+    SavedModel it got to write), or a complete tfmeta SavedModel (killed after removing the
+    marker, before renaming); an ``old`` directory is a complete tfmeta SavedModel moved aside.
+    """
+    if not tf.io.gfile.isdir(path):
+        return False
+    names = set(_listdir(path))
+    if kind == "tmp" and _TEMP_MARKER in names:
+        return names <= _SAVED_MODEL_ENTRIES | {_TEMP_MARKER} and not _marker_is_live(path)
+    return is_tfmeta_export(path)
+
+
 def _clean_stale(output: str) -> None:
     """Recovers from an export killed mid-swap and removes leftovers of killed exports.
 
-    If PATH is missing but a complete ``PATH.old-*`` exists, the kill happened between the two
-    renames: the old model is moved back. Incomplete ``PATH.tmp-*`` directories are deleted.
+    Only directories named exactly ``BASE.tfmeta-tmp-<tag>`` / ``BASE.tfmeta-old-<tag>`` (a
+    12-digit hexadecimal tag) next to ``output`` whose content proves them an export's own
+    temporaries (:func:`_is_own_temporary`) are touched; any other neighbour is left alone. If
+    ``output`` is missing but a moved-aside previous model exists, the kill happened between the
+    two renames of a replacement: that model is moved back.
     """
-    parent, base = os.path.split(output.rstrip("/"))
-    if not tf.io.gfile.isdir(parent or "."):
+    parent, base = os.path.split(output)
+    if not tf.io.gfile.isdir(parent):
         return
-    for name in sorted(tf.io.gfile.listdir(parent or ".")):
-        name = name.rstrip("/")
+    for name in _listdir(parent):
+        kind = _temporary_kind(name, base)
         path = os.path.join(parent, name)
-        if name.startswith(base + ".old-") and not tf.io.gfile.exists(output) and \
-                tf.io.gfile.exists(os.path.join(path, "saved_model.pb")):
+        if kind is None or not _is_own_temporary(path, kind):
+            continue
+        if kind == "old" and not tf.io.gfile.exists(output):
+            logging.warning("restoring %s from %s, left by an export killed while replacing it",
+                            output, path)
             tf.io.gfile.rename(path, output)
-        elif name.startswith(base + ".tmp-") or name.startswith(base + ".old-"):
+        else:
+            logging.info("removing %s, left by a killed export", path)
             tf.io.gfile.rmtree(path)
 
 
-def write_atomically(module: tf.Module, output: str) -> str:
+def _missing_ancestors(path: str) -> list[str]:
+    """The ancestors of ``path`` that do not exist yet, deepest first."""
+    missing = []
+    parent = os.path.dirname(path)
+    while parent and not parent.endswith("://") and not tf.io.gfile.exists(parent):
+        missing.append(parent)
+        if os.path.dirname(parent) == parent:
+            break
+        parent = os.path.dirname(parent)
+    return missing
+
+
+def _remove_quietly(paths: list[str]) -> None:
+    """Best-effort removal of what a failed export created (directories, deepest first)."""
+    for path in paths:
+        try:
+            if tf.io.gfile.isdir(path):
+                tf.io.gfile.rmtree(path)
+        except (tf.errors.OpError, OSError) as e:
+            logging.warning("could not remove %s after a failed export: %s", path, _reason(e))
+
+
+def write_atomically(module: tf.Module, output: str, *, replace: bool = False,
+                     workdir: str | None = None) -> str:
     """Saves ``module`` to ``output`` so that ``output`` is never a partial model.
 
-    Not safe against concurrent exports to the same path.
+    The model is written to a new sibling ``BASE.tfmeta-tmp-<tag>`` (a marker file first, so
+    that a later export can tell a killed export's leftover from anything else) and renamed into
+    place once complete. Only a path that does not exist or, with ``replace``, a previous tfmeta
+    SavedModel is written (see :func:`check_output`); a replaced model is moved aside to
+    ``BASE.tfmeta-old-<tag>`` for the duration of the swap and deleted after. Whatever happens
+    (an error, a full disk, KeyboardInterrupt), the temporary and any parent directories the
+    export created are removed. Not safe against concurrent exports to the same path.
+
+    Args:
+      module: the module to save.
+      output: SavedModel directory (local or gs://).
+      replace: whether a previous tfmeta SavedModel at ``output`` may be replaced.
+      workdir: the work directory the model comes from (protected, see :func:`check_output`).
+
+    Returns:
+      ``output`` normalised (absolute for a local path).
 
     Raises:
-      ExportError: the output location cannot be written (naming it and the reason).
+      ExportError: ``output`` exists and may not be replaced, or cannot be written (naming it
+        and the reason); nothing was changed at ``output`` then.
     """
-    output = output.rstrip("/")
+    output = check_output(output, replace=replace, workdir=workdir)
+    parent, base = os.path.split(output)
+    created = _missing_ancestors(output)
+    tmp = os.path.join(parent, _temporary_name(base, "tmp"))
     try:
-        tf.io.gfile.makedirs(os.path.dirname(output) or ".")
         _clean_stale(output)
-        tag = uuid.uuid4().hex[:8]
-        tmp, old = f"{output}.tmp-{tag}", f"{output}.old-{tag}"
-        # Creating the temporary directory first turns "this location cannot be written"
-        # (read-only or virtual file systems, missing permissions) into one clear error.
-        tf.io.gfile.makedirs(tmp)
-    except (tf.errors.OpError, OSError) as e:
-        raise ExportError(f"cannot write the SavedModel to {output!r}: {_reason(e)}") from e
-    try:
+        # A model restored by the clean-up must be checked again.
+        output = check_output(output, replace=replace, workdir=workdir)
+        tf.io.gfile.makedirs(parent)
+        # Creating the temporary directory and its marker first turns "this location cannot be
+        # written" (read-only or virtual file systems, missing permissions) into one clear error.
+        tf.io.gfile.mkdir(tmp)
+        with tf.io.gfile.GFile(os.path.join(tmp, _TEMP_MARKER), "w") as f:
+            f.write(json.dumps({"target": output, "pid": os.getpid(),
+                                "host": socket.gethostname(), "tfmeta": tfmeta.__version__}))
         _write_saved_model(module, tmp)
+        tf.io.gfile.remove(os.path.join(tmp, _TEMP_MARKER))
+        if tf.io.gfile.exists(output):
+            _swap(tmp, output, base)
+        else:
+            tf.io.gfile.rename(tmp, output, overwrite=False)
     except BaseException as e:
-        if tf.io.gfile.exists(tmp):
-            tf.io.gfile.rmtree(tmp)
-        if isinstance(e, (tf.errors.PermissionDeniedError, tf.errors.FailedPreconditionError,
-                          tf.errors.NotFoundError, tf.errors.ResourceExhaustedError, OSError)):
-            raise ExportError(f"cannot write the SavedModel to {output!r}: {_reason(e)}") from e
+        _remove_quietly([tmp, *created])
+        if isinstance(e, (tf.errors.OpError, OSError)):
+            raise ExportError(f"cannot write the SavedModel to {output!r}: {_reason(e)}; "
+                              "nothing was changed there") from e
         raise
-    had_old = tf.io.gfile.exists(output)
-    if had_old:
-        tf.io.gfile.rename(output, old)
+    return output
+
+
+def _swap(tmp: str, output: str, base: str) -> None:
+    """Replaces the tfmeta SavedModel at ``output`` by the complete one at ``tmp``."""
+    if not is_tfmeta_export(output):  # changed since it was checked
+        raise ExportError(f"{output!r} changed during the export and is no longer a tfmeta "
+                          "SavedModel; it was left as it is")
+    old = os.path.join(os.path.dirname(output), _temporary_name(base, "old"))
+    tf.io.gfile.rename(output, old)
     try:
         tf.io.gfile.rename(tmp, output)
     except BaseException:
-        if had_old:
-            tf.io.gfile.rename(old, output)
+        tf.io.gfile.rename(old, output)
         raise
-    if had_old:
+    try:
         tf.io.gfile.rmtree(old)
-    return output
+    except (tf.errors.OpError, OSError) as e:
+        # The new model is in place; the next export to this path removes the old one.
+        logging.warning("could not remove the replaced model %s: %s", old, _reason(e))
 
 
 def _reason(e: BaseException) -> str:
@@ -521,28 +761,36 @@ def _reason(e: BaseException) -> str:
 
 
 def export(model: keras.Model, algorithm: Any, output: str, *, metadata: dict[str, Any],
-           classification: bool = True, max_inner_steps: int | None = None) -> str:
+           classification: bool = True, max_inner_steps: int | None = None,
+           replace: bool = False, workdir: str | None = None) -> str:
     """Exports a meta-learner as a fast-adaptation SavedModel (see the module docstring).
 
     Args:
       model: the built Keras model (``algorithm.model``), with the parameters to export.
       algorithm: a meta-learner (:class:`tfmeta.maml.MAML` and relatives, or
         :class:`tfmeta.reptile.Reptile`) around ``model``.
-      output: SavedModel directory (local or gs://); replaced atomically if it exists.
+      output: SavedModel directory (local or gs://): a path that does not exist, or a previous
+        tfmeta SavedModel when ``replace`` (replaced atomically); anything else is refused.
       metadata: JSON-ready description (see :func:`metadata_from_config`); for classification it
         must hold ``ways`` and ``image_size``; ``inner_steps`` is the default adaptation length.
         The export adds ``serving_bn_mode``, ``max_inner_steps`` and ``signatures``.
       classification: N-way image classification (True) or [*, 1] regression (False).
       max_inner_steps: largest ``inner_steps`` a client may ask for (default: the metadata's, else
         :data:`DEFAULT_MAX_INNER_STEPS`); at least ``inner_steps``.
+      replace: whether a previous tfmeta SavedModel at ``output`` may be replaced.
+      workdir: the work directory the model comes from, which ``output`` must not overwrite
+        (see :func:`check_output`).
 
     Returns:
-      ``output``.
+      ``output`` normalised (absolute for a local path).
 
     Raises:
       ExportError: the model's input or output shape does not fit the signature contract, the
-        step bound is below the default steps, or the output cannot be written.
+        step bound is below the default steps, or the output exists and may not be replaced or
+        cannot be written.
     """
+    # Refused outputs fail before the (slow) tracing of the signatures.
+    check_output(output, replace=replace, workdir=workdir)
     if algorithm.model is not model:
         raise ExportError("algorithm.model must be the exported model")
     steps = int(metadata["inner_steps"])
@@ -576,40 +824,63 @@ def export(model: keras.Model, algorithm: Any, output: str, *, metadata: dict[st
         if SIGNATURE_TRANSDUCTIVE in metadata["signatures"]:
             metadata["transductive_signature"] = SIGNATURE_TRANSDUCTIVE
         module._json = json.dumps(metadata, indent=2, sort_keys=True)
-        with open(asset, "w", encoding="utf-8") as f:
-            f.write(module._json + "\n")
-        return write_atomically(module, output)
+        try:
+            with open(asset, "w", encoding="utf-8") as f:
+                f.write(module._json + "\n")
+        except OSError as e:  # the system's temporary directory is full or unwritable
+            raise ExportError(f"cannot write the SavedModel's metadata to {asset!r}: "
+                              f"{_reason(e)}") from e
+        return write_atomically(module, output, replace=replace, workdir=workdir)
 
 
-def export_experiment(exp: Any, output: str, *, max_inner_steps: int | None = None) -> str:
-    """Exports a built :class:`tfmeta.trainer.Experiment` (its current parameters) to ``output``."""
+def export_experiment(exp: Any, output: str, *, max_inner_steps: int | None = None,
+                      replace: bool = False, workdir: str | None = None) -> str:
+    """Exports a built :class:`tfmeta.trainer.Experiment` (its current parameters) to ``output``.
+
+    ``replace`` and ``workdir`` are as in :func:`export`.
+    """
     classification = exp.source.classification
     metadata = metadata_from_config(exp.config, step=int(exp.step.numpy()),
                                     classification=classification)
     return export(exp.model, exp.algorithm, output, metadata=metadata,
-                  classification=classification, max_inner_steps=max_inner_steps)
+                  classification=classification, max_inner_steps=max_inner_steps,
+                  replace=replace, workdir=workdir)
 
 
-def export_from_workdir(workdir: str, output: str | None = None, *,
+def export_from_workdir(workdir: str, output: str | None = None, *, replace: bool = False,
                         max_inner_steps: int | None = None) -> str:
     """Exports the latest checkpoint of a training run.
+
+    The default location ``WORKDIR/export`` belongs to the run: a previous tfmeta SavedModel
+    there is replaced without ``replace``. An explicit ``output`` elsewhere replaces a previous
+    tfmeta SavedModel only with ``replace``. Whatever ``replace`` says, an output that is not a
+    tfmeta SavedModel (a file, a directory holding anything else), that is the work directory or
+    one of its ancestors, or that lies inside its checkpoint directory is refused before the
+    checkpoint is even read.
 
     Args:
       workdir: work directory of ``tfmeta.train`` (local path or gs://...).
       output: SavedModel directory; ``WORKDIR/export`` when None.
+      replace: whether a previous tfmeta SavedModel at an explicit ``output`` may be replaced.
+      max_inner_steps: as in :func:`export`.
 
     Returns:
-      The SavedModel path.
+      The SavedModel path (absolute for a local path).
 
     Raises:
       FileNotFoundError: ``workdir`` has no config or no checkpoint.
+      ExportError: ``output`` may not be written (see :func:`check_output`).
     """
     from tfmeta import trainer, workdir as workdir_lib
 
     workdir = workdir_lib.normalize(workdir)
+    default = os.path.join(workdir, EXPORT_DIR)
+    if output is None or _normalise(output) == _normalise(default):
+        output, replace = default, True
+    check_output(output, replace=replace, workdir=workdir)
     exp = trainer.restore(workdir)
-    return export_experiment(exp, output or os.path.join(workdir, EXPORT_DIR),
-                             max_inner_steps=max_inner_steps)
+    return export_experiment(exp, output, max_inner_steps=max_inner_steps, replace=replace,
+                             workdir=workdir)
 
 
 def read_metadata(path: str) -> dict[str, Any]:

@@ -1,9 +1,14 @@
 r"""Exports a trained run as a fast-adaptation SavedModel.
 
-    python -m tfmeta.export --workdir=/tmp/run [--output=/tmp/run/export] [--max_inner_steps=N]
+    python -m tfmeta.export --workdir=/tmp/run [--output=PATH [--replace]] [--max_inner_steps=N]
 
 (``tfmeta-export`` is the same command.) The SavedModel's signatures are described in
 :mod:`tfmeta.export`; ``tfmeta.train`` runs this automatically at the end of training.
+
+The default output, ``WORKDIR/export``, belongs to the run: a previous export there is replaced.
+``--output=PATH`` must not exist, or hold a tfmeta SavedModel and come with ``--replace``;
+anything else there (a file, a work directory, other files) is refused with one ``error:`` line
+(exit status 2) and left untouched.
 """
 
 from __future__ import annotations
@@ -16,6 +21,9 @@ from tfmeta import cli
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Work directory of a tfmeta.train run.")
 _OUTPUT = flags.DEFINE_string("output", None, "SavedModel directory (default: WORKDIR/export).")
+_REPLACE = flags.DEFINE_bool(
+    "replace", False, "Replace a tfmeta SavedModel already at --output (never anything else; "
+    "the default WORKDIR/export is replaced without it).")
 _MAX_INNER_STEPS = flags.DEFINE_integer(
     "max_inner_steps", None, "Largest inner_steps a client may ask the SavedModel for (default: "
     "the config's export.max_inner_steps).", lower_bound=1)
@@ -27,7 +35,7 @@ def main(argv: list[str]) -> int:
         return cli.fail(f"unexpected arguments: {argv[1:]}")
     from tfmeta import export
 
-    path = export.export_from_workdir(_WORKDIR.value, _OUTPUT.value,
+    path = export.export_from_workdir(_WORKDIR.value, _OUTPUT.value, replace=_REPLACE.value,
                                       max_inner_steps=_MAX_INNER_STEPS.value)
     print(f"exported to {path}")
     print(json.dumps(export.read_metadata(path), sort_keys=True))

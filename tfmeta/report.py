@@ -1,6 +1,7 @@
 r"""Learning curves and a results table for one or more training work directories.
 
-    python -m tfmeta.report WORKDIR [WORKDIR ...] --output=DIR [--labels=a,b,c] [--title=TEXT]
+    python -m tfmeta.report WORKDIR [WORKDIR ...] --output=DIR [--replace] [--labels=a,b,c]
+        [--title=TEXT]
 
 Each WORKDIR is read (through ``tf.io.gfile``, so ``gs://`` works too) for what the trainer wrote:
 
@@ -13,6 +14,12 @@ Written into DIR: ``accuracy_vs_iterations.png`` and ``accuracy_vs_minutes.png``
 metric against meta-iterations and against wall-clock minutes, one line per run) and
 ``results.md`` (one row per run and evaluation file, then each run's last validation point), which
 is also printed. A mistake in the input ends with a single ``error: ...`` line and exit code 2.
+
+The report overwrites nothing it did not write. If one of the three files already exists in DIR,
+nothing is written unless ``--replace`` is given, and even then only files recognisably written by
+``tfmeta.report`` are replaced: a ``results.md`` holding the report's table header row, a PNG
+carrying the ``Software: tfmeta.report`` text chunk the report stamps into its plots. Any other
+file of that name is refused (one ``error:`` line naming it). Other files in DIR are never touched.
 """
 
 from __future__ import annotations
@@ -33,12 +40,17 @@ EVAL_PATTERN = "eval_*.json"
 ITERATIONS_PLOT = "accuracy_vs_iterations.png"
 MINUTES_PLOT = "accuracy_vs_minutes.png"
 TABLE_FILE = "results.md"
-USAGE = "usage: python -m tfmeta.report WORKDIR [WORKDIR ...] --output=DIR"
+USAGE = "usage: python -m tfmeta.report WORKDIR [WORKDIR ...] --output=DIR [--replace]"
+# Stamped into every plot as a PNG text chunk: how a later report knows the file is its own.
+PNG_SOFTWARE = "tfmeta.report"
 
 _COLUMNS = ("label", "algorithm", "ways-shots", "split", "protocol", "queries/class",
             "inner steps", "episodes", "result", "iterations", "wall min", "file")
 _NUMERIC_COLUMNS = {"queries/class", "inner steps", "episodes", "result", "iterations",
                     "wall min"}
+# The table's header row: a results.md holding it was written by a report.
+_HEADER_ROW = "| " + " | ".join(_COLUMNS) + " |"
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 class ReportError(ValueError):
@@ -174,19 +186,108 @@ def _minutes(point: dict[str, Any]) -> float | None:
     return seconds / 60 if _is_number(seconds) else None
 
 
-def plot_curves(runs: Sequence[Run], output_dir: str, title: str | None = None) -> list[str]:
+# --------------------------------------------------------------------------- owned outputs
+def _png_software(data: bytes) -> str | None:
+    """The ``Software`` text chunk of a PNG, or None (not a PNG, or no such chunk)."""
+    if not data.startswith(_PNG_SIGNATURE):
+        return None
+    at = len(_PNG_SIGNATURE)
+    while at + 8 <= len(data):
+        length = int.from_bytes(data[at:at + 4], "big")
+        kind, body = data[at + 4:at + 8], data[at + 8:at + 8 + length]
+        if kind == b"tEXt" and b"\0" in body:
+            key, value = body.split(b"\0", 1)
+            if key == b"Software":
+                return value.decode("latin-1")
+        if kind in (b"IDAT", b"IEND"):  # text chunks that matter come before the image data
+            return None
+        at += 12 + length
+    return None
+
+
+def is_own_output(path: str) -> bool:
+    """Whether the existing file ``path`` was written by a report (see the module docstring)."""
+    import tensorflow as tf
+
+    try:
+        if tf.io.gfile.isdir(path):
+            return False
+        with tf.io.gfile.GFile(path, "rb") as f:
+            data = f.read()
+    except (OSError, tf.errors.OpError):
+        return False
+    if path.endswith(".png"):
+        return _png_software(data) == PNG_SOFTWARE
+    return _HEADER_ROW in data.decode("utf-8", errors="replace").splitlines()
+
+
+def check_outputs(paths: Sequence[str], *, replace: bool) -> None:
+    """Checks that every path in ``paths`` is new, or a report's own file to be replaced.
+
+    Raises:
+      ReportError: naming the first path that exists and is not the report's own (never
+        overwritten), or that is the report's own while ``replace`` is False.
+    """
+    import tensorflow as tf
+
+    for path in paths:
+        try:
+            exists = tf.io.gfile.exists(path)
+        except tf.errors.OpError as e:
+            raise ReportError(f"cannot check {path!r}: {e}") from e
+        if not exists:
+            continue
+        if not is_own_output(path):
+            raise ReportError(f"{path!r} exists and was not written by tfmeta.report; it is never "
+                              "overwritten, even with --replace: move it away or choose another "
+                              "--output")
+        if not replace:
+            raise ReportError(f"{path!r} holds an earlier report; pass --replace to replace it, "
+                              "or choose another --output")
+
+
+def _write_file(path: str, data: bytes) -> None:
+    """Writes ``data`` to a new sibling of ``path`` and renames it into place.
+
+    The temporary is removed on any failure, so ``path`` is either the old or the new file.
+    """
+    import uuid
+
+    import tensorflow as tf
+
+    directory, name = os.path.split(path)
+    tmp = os.path.join(directory, f".{name}.tfmeta-tmp-{uuid.uuid4().hex[:12]}")
+    try:
+        # GFile cannot seek on object stores, so the content is complete in memory first.
+        with tf.io.gfile.GFile(tmp, "wb") as f:
+            f.write(data)
+        tf.io.gfile.rename(tmp, path, overwrite=True)
+    except BaseException:
+        try:
+            if tf.io.gfile.exists(tmp):
+                tf.io.gfile.remove(tmp)
+        except (OSError, tf.errors.OpError):
+            pass
+        raise
+
+
+def plot_curves(runs: Sequence[Run], output_dir: str, title: str | None = None, *,
+                replace: bool = False) -> list[str]:
     """Plots every run's validation metric against meta-iterations and against wall-clock minutes.
 
     Args:
       runs: the runs; those without history draw no line.
       output_dir: where the PNGs go (created if missing).
       title: the plots' title; none when None.
+      replace: whether earlier plots of a report in ``output_dir`` may be replaced (files of the
+        same name that a report did not write never are).
 
     Returns:
       The paths written: ``accuracy_vs_iterations.png`` and ``accuracy_vs_minutes.png``.
 
     Raises:
-      ReportError: the runs mix metrics (e.g. accuracy and mse).
+      ReportError: the runs mix metrics (e.g. accuracy and mse), or a plot's path is taken (see
+        :func:`check_outputs`).
     """
     import matplotlib
 
@@ -197,6 +298,8 @@ def plot_curves(runs: Sequence[Run], output_dir: str, title: str | None = None) 
     import tensorflow as tf
 
     metric = _metric(runs)
+    paths = [os.path.join(output_dir, name) for name in (ITERATIONS_PLOT, MINUTES_PLOT)]
+    check_outputs(paths, replace=replace)
     scale, ylabel = {"accuracy": (100.0, "validation accuracy (%)"),
                      "mse": (1.0, "validation MSE")}.get(metric, (1.0, f"validation {metric}"))
     tf.io.gfile.makedirs(output_dir)
@@ -223,13 +326,11 @@ def plot_curves(runs: Sequence[Run], output_dir: str, title: str | None = None) 
                 ax.set_title(title)
             fig.tight_layout()
             png = io.BytesIO()
-            fig.savefig(png, format="png", dpi=120)
+            fig.savefig(png, format="png", dpi=120, metadata={"Software": PNG_SOFTWARE})
         finally:
             plt.close(fig)
         path = os.path.join(output_dir, name)
-        # GFile cannot seek on object stores, so the PNG is rendered in memory first.
-        with tf.io.gfile.GFile(path, "wb") as f:
-            f.write(png.getvalue())
+        _write_file(path, png.getvalue())
         written.append(path)
     return written
 
@@ -322,16 +423,19 @@ def results_table(runs: Sequence[Run]) -> str:
 
 
 def write_report(workdirs: Sequence[str], output_dir: str, labels: Sequence[str] | None = None,
-                 title: str | None = None) -> str:
+                 title: str | None = None, *, replace: bool = False) -> str:
     """Loads the runs and writes both plots and ``results.md`` into ``output_dir``.
+
+    All three paths are checked before anything is written: each must be new or, with
+    ``replace``, a file an earlier report wrote (see :func:`check_outputs`).
 
     Returns:
       The markdown written to ``results.md``.
 
     Raises:
       ReportError: no work directories, a label count that differs from theirs, an output
-        directory that cannot be written, or any error of :func:`load_run` and
-        :func:`plot_curves`.
+        directory that cannot be written or holds files the report may not overwrite, or any
+        error of :func:`load_run` and :func:`plot_curves`.
     """
     import tensorflow as tf
 
@@ -342,10 +446,15 @@ def write_report(workdirs: Sequence[str], output_dir: str, labels: Sequence[str]
                           f"{len(workdirs)} work directories ({' '.join(workdirs)})")
     runs = [load_run(w, label) for w, label in zip(workdirs, labels or [None] * len(workdirs))]
     markdown = (f"# {title}\n\n" if title else "") + results_table(runs)
+    if tf.io.gfile.exists(output_dir) and not tf.io.gfile.isdir(output_dir):
+        raise ReportError(f"--output {output_dir!r} is a file, not a directory; it is never "
+                          "overwritten: choose a directory")
+    table = os.path.join(output_dir, TABLE_FILE)
+    check_outputs([os.path.join(output_dir, name) for name in (ITERATIONS_PLOT, MINUTES_PLOT)]
+                  + [table], replace=replace)
     try:
-        plot_curves(runs, output_dir, title=title)
-        with tf.io.gfile.GFile(os.path.join(output_dir, TABLE_FILE), "w") as f:
-            f.write(markdown)
+        plot_curves(runs, output_dir, title=title, replace=replace)
+        _write_file(table, markdown.encode("utf-8"))
     except (OSError, tf.errors.OpError) as e:
         raise ReportError(f"cannot write the report into {output_dir!r}: {e}") from e
     return markdown
@@ -362,6 +471,9 @@ def _define_flags() -> dict[str, Any]:
         "labels": flags.DEFINE_list(
             "labels", None, "Comma-separated run labels, one per WORKDIR (default: base names)."),
         "title": flags.DEFINE_string("title", None, "Title of the plots and of results.md."),
+        "replace": flags.DEFINE_bool(
+            "replace", False, "Replace the plots and results.md of an earlier report in --output "
+            "(files of those names that a report did not write are never overwritten)."),
     }
 
 
@@ -375,8 +487,9 @@ def main(argv: list[str], fl: dict[str, Any]) -> int:
         if not fl["output"].value:
             raise ReportError("--output is required (the directory to write the report into); "
                               f"{USAGE}")
+        replace = fl["replace"].value if "replace" in fl else False
         markdown = write_report(argv[1:], fl["output"].value, labels=fl["labels"].value,
-                                title=fl["title"].value)
+                                title=fl["title"].value, replace=replace)
     except ReportError as e:
         from tfmeta import cli
 

@@ -60,7 +60,7 @@ def main(argv: list[str]) -> int:
         return 0
     if _EXPORT.value and distribute.is_chief(strategy):
         from tfmeta import export
-        path = export.export_from_workdir(_WORKDIR.value)
+        path = export.export_from_workdir(_WORKDIR.value, replace=True)
         logging.info("exported a fast-adaptation SavedModel to %s", path)
     return 0
 
