@@ -22,6 +22,7 @@ import os
 from absl import flags
 
 from tfmeta import cli
+from tfmeta import config as config_lib
 
 BN_MODES = ("transductive", "support", "running")
 
@@ -30,7 +31,7 @@ _SPLIT = flags.DEFINE_enum("split", "test", ["train", "validation", "test"], "Ta
 _EPISODES = flags.DEFINE_integer("episodes", 600, "Number of evaluation episodes.", lower_bound=1)
 _INNER_STEPS = flags.DEFINE_integer(
     "inner_steps", None, "Inner steps at evaluation (default: the config's inner.eval_steps).",
-    lower_bound=1)
+    lower_bound=1, upper_bound=config_lib.MAX_INNER_STEPS)
 _QUERIES = flags.DEFINE_integer(
     "queries", None, "Query examples per class (default: the config's data.queries). With "
     "transductive batch norm the accuracy depends on it.", lower_bound=1)

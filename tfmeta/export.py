@@ -88,8 +88,6 @@ from tfmeta import layers as tfm_layers
 
 SIGNATURE_ADAPT = "adapt_and_predict"
 SIGNATURE_ADAPT_STEPS = "adapt_and_predict_steps"
-# Default step counts up to this are unrolled in the graph; longer ones run as a while loop.
-UNROLL_MAX_STEPS = 10
 SIGNATURE_ADAPT_BATCH = "adapt_and_predict_batch"
 SIGNATURE_TRANSDUCTIVE = "adapt_and_predict_transductive"
 SIGNATURE_PREDICT = "predict"
@@ -234,18 +232,6 @@ class _Module(tf.Module):
         self._serving = serving_bn_mode(algorithm)
         self.metadata = tf.function(lambda: {"json": tf.constant(self._json)}, input_signature=[])
 
-    @property
-    def _default_steps(self) -> int | tf.Tensor:
-        """The default step count: a Python int (unrolled loop) up to ``UNROLL_MAX_STEPS``.
-
-        Longer adaptations (Reptile evaluates with 50 steps) get a tensor, so the inner loop runs
-        as a ``tf.while_loop``: unrolled into every signature, 50 Reptile steps took minutes and
-        several GB to export. Short ones stay unrolled, which the graph optimiser handles best.
-        """
-        if self._steps <= UNROLL_MAX_STEPS:
-            return self._steps
-        return tf.constant(self._steps, tf.int32)
-
     def _adapt(self, sx: tf.Tensor, sy: tf.Tensor, qx: tf.Tensor, steps: Any,
                bn_mode: str) -> tf.Tensor:
         """Adapts one task (``sx [S, ...]``) and predicts ``qx [Q, ...]``."""
@@ -304,11 +290,11 @@ class _Classifier(_Module):
         return self._outputs(self._adapt(sx, sy, qx, steps, bn_mode))
 
     def _adapt_and_predict(self, support_images, support_labels, query_images):
-        return self._serve(support_images, support_labels, query_images, self._default_steps,
+        return self._serve(support_images, support_labels, query_images, self._steps,
                            self._serving)
 
     def _adapt_and_predict_transductive(self, support_images, support_labels, query_images):
-        return self._serve(support_images, support_labels, query_images, self._default_steps,
+        return self._serve(support_images, support_labels, query_images, self._steps,
                            "transductive")
 
     def _adapt_and_predict_steps(self, support_images, support_labels, query_images,
@@ -342,7 +328,7 @@ class _Classifier(_Module):
         pad = tf.cast(tf.equal(queries, 0), tf.int32)
         qx = tf.concat([qx, tf.zeros(tf.stack([tasks, pad, self._size, self._size, 1]),
                                      qx.dtype)], axis=1)
-        logits = self._algorithm.adapt_and_predict(sx, sy, qx, steps=self._default_steps,
+        logits = self._algorithm.adapt_and_predict(sx, sy, qx, steps=self._steps,
                                                    bn_mode=self._serving)
         return self._outputs(logits[:, :queries])
 
@@ -381,7 +367,7 @@ class _Regressor(_Module):
         return {"predictions": tf.cast(out, tf.float32)}
 
     def _adapt_and_predict(self, support_x, support_y, query_x):
-        return self._serve(support_x, support_y, query_x, self._default_steps)
+        return self._serve(support_x, support_y, query_x, self._steps)
 
     def _adapt_and_predict_steps(self, support_x, support_y, query_x, inner_steps):
         with tf.control_dependencies(_check_steps(inner_steps, self._max_steps)):
@@ -397,7 +383,7 @@ class _Regressor(_Module):
                                       message="query_x and support_x must have the same B")]
         with tf.control_dependencies(checks):
             sx, sy, qx = tf.identity(support_x), tf.identity(support_y), tf.identity(query_x)
-        out = self._algorithm.adapt_and_predict(sx, sy, qx, steps=self._default_steps,
+        out = self._algorithm.adapt_and_predict(sx, sy, qx, steps=self._steps,
                                                 bn_mode=self._serving)
         return {"predictions": tf.cast(out, tf.float32)}
 
@@ -891,7 +877,10 @@ def read_metadata(path: str) -> dict[str, Any]:
 
 if __name__ == "__main__":
     # `python -m tfmeta.export`: the flags live in export_main so importing this module never
-    # defines any.
+    # defines any; --help lists them as this binary's own.
+    from absl import flags as absl_flags
+
     from tfmeta import export_main
 
+    absl_flags.adopt_module_key_flags(export_main)
     export_main.run()
