@@ -41,6 +41,10 @@ def get_config(variant: str = "5way1shot"):
     c.outer.lr = 1.0  # meta step size epsilon
     c.outer.schedule = "linear"
     c.train.meta_batch_size = 5
+    # What the reference code does besides the update rule: each task's minibatches shuffled
+    # anew, and Adam's state carried from task to task (see tfmeta.reptile).
+    c.inner.shuffle_per_task = True
+    c.inner.carry_optimizer_state = True
     if variant == "smoke":
         tfmeta_config.smoke(c)
         c.data.train_shots = 5
