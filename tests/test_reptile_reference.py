@@ -313,3 +313,36 @@ def test_reptile_scheme_refuses_validation_runs():
     c.train.eval_episodes, c.eval.split = 0, "validation"
     with pytest.raises(config_lib.ConfigError, match="'eval.split' is 'validation'"):
         config_lib.validate(c)
+
+
+def test_mirrored_replicas_carry_the_same_state_as_one_device(tmp_path):
+    """Under MirroredStrategy the carried state is the mean over every replica's tasks."""
+    import json
+
+    overrides = {"train.iterations": 6, "train.steps_per_loop": 3, "train.meta_batch_size": 4,
+                 "train.eval_every": 0, "train.eval_episodes": 0, "train.log_every": 3,
+                 "train.checkpoint_every": 6, "algorithm": "reptile", "inner.optimizer": "adam",
+                 "inner.lr": 0.01, "inner.steps": 3, "inner.batch_size": 4,
+                 "inner.shuffle_per_task": True, "inner.carry_optimizer_state": True,
+                 "outer.optimizer": "sgd", "outer.lr": 1.0, "outer.schedule": "linear"}
+    values = {}
+    for strategy in ("default", "mirrored"):
+        spec = {"config": f"{_SINE}:smoke", "overrides": overrides, "strategy": strategy,
+                "logical_cpus": 2, "workdir": str(tmp_path / strategy)}
+        proc = subprocess.run([sys.executable, os.path.join(REPO, "tests", "distributed_driver.py"),
+                               json.dumps(spec)], capture_output=True, text=True, timeout=600,
+                              env=subprocess_env(), cwd=REPO)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        assert json.loads(proc.stdout.strip().splitlines()[-1])["replicas"] == (
+            1 if strategy == "default" else 2)
+        reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(
+            str(tmp_path / strategy / "checkpoints")))
+        values[strategy] = {k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map()
+                            if k.startswith(("model", "inner_loop"))
+                            and k.endswith("VARIABLE_VALUE")}
+    carried = [k for k in values["default"] if k.startswith("inner_loop")]
+    assert len(carried) >= 4 and any(np.any(values["default"][k] != 0) for k in carried)
+    assert sorted(values["default"]) == sorted(values["mirrored"])
+    for key, value in values["default"].items():
+        np.testing.assert_allclose(values["mirrored"][key], value, rtol=1e-5, atol=1e-7,
+                                   err_msg=key)
