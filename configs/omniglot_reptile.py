@@ -11,10 +11,29 @@ linearly to 0, 100,000 meta-iterations (200,000 for 20-way), 50 inner iterations
 Reported (transductive): 5-way 1-shot 97.68 +- 0.04, 5-way 5-shot 99.48 +- 0.06, 20-way 1-shot
 89.43 +- 0.14, 20-way 5-shot 97.12 +- 0.32 %.
 
-Measured on a 2-core x86_64 CPU (no GPU), TensorFlow 2.21: ``5way1shot`` in a 10-minute budget
-(3,000 of 100,000 iterations, 50 inner Adam steps at evaluation), test 80.20 +- 1.60 % transductive,
-74.20 +- 1.54 % one query at a time (1 query per class, 600 episodes); the command is in the
-README's results table. The full schedule was not run.
+As in the reference code (openai/supervised-reptile), each task's minibatches come from its own
+shuffles and Adam's state carries over from task to task (``inner.shuffle_per_task``,
+``inner.carry_optimizer_state``; see :mod:`tfmeta.reptile`). Measured on a 2-core x86_64 CPU
+(TensorFlow 2.21), ``5way1shot`` with ``--config.inner.bn_mode=transductive``, test split, 600
+episodes, 1 query per class, transductive, 50 evaluation steps:
+
+=========================================  ==============  ==============
+                                            1,000 iter.     3,000 iter.
+=========================================  ==============  ==============
+fresh Adam per task, one shared schedule    74.03 +- 1.75   82.10 +- 1.51
+carried Adam only (one shared schedule)     86.33 +- 1.28
+per-task shuffles only (fresh Adam)         73.73 +- 1.76
+carried Adam + per-task shuffles (default)  86.60 +- 1.28   91.93 +- 1.09
+  + split scheme 'reptile', rotation
+    classes (reference protocol)            85.00 +- 1.33
+  + model.head='flatten' as well            83.53 +- 1.41
+reference code (same settings)              76.93 +- 2.37   87.40 (+- 1.2)
+=========================================  ==============  ==============
+
+The carried Adam state is what closes the gap; per-task shuffles are neutral here and stay on
+because the reference does it. (The 'reptile' split tests on other characters, unrotated: those
+rows compare protocols, not only models.) The mean head and the MAML split stay the defaults.
+The full schedule was not run.
 """
 
 from tfmeta import config as tfmeta_config
@@ -41,6 +60,10 @@ def get_config(variant: str = "5way1shot"):
     c.outer.lr = 1.0  # meta step size epsilon
     c.outer.schedule = "linear"
     c.train.meta_batch_size = 5
+    # What the reference code does besides the update rule: each task's minibatches shuffled
+    # anew, and Adam's state carried from task to task (see tfmeta.reptile).
+    c.inner.shuffle_per_task = True
+    c.inner.carry_optimizer_state = True
     if variant == "smoke":
         tfmeta_config.smoke(c)
         c.data.train_shots = 5

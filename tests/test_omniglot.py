@@ -210,13 +210,16 @@ def test_lake_split_full(omniglot_full):
 @pytest.mark.parametrize("scheme", omniglot.SPLIT_SCHEMES)
 def test_small_subset_splits(omniglot_small, scheme):
     parts = _check_partition(omniglot_small, scheme)
-    assert all(len(p) > 0 for p in parts.values())
+    # The reptile scheme has no validation split, as in openai/supervised-reptile.
+    assert all(len(p) > 0 for s, p in parts.items() if (scheme, s) != ("reptile", "validation"))
     if scheme == "maml":
         assert [len(parts[s]) for s in omniglot.SPLITS] == [164, 15, 63]
+    if scheme == "reptile":
+        assert [len(parts[s]) for s in omniglot.SPLITS] == [179, 0, 63]
 
 
 def test_unknown_scheme_or_split_is_rejected(omniglot_small):
-    with pytest.raises(ValueError, match=r"'mini'.*\('maml', 'lake'\)"):
+    with pytest.raises(ValueError, match=r"'mini'.*\('maml', 'lake', 'reptile'\)"):
         omniglot.split(omniglot_small, scheme="mini")
     with pytest.raises(ValueError, match=r"'val'.*\('train', 'validation', 'test'\)"):
         omniglot.split_indices(omniglot_small, split="val")

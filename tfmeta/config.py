@@ -22,9 +22,10 @@ OUTER_OPTIMIZERS = ("adam", "sgd")
 INNER_OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "linear", "cosine")
 DOWNSAMPLING = ("stride", "maxpool")
+HEADS = ("mean", "flatten")
 BN_MODES = ("transductive", "support", "running")
 DTYPES = ("float32", "bfloat16")
-SPLIT_SCHEMES = ("maml", "lake")
+SPLIT_SCHEMES = ("maml", "lake", "reptile")
 SUBSETS = ("full", "small")
 DRAWINGS_PER_CHARACTER = 20
 # Bounds on inner steps, so that a typo cannot trace a graph for minutes or evaluate for hours.
@@ -65,13 +66,18 @@ def base_config() -> ml_collections.ConfigDict:
     c.dtype = "float32"  # float32 | bfloat16 (compute dtype; fast weights stay float32)
 
     c.data = ml_collections.ConfigDict()
-    c.data.split_scheme = "maml"  # maml (1100/100/423 shuffled) | lake (background/evaluation)
+    # maml (1100/100/423 shuffled) | lake (background/evaluation) | reptile (1200/423 shuffled, no
+    # validation split, as in openai/supervised-reptile)
+    c.data.split_scheme = "maml"
     c.data.subset = "full"  # full archives | small (small1 + small2, for quick runs)
     c.data.ways = 5
     c.data.shots = 1  # support examples per class at evaluation (and training, see train_shots)
     c.data.train_shots = 0  # 0 = same as shots (Reptile trains with more shots than it tests)
     c.data.queries = 1  # query examples per class
     c.data.rotate = True  # rotate each sampled class by a random multiple of 90 degrees
+    # The four rotations of every training character as separate training classes (the Reptile
+    # reference's protocol, with rotate=False: validation and test characters unrotated).
+    c.data.rotation_classes = False
     c.data.image_size = 28
     c.data.data_dir = ""  # TFDS data dir; "" = TFDS default / $TFDS_DATA_DIR
     c.data.archives_dir = ""  # offline archives; "" = $TFMETA_OMNIGLOT_ARCHIVES, then manual dir
@@ -82,6 +88,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.name = "conv4"  # conv4 | mlp
     c.model.filters = 64
     c.model.downsample = "stride"  # conv4: stride-2 convs (MAML) | maxpool (2x2 pooling, MAML++)
+    c.model.head = "mean"  # conv4: mean of the last feature map | flatten (Reptile reference)
 
     c.inner = ml_collections.ConfigDict()
     c.inner.lr = 0.4
@@ -90,6 +97,12 @@ def base_config() -> ml_collections.ConfigDict:
     c.inner.grad_clip = 0.0  # 0 = no clipping of inner gradients (global norm)
     c.inner.optimizer = "sgd"  # reptile only: sgd | adam (beta1 = 0, as in the Reptile paper)
     c.inner.batch_size = 0  # reptile only: support minibatch per inner step; 0 = whole support
+    # Reptile only: each task's minibatches from its own shuffles (seeded by a hash of its support
+    # set) rather than one schedule shared by every task, as the reference code does.
+    c.inner.shuffle_per_task = False
+    # Reptile with Adam only: Adam's moments and step count carry over from task to task (their
+    # mean over a meta-batch), as in the reference code, instead of restarting at zero per task.
+    c.inner.carry_optimizer_state = False
     c.inner.bn_mode = "transductive"  # transductive | support | running
 
     # MAML++ (algorithm 'mamlpp'; Antoniou et al. 2019): each of its changes to MAML is a switch.
@@ -262,6 +275,7 @@ def validate(config: ml_collections.ConfigDict, *, num_replicas: int = 1,
     _one_of("inner.optimizer", config.inner.optimizer, INNER_OPTIMIZERS)
     _one_of("inner.bn_mode", config.inner.bn_mode, BN_MODES)
     _one_of("model.downsample", config.model.downsample, DOWNSAMPLING)
+    _one_of("model.head", config.model.head, HEADS)
     _check_tasks_in_parallel(config.train.tasks_in_parallel)
     _check_mamlpp(config)
     for name in ("inner.lr", "outer.lr", "inner.steps", "inner.eval_steps",
@@ -297,6 +311,17 @@ def validate(config: ml_collections.ConfigDict, *, num_replicas: int = 1,
         raise ConfigError(
             f"config field 'inner.optimizer' is {config.inner.optimizer!r}; MAML adapts with "
             "'sgd' only (an Adam inner loop is a Reptile option)")
+    for name in ("inner.shuffle_per_task", "inner.carry_optimizer_state"):
+        value = config.inner[name.split(".")[1]]
+        if not isinstance(value, bool):
+            raise ConfigError(f"config field '{name}' is {value!r}; allowed values: True, False")
+        if value and config.algorithm != "reptile":
+            raise ConfigError(f"config field '{name}' is True; it is a Reptile option "
+                              f"(algorithm is {config.algorithm!r})")
+    if config.inner.carry_optimizer_state and config.inner.optimizer != "adam":
+        raise ConfigError(
+            "config field 'inner.carry_optimizer_state' is True but 'inner.optimizer' is "
+            f"{config.inner.optimizer!r}; only Adam has a state to carry")
 
     batch = config.train.meta_batch_size
     if batch % num_replicas:
@@ -323,8 +348,22 @@ def validate(config: ml_collections.ConfigDict, *, num_replicas: int = 1,
             raise ConfigError(
                 f"config field 'inner.batch_size' is {config.inner.batch_size}; it must be <= the "
                 f"support set size ways*shots = {config.data.ways * shots} (or 0 for all)")
+        if not isinstance(config.data.rotation_classes, bool):
+            raise ConfigError(f"config field 'data.rotation_classes' is "
+                              f"{config.data.rotation_classes!r}; allowed values: True, False")
+        if config.data.split_scheme == "reptile":
+            if config.train.eval_episodes:
+                raise ConfigError(
+                    f"config field 'train.eval_episodes' is {config.train.eval_episodes}; split "
+                    "scheme 'reptile' has no validation split (1200 train / 423 test characters, "
+                    "as in the Reptile reference), so it must be 0")
+            if config.eval.split == "validation":
+                raise ConfigError("config field 'eval.split' is 'validation'; split scheme "
+                                  "'reptile' has no validation split: use 'test' or 'train'")
         if split_classes is not None:
             for split, classes in split_classes.items():
+                if classes == 0 and config.data.split_scheme == "reptile":
+                    continue  # the empty validation split, checked above
                 if config.data.ways > classes:
                     raise ConfigError(
                         f"config field 'data.ways' is {config.data.ways}; the '{split}' split of "
@@ -339,6 +378,9 @@ def validate(config: ml_collections.ConfigDict, *, num_replicas: int = 1,
                               "sinusoid MLP, which has no batch norm")
         if config.model.downsample != "stride":
             raise ConfigError("config field 'model.downsample' applies to the conv4 network; "
+                              "the sinusoid MLP has none")
+        if config.model.head != "mean":
+            raise ConfigError("config field 'model.head' applies to the conv4 network; "
                               "the sinusoid MLP has none")
 
 

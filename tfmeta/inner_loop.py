@@ -48,21 +48,22 @@ Tensors = list[tf.Tensor]
 Steps = int | tf.Tensor
 
 
-def minibatch_indices(num_examples: Any, batch_size: int, step: Any, seed: int) -> tf.Tensor:
+def minibatch_indices(num_examples: Any, batch_size: int, step: Any, seed: Any) -> tf.Tensor:
     """Support positions used by inner step ``step``: ``[min(batch_size, num_examples)]``.
 
     Minibatches are consecutive slices of per-pass shuffles of the support set (without
     replacement within a pass, reshuffled every pass, as in the Reptile reference code). The
     shuffle of pass ``p`` is a pure function of ``(seed, p)``, computed in the graph with
-    stateless ops, so the schedule is the same in training, evaluation and the exported model,
-    works for a support size known only at run time, and compiles under XLA. The same positions
-    are used by every task of a batch (episode labels are assigned at random, so this is no bias).
+    integer ops, so the schedule is the same in training, evaluation and the exported model,
+    works for a support size known only at run time, and compiles under XLA.
 
     Args:
       num_examples: support-set size S (int or scalar tensor).
       batch_size: examples per step (clipped to S).
       step: 0-based inner step (int or scalar tensor).
-      seed: seed of the shuffles.
+      seed: seed of the shuffles: a Python int or scalar (one schedule), or an integer tensor
+        ``[T]`` of 32-bit task seeds (:func:`task_seeds`), which gives one schedule per task,
+        ``[T, min(batch_size, S)]``.
     """
     n = tf.cast(num_examples, tf.int32)
     if isinstance(num_examples, int):
@@ -71,18 +72,51 @@ def minibatch_indices(num_examples: Any, batch_size: int, step: Any, seed: int) 
         b = tf.minimum(tf.constant(batch_size, tf.int32), n)
     positions = tf.cast(step, tf.int32) * b + tf.range(b)
     passes = positions // n
+    per_task = not isinstance(seed, int) and tf.convert_to_tensor(seed).shape.rank == 1
+    keys = tf.range(tf.cast(n, tf.int64))
 
     def permutation(p: tf.Tensor) -> tf.Tensor:
         # Sorting distinct hashed keys: integer arithmetic gives the same permutation eagerly, in
         # graphs and under XLA (stateless random ops differ between TensorFlow and XLA kernels).
-        base = _hash32(tf.cast(seed, tf.int64) * 0x9E3779B1 + tf.cast(p, tf.int64))
-        return tf.argsort(_hash32(tf.bitwise.bitwise_xor(base, tf.range(tf.cast(n, tf.int64)))),
-                          stable=True)
+        if per_task:
+            # Task seeds are 32-bit hashes: mixed without products that could overflow int64.
+            base = _hash32(tf.cast(seed, tf.int64)[:, None]
+                           + _hash32(tf.cast(p, tf.int64) + 0x9E3779B1))
+        else:
+            base = _hash32(tf.cast(seed, tf.int64) * 0x9E3779B1 + tf.cast(p, tf.int64))
+        return tf.argsort(_hash32(tf.bitwise.bitwise_xor(base, keys)), axis=-1, stable=True)
 
     # A minibatch spans at most two passes.
     first, last = permutation(passes[0]), permutation(passes[-1])
-    return tf.where(tf.equal(passes, passes[0]), tf.gather(first, positions % n),
-                    tf.gather(last, positions % n))
+    return tf.where(tf.equal(passes, passes[0]), tf.gather(first, positions % n, axis=-1),
+                    tf.gather(last, positions % n, axis=-1))
+
+
+def task_seeds(x: tf.Tensor, y: tf.Tensor, seed: int) -> tf.Tensor:
+    """A 32-bit seed per task, hashed from its support set: int64 ``[T]``.
+
+    The minibatch schedule of a task is drawn from it (:func:`minibatch_indices`), so each task
+    gets its own shuffles, like the Reptile reference code's, while the schedule stays a pure
+    function of the task: the same in training, evaluation, a resumed run and the exported model,
+    with no seed to pass along. Integer sums are exact in any order, so the hash is the same in
+    graphs, under XLA and eagerly.
+
+    Args:
+      x, y: support sets ``[T, S, ...]``.
+      seed: mixed into every task's seed.
+    """
+    mask = tf.constant(0xFFFFFFFF, tf.int64)
+    total = tf.constant(seed, tf.int64)
+    for z in (x, y):
+        if z.dtype.is_floating:
+            bits = tf.cast(tf.bitcast(tf.cast(z, tf.float32), tf.int32), tf.int64)
+        else:
+            bits = tf.cast(z, tf.int64)
+        bits = tf.bitwise.bitwise_and(tf.reshape(bits, [_tasks(z), -1]), mask)
+        where = _hash32(tf.range(tf.shape(bits, out_type=tf.int64)[1]) + 0x7F4A7C15)
+        # Each term is < 2^32, so the sum of up to 2^31 of them stays within int64.
+        total = total + tf.reduce_sum(_hash32(tf.bitwise.bitwise_xor(bits, where)), axis=1)
+    return _hash32(total)
 
 
 def loop_steps(steps: Any) -> Any:
@@ -123,6 +157,11 @@ def _per_task(values: tf.Tensor, tasks: Any) -> tf.Tensor:
     return tf.broadcast_to(values[None], tf.concat([[tasks], tf.shape(values)], 0))
 
 
+def _task_scalar(value: tf.Tensor, like: tf.Tensor) -> tf.Tensor:
+    """A per-task scalar ``[T]`` shaped to broadcast against ``like [T, ...]``."""
+    return tf.reshape(value, [-1] + [1] * (len(like.shape) - 1))
+
+
 def _head_indices(model: keras.Model) -> list[int]:
     """Positions (in ``model.trainable_variables``) of the head: the layer owning the last one."""
     variables = model.trainable_variables
@@ -146,6 +185,11 @@ class InnerOptions:
       adam_beta1, adam_beta2: Adam's decay rates.
       batch_size: support examples per step (None: the whole support set); Reptile only.
       seed: seed of the minibatch schedule.
+      shuffle_per_task: draw each task's minibatch schedule from a seed hashed from its support
+        set (:func:`task_seeds`) instead of one schedule shared by every task.
+      carry_optimizer_state: Adam's moments and bias-correction powers persist from task to task
+        in state variables (:attr:`InnerVariables.optimizer_state`) instead of starting from zero
+        for every task, as in the Reptile reference code; see :meth:`InnerLoop.adapt`.
       grad_clip: global-norm clip of each task's inner gradients (None: no clipping).
       learned_lr: ``"none"``, ``"per_layer_step"`` (MAML++'s LSLR: one learned rate per parameter
         tensor and inner step) or ``"per_parameter"`` (Meta-SGD: one per scalar parameter).
@@ -164,6 +208,8 @@ class InnerOptions:
     adam_beta2: float = 0.999
     batch_size: int | None = None
     seed: int = 0
+    shuffle_per_task: bool = False
+    carry_optimizer_state: bool = False
     grad_clip: float | None = None
     learned_lr: str = "none"
     adapt: str = "all"
@@ -176,8 +222,12 @@ class InnerVariables(tf.Module):
     """The inner loop's own meta-parameters and state, created once per meta-learner.
 
     Learned learning rates (per layer and step, or per parameter), per-step batch-norm scales and
-    offsets (trainable) and per-step moving statistics (non-trainable). A ``tf.Module``, so that a
-    ``tf.train.Checkpoint`` and a SavedModel track them.
+    offsets (trainable) and per-step moving statistics (non-trainable), and the carried inner
+    optimiser state (non-trainable, after the per-step statistics: Adam's first and second
+    moments of every adapted parameter, then the bias-correction powers ``beta1^n`` and
+    ``beta2^n``). A ``tf.Module``, so that a ``tf.train.Checkpoint`` and a SavedModel track them;
+    being state variables, the trainer keeps them as the mean over the tasks of every replica,
+    like the batch-norm statistics.
     """
 
     def __init__(self, model: keras.Model, options: InnerOptions, adapted: list[bool]):
@@ -213,6 +263,19 @@ class InnerVariables(tf.Module):
                     non_trainable.append(tf.Variable(
                         tf.repeat(var.value[None], slots, axis=0), trainable=False,
                         name=f"step_{var.name}"))
+        self.num_step_stats = len(non_trainable)
+        self.optimizer_state: list[tf.Variable] = []
+        if options.carry_optimizer_state and options.optimizer == "adam":
+            moments = [(i, p) for i, (p, ok) in enumerate(zip(params, adapted)) if ok]
+            for kind in ("m", "v"):
+                self.optimizer_state += [
+                    tf.Variable(tf.zeros(p.shape, p.dtype), trainable=False,
+                                name=f"adam_{kind}_{i}") for i, p in moments]
+            dtype = moments[0][1].dtype
+            self.optimizer_state += [
+                tf.Variable(tf.ones([], dtype), trainable=False, name=f"adam_beta{j}_power")
+                for j in (1, 2)]
+        non_trainable += self.optimizer_state
         self.trainable = trainable
         self.non_trainable = non_trainable
 
@@ -379,12 +442,21 @@ class InnerLoop:
         return [g * tf.cast(tf.reshape(scale, [-1] + [1] * (len(g.shape) - 1)), g.dtype)
                 for g in grads]
 
-    def init_optimizer_state(self, fast: Tensors) -> Tensors:
-        """Adam's moments of the adapted parameters (zeros: reset for every task); [] for SGD."""
+    def init_optimizer_state(self, fast: Tensors, carried: Sequence[tf.Tensor] = ()) -> Tensors:
+        """The inner optimiser's state at the start of adaptation; [] for SGD.
+
+        Adam: the moments of the adapted parameters, zeros (reset for every task), or with
+        ``carried`` (the values of :attr:`InnerVariables.optimizer_state`) the carried moments
+        followed by the bias-correction powers, repeated for every task of ``fast``.
+        """
         if self.options.optimizer == "sgd":
             return []
         adapted = [p for p, ok in zip(fast, self.adapted) if ok]
-        return [*F.zeros_like(adapted), *F.zeros_like(adapted)]
+        if not carried:
+            return [*F.zeros_like(adapted), *F.zeros_like(adapted)]
+        tasks = _tasks(fast[0])
+        return [_per_task(tf.cast(c, p.dtype), tasks) for c, p in zip(carried, adapted + adapted)] \
+            + [_per_task(c, tasks) for c in carried[2 * len(adapted):]]
 
     def _learning_rate(self, i: int, extra_theta: Tensors, slot: Steps, like: tf.Tensor) -> Any:
         opts = self.options
@@ -444,16 +516,22 @@ class InnerLoop:
         k = len(adapted)
         b1, b2 = opts.adam_beta1, opts.adam_beta2
         m = [b1 * mi + (1.0 - b1) * g for mi, g in zip(opt_state[:k], grads)]
-        v = [b2 * vi + (1.0 - b2) * tf.square(g) for vi, g in zip(opt_state[k:], grads)]
-        if isinstance(t, int):
+        v = [b2 * vi + (1.0 - b2) * tf.square(g) for vi, g in zip(opt_state[k:2 * k], grads)]
+        powers = []
+        if len(opt_state) > 2 * k:
+            # Carried state: the bias corrections continue from the carried powers beta^n ([T]).
+            powers = [opt_state[2 * k] * b1, opt_state[2 * k + 1] * b2]
+            c1, c2 = 1.0 - powers[0], 1.0 - powers[1]
+        elif isinstance(t, int):
             c1, c2 = 1.0 - b1 ** (t + 1), 1.0 - b2 ** (t + 1)
         else:
             n = tf.cast(t + 1, tf.float32)
             c1, c2 = 1.0 - tf.pow(b1, n), 1.0 - tf.pow(b2, n)
         for i, p, mi, vi in zip(positions, adapted, m, v):
             lr = self._learning_rate(i, theta_extra, slot, p)
-            new[i] = p - lr * (mi / F.like(c1, p)) / (tf.sqrt(vi / F.like(c2, p)) + ADAM_EPSILON)
-        return new, m + v, nt_out, steps_nt
+            d1, d2 = (_task_scalar(c, p) for c in (c1, c2)) if powers else (c1, c2)
+            new[i] = p - lr * (mi / F.like(d1, p)) / (tf.sqrt(vi / F.like(d2, p)) + ADAM_EPSILON)
+        return new, m + v + powers, nt_out, steps_nt
 
     # ------------------------------------------------------------------------- adaptation
     def start(self, theta: Sequence[tf.Tensor], state: Sequence[tf.Tensor],
@@ -464,12 +542,23 @@ class InnerLoop:
         return ([_per_task(p, tasks) for p in params], extra,
                 [_per_task(v, tasks) for v in nt], [_per_task(v, tasks) for v in steps_nt])
 
-    def _support_batch(self, x: tf.Tensor, y: tf.Tensor, t: Steps) -> tuple[tf.Tensor, tf.Tensor]:
+    def _support_batch(self, x: tf.Tensor, y: tf.Tensor, t: Steps,
+                       seeds: tf.Tensor | None) -> tuple[tf.Tensor, tf.Tensor]:
         if self.options.batch_size is None:
             return x, y
         num = x.shape[1] if x.shape[1] is not None else tf.shape(x)[1]
-        index = minibatch_indices(num, self.options.batch_size, t, self.options.seed)
-        return tf.gather(x, index, axis=1), tf.gather(y, index, axis=1)
+        if seeds is None:
+            index = minibatch_indices(num, self.options.batch_size, t, self.options.seed)
+            return tf.gather(x, index, axis=1), tf.gather(y, index, axis=1)
+        index = minibatch_indices(num, self.options.batch_size, t, seeds)  # [T, b]
+        return (tf.gather(x, index, axis=1, batch_dims=1),
+                tf.gather(y, index, axis=1, batch_dims=1))
+
+    def _task_seeds(self, x: tf.Tensor, y: tf.Tensor) -> tf.Tensor | None:
+        """Per-task minibatch seeds (None: one schedule shared by every task)."""
+        if self.options.batch_size is None or not self.options.shuffle_per_task:
+            return None
+        return task_seeds(x, y, self.options.seed)
 
     def adapt(self, theta: Sequence[tf.Tensor], state: Sequence[tf.Tensor], x: tf.Tensor,
               y: tf.Tensor, steps: Steps, *, first_order: bool, training: bool = True,
@@ -489,28 +578,42 @@ class InnerLoop:
             (the multi-step loss).
 
         Returns:
-          ``(fast, nt, steps_nt)`` after adaptation, each with a leading task axis.
+          ``(fast, nt, extra_state)`` after adaptation, each with a leading task axis;
+          ``extra_state`` is aligned with the inner loop's own state variables (the per-step
+          batch-norm statistics, then the carried optimiser state).
+
+        With ``carry_optimizer_state``, every task starts from the carried optimiser state and
+        returns its own state after adaptation. The meta-learners average those over all tasks of
+        a meta-iteration (across replicas too), like the batch-norm statistics, and that mean is
+        the next iteration's carried state. The Reptile reference code runs the tasks of a
+        meta-batch one after another, each starting where the previous one left off; the mean is
+        its order-free counterpart, so tasks may run in parallel and on several replicas and the
+        result does not depend on how they are grouped. Evaluation and the exported model start
+        every task from the carried state and never change it, as the reference evaluates.
         """
         fast, extra, nt, steps_nt = self.start(theta, state, _tasks(x))
-        opt_state = self.init_optimizer_state(fast)
+        stats = self.variables.num_step_stats
+        steps_nt, carried = steps_nt[:stats], [v[0] for v in steps_nt[stats:]]
+        opt_state = self.init_optimizer_state(fast, carried)
+        seeds = self._task_seeds(x, y)
         if isinstance(steps, int):
             for t in range(steps):
-                xb, yb = self._support_batch(x, y, t)
+                xb, yb = self._support_batch(x, y, t, seeds)
                 fast, opt_state, nt, steps_nt = self.step(
                     t, extra, fast, opt_state, nt, steps_nt, xb, yb,
                     first_order=first_order, training=training)
                 if after_step is not None:
                     after_step(t, fast, steps_nt)
-            return fast, nt, steps_nt
+            return fast, nt, steps_nt + (opt_state if carried else [])
 
         def body(t, fast, opt_state, nt, steps_nt):
-            xb, yb = self._support_batch(x, y, t)
+            xb, yb = self._support_batch(x, y, t, seeds)
             return (t + 1, *self.step(t, extra, fast, opt_state, nt, steps_nt, xb, yb,
                                       first_order=first_order, training=training))
 
-        _, fast, _, nt, steps_nt = tf.while_loop(
+        _, fast, opt_state, nt, steps_nt = tf.while_loop(
             lambda t, *_: t < steps, body, (tf.constant(0), fast, opt_state, nt, steps_nt))
-        return fast, nt, steps_nt
+        return fast, nt, steps_nt + (opt_state if carried else [])
 
     def predict(self, theta: Sequence[tf.Tensor], state: Sequence[tf.Tensor], fast: Tensors,
                 x: tf.Tensor, *, support_x: tf.Tensor | None, steps_taken: Steps,

@@ -7,6 +7,7 @@ import keras
 from tfmeta.layers import BatchNorm
 
 DType = str | keras.DTypePolicy | None
+HEADS = ("mean", "flatten")
 
 
 def _head_dtype(dtype: DType) -> DType:
@@ -32,12 +33,15 @@ def omniglot_conv4(
     seed: int | None = None,
     dtype: DType = None,
     downsample: str = "stride",
+    head: str = "mean",
 ) -> keras.Model:
     """The MAML Omniglot network (Finn et al., 2017), built.
 
     Four blocks of [3x3 conv with ``filters`` filters, stride 2, 'same'
-    padding; :class:`tfmeta.layers.BatchNorm`; ReLU], a spatial mean and a
-    linear head producing ``num_classes`` logits. With ``downsample="maxpool"``
+    padding; :class:`tfmeta.layers.BatchNorm`; ReLU], a spatial mean (or, with
+    ``head="flatten"``, the flattened last feature map: 2x2x64 = 256 features
+    for 28x28 inputs, as in the Reptile reference code) and a linear head
+    producing ``num_classes`` logits. With ``downsample="maxpool"``
     (the MAML++ network) the convolutions have stride 1 and each block ends in
     2x2 max pooling instead.
 
@@ -50,6 +54,7 @@ def omniglot_conv4(
       dtype: optional dtype policy of the layers (e.g. ``"mixed_bfloat16"``);
         None uses the global policy. Weights stay float32 under mixed policies.
       downsample: ``"stride"`` (strided convolutions) or ``"maxpool"``.
+      head: ``"mean"`` (average the last feature map over space) or ``"flatten"``.
 
     Returns:
       A built functional ``keras.Model`` mapping ``[batch, image_size,
@@ -57,6 +62,8 @@ def omniglot_conv4(
     """
     if downsample not in ("stride", "maxpool"):
         raise ValueError(f"downsample must be 'stride' or 'maxpool', got {downsample!r}")
+    if head not in HEADS:
+        raise ValueError(f"head must be one of {list(HEADS)}, got {head!r}")
     inputs = keras.Input(shape=(image_size, image_size, channels))
     x = inputs
     for i in range(4):
@@ -73,7 +80,10 @@ def omniglot_conv4(
         x = keras.layers.ReLU(name=f"relu{i}", dtype=dtype)(x)
         if downsample == "maxpool":
             x = keras.layers.MaxPooling2D(2, name=f"pool{i}", dtype=dtype)(x)
-    x = keras.layers.GlobalAveragePooling2D(name="spatial_mean", dtype=dtype)(x)
+    if head == "mean":
+        x = keras.layers.GlobalAveragePooling2D(name="spatial_mean", dtype=dtype)(x)
+    else:
+        x = keras.layers.Flatten(name="flatten", dtype=dtype)(x)
     logits = keras.layers.Dense(
         num_classes,
         kernel_initializer=_init("glorot", seed, 4),

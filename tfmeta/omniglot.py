@@ -38,12 +38,14 @@ from tfmeta.omniglot_builder import (  # noqa: F401  (re-exported)
 
 ARCHIVES_ENV = "TFMETA_OMNIGLOT_ARCHIVES"
 SUBSETS = ("full", "small")
-SPLIT_SCHEMES = ("maml", "lake")
+SPLIT_SCHEMES = ("maml", "lake", "reptile")
 SPLITS = ("train", "validation", "test")
 DEFAULT_SPLIT_SEED = 1  # cbfinn/maml shuffles with random.seed(1).
 
 # cbfinn/maml: 1623 characters -> 1100 train / 100 validation / 423 test.
 _MAML_SIZES = (1100, 100, 423)
+# openai/supervised-reptile: 1623 characters -> 1200 train / 423 test, no validation split.
+_REPTILE_TRAIN = 1200
 # lake: fraction of the training alphabets held out for validation.
 _LAKE_VALIDATION_FRACTION = 0.1
 # Archives whose characters form the lake scheme's test split.
@@ -196,6 +198,23 @@ def _maml_split(num_characters: int, split: str, seed: int) -> np.ndarray:
     return order[bounds[0]:bounds[1]]
 
 
+def _reptile_split(num_characters: int, split: str, seed: int) -> np.ndarray:
+    num_train = (_REPTILE_TRAIN if num_characters == sum(_MAML_SIZES)
+                 else round(num_characters * _REPTILE_TRAIN / sum(_MAML_SIZES)))
+    order = np.random.default_rng(seed).permutation(num_characters)
+    return {"train": order[:num_train], "validation": order[:0], "test": order[num_train:]}[split]
+
+
+def with_rotations(images: np.ndarray) -> np.ndarray:
+    """The four rotations of every character as separate characters: ``[4C, D, S, S]``.
+
+    Character ``4c + k`` is character ``c`` rotated counter-clockwise by ``k * 90`` degrees (the
+    Reptile reference code's augmentation of its training characters).
+    """
+    rotated = np.stack([np.rot90(images, k, axes=(2, 3)) for k in range(4)], axis=1)
+    return np.ascontiguousarray(rotated.reshape(-1, *images.shape[1:]))
+
+
 def _lake_split(data: OmniglotData, split: str, seed: int) -> np.ndarray:
     is_test = np.array([a in _LAKE_TEST_ARCHIVES for a in data.archives])
     if split == "test":
@@ -226,6 +245,12 @@ def split_indices(
             the background alphabets (3 of 30), chosen with ``seed``. For the
             small subset: test = small2's own alphabets (106 characters),
             train/validation from small1's 5 alphabets (1 held out).
+        ``reptile``: all characters shuffled with ``seed``, then 1200 train /
+            423 test as in openai/supervised-reptile (same proportions for the
+            small subset); the validation split is empty, as in the reference
+            (which also shuffles differently: the procedure and sizes match,
+            not the exact characters). Combine with ``with_rotations`` on the
+            training split for the reference's class protocol.
 
     Args:
         data: Loaded Omniglot.
@@ -240,6 +265,8 @@ def split_indices(
     _check_choice("name", split, SPLITS)
     if scheme == "maml":
         indices = _maml_split(data.num_characters, split, seed)
+    elif scheme == "reptile":
+        indices = _reptile_split(data.num_characters, split, seed)
     else:
         indices = _lake_split(data, split, seed)
     return np.sort(indices)

@@ -5,6 +5,12 @@ parameters theta to get theta'_i; the meta-update moves theta towards the
 adapted parameters, theta <- theta + eps * mean_i(theta'_i - theta). The
 inner loop is :mod:`tfmeta.inner_loop`'s, with SGD or Adam on support
 minibatches drawn by :func:`tfmeta.inner_loop.minibatch_indices`.
+
+Two options reproduce what the reference code (openai/supervised-reptile) does
+besides the update rule, and both speed up learning per meta-iteration:
+``shuffle_per_task`` gives each task its own minibatch shuffles, and
+``carry_optimizer_state`` keeps Adam's moments and step count from task to task
+(the reference saves and restores only the trainable variables between tasks).
 """
 
 from __future__ import annotations
@@ -40,6 +46,15 @@ class Reptile(MetaLearner):
       bn_mode: ``"transductive"``, ``"support"`` or ``"running"``; see
         :class:`tfmeta.meta_learner.MetaLearner`.
       seed: seed of the minibatch schedule.
+      shuffle_per_task: each task's minibatches come from its own shuffles, seeded by a hash of
+        its support set (:func:`tfmeta.inner_loop.task_seeds`), so the schedule is the same in
+        training, evaluation and the exported model; False: one schedule for every task.
+      carry_optimizer_state: Adam only. Adam's moments and bias-correction powers persist from
+        task to task in state variables (``state_variables``, checkpointed and exported):
+        every task of a meta-iteration starts from the carried state, and the carried state
+        becomes the mean of the tasks' final states (the order-free counterpart of the
+        reference's sequential tasks; see :meth:`tfmeta.inner_loop.InnerLoop.adapt`).
+        Evaluation starts every task from it. False: zeros for every task.
       tasks_in_parallel: ``1``, an int ``k``, ``"all"`` or ``"auto"``; see
         :mod:`tfmeta.meta_learner`.
     """
@@ -60,6 +75,8 @@ class Reptile(MetaLearner):
         inner_grad_clip: float | None = None,
         bn_mode: str = "transductive",
         seed: int = 0,
+        shuffle_per_task: bool = False,
+        carry_optimizer_state: bool = False,
         tasks_in_parallel: int | str = "auto",
     ):
         if inner_optimizer not in INNER_OPTIMIZERS:
@@ -69,9 +86,14 @@ class Reptile(MetaLearner):
             raise ValueError(f"adam_beta1 must be in [0, 1), got {adam_beta1!r}")
         if not 0.0 <= adam_beta2 < 1.0:
             raise ValueError(f"adam_beta2 must be in [0, 1), got {adam_beta2!r}")
+        if carry_optimizer_state and inner_optimizer != "adam":
+            raise ValueError(f"carry_optimizer_state needs inner_optimizer='adam' (SGD has no "
+                             f"state), got inner_optimizer={inner_optimizer!r}")
         options = InnerOptions(
             lr=inner_lr, optimizer=inner_optimizer, adam_beta1=float(adam_beta1),
             adam_beta2=float(adam_beta2), seed=int(seed), grad_clip=inner_grad_clip,
+            shuffle_per_task=bool(shuffle_per_task),
+            carry_optimizer_state=bool(carry_optimizer_state),
             batch_size=(None if inner_batch_size is None
                         else positive_int("inner_batch_size", inner_batch_size)))
         super().__init__(model, inner_steps=inner_steps, eval_inner_steps=eval_inner_steps,
@@ -98,6 +120,19 @@ class Reptile(MetaLearner):
     @property
     def seed(self) -> int:
         return self.inner.options.seed
+
+    @property
+    def shuffle_per_task(self) -> bool:
+        return self.inner.options.shuffle_per_task
+
+    @property
+    def carry_optimizer_state(self) -> bool:
+        return self.inner.options.carry_optimizer_state
+
+    @property
+    def optimizer_state_variables(self) -> list[tf.Variable]:
+        """The carried inner optimiser state (empty unless ``carry_optimizer_state``)."""
+        return list(self.inner.variables.optimizer_state)
 
     def _group_contribution(self, theta, state, task):
         # Reptile never differentiates through the inner loop.

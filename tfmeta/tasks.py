@@ -82,10 +82,17 @@ def _omniglot(config: ml_collections.ConfigDict, data) -> TaskSource:
             loaded = omniglot.load(data_dir=config.data.data_dir or None,
                                    archives_dir=config.data.archives_dir or None,
                                    image_size=config.data.image_size, subset=config.data.subset)
-        return {split: omniglot.split(loaded, scheme=config.data.split_scheme, split=split)
-                for split in omniglot.SPLITS}
+        pools = {split: omniglot.split(loaded, scheme=config.data.split_scheme, split=split)
+                 for split in omniglot.SPLITS}
+        if config.data.rotation_classes:
+            pools["train"] = omniglot.with_rotations(pools["train"])
+        return pools
 
     def make_dataset(split, pipeline_id, batch_size, seed, start_index, queries=None):
+        if pools()[split].shape[0] == 0:
+            raise config_lib.ConfigError(
+                f"split {split!r} of split scheme {config.data.split_scheme!r} has no characters; "
+                "use another split")
         shots = config_lib.train_shots(config) if split == "train" else config.data.shots
         spec = episodes.EpisodeSpec(ways=config.data.ways, shots=shots,
                                     queries=queries or config.data.queries,

@@ -69,7 +69,8 @@ def build_model(config: ml_collections.ConfigDict, source: tasks.TaskSource) -> 
     if config.model.name == "conv4":
         return models.omniglot_conv4(source.num_outputs, image_size=source.input_shape[0],
                                      filters=config.model.filters,
-                                     downsample=config.model.downsample, **kwargs)
+                                     downsample=config.model.downsample,
+                                     head=config.model.head, **kwargs)
     return models.sinusoid_mlp(**kwargs)
 
 
@@ -88,7 +89,9 @@ def build_algorithm(config: ml_collections.ConfigDict, model: keras.Model,
     if config.algorithm == "reptile":
         return Reptile(model, outer_step_size=config.outer.lr,
                        inner_optimizer=config.inner.optimizer,
-                       inner_batch_size=config.inner.batch_size or None, **common)
+                       inner_batch_size=config.inner.batch_size or None,
+                       shuffle_per_task=config.inner.shuffle_per_task,
+                       carry_optimizer_state=config.inner.carry_optimizer_state, **common)
     options: dict[str, Any] = {}
     if config.algorithm == "mamlpp":
         pp = config.mamlpp
