@@ -21,7 +21,8 @@ import keras
 import tensorflow as tf
 
 from tfmeta import functional as F
-from tfmeta.inner_loop import INNER_OPTIMIZERS, InnerOptions, minibatch_indices  # noqa: F401
+from tfmeta.inner_loop import (  # noqa: F401  (minibatch_indices: part of this API)
+    INNER_OPTIMIZERS, InnerOptions, loop_steps, minibatch_indices)
 from tfmeta.meta_learner import MetaLearner, MetaStep, positive_float, positive_int
 
 
@@ -137,12 +138,12 @@ class Reptile(MetaLearner):
     def _group_contribution(self, theta, state, task):
         # Reptile never differentiates through the inner loop.
         theta = F.stop_gradient(theta)
+        steps = loop_steps(self.inner_steps)  # a while loop when long: the graph does not grow
         fast, nt_after, steps_after = self.inner.adapt(
-            theta, state, task["support_x"], task["support_y"], self.inner_steps,
-            first_order=True)
+            theta, state, task["support_x"], task["support_y"], steps, first_order=True)
         fast = F.stop_gradient(fast)
         out = self.inner.predict(theta, state, fast, task["query_x"],
-                                 support_x=task["support_x"], steps_taken=self.inner_steps)
+                                 support_x=task["support_x"], steps_taken=steps)
         metrics = self._metrics(theta, state, fast, task, out_post=out)
         # sum_i (theta - theta'_i); the inner loop of Reptile has no meta-parameters of its own.
         grads = [tf.reduce_sum(p[None] - f, axis=0) for p, f in zip(theta, fast)]
