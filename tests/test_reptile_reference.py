@@ -346,3 +346,13 @@ def test_mirrored_replicas_carry_the_same_state_as_one_device(tmp_path):
     for key, value in values["default"].items():
         np.testing.assert_allclose(values["mirrored"][key], value, rtol=1e-5, atol=1e-7,
                                    err_msg=key)
+
+
+def test_export_metadata_records_the_inner_schedule_and_carried_state():
+    from tests.distributed_driver import load_config
+    from tfmeta import export
+
+    config = load_config(os.path.join(REPO, "configs", "omniglot_reptile.py") + ":5way1shot")
+    meta = export.metadata_from_config(config, step=3, classification=True)
+    assert meta["inner_shuffle_per_task"] is True and meta["inner_carry_optimizer_state"] is True
+    assert meta["inner_optimizer"] == "adam" and meta["inner_batch_size"] == 10

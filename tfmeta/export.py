@@ -414,6 +414,9 @@ def metadata_from_config(config: Any, *, step: int, classification: bool) -> dic
         "train_inner_steps": int(config.inner.steps),
         "inner_optimizer": config.inner.optimizer if config.algorithm == "reptile" else "sgd",
         "inner_batch_size": int(config.inner.batch_size) if config.algorithm == "reptile" else 0,
+        # The minibatch schedule and where Adam starts: the SavedModel holds the carried state.
+        "inner_shuffle_per_task": bool(config.inner.shuffle_per_task),
+        "inner_carry_optimizer_state": bool(config.inner.carry_optimizer_state),
         "inner_grad_clip": float(config.inner.grad_clip),
         "bn_mode": config.inner.bn_mode,
         "max_inner_steps": int(config.export.max_inner_steps),
