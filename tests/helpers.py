@@ -38,3 +38,28 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     env.update(TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=REPO + os.pathsep + env.get("PYTHONPATH", ""))
     env.update(extra)
     return env
+
+
+def file_tree(root: str) -> dict[str, bytes]:
+    """Every file under ``root`` (relative path -> content), to show that nothing changed."""
+    found = {}
+    for folder, _, files in os.walk(root):
+        for name in files:
+            path = os.path.join(folder, name)
+            with open(path, "rb") as f:
+                found[os.path.relpath(path, root)] = f.read()
+    return found
+
+
+def regression_batch(seed: int = 0, tasks: int = 3, k: int = 6, q: int = 4) -> dict:
+    """A float64 batch of ``tasks`` random [*, 1] regression tasks (k support, q query points)."""
+    import numpy as np
+    import tensorflow as tf
+
+    rng = np.random.default_rng(seed)
+    return {
+        "support_x": tf.constant(rng.uniform(-2, 2, (tasks, k, 1))),
+        "support_y": tf.constant(rng.normal(size=(tasks, k, 1))),
+        "query_x": tf.constant(rng.uniform(-2, 2, (tasks, q, 1))),
+        "query_y": tf.constant(rng.normal(size=(tasks, q, 1))),
+    }

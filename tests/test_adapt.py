@@ -6,7 +6,6 @@ Also: one-line errors with exit status 2, recursive query folders, images read o
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os

@@ -4,18 +4,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tests.helpers import regression_batch
 from tfmeta import functional as F
 from tfmeta import models, reptile
-
-
-def _batch(seed=0, tasks=3, k=6, q=4):
-    rng = np.random.default_rng(seed)
-    return {
-        "support_x": tf.constant(rng.uniform(-2, 2, (tasks, k, 1))),
-        "support_y": tf.constant(rng.normal(size=(tasks, k, 1))),
-        "query_x": tf.constant(rng.uniform(-2, 2, (tasks, q, 1))),
-        "query_y": tf.constant(rng.normal(size=(tasks, q, 1))),
-    }
 
 
 def _support_grad(model, params, x, y):
@@ -29,7 +20,7 @@ def _support_grad(model, params, x, y):
 def test_one_sgd_step_pseudo_gradient_is_lr_times_support_gradient(float64):
     model = models.sinusoid_mlp(hidden=(8,), seed=0)
     algo = reptile.Reptile(model, inner_lr=0.03, inner_steps=1, loss="mse")
-    batch = _batch(tasks=1)
+    batch = regression_batch(tasks=1)
     theta = F.values(model.trainable_variables)
     grads, _ = algo.meta_gradients(batch)
     expected = F.scale(
@@ -43,7 +34,7 @@ def test_one_sgd_step_pseudo_gradient_is_lr_times_support_gradient(float64):
 def test_meta_update_moves_towards_mean_adapted_parameters(float64, eps):
     model = models.sinusoid_mlp(hidden=(8,), seed=0)
     algo = reptile.Reptile(model, inner_lr=0.05, inner_steps=3, outer_step_size=eps, loss="mse")
-    batch = _batch(tasks=3)
+    batch = regression_batch(tasks=3)
     theta = F.values(model.trainable_variables)
     adapted = [algo.adapt(batch["support_x"][i], batch["support_y"][i]) for i in range(3)]
     mean_delta = [sum(F.sub(a, theta)[j] for a in adapted) / 3 for j in range(len(theta))]
@@ -69,7 +60,7 @@ def test_adam_inner_loop_matches_hand_written_adam(float64):
         adam_beta2=b2,
         loss="mse",
     )
-    batch = _batch(tasks=1)
+    batch = regression_batch(tasks=1)
     x, y = batch["support_x"][0], batch["support_y"][0]
     params = [p.numpy() for p in F.values(model.trainable_variables)]
     m = [np.zeros_like(p) for p in params]
@@ -97,7 +88,7 @@ def test_inner_minibatches_follow_the_static_schedule(float64):
     algo = reptile.Reptile(
         model, inner_lr=0.05, inner_steps=5, inner_batch_size=4, loss="mse", seed=7
     )
-    batch = _batch(tasks=1, k=10)
+    batch = regression_batch(tasks=1, k=10)
     x, y = batch["support_x"][0], batch["support_y"][0]
     schedule = np.stack([reptile.minibatch_indices(10, 4, t, seed=7).numpy() for t in range(5)])
     assert schedule.shape == (5, 4)

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.helpers import archives_dir, subprocess_env
+from tests.helpers import archives_dir, file_tree, subprocess_env
 from tfmeta import export, inner_loop
 
 ATOL = 1e-5
@@ -485,17 +485,6 @@ def test_learned_rates_and_per_step_bn_export_loads_without_tfmeta(tmp_path, nam
 
 
 # --------------------------------------------------------------------------- nothing lost
-def _tree(root) -> dict[str, bytes]:
-    """Every file under ``root`` with its content, to show that nothing changed."""
-    found = {}
-    for folder, _, files in os.walk(root):
-        for name in files:
-            path = os.path.join(folder, name)
-            with open(path, "rb") as f:
-                found[os.path.relpath(path, root)] = f.read()
-    return found
-
-
 def _fake_workdir(root) -> str:
     """What tfmeta.train leaves in a work directory, enough for the checks made before restoring."""
     workdir = os.path.join(str(root), "run")
@@ -532,14 +521,14 @@ def test_export_refuses_what_it_did_not_create(random_export, tmp_path, monkeypa
         shutil.copytree(random_export["path"], path)
         with open(os.path.join(path, "README"), "w") as f:
             f.write("mine")
-    before = _tree(tmp_path)
+    before = file_tree(tmp_path)
     for replace in (False, True):
         with pytest.raises(export.ExportError) as info:
             _export_to(random_export, path, replace=replace)
         message = str(info.value)
         assert len(message.splitlines()) == 1 and repr(path) in message, message
         assert "choose" in message, message
-        assert _tree(tmp_path) == before, "nothing may change"
+        assert file_tree(tmp_path) == before, "nothing may change"
     assert sorted(os.listdir(tmp_path)) == sorted(["run", *(["target"] if target not in (
         "workdir", "root") else [])]), "no temporary may be left"
 
@@ -549,12 +538,12 @@ def test_export_from_workdir_protects_the_work_directory(tmp_path, where):
     workdir = _fake_workdir(tmp_path / "runs")
     output = {"same": workdir, "ancestor": str(tmp_path),
               "checkpoints": os.path.join(workdir, "checkpoints", "model")}[where]
-    before = _tree(tmp_path)
+    before = file_tree(tmp_path)
     # Refused before the (fake) checkpoint is read, whatever replace says.
     with pytest.raises(export.ExportError, match="work directory|checkpoint directory") as info:
         export.export_from_workdir(workdir, output, replace=True)
     assert len(str(info.value).splitlines()) == 1
-    assert _tree(tmp_path) == before
+    assert file_tree(tmp_path) == before
 
 
 def test_export_touches_no_neighbour_and_replaces_only_when_asked(random_export, tmp_path):
@@ -566,7 +555,7 @@ def test_export_touches_no_neighbour_and_replaces_only_when_asked(random_export,
                  "omniglot.tfmeta-old-0123456789ab"):
         os.makedirs(models_dir / name)
         (models_dir / name / "keep.txt").write_text(name)
-    before = _tree(models_dir)
+    before = file_tree(models_dir)
     assert _export_to(random_export, path) == str(path)
     assert export.is_tfmeta_export(str(path))
     # An explicit output over a previous tfmeta export needs replace ...
@@ -580,7 +569,7 @@ def test_export_touches_no_neighbour_and_replaces_only_when_asked(random_export,
                          metadata=dict(random_export["metadata"], step=9),
                          replace=True) == str(path)
     assert export.read_metadata(str(path))["step"] == 9
-    after = _tree(models_dir)
+    after = file_tree(models_dir)
     assert {k: v for k, v in after.items() if not k.startswith("omniglot/")} == before
     assert sorted(os.listdir(models_dir)) == sorted(["omniglot", *{k.split("/")[0]
                                                                     for k in before}])
@@ -590,7 +579,7 @@ def test_export_touches_no_neighbour_and_replaces_only_when_asked(random_export,
 def test_failed_export_leaves_no_temporary(random_export, tmp_path, monkeypatch, error):
     previous = str(tmp_path / "model")
     shutil.copytree(random_export["path"], previous)
-    before = _tree(tmp_path)
+    before = file_tree(tmp_path)
 
     def fail_midway(module, target):
         with open(os.path.join(target, "saved_model.pb"), "wb") as f:
@@ -606,7 +595,7 @@ def test_failed_export_leaves_no_temporary(random_export, tmp_path, monkeypatch,
             _export_to(random_export, output, replace=True)
         assert len(str(info.value).splitlines()) <= 1
         # The previous model is intact; no temporary and no created parent is left.
-        assert _tree(tmp_path) == before
+        assert file_tree(tmp_path) == before
         assert sorted(os.listdir(tmp_path)) == ["model"]
 
 
@@ -617,7 +606,7 @@ def test_export_binary_refusals_are_one_line(tmp_path, random_export):
     shutil.copytree(random_export["path"], taken)
     cwd = tmp_path / "cwd"
     cwd.mkdir()
-    before = _tree(tmp_path)
+    before = file_tree(tmp_path)
     cases = {"workdir": (workdir, "is the work directory"), "root": ("/", "root"),
              "taken": (str(taken), "pass --replace")}
     procs = {name: subprocess.Popen(
@@ -630,7 +619,7 @@ def test_export_binary_refusals_are_one_line(tmp_path, random_export):
         lines = [line for line in stderr.splitlines() if line.startswith("error:")]
         assert len(lines) == 1 and cases[name][1] in lines[0], (name, stderr[-2000:])
         assert "Traceback" not in stderr
-    assert _tree(tmp_path) == before
+    assert file_tree(tmp_path) == before
     assert os.listdir(cwd) == []
 
 
@@ -638,11 +627,11 @@ def test_export_binary_replaces_the_runs_own_export(smoke_workdir, tmp_path):
     workdir = str(tmp_path / "run")
     shutil.copytree(smoke_workdir, workdir)
     os.utime(os.path.join(workdir, "export", "saved_model.pb"), (0, 0))
-    before = {k: v for k, v in _tree(workdir).items() if not k.startswith("export/")}
+    before = {k: v for k, v in file_tree(workdir).items() if not k.startswith("export/")}
     proc = subprocess.run([sys.executable, "-m", "tfmeta.export", f"--workdir={workdir}"],
                           env=subprocess_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert os.stat(os.path.join(workdir, "export", "saved_model.pb")).st_mtime > 0
     assert export.is_tfmeta_export(os.path.join(workdir, "export"))
-    assert {k: v for k, v in _tree(workdir).items() if not k.startswith("export/")} == before
+    assert {k: v for k, v in file_tree(workdir).items() if not k.startswith("export/")} == before
     assert sorted(os.listdir(tmp_path)) == ["run"]

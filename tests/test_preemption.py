@@ -9,9 +9,8 @@ import sys
 import textwrap
 import time
 
-import pytest
 
-from tests.helpers import REPO, subprocess_env
+from tests.helpers import REPO, file_tree, subprocess_env
 
 SINE = os.path.join(REPO, "configs", "sinusoid_maml.py")
 
@@ -62,11 +61,6 @@ def _train(workdir, *extra: str) -> list[str]:
             "--config.eval.episodes=5", *extra]
 
 
-def _files(directory) -> dict[str, bytes]:
-    return {name: open(os.path.join(directory, name), "rb").read()
-            for name in sorted(os.listdir(directory))}
-
-
 def test_sigterm_while_tracing_stops_promptly_and_keeps_checkpoints(tmp_path):
     """A resumed run is stopped while it traces its (50-step, second-order) training graph."""
     workdir = tmp_path / "run"
@@ -74,7 +68,7 @@ def test_sigterm_while_tracing_stops_promptly_and_keeps_checkpoints(tmp_path):
                            text=True, timeout=900, env=subprocess_env(), cwd=REPO)
     assert first.returncode == 0, first.stderr[-3000:]
     checkpoints = workdir / "checkpoints"
-    before = _files(checkpoints)
+    before = file_tree(checkpoints)
 
     proc = subprocess.Popen(_train(workdir, "--config.train.iterations=20",
                                    "--stop_grace_seconds=2"),
@@ -93,7 +87,7 @@ def test_sigterm_while_tracing_stops_promptly_and_keeps_checkpoints(tmp_path):
     assert proc.returncode in (0, 128 + signal.SIGTERM), stderr[-3000:]
     assert seconds < 2 + 20, f"took {seconds:.1f} s to stop"
     assert "Traceback" not in stderr
-    after = _files(checkpoints)
+    after = file_tree(checkpoints)
     # Nothing written before is lost or damaged (a clean stop may add its own checkpoint).
     assert {k: v for k, v in after.items() if k in before and k != "checkpoint"} == \
         {k: v for k, v in before.items() if k != "checkpoint"}

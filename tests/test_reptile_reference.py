@@ -4,6 +4,7 @@ the flattening head and the reference's class protocol."""
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -12,19 +13,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.helpers import REPO, subprocess_env
+from tests.helpers import REPO, regression_batch, subprocess_env
 from tfmeta import functional as F
 from tfmeta import inner_loop, models, reptile
 
 
-def _batch(seed=0, tasks=3, k=10, q=4):
-    rng = np.random.default_rng(seed)
-    return {
-        "support_x": tf.constant(rng.uniform(-2, 2, (tasks, k, 1))),
-        "support_y": tf.constant(rng.normal(size=(tasks, k, 1))),
-        "query_x": tf.constant(rng.uniform(-2, 2, (tasks, q, 1))),
-        "query_y": tf.constant(rng.normal(size=(tasks, q, 1))),
-    }
+# Ten support points per task, as the Reptile paper's minibatches of 10 need.
+_regression = functools.partial(regression_batch, k=10)
 
 
 def _grad(model, params, x, y):
@@ -36,7 +31,7 @@ def _grad(model, params, x, y):
 
 # ----------------------------------------------------------------------- per-task shuffles
 def test_task_seeds_differ_between_tasks_and_agree_in_graphs_and_xla():
-    batch = _batch(tasks=4)
+    batch = _regression(tasks=4)
     x, y = batch["support_x"], batch["support_y"]
     eager = inner_loop.task_seeds(x, y, 3).numpy()
     assert eager.shape == (4,) and len(set(eager.tolist())) == 4
@@ -64,7 +59,7 @@ def test_per_task_shuffles_drive_adaptation(float64):
     model = models.sinusoid_mlp(hidden=(8,), seed=0)
     algo = reptile.Reptile(model, inner_lr=0.05, inner_steps=5, inner_batch_size=4, loss="mse",
                            seed=7, shuffle_per_task=True, tasks_in_parallel=2)
-    batch = _batch(tasks=3)
+    batch = _regression(tasks=3)
     seeds = inner_loop.task_seeds(batch["support_x"], batch["support_y"], 7)
     theta = F.values(model.trainable_variables)
     deltas = []
@@ -128,7 +123,7 @@ def test_carried_adam_state_matches_hand_written_reference(float64, tasks_in_par
     theta = [v.numpy() for v in model.trainable_variables]
     carried = [v.numpy() for v in carried_vars]
     for seed in (0, 1):
-        batch = _batch(seed, tasks=3)
+        batch = _regression(seed, tasks=3)
         theta, carried = _hand_carried_adam(model, theta, carried, batch, lr=lr, b1=b1, b2=b2,
                                             steps=steps, eps=eps)
         algo.meta_update(batch)
@@ -144,7 +139,7 @@ def test_adaptation_starts_from_the_carried_state_and_leaves_it(float64):
     kw = dict(inner_lr=0.01, inner_steps=3, inner_optimizer="adam", loss="mse")
     algo = reptile.Reptile(model, carry_optimizer_state=True, **kw)
     fresh = reptile.Reptile(model, **kw)
-    batch = _batch(2, tasks=2)
+    batch = _regression(2, tasks=2)
     x, y = batch["support_x"][0], batch["support_y"][0]
     # Before any meta-update the carried state is Adam's initial state.
     for a, b in zip(algo.adapt(x, y), fresh.adapt(x, y)):

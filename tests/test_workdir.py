@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.helpers import REPO, subprocess_env
+from tests.helpers import REPO, file_tree, subprocess_env
 from tfmeta import trainer, workdir
 
 SINE = os.path.join(REPO, "configs", "sinusoid_maml.py")
@@ -29,16 +29,6 @@ def _config(**overrides):
     config = load_config(f"{SINE}:smoke")
     config.update_from_flattened_dict(dict(_SMALL, **overrides))
     return config
-
-
-def _snapshot(path) -> dict[str, bytes]:
-    out = {}
-    for root, _, files in os.walk(path):
-        for name in files:
-            full = os.path.join(root, name)
-            with open(full, "rb") as f:
-                out[os.path.relpath(full, path)] = f.read()
-    return out
 
 
 # ------------------------------------------------------------------------------------- lock
@@ -118,21 +108,21 @@ def test_second_training_is_refused_and_a_killed_holder_is_taken_over(tmp_path):
 def test_incompatible_config_is_refused_before_anything_is_written(tmp_path):
     run_dir = str(tmp_path / "run")
     trainer.train(_config(), run_dir, final_evaluation=False)
-    before = _snapshot(run_dir)
+    before = file_tree(run_dir)
     for overrides, field in [({"model.name": "mlp", "inner.lr": 0.5}, "inner.lr"),
                              ({"algorithm": "fomaml"}, "algorithm"),
                              ({"train.meta_batch_size": 8}, "train.meta_batch_size")]:
         with pytest.raises(workdir.IncompatibleConfigError, match=field) as info:
             trainer.train(_config(**overrides), run_dir, final_evaluation=False)
         assert "saved -> now" in str(info.value)
-        assert _snapshot(run_dir) == before, "a refused run must not write anything"
+        assert file_tree(run_dir) == before, "a refused run must not write anything"
     # The binary says it in one line with exit status 2.
     proc = subprocess.run(_train_cmd(run_dir, "--config.inner.lr=0.5"), capture_output=True,
                           text=True, env=subprocess_env(), cwd=REPO, timeout=300)
     assert proc.returncode == 2
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "inner.lr: 0.01 -> 0.5" in errors[0]
-    assert _snapshot(run_dir) == before
+    assert file_tree(run_dir) == before
 
 
 def test_compatible_changes_are_recorded_and_the_original_config_kept(tmp_path):
@@ -319,7 +309,7 @@ def test_checkpoints_without_config_json_are_refused_before_anything_is_written(
     run_dir = str(tmp_path / "run")
     trainer.train(_config(), run_dir, final_evaluation=False)
     os.remove(os.path.join(run_dir, workdir.CONFIG_FILE))
-    before = _snapshot(run_dir)
+    before = file_tree(run_dir)
     for call in (lambda: trainer.train(_config(), run_dir),
                  lambda: trainer.train(_config(**{"inner.lr": 0.5}), run_dir),
                  lambda: trainer.restore(run_dir)):
@@ -328,12 +318,12 @@ def test_checkpoints_without_config_json_are_refused_before_anything_is_written(
         message = str(info.value)
         assert "no config.json" in message and "checkpoints" in message
         assert "backup" in message and "new --workdir" in message
-        assert _snapshot(run_dir) == before, "nothing may be written to a directory not understood"
+        assert file_tree(run_dir) == before, "nothing may be written to a directory not understood"
     proc = subprocess.run(_train_cmd(run_dir, "--config.inner.lr=0.5"), capture_output=True,
                           text=True, env=subprocess_env(), cwd=REPO, timeout=300)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert len(_errors(proc)) == 1 and "no config.json" in _errors(proc)[0]
-    assert _snapshot(run_dir) == before
+    assert file_tree(run_dir) == before
     # Unrelated files do not make a directory a training run's: it may be used for a new one.
     other = tmp_path / "notes"
     other.mkdir()
@@ -389,14 +379,14 @@ def _damaged_copy(resumed_run: str, dest, case: str) -> str:
 def test_damaged_workdir_json_names_the_file(tmp_path, resumed_run, case):
     name, _, expected = _DAMAGE[case]
     run_dir = _damaged_copy(resumed_run, tmp_path, case)
-    before = _snapshot(run_dir)
+    before = file_tree(run_dir)
     for call in (lambda: workdir.load_config(run_dir), lambda: trainer.restore(run_dir),
                  lambda: trainer.train(_config(**{"train.iterations": 9}), run_dir)):
         with pytest.raises(workdir.WorkdirStateError) as info:
             call()
         assert os.path.join(run_dir, name) in str(info.value) and expected in str(info.value)
         assert "\n" not in str(info.value)
-    assert _snapshot(run_dir) == before
+    assert file_tree(run_dir) == before
 
 
 @pytest.mark.parametrize("binary,case", [
