@@ -122,7 +122,8 @@ def _check_config_file(argv: Sequence[str], flag_name: str) -> None:
         raise config_lib.ConfigError(f"--{flag_name} is empty; pass a config file such as "
                                      f"--{flag_name}=configs/omniglot_maml.py:5way1shot")
     if not os.path.isfile(path):
-        where = "" if os.path.isabs(path) else f" (relative to the current directory {os.getcwd()!r})"
+        where = ("" if os.path.isabs(path)
+                 else f" (relative to the current directory {os.getcwd()!r})")
         raise config_lib.ConfigError(f"config file {path!r} not found{where}; "
                                      f"pass --{flag_name}=PATH_TO/configs/NAME.py[:variant]")
 
