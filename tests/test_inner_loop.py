@@ -20,7 +20,8 @@ def test_biases_cancelled_by_batch_norm_are_found_by_connectivity():
         f"conv{i}/bias" for i in range(4)]  # not the head's bias, which no norm follows
     seq = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="a"),
                             keras.layers.BatchNormalization(), keras.layers.Dense(2, name="b")])
-    assert [n.split("/", 1)[1] for n in _names(seq, layers.biases_cancelled_by_batch_norm(seq))] == ["a/bias"]
+    found = _names(seq, layers.biases_cancelled_by_batch_norm(seq))
+    assert [n.split("/", 1)[1] for n in found] == ["a/bias"]  # the model's name comes first
     # A bias that reaches the output another way, or passes a non-linearity first, matters.
     x = keras.Input((4,))
     h = keras.layers.Dense(3, name="shared")(x)

@@ -88,8 +88,8 @@ def _first_error_line(text: str) -> str:
         return text
     head = text.split("Traceback (most recent call last)", 1)[0].strip().rstrip(":")
     lines = [line.strip() for line in text.splitlines() if line.strip()]
-    last = next((line for line in reversed(lines) if re.match(r"^[A-Za-z_.]*(Error|Exception)\b", line)),
-                lines[-1])
+    errors = [line for line in lines if re.match(r"^[A-Za-z_.]*(Error|Exception)\b", line)]
+    last = errors[-1] if errors else lines[-1]
     return f"{head}: {last}" if head else last
 
 
