@@ -99,16 +99,16 @@ def test_evaluation_with_many_steps_traces_a_graph_that_does_not_grow():
     assert sizes[500] == sizes[20]
 
 
-def test_reptile_training_with_many_inner_steps_equals_the_unrolled_loop():
+def test_reptile_training_with_many_inner_steps_equals_the_unrolled_loop(float64):
     """Above the unroll limit Reptile's inner loop runs as a while loop, with the same result."""
     from tfmeta import inner_loop as il
     from tfmeta.reptile import Reptile
 
     steps = il.UNROLL_MAX_STEPS + 2
     rng = np.random.default_rng(3)
-    batch = {"support_x": rng.normal(size=(2, 6, 8, 8, 1)).astype("float32"),
+    batch = {"support_x": rng.normal(size=(2, 6, 8, 8, 1)),
              "support_y": np.tile(np.arange(3), (2, 2)).astype("int32"),
-             "query_x": rng.normal(size=(2, 3, 8, 8, 1)).astype("float32"),
+             "query_x": rng.normal(size=(2, 3, 8, 8, 1)),
              "query_y": np.tile(np.arange(3), (2, 1)).astype("int32")}
     results = []
     for unroll_limit in (il.UNROLL_MAX_STEPS, steps):  # while loop, then fully unrolled
@@ -121,5 +121,5 @@ def test_reptile_training_with_many_inner_steps_equals_the_unrolled_loop():
             results.append([g.numpy() for g in learner.meta_step(batch).grads])
         finally:
             il.UNROLL_MAX_STEPS = old
-    for a, b in zip(*results):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    for a, b in zip(*results):  # float64: the two loops differ by round-off only
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)

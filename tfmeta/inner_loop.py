@@ -22,6 +22,7 @@ orders them; the meta-learners differentiate through all of theta.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -143,6 +144,19 @@ def _hash32(x: tf.Tensor) -> tf.Tensor:
         x = tf.bitwise.bitwise_and(
             tf.bitwise.left_shift(tf.bitwise.bitwise_and(hi * mult, low16), 16) + lo * mult, mask)
     return tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, 16))
+
+
+def _bias_correction(beta: float, t: Steps, dtype: tf.DType) -> tf.Tensor:
+    """Adam's ``1 - beta^(t + 1)`` for 0-based step ``t``, by the same ops for any ``t``.
+
+    An unrolled loop (Python ``t``) and a ``tf.while_loop`` (tensor ``t``) must compute the same
+    value to the bit: ``1 - tf.pow(beta, n)`` in float32 is off by ~1e-4 relative for
+    ``beta = 0.999`` and small ``n`` (cancellation), which made a 12-step adaptation differ between
+    the two. ``-expm1(n * log(beta))`` has no cancellation and is exact for ``beta = 0``.
+    """
+    log_beta = math.log(beta) if beta > 0 else -math.inf
+    n = tf.cast(t + 1, dtype)
+    return -tf.math.expm1(n * tf.constant(log_beta, dtype))
 
 
 def _tasks(x: tf.Tensor) -> Any:
@@ -522,11 +536,9 @@ class InnerLoop:
             # Carried state: the bias corrections continue from the carried powers beta^n ([T]).
             powers = [opt_state[2 * k] * b1, opt_state[2 * k + 1] * b2]
             c1, c2 = 1.0 - powers[0], 1.0 - powers[1]
-        elif isinstance(t, int):
-            c1, c2 = 1.0 - b1 ** (t + 1), 1.0 - b2 ** (t + 1)
         else:
-            n = tf.cast(t + 1, tf.float32)
-            c1, c2 = 1.0 - tf.pow(b1, n), 1.0 - tf.pow(b2, n)
+            dtype = adapted[0].dtype
+            c1, c2 = _bias_correction(b1, t, dtype), _bias_correction(b2, t, dtype)
         for i, p, mi, vi in zip(positions, adapted, m, v):
             lr = self._learning_rate(i, theta_extra, slot, p)
             d1, d2 = (_task_scalar(c, p) for c in (c1, c2)) if powers else (c1, c2)
