@@ -113,14 +113,14 @@ def _measure_saved_model(path: str, workload: str, ways: int, steps: int, common
 
 def main(argv: list[str]) -> None:
     del argv
-    from tfmeta import export, models
+    from tfmeta import exporter, models
     from tfmeta.maml import MAML
 
     common = {"device": "cpu", "tensorflow": tf.__version__, "machine": platform.machine(),
               "cpus": os.cpu_count(), "intra_op_threads":
                   tf.config.threading.get_intra_op_parallelism_threads()}
     if _SAVED_MODEL.value:
-        meta = export.read_metadata(_SAVED_MODEL.value)
+        meta = exporter.read_metadata(_SAVED_MODEL.value)
         _measure_saved_model(_SAVED_MODEL.value, f"{meta['ways']}way1shot", meta["ways"],
                              meta["inner_steps"], common)
         return
@@ -128,7 +128,7 @@ def main(argv: list[str]) -> None:
         for workload, (ways, lr, steps) in _WORKLOADS.items():
             model = models.omniglot_conv4(ways, filters=_FILTERS.value, seed=0)
             algorithm = MAML(model, inner_lr=lr, inner_steps=1, eval_inner_steps=steps)
-            path = export.export(model, algorithm, os.path.join(scratch, workload), metadata={
+            path = exporter.export(model, algorithm, os.path.join(scratch, workload), metadata={
                 "task": "omniglot", "ways": ways, "image_size": 28, "inner_steps": steps,
                 "inner_lr": lr})
             _measure_saved_model(path, workload, ways, steps,

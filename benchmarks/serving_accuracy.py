@@ -30,7 +30,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from tfmeta import export, tasks, trainer  # noqa: E402
+from tfmeta import exporter, tasks, trainer  # noqa: E402
 
 
 def _summary(name: str, per_episode: list[float], extra: dict) -> dict:
@@ -51,9 +51,9 @@ def main() -> None:
     exp = trainer.restore(args.workdir)
     config = exp.config
     with tempfile.TemporaryDirectory() as scratch:
-        path = export.export_experiment(exp, os.path.join(scratch, "export"))
+        path = exporter.export_experiment(exp, os.path.join(scratch, "export"))
         loaded = tf.saved_model.load(path)
-        meta = export.read_metadata(path)
+        meta = exporter.read_metadata(path)
         single = loaded.signatures["adapt_and_predict"]
         transductive = loaded.signatures["adapt_and_predict_transductive"]
         dataset = tasks.distributed_dataset(

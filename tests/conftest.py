@@ -88,7 +88,7 @@ def random_export(tmp_path_factory) -> dict:
     Returns ``{"path", "model", "algorithm", "metadata"}``; the model and algorithm are the
     in-process originals, to compare the SavedModel with.
     """
-    from tfmeta import export, models
+    from tfmeta import exporter, models
     from tfmeta.maml import MAML
 
     model = models.omniglot_conv4(5, filters=8, seed=0)
@@ -96,5 +96,5 @@ def random_export(tmp_path_factory) -> dict:
     metadata = {"task": "omniglot", "algorithm": "maml", "ways": 5, "image_size": 28,
                 "inner_steps": 3, "inner_lr": 0.4, "bn_mode": "transductive"}
     path = str(tmp_path_factory.mktemp("random_export") / "model")
-    export.export(model, algorithm, path, metadata=metadata)
+    exporter.export(model, algorithm, path, metadata=metadata)
     return {"path": path, "model": model, "algorithm": algorithm, "metadata": metadata}

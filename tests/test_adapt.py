@@ -363,11 +363,11 @@ def test_errors_in_the_worker_are_raised_in_the_caller(tmp_path, error, expected
 
 
 def test_ctrl_c_stops_a_long_adaptation_at_once(random_export, tmp_path):
-    from tfmeta import export
+    from tfmeta import exporter
 
     support, query = _support(str(tmp_path))
     # An export that allows far more inner steps than the default bound of 100.
-    path = export.export(random_export["model"], random_export["algorithm"],
+    path = exporter.export(random_export["model"], random_export["algorithm"],
                          str(tmp_path / "unbounded"), metadata=random_export["metadata"],
                          max_inner_steps=10**6)
     # 20000 inner steps take about a minute on 2 CPU cores; `-v 1` logs "adapting to ..." right

@@ -20,7 +20,7 @@ import pytest
 import tensorflow as tf
 
 from tests.helpers import archives_dir, file_tree, subprocess_env
-from tfmeta import export, inner_loop
+from tfmeta import exporter, inner_loop
 
 ATOL = 1e-5
 SAVED_MODEL_CLI = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
@@ -137,8 +137,8 @@ def test_loads_without_tfmeta_and_matches_in_process(random_export, tmp_path):
     assert not np.allclose(out["steps0"], out["steps3"], atol=1e-3), "adaptation changed nothing"
 
     # 105x105: the same graph preprocessing, run in process, gives the same logits.
-    pre_s = export.preprocess_images(tf.constant(sx105), 28)
-    pre_q = export.preprocess_images(tf.constant(qx105), 28)
+    pre_s = exporter.preprocess_images(tf.constant(sx105), 28)
+    pre_q = exporter.preprocess_images(tf.constant(qx105), 28)
     np.testing.assert_allclose(out["logits105"], _in_process(algorithm, pre_s, sy, pre_q, 3),
                                atol=ATOL)
 
@@ -149,14 +149,14 @@ def test_resize_matches_training_preprocessing():
 
     pngs = _omniglot_pngs(40)
     decoded = np.stack([tf.image.decode_png(p, channels=1).numpy() for p in pngs]) / 255.0
-    graph = export.preprocess_images(tf.constant(decoded, tf.float32), 28).numpy()[..., 0]
+    graph = exporter.preprocess_images(tf.constant(decoded, tf.float32), 28).numpy()[..., 0]
     training = np.stack([omniglot_builder.preprocess_png(p, 28) for p in pngs]) / 255.0
     diff = np.abs(graph - training)
     assert diff.max() <= 1 / 255 + 1e-6, diff.max()
     assert diff.mean() < 1e-3
     # 28x28 input: exactly the inversion.
     small = training[:4, ..., None].astype(np.float32)
-    np.testing.assert_array_equal(export.preprocess_images(tf.constant(1 - small), 28).numpy(),
+    np.testing.assert_array_equal(exporter.preprocess_images(tf.constant(1 - small), 28).numpy(),
                                   1 - (1 - small))
 
 
@@ -232,8 +232,8 @@ def test_wrong_rank_or_channels_is_rejected_naming_the_input(loaded, changes):
 def test_inner_steps_are_bounded_in_the_graph(loaded, random_export):
     with pytest.raises(tf.errors.InvalidArgumentError, match="inner_steps must be >= 0"):
         loaded.signatures["adapt_and_predict_steps"](**_bad(), inner_steps=tf.constant(-1))
-    bound = export.read_metadata(random_export["path"])["max_inner_steps"]
-    assert bound == export.DEFAULT_MAX_INNER_STEPS
+    bound = exporter.read_metadata(random_export["path"])["max_inner_steps"]
+    assert bound == exporter.DEFAULT_MAX_INNER_STEPS
     loaded.signatures["adapt_and_predict_steps"](**_bad(), inner_steps=tf.constant(bound))
     with pytest.raises(tf.errors.InvalidArgumentError, match=f"inner_steps must be <= {bound}"):
         loaded.signatures["adapt_and_predict_steps"](**_bad(), inner_steps=tf.constant(10**6))
@@ -241,15 +241,15 @@ def test_inner_steps_are_bounded_in_the_graph(loaded, random_export):
 
 def test_max_inner_steps_is_set_at_export(random_export, tmp_path):
     model, algorithm = random_export["model"], random_export["algorithm"]
-    path = export.export(model, algorithm, str(tmp_path / "m"), metadata=random_export["metadata"],
+    path = exporter.export(model, algorithm, str(tmp_path / "m"), metadata=random_export["metadata"],
                          max_inner_steps=4)
-    assert export.read_metadata(path)["max_inner_steps"] == 4
+    assert exporter.read_metadata(path)["max_inner_steps"] == 4
     with pytest.raises(tf.errors.InvalidArgumentError, match="inner_steps must be <= 4"):
         tf.saved_model.load(path).signatures["adapt_and_predict_steps"](
             **_bad(), inner_steps=tf.constant(5))
-    with pytest.raises(export.ExportError, match="max_inner_steps is 2; it must be >= the "
+    with pytest.raises(exporter.ExportError, match="max_inner_steps is 2; it must be >= the "
                                                  "default inner_steps"):
-        export.export(model, algorithm, str(tmp_path / "n"), metadata=random_export["metadata"],
+        exporter.export(model, algorithm, str(tmp_path / "n"), metadata=random_export["metadata"],
                       max_inner_steps=2)
 
 
@@ -263,7 +263,7 @@ def test_fewer_classes_than_ways_is_allowed(loaded):
 def test_export_is_atomic(random_export, tmp_path, monkeypatch):
     path = str(tmp_path / "model")
     shutil.copytree(random_export["path"], path)
-    real = export._write_saved_model
+    real = exporter._write_saved_model
 
     def fail_midway(module, target):
         os.makedirs(os.path.join(target, "variables"))
@@ -274,28 +274,28 @@ def test_export_is_atomic(random_export, tmp_path, monkeypatch):
     monkeypatch.setattr(export, "_write_saved_model", fail_midway)
     model, algorithm = random_export["model"], random_export["algorithm"]
     with pytest.raises(RuntimeError, match="disk full"):
-        export.export(model, algorithm, path, metadata=dict(random_export["metadata"], step=7),
+        exporter.export(model, algorithm, path, metadata=dict(random_export["metadata"], step=7),
                       replace=True)
     assert sorted(os.listdir(tmp_path)) == ["model"], "no temporary directory may be left"
-    assert export.read_metadata(path).items() >= random_export["metadata"].items()
+    assert exporter.read_metadata(path).items() >= random_export["metadata"].items()
 
     # A killed export leaves a temporary sibling holding its marker (and, killed mid-swap, only
     # the moved-aside previous model): the next export recovers that model and cleans up.
     dead = f"{path}.tfmeta-tmp-0123456789ab"
     os.makedirs(f"{dead}/variables")
-    with open(os.path.join(dead, export._TEMP_MARKER), "w") as f:
+    with open(os.path.join(dead, exporter._TEMP_MARKER), "w") as f:
         f.write(json.dumps({"pid": 0, "host": "elsewhere"}))
     os.rename(path, f"{path}.tfmeta-old-0123456789ab")
-    export._clean_stale(path)
+    exporter._clean_stale(path)
     assert sorted(os.listdir(tmp_path)) == ["model"]
-    assert export.read_metadata(path).items() >= random_export["metadata"].items()
+    assert exporter.read_metadata(path).items() >= random_export["metadata"].items()
 
     # A complete export replaces the previous model.
     monkeypatch.setattr(export, "_write_saved_model", real)
-    export.export(model, algorithm, path, metadata=dict(random_export["metadata"], step=7),
+    exporter.export(model, algorithm, path, metadata=dict(random_export["metadata"], step=7),
                   replace=True)
     assert sorted(os.listdir(tmp_path)) == ["model"]
-    assert export.read_metadata(path)["step"] == 7
+    assert exporter.read_metadata(path)["step"] == 7
     assert tf.saved_model.load(path).signatures["adapt_and_predict"] is not None
 
 
@@ -308,7 +308,7 @@ def test_reptile_adam_minibatch_export_matches_in_process(tmp_path):
     algorithm = Reptile(model, inner_lr=1e-2, inner_steps=2, eval_inner_steps=4,
                         inner_optimizer="adam", inner_batch_size=3)
     meta = {"task": "omniglot", "ways": 5, "image_size": 28, "inner_steps": 4}
-    path = export.export(model, algorithm, str(tmp_path / "reptile"), metadata=meta)
+    path = exporter.export(model, algorithm, str(tmp_path / "reptile"), metadata=meta)
     loaded = tf.saved_model.load(path)
     sx, sy, qx = _episode(5, shots=2)
     out = loaded.signatures["adapt_and_predict"](support_images=sx, support_labels=sy,
@@ -336,7 +336,7 @@ def test_sinusoid_regression_export(tmp_path, algo):
         algorithm = Reptile(model, inner_lr=0.02, inner_steps=5, eval_inner_steps=steps,
                             inner_batch_size=4, loss="mse")
     meta = {"task": "sinusoid", "inner_steps": steps}
-    path = export.export(model, algorithm, str(tmp_path / "sine"), metadata=meta,
+    path = exporter.export(model, algorithm, str(tmp_path / "sine"), metadata=meta,
                          classification=False)
     loaded = tf.saved_model.load(path)
     rng = np.random.default_rng(0)
@@ -378,7 +378,7 @@ def _export_small(tmp_path, name, bn_mode):
     algorithm = make[name]()
     meta = {"task": "omniglot", "ways": 5, "image_size": 28,
             "inner_steps": algorithm.eval_inner_steps}
-    path = export.export(model, algorithm, str(tmp_path / f"{name}_{bn_mode}"), metadata=meta)
+    path = exporter.export(model, algorithm, str(tmp_path / f"{name}_{bn_mode}"), metadata=meta)
     return tf.saved_model.load(path), algorithm
 
 
@@ -402,7 +402,7 @@ def test_one_query_per_call_equals_the_same_query_in_a_batch(tmp_path, name, bn_
         alone = sign(support_images=sx, support_labels=sy, query_images=qx[i:i + 1])
         np.testing.assert_allclose(alone["logits"].numpy()[0], together[i], atol=ATOL)
     # Exactly the learner's own serving-mode adaptation (learned rates, per-step BN and all).
-    serving = export.read_metadata(  # the mode recorded with the model
+    serving = exporter.read_metadata(  # the mode recorded with the model
         str(tmp_path / f"{name}_{bn_mode}"))["serving_bn_mode"]
     assert serving == ("running" if bn_mode == "running" else "support")
     np.testing.assert_allclose(together, _in_process(algorithm, 1 - sx, sy, 1 - qx,
@@ -427,14 +427,14 @@ def test_batch_signature_equals_single_calls(loaded):
 
 def test_export_binary_on_trained_run(smoke_workdir, tmp_path):
     # tfmeta.train already exported at the end of training.
-    trained = export.read_metadata(os.path.join(smoke_workdir, "export"))
+    trained = exporter.read_metadata(os.path.join(smoke_workdir, "export"))
     assert trained["step"] == 200 and trained["algorithm"] == "maml" and trained["ways"] == 5
     output = str(tmp_path / "again")
     proc = subprocess.run([sys.executable, "-m", "tfmeta.export", f"--workdir={smoke_workdir}",
                            f"--output={output}"], env=subprocess_env(), capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    meta = export.read_metadata(output)
+    meta = exporter.read_metadata(output)
     for key in ("algorithm", "ways", "shots", "queries", "image_size", "inner_steps", "inner_lr",
                 "bn_mode", "step", "tfmeta_version", "tensorflow_version"):
         assert meta[key] == trained[key], key
@@ -467,7 +467,7 @@ def test_learned_rates_and_per_step_bn_export_loads_without_tfmeta(tmp_path, nam
         var.assign(var * 1.3)
     meta = {"task": "omniglot", "ways": 5, "image_size": 28,
             "inner_steps": algorithm.eval_inner_steps}
-    path = export.export(algorithm.model, algorithm, str(tmp_path / "scaled"), metadata=meta)
+    path = exporter.export(algorithm.model, algorithm, str(tmp_path / "scaled"), metadata=meta)
     sx, sy, qx = _episode(11, queries=2)
     np.savez(tmp_path / "in.npz", sx=sx, sy=sy, qx=qx)
     (tmp_path / "child.py").write_text(_CHILD_MINIMAL)
@@ -498,7 +498,7 @@ def _fake_workdir(root) -> str:
 
 
 def _export_to(random_export, path, **kwargs):
-    return export.export(random_export["model"], random_export["algorithm"], str(path),
+    return exporter.export(random_export["model"], random_export["algorithm"], str(path),
                          metadata=random_export["metadata"], **kwargs)
 
 
@@ -523,7 +523,7 @@ def test_export_refuses_what_it_did_not_create(random_export, tmp_path, monkeypa
             f.write("mine")
     before = file_tree(tmp_path)
     for replace in (False, True):
-        with pytest.raises(export.ExportError) as info:
+        with pytest.raises(exporter.ExportError) as info:
             _export_to(random_export, path, replace=replace)
         message = str(info.value)
         assert len(message.splitlines()) == 1 and repr(path) in message, message
@@ -540,8 +540,8 @@ def test_export_from_workdir_protects_the_work_directory(tmp_path, where):
               "checkpoints": os.path.join(workdir, "checkpoints", "model")}[where]
     before = file_tree(tmp_path)
     # Refused before the (fake) checkpoint is read, whatever replace says.
-    with pytest.raises(export.ExportError, match="work directory|checkpoint directory") as info:
-        export.export_from_workdir(workdir, output, replace=True)
+    with pytest.raises(exporter.ExportError, match="work directory|checkpoint directory") as info:
+        exporter.export_from_workdir(workdir, output, replace=True)
     assert len(str(info.value).splitlines()) == 1
     assert file_tree(tmp_path) == before
 
@@ -557,18 +557,18 @@ def test_export_touches_no_neighbour_and_replaces_only_when_asked(random_export,
         (models_dir / name / "keep.txt").write_text(name)
     before = file_tree(models_dir)
     assert _export_to(random_export, path) == str(path)
-    assert export.is_tfmeta_export(str(path))
+    assert exporter.is_tfmeta_export(str(path))
     # An explicit output over a previous tfmeta export needs replace ...
-    with pytest.raises(export.ExportError, match="already holds a tfmeta SavedModel; pass "
+    with pytest.raises(exporter.ExportError, match="already holds a tfmeta SavedModel; pass "
                                                  "--replace") as info:
         _export_to(random_export, path)
     assert repr(str(path)) in str(info.value)
     # ... and with it, the model is replaced.
-    assert "step" not in export.read_metadata(str(path))
-    assert export.export(random_export["model"], random_export["algorithm"], str(path),
+    assert "step" not in exporter.read_metadata(str(path))
+    assert exporter.export(random_export["model"], random_export["algorithm"], str(path),
                          metadata=dict(random_export["metadata"], step=9),
                          replace=True) == str(path)
-    assert export.read_metadata(str(path))["step"] == 9
+    assert exporter.read_metadata(str(path))["step"] == 9
     after = file_tree(models_dir)
     assert {k: v for k, v in after.items() if not k.startswith("omniglot/")} == before
     assert sorted(os.listdir(models_dir)) == sorted(["omniglot", *{k.split("/")[0]
@@ -588,7 +588,7 @@ def test_failed_export_leaves_no_temporary(random_export, tmp_path, monkeypatch,
 
     monkeypatch.setattr(export, "_write_saved_model", fail_midway)
     monkeypatch.chdir(tmp_path)
-    expected = (export.ExportError, "No space left on device; nothing was changed") \
+    expected = (exporter.ExportError, "No space left on device; nothing was changed") \
         if isinstance(error, OSError) else (KeyboardInterrupt, None)
     for output in (previous, str(tmp_path / "new" / "nested" / "model")):
         with pytest.raises(expected[0], match=expected[1]) as info:
@@ -632,6 +632,6 @@ def test_export_binary_replaces_the_runs_own_export(smoke_workdir, tmp_path):
                           env=subprocess_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert os.stat(os.path.join(workdir, "export", "saved_model.pb")).st_mtime > 0
-    assert export.is_tfmeta_export(os.path.join(workdir, "export"))
+    assert exporter.is_tfmeta_export(os.path.join(workdir, "export"))
     assert {k: v for k, v in file_tree(workdir).items() if not k.startswith("export/")} == before
     assert sorted(os.listdir(tmp_path)) == ["run"]

@@ -172,7 +172,7 @@ def _omniglot_batch(rng, tasks, shots, queries=1, ways=5):
 
 
 def test_export_adapts_from_the_carried_state_with_the_same_schedule(tmp_path):
-    from tfmeta import export
+    from tfmeta import exporter
 
     model = models.omniglot_conv4(5, filters=4, seed=1)
     algorithm = reptile.Reptile(model, inner_lr=1e-2, inner_steps=3, eval_inner_steps=4,
@@ -184,7 +184,7 @@ def test_export_adapts_from_the_carried_state_with_the_same_schedule(tmp_path):
                                for k, v in _omniglot_batch(rng, 2, 2).items()})
     assert float(algorithm.optimizer_state_variables[-1].numpy()) < 1.0
     meta = {"task": "omniglot", "ways": 5, "image_size": 28, "inner_steps": 4}
-    loaded = tf.saved_model.load(export.export(model, algorithm, str(tmp_path / "m"),
+    loaded = tf.saved_model.load(exporter.export(model, algorithm, str(tmp_path / "m"),
                                                metadata=meta))
     # Export inputs are decode_png / 255 images (white background); the export inverts them.
     task = _omniglot_batch(rng, 2, 2, queries=2)
@@ -345,9 +345,9 @@ def test_mirrored_replicas_carry_the_same_state_as_one_device(tmp_path):
 
 def test_export_metadata_records_the_inner_schedule_and_carried_state():
     from tests.distributed_driver import load_config
-    from tfmeta import export
+    from tfmeta import exporter
 
     config = load_config(os.path.join(REPO, "configs", "omniglot_reptile.py") + ":5way1shot")
-    meta = export.metadata_from_config(config, step=3, classification=True)
+    meta = exporter.metadata_from_config(config, step=3, classification=True)
     assert meta["inner_shuffle_per_task"] is True and meta["inner_carry_optimizer_state"] is True
     assert meta["inner_optimizer"] == "adam" and meta["inner_batch_size"] == 10

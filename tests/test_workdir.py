@@ -237,7 +237,7 @@ def test_normalize_makes_local_paths_absolute_and_leaves_urls(tmp_path, monkeypa
 
 def test_relative_and_home_workdirs_train_resume_restore_and_export(tmp_path, monkeypatch,
                                                                      caplog):
-    from tfmeta import export, report
+    from tfmeta import exporter, report
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HOME", str(tmp_path))
@@ -254,7 +254,7 @@ def test_relative_and_home_workdirs_train_resume_restore_and_export(tmp_path, mo
     assert report.load_run("~/runs/rel1").workdir == str(tmp_path / "runs" / "rel1")
     assert not (tmp_path / "runs" / "~").exists()
     for call in (lambda: trainer.train(_config(), ""), lambda: trainer.restore(""),
-                 lambda: export.export_from_workdir("")):
+                 lambda: exporter.export_from_workdir("")):
         with pytest.raises(workdir.WorkdirError, match="empty"):
             call()
 

@@ -51,6 +51,8 @@ from typing import Any, NoReturn, TypeVar
 
 import numpy as np
 
+from tfmeta import errors
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 # PIL modes with more than 8 bits per grey sample, which PIL's conversion to "L" would clip.
 _HIGH_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
@@ -66,7 +68,7 @@ POLL_SECONDS = 0.1
 _T = TypeVar("_T")
 
 
-class AdaptError(ValueError):
+class AdaptError(errors.UserError, ValueError):
     """Bad input for adaptation; the message names the offending path or value."""
 
 

@@ -9,23 +9,22 @@ from __future__ import annotations
 
 import json
 import math
+import os
+from collections.abc import Sequence
 from typing import Any, Mapping
 
 import ml_collections
 
-ALGORITHMS = ("maml", "fomaml", "reptile", "mamlpp", "metasgd", "anil")
-# Algorithms that are MAML with options of the one inner loop (tfmeta.maml).
-MAML_FAMILY = ("maml", "fomaml", "mamlpp", "metasgd", "anil")
+from tfmeta import errors
+from tfmeta.choices import ALGORITHMS, BN_MODES, INNER_OPTIMIZERS, MAML_FAMILY, SPLIT_SCHEMES
+
 TASKS = ("omniglot", "sinusoid")
 MODELS = ("conv4", "mlp")
 OUTER_OPTIMIZERS = ("adam", "sgd")
-INNER_OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "linear", "cosine")
 DOWNSAMPLING = ("stride", "maxpool")
 HEADS = ("mean", "flatten")
-BN_MODES = ("transductive", "support", "running")
 DTYPES = ("float32", "bfloat16")
-SPLIT_SCHEMES = ("maml", "lake", "reptile")
 SUBSETS = ("full", "small")
 DRAWINGS_PER_CHARACTER = 20
 # Bounds on inner steps, so that a typo cannot trace a graph for minutes or evaluate for hours.
@@ -53,7 +52,7 @@ def is_resumable(field: str) -> bool:
     return any(field == f or (f.endswith(".") and field.startswith(f)) for f in RESUMABLE_FIELDS)
 
 
-class ConfigError(ValueError):
+class ConfigError(errors.UserError, ValueError):
     """A config field has a value that is not allowed."""
 
 
@@ -421,3 +420,81 @@ def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[f"{prefix}{key}"] = value
     return out
+
+
+# --------------------------------------------------------------------------- the config flag
+def check_config_argv(argv: Sequence[str], flag_name: str = "config") -> None:
+    """Checks a binary's ``--NAME=FILE[:variant]`` and ``--NAME.field=value`` before parsing.
+
+    Raises:
+      ConfigError: the file does not exist, or an override names a field the schema lacks.
+    """
+    _check_config_file(argv, flag_name)
+    _check_overrides(argv, flag_name)
+
+
+def _check_overrides(argv: Sequence[str], flag_name: str) -> None:
+    """Names an unknown ``--config.a.b=...`` field before ml_collections fails on it.
+
+    ml_collections raises ``AttributeError: "'b'"`` for an unknown field, naming neither the full
+    field nor what is allowed.
+    """
+    schema = flatten(base_config().to_dict())
+    groups = {k.rsplit(".", 1)[0] for k in schema if "." in k}
+    prefix = f"--{flag_name}."
+    for arg in argv[1:]:
+        if arg == "--":
+            break
+        if not arg.startswith(prefix):
+            continue
+        field = arg[len(prefix):].split("=", 1)[0]
+        if field in schema:
+            continue
+        group = field.rsplit(".", 1)[0] if "." in field else ""
+        if group in groups:
+            allowed = sorted(k.rsplit(".", 1)[1] for k in schema if k.startswith(group + "."))
+            where = f"allowed fields in '{group}': {allowed}"
+        else:
+            top = sorted(groups | {k for k in schema if "." not in k})
+            where = f"allowed groups and fields: {top}"
+        raise ConfigError(f"unknown config field '{field}' (from {arg!r}); {where}")
+
+
+def _config_arg(argv: Sequence[str], flag_name: str) -> str | None:
+    """The value of ``--NAME=VALUE`` or ``--NAME VALUE`` in ``argv`` (the last one), or None."""
+    value = None
+    for i, arg in enumerate(argv[1:], start=1):
+        if arg == "--":
+            break
+        if arg.startswith(f"--{flag_name}="):
+            value = arg.split("=", 1)[1]
+        elif arg == f"--{flag_name}" and i + 1 < len(argv):
+            value = argv[i + 1]
+    return value
+
+
+def _check_config_file(argv: Sequence[str], flag_name: str) -> None:
+    """Names a config file that does not exist, before ml_collections fails on it lazily.
+
+    ml_collections defers a missing file's error to the first use of the config, which then
+    surfaces as a traceback from deep inside the binary.
+    """
+    value = _config_arg(argv, flag_name)
+    if value is None:
+        return
+    path = value.split(":", 1)[0]
+    if not path:
+        raise ConfigError(f"--{flag_name} is empty; pass a config file such as "
+                          f"--{flag_name}=configs/omniglot_maml.py:5way1shot")
+    if not os.path.isfile(path):
+        where = ("" if os.path.isabs(path)
+                 else f" (relative to the current directory {os.getcwd()!r})")
+        raise ConfigError(f"config file {path!r} not found{where}; "
+                          f"pass --{flag_name}=PATH_TO/configs/NAME.py[:variant]")
+
+
+def check_config_loaded(value: Any, flag_name: str) -> None:
+    """Raises the load error that ml_collections keeps inside an unusable config, as one line."""
+    error = getattr(value, "_error", None)
+    if isinstance(error, BaseException):
+        raise ConfigError(f"--{flag_name}: {errors.first_line(str(error))}")

@@ -10,10 +10,11 @@ from typing import Callable
 
 import tensorflow as tf
 
-STRATEGIES = ("default", "mirrored", "multiworker", "tpu")
+from tfmeta import errors
+from tfmeta.choices import STRATEGIES
 
 
-class StrategyError(RuntimeError):
+class StrategyError(errors.UserError, RuntimeError):
     """The strategy asked for cannot be set up here (its devices or cluster are not there)."""
 
 

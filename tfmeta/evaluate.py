@@ -21,10 +21,10 @@ import os
 
 from absl import flags
 
-from tfmeta import cli
+from tfmeta import choices, cli
+from tfmeta import errors
 from tfmeta import config as config_lib
 
-BN_MODES = ("transductive", "support", "running")
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Work directory of a tfmeta.train run.")
 _SPLIT = flags.DEFINE_enum("split", "test", ["train", "validation", "test"], "Task split.")
@@ -36,7 +36,7 @@ _QUERIES = flags.DEFINE_integer(
     "queries", None, "Query examples per class (default: the config's data.queries). With "
     "transductive batch norm the accuracy depends on it.", lower_bound=1)
 _BN_MODE = flags.DEFINE_enum(
-    "bn_mode", None, list(BN_MODES),
+    "bn_mode", None, list(choices.BN_MODES),
     "Batch norm of the query set at evaluation (default: the mode the model was trained with). "
     "'transductive' normalises queries with their own batch statistics (the MAML paper's "
     "protocol); 'support' and 'running' give each query an answer that does not depend on the "
@@ -46,7 +46,7 @@ _OUTPUT = flags.DEFINE_string(
 _REPLACE = flags.DEFINE_bool(
     "replace", False, "Replace an earlier evaluation result: --output, or else "
     "WORKDIR/eval_<split>.json (the training run's result). Never overwrites anything else.")
-_STRATEGY = flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multiworker", "tpu"],
+_STRATEGY = flags.DEFINE_enum("strategy", "default", choices.STRATEGIES,
                               "Distribution strategy.")
 _TPU = flags.DEFINE_string("tpu", "", "TPU name or address for --strategy=tpu.")
 flags.mark_flags_as_required(["workdir"])
@@ -57,7 +57,7 @@ flags.mark_flags_as_required(["workdir"])
 _RESULT_KEYS = ("split", "metric", "ci95", "episodes", "step", "inner_steps")
 
 
-class OutputError(ValueError):
+class OutputError(errors.UserError, ValueError):
     """The result cannot be written where asked (the message names the path and what to do)."""
 
 

@@ -35,11 +35,8 @@ from tfmeta import batched
 from tfmeta import functional as F
 from tfmeta import layers as tfm_layers
 from tfmeta import losses as tfm_losses
+from tfmeta.choices import ADAPT, BN_MODES, INNER_OPTIMIZERS, LEARNED_LR
 
-BN_MODES = ("transductive", "support", "running")
-INNER_OPTIMIZERS = ("sgd", "adam")
-LEARNED_LR = ("none", "per_layer_step", "per_parameter")
-ADAPT = ("all", "head")
 ADAM_EPSILON = 1e-8
 # Adaptations that are not differentiated run as a tf.while_loop when longer than this; up to it
 # they are unrolled, which the graph optimiser handles best (measured for serving latency).

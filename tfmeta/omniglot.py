@@ -30,6 +30,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from tfmeta import omniglot_builder
+from tfmeta.choices import SPLIT_SCHEMES
 from tfmeta.omniglot_builder import (  # noqa: F401  (re-exported)
     DRAWINGS_PER_CHARACTER,
     OmniglotIntegrityError,
@@ -38,7 +39,6 @@ from tfmeta.omniglot_builder import (  # noqa: F401  (re-exported)
 
 ARCHIVES_ENV = "TFMETA_OMNIGLOT_ARCHIVES"
 SUBSETS = ("full", "small")
-SPLIT_SCHEMES = ("maml", "lake", "reptile")
 SPLITS = ("train", "validation", "test")
 DEFAULT_SPLIT_SEED = 1  # cbfinn/maml shuffles with random.seed(1).
 

@@ -37,6 +37,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
+from tfmeta import errors
+
 NAME = "tfmeta_omniglot"
 DRAWINGS_PER_CHARACTER = 20
 ORIGINAL_SIZE = 105
@@ -44,7 +46,7 @@ ORIGINAL_SIZE = 105
 _DL_URL = "https://github.com/brendenlake/omniglot/raw/master/python/"
 
 
-class OmniglotDownloadError(ConnectionError):
+class OmniglotDownloadError(errors.UserError, ConnectionError):
     """The Omniglot archives are neither available locally nor downloadable."""
 
 
@@ -66,7 +68,7 @@ def _check_reachable(url: str, names: Sequence[str]) -> None:
             "--config.data.archives_dir), or copy them to <data_dir>/downloads/manual/.") from e
 
 
-class OmniglotIntegrityError(ValueError):
+class OmniglotIntegrityError(errors.UserError, ValueError):
     """An Omniglot archive is truncated, corrupted or not the expected file."""
 
 

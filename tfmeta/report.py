@@ -34,6 +34,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from tfmeta import errors
+
 CONFIG_FILE = "config.json"
 HISTORY_FILE = "history.jsonl"
 EVAL_PATTERN = "eval_*.json"
@@ -53,7 +55,7 @@ _HEADER_ROW = "| " + " | ".join(_COLUMNS) + " |"
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-class ReportError(ValueError):
+class ReportError(errors.UserError, ValueError):
     """A mistake in the report's input; the message names the offending path or value."""
 
 

@@ -15,14 +15,14 @@ from __future__ import annotations
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from tfmeta import cli, preemption
+from tfmeta import cli, choices, preemption
 from tfmeta import config as config_lib
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file, optionally with a variant: configs/x.py:variant.",
     lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Work directory (local path or gs://...).")
-_STRATEGY = flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multiworker", "tpu"],
+_STRATEGY = flags.DEFINE_enum("strategy", "default", choices.STRATEGIES,
                               "Distribution strategy.")
 _TPU = flags.DEFINE_string("tpu", "",
                            "TPU name or address for --strategy=tpu; 'local' on a TPU VM.")
@@ -59,15 +59,16 @@ def main(argv: list[str]) -> int:
     if summary["preempted"]:
         return 0
     if _EXPORT.value and distribute.is_chief(strategy):
-        from tfmeta import export
-        path = export.export_from_workdir(_WORKDIR.value, replace=True)
+        from tfmeta import exporter
+        path = exporter.export_from_workdir(_WORKDIR.value, replace=True)
         logging.info("exported a fast-adaptation SavedModel to %s", path)
     return 0
 
 
 def run() -> None:
     """Console-script entry point."""
-    cli.run(main, config_flag="config")
+    cli.run(main, before_parse=lambda argv: config_lib.check_config_argv(argv, "config"),
+            after_parse=lambda: config_lib.check_config_loaded(_CONFIG.value, "config"))
 
 
 if __name__ == "__main__":

@@ -45,6 +45,7 @@ import tensorflow as tf
 from absl import logging
 
 from tfmeta import config as config_lib
+from tfmeta import errors
 
 CONFIG_FILE = "config.json"
 CONFIG_CHANGES_FILE = "config_changes.json"
@@ -55,7 +56,7 @@ HEARTBEAT_SECONDS = 30.0
 STALE_SECONDS = 300.0
 
 
-class WorkdirError(ValueError):
+class WorkdirError(errors.UserError, ValueError):
     """The work directory cannot be used as asked (the message says why and what to do)."""
 
 

@@ -1,0 +1,875 @@
+r"""Fast-adaptation SavedModels: the inner loop inside the graph.
+
+A trained meta-learner is only useful after adaptation, so the export carries the whole inner loop:
+a client sends a labelled support set and unlabelled queries and gets predictions for the queries
+after the configured number of inner steps, from any TensorFlow runtime, without tfmeta installed.
+
+    python -m tfmeta.export --workdir=DIR [--output=PATH [--replace]]   # default PATH: DIR/export
+
+(the binary, :mod:`tfmeta.export`; this module is the library and reads no flags).
+
+Signatures of a classification (Omniglot) export, with N = ways the model was trained for:
+
+``adapt_and_predict`` (also ``serving_default``)
+    inputs ``support_images`` float32 [S, H, W, 1], ``support_labels`` int32 [S] in [0, N),
+    ``query_images`` float32 [Q, H, W, 1]; outputs ``logits`` float32 [Q, N],
+    ``probabilities`` float32 [Q, N], ``predictions`` int32 [Q]. Images are what
+    ``tf.image.decode_png(png, channels=1) / 255`` gives for an Omniglot PNG (white background = 1),
+    any H and W. The graph resizes them to the training size exactly like the training data was
+    prepared (PIL LANCZOS: separable Lanczos-3, horizontal pass then vertical, each rounded to
+    uint8; within one grey level, 1/255, of PIL) and inverts them (``1 - x``), then adapts with the
+    configured evaluation inner steps and learning rate. **Each query's answer depends only on the
+    support set and that query** (the serving batch-norm mode, ``serving_bn_mode`` in the
+    metadata: the support set's statistics under the adapted weights, or the trained moving
+    statistics for models trained with ``bn_mode="running"``), so one query per call and many
+    queries per call give the same answers.
+``adapt_and_predict_steps``
+    the same plus ``inner_steps`` int32 scalar, ``0 <= inner_steps <= max_inner_steps`` (set at
+    export, enforced in the graph), run as a ``tf.while_loop``.
+``adapt_and_predict_batch``
+    ``support_images`` [B, S, H, W, 1], ``support_labels`` [B, S], ``query_images`` [B, Q, H, W, 1]:
+    B independent adaptations in one call (computed together when the model's layers run
+    task-batched); outputs as above with a leading B.
+``adapt_and_predict_transductive``
+    (models with batch norm only) as ``adapt_and_predict``, but the queries of a call are
+    normalised together with their own batch statistics: MAML's original protocol, in which an
+    answer depends on the other queries of the call. Asked for explicitly, never the default.
+``predict``
+    ``query_images`` only; the meta-learned initialisation without adaptation (batch norm with the
+    moving statistics recorded in training, so each query is independent too).
+``metadata``
+    no inputs; ``json``: a JSON string (algorithm, ways, shots, image size, inner steps and
+    learning rate, trained and serving batch-norm modes, max_inner_steps, versions, training
+    step). The same JSON is the asset ``assets/tfmeta.json``.
+
+Regression (sinusoid) exports use ``support_x`` / ``support_y`` / ``query_x`` float32 [*, 1] (with
+a leading B for the batch signature) and return ``predictions`` float32 [Q, 1]; the ``predict``
+signature takes ``query_x``.
+
+Bad inputs (labels out of range, label and image counts that differ, an empty support set, NaN or
+out-of-range pixels, ``inner_steps`` outside ``[0, max_inner_steps]``) fail inside the graph with an
+``InvalidArgumentError`` naming the problem.
+
+A plain ``tf.Module`` holding the model's variables is exported (rather than
+``keras.export.ExportArchive``): the endpoints are functions of several tensors that call the
+meta-learner, not the model, and a module keeps the SavedModel free of Keras objects, so
+``tf.saved_model.load`` needs neither Keras nor tfmeta. Variables are saved as variables.
+
+Nothing is deleted that tfmeta did not create. An export writes only to a path that does not
+exist, or replaces a previous tfmeta SavedModel (``saved_model.pb`` and ``assets/tfmeta.json``
+and nothing else): ``tfmeta.train``'s own ``WORKDIR/export`` always, any other path with
+``--replace`` (``replace=True``). Anything else (a file, a work directory, a directory holding
+other files, the work directory's ancestors or its checkpoint directory) is refused with one
+error line naming it, before the checkpoint is read.
+
+Writing is atomic with respect to the output path: the model is written to a new sibling
+``PATH.tfmeta-tmp-<12 hex digits>``, holding a marker file written first, and renamed into place
+only when complete; a previous model at PATH is kept until then (moved to
+``PATH.tfmeta-old-<tag>`` for the duration of the swap and deleted after). A failed export (a
+full disk, an error, Ctrl-C) removes its temporary. Leftovers of an export that was killed are
+removed by the next export to the same path, which touches only siblings with exactly that name
+pattern whose content proves them an export's (the marker, or a complete tfmeta SavedModel).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import tempfile
+import time
+import uuid
+from typing import Any
+
+import keras
+import tensorflow as tf
+from absl import logging
+
+import tfmeta
+from tfmeta import errors
+from tfmeta import layers as tfm_layers
+from tfmeta import signatures
+
+EXPORT_DIR = "export"
+DEFAULT_MAX_INNER_STEPS = 100
+
+
+class ExportError(errors.UserError, ValueError):
+    """The experiment cannot be exported as asked."""
+
+
+# --------------------------------------------------------------------------- preprocessing
+def _resize_axis(x: tf.Tensor, size: int, axis: int) -> tf.Tensor:
+    """Lanczos-3 resize of one spatial axis of ``[B, H, W, C]``, rounded to uint8 levels.
+
+    PIL's LANCZOS resamples each axis separately and stores the intermediate image as uint8
+    (clipped and rounded); doing the same here keeps the graph within one grey level of it.
+    """
+    shape = tf.shape(x)
+    current = shape[axis]
+
+    def resize() -> tf.Tensor:
+        target = tf.stack([shape[1], size] if axis == 2 else [size, shape[2]])
+        y = tf.image.resize(x, target, method="lanczos3", antialias=True)
+        return tf.round(tf.clip_by_value(y, 0.0, 1.0) * 255.0) / 255.0
+
+    # Like PIL, an axis already at the target size is left untouched (exact identity).
+    return tf.cond(tf.equal(current, size), lambda: x, resize)
+
+
+def preprocess_images(images: tf.Tensor, image_size: int) -> tf.Tensor:
+    """Maps ``decode_png / 255`` images to the training representation.
+
+    Args:
+      images: float32 ``[B, H, W, 1]`` in [0, 1], white background = 1.
+      image_size: side of the training images.
+
+    Returns:
+      float32 ``[B, image_size, image_size, 1]``: resized as :mod:`tfmeta.omniglot` prepared the
+      training data (horizontal pass, then vertical) and inverted, strokes bright.
+    """
+    x = _resize_axis(images, image_size, axis=2)
+    x = _resize_axis(x, image_size, axis=1)
+    x = tf.ensure_shape(x, [None, image_size, image_size, 1])
+    return 1.0 - x
+
+
+def _check_images(images: tf.Tensor, name: str, *, allow_empty: bool) -> list[tf.Operation]:
+    shape = tf.shape(images)
+    checks = [
+        tf.debugging.assert_equal(
+            tf.rank(images), 4, message=f"{name} must have rank 4 [count, height, width, 1]"),
+        tf.debugging.assert_equal(
+            shape[-1], 1, message=f"{name} must have exactly 1 channel (grayscale)"),
+        tf.debugging.assert_positive(
+            shape[1:3], message=f"{name} must have a positive height and width"),
+        tf.debugging.assert_all_finite(images, message=f"{name} contains NaN or Inf pixels"),
+        tf.debugging.assert_greater_equal(
+            tf.reduce_min(tf.concat([tf.reshape(images, [-1]), [0.0]], 0)), 0.0,
+            message=f"{name} pixel values must be in [0, 1] (decode_png / 255); found a value < 0"),
+        tf.debugging.assert_less_equal(
+            tf.reduce_max(tf.concat([tf.reshape(images, [-1]), [1.0]], 0)), 1.0,
+            message=f"{name} pixel values must be in [0, 1] (decode_png / 255); found a value > 1 "
+                    "(were the images divided by 255?)"),
+    ]
+    if not allow_empty:
+        checks.append(tf.debugging.assert_positive(
+            shape[0], message=f"{name} is empty: the support set needs at least one example"))
+    return checks
+
+
+def _check_support(x: tf.Tensor, y: tf.Tensor, x_name: str, y_name: str,
+                   num_classes: int | None) -> list[tf.Operation]:
+    checks = [
+        tf.debugging.assert_positive(
+            tf.shape(x)[0], message=f"{x_name} is empty: the support set needs at least one "
+                                    "example"),
+        tf.debugging.assert_equal(
+            tf.shape(y)[0], tf.shape(x)[0],
+            message=f"{y_name} and {x_name} must have the same number of examples"),
+    ]
+    if num_classes is not None:
+        checks += [
+            tf.debugging.assert_non_negative(
+                y, message=f"{y_name} must be in [0, {num_classes}); found a negative label"),
+            tf.debugging.assert_less(
+                y, tf.constant(num_classes, y.dtype),
+                message=f"{y_name} must be in [0, {num_classes}): the model was trained for "
+                        f"{num_classes} ways; found a label >= {num_classes}"),
+        ]
+    else:
+        checks.append(tf.debugging.assert_all_finite(y, message=f"{y_name} contains NaN or Inf"))
+    return checks
+
+
+# --------------------------------------------------------------------------- serving
+def serving_bn_mode(algorithm: Any) -> str:
+    """How the export normalises queries so that each answer depends on that query alone.
+
+    A model trained with ``bn_mode="running"`` keeps using its moving statistics, as does a model
+    without batch norm (then an inference-mode pass is all there is); every other model
+    normalises queries with the support set's statistics under the adapted weights
+    (``"support"``). Transductive normalisation (queries together) is only served on request.
+    """
+    if algorithm.bn_mode == "running" or not _has_batch_norm(algorithm.model):
+        return "running"
+    return "support"
+
+
+def _has_batch_norm(model: keras.Model) -> bool:
+    return bool(tfm_layers.batch_norm_layers(model) or tfm_layers.keras_batch_norm_layers(model))
+
+
+def _check_steps(inner_steps: tf.Tensor, max_inner_steps: int) -> list[tf.Operation]:
+    return [
+        tf.debugging.assert_non_negative(inner_steps, message="inner_steps must be >= 0"),
+        tf.debugging.assert_less_equal(
+            inner_steps, tf.constant(max_inner_steps, inner_steps.dtype),
+            message=f"inner_steps must be <= {max_inner_steps}, the max_inner_steps this model "
+                    "was exported with (python -m tfmeta.export --max_inner_steps=N to change it)"),
+    ]
+
+
+class _Module(tf.Module):
+    """What every export holds: the variables, the learner, the metadata."""
+
+    def __init__(self, algorithm: Any, *, inner_steps: int, max_inner_steps: int,
+                 metadata_json: str, asset_path: str):
+        super().__init__(name="tfmeta_export")
+        self.model_variables = [v.value for v in algorithm.model.variables]
+        # Learned inner learning rates, per-step batch-norm weights and statistics.
+        inner = algorithm.inner.variables
+        self.inner_variables = [*inner.trainable, *inner.non_trainable]
+        self.metadata_file = tf.saved_model.Asset(asset_path)
+        self._algorithm = algorithm
+        self._steps = inner_steps
+        self._max_steps = max_inner_steps
+        self._json = metadata_json
+        self._serving = serving_bn_mode(algorithm)
+        self.metadata = tf.function(lambda: {"json": tf.constant(self._json)}, input_signature=[])
+
+    def _adapt(self, sx: tf.Tensor, sy: tf.Tensor, qx: tf.Tensor, steps: Any,
+               bn_mode: str) -> tf.Tensor:
+        """Adapts one task (``sx [S, ...]``) and predicts ``qx [Q, ...]``."""
+        return self._algorithm.adapt_and_predict(sx[None], sy[None], qx[None], steps=steps,
+                                                 bn_mode=bn_mode)[0]
+
+    def _unadapted(self, x: tf.Tensor) -> tf.Tensor:
+        """The meta-learned initialisation, batch norm with the moving statistics."""
+        algorithm = self._algorithm
+        params = [v.value for v in algorithm.model.trainable_variables]
+        return algorithm.predict(params, x, bn_mode="running", steps=0)
+
+
+class _Classifier(_Module):
+    """The exported module of an N-way image classifier."""
+
+    def __init__(self, algorithm: Any, *, ways: int, image_size: int, **kwargs: Any):
+        super().__init__(algorithm, **kwargs)
+        self._ways = ways
+        self._size = image_size
+        images = tf.TensorSpec([None, None, None, 1], tf.float32)
+        labels = tf.TensorSpec([None], tf.int32)
+        task_images = tf.TensorSpec([None, None, None, None, 1], tf.float32)
+        # The Python parameter names are the signature's input names.
+        self.adapt_and_predict = tf.function(self._adapt_and_predict,
+                                             input_signature=[images, labels, images])
+        self.adapt_and_predict_steps = tf.function(
+            self._adapt_and_predict_steps,
+            input_signature=[images, labels, images, tf.TensorSpec([], tf.int32)])
+        self.adapt_and_predict_batch = tf.function(
+            self._adapt_and_predict_batch,
+            input_signature=[task_images, tf.TensorSpec([None, None], tf.int32), task_images])
+        if _has_batch_norm(algorithm.model):
+            self.adapt_and_predict_transductive = tf.function(
+                self._adapt_and_predict_transductive, input_signature=[images, labels, images])
+        self.predict = tf.function(self._predict, input_signature=[images])
+
+    def _inputs(self, support_images, support_labels, query_images):
+        checks = (_check_images(support_images, "support_images", allow_empty=False)
+                  + _check_images(query_images, "query_images", allow_empty=True)
+                  + _check_support(support_images, support_labels, "support_images",
+                                   "support_labels", self._ways))
+        with tf.control_dependencies(checks):
+            sx = preprocess_images(support_images, self._size)
+            qx = preprocess_images(query_images, self._size)
+            sy = tf.identity(support_labels)
+        return sx, sy, qx
+
+    def _outputs(self, logits: tf.Tensor) -> dict[str, tf.Tensor]:
+        logits = tf.cast(logits, tf.float32)
+        return {"logits": logits, "probabilities": tf.nn.softmax(logits, axis=-1),
+                "predictions": tf.argmax(logits, axis=-1, output_type=tf.int32)}
+
+    def _serve(self, support_images, support_labels, query_images, steps, bn_mode):
+        sx, sy, qx = self._inputs(support_images, support_labels, query_images)
+        return self._outputs(self._adapt(sx, sy, qx, steps, bn_mode))
+
+    def _adapt_and_predict(self, support_images, support_labels, query_images):
+        return self._serve(support_images, support_labels, query_images, self._steps,
+                           self._serving)
+
+    def _adapt_and_predict_transductive(self, support_images, support_labels, query_images):
+        return self._serve(support_images, support_labels, query_images, self._steps,
+                           "transductive")
+
+    def _adapt_and_predict_steps(self, support_images, support_labels, query_images,
+                                 inner_steps):
+        with tf.control_dependencies(_check_steps(inner_steps, self._max_steps)):
+            inner_steps = tf.identity(inner_steps)
+        return self._serve(support_images, support_labels, query_images, inner_steps,
+                           self._serving)
+
+    def _adapt_and_predict_batch(self, support_images, support_labels, query_images):
+        shape = tf.shape(support_images)
+        tasks, shots = shape[0], shape[1]
+        queries = tf.shape(query_images)[1]
+        flat = lambda x: tf.reshape(x, tf.concat([[-1], tf.shape(x)[2:]], 0))  # noqa: E731
+        checks = [tf.debugging.assert_equal(
+            tf.shape(query_images)[0], tasks,
+            message="query_images and support_images must have the same number of tasks B"),
+            tf.debugging.assert_equal(
+            tf.shape(support_labels), shape[:2],
+            message="support_labels must be [B, S], matching support_images [B, S, H, W, 1]")]
+        with tf.control_dependencies(checks):
+            sx, sy, qx = self._inputs(flat(support_images), flat(support_labels),
+                                      flat(query_images))
+        sx = tf.reshape(sx, tf.stack([tasks, shots, self._size, self._size, 1]))
+        sy = tf.reshape(sy, tf.stack([tasks, shots]))
+        qx = tf.reshape(qx, tf.stack([tasks, queries, self._size, self._size, 1]))
+        # With Q = 0, TensorFlow's Conv2D returns an empty batch with the input's channel count
+        # instead of the filters', so the task-batched layers (B > 1) fail on a shape mismatch.
+        # One blank query stands in and its answers are dropped; queries are answered each on
+        # its own in the serving modes, so it changes no other answer.
+        pad = tf.cast(tf.equal(queries, 0), tf.int32)
+        qx = tf.concat([qx, tf.zeros(tf.stack([tasks, pad, self._size, self._size, 1]),
+                                     qx.dtype)], axis=1)
+        logits = self._algorithm.adapt_and_predict(sx, sy, qx, steps=self._steps,
+                                                   bn_mode=self._serving)
+        return self._outputs(logits[:, :queries])
+
+    def _predict(self, query_images):
+        with tf.control_dependencies(_check_images(query_images, "query_images",
+                                                   allow_empty=True)):
+            qx = preprocess_images(query_images, self._size)
+        return self._outputs(self._unadapted(qx))
+
+
+class _Regressor(_Module):
+    """The exported module of a regressor on [*, 1] inputs (sinusoid)."""
+
+    def __init__(self, algorithm: Any, **kwargs: Any):
+        super().__init__(algorithm, **kwargs)
+        points = tf.TensorSpec([None, 1], tf.float32)
+        task_points = tf.TensorSpec([None, None, 1], tf.float32)
+        self.adapt_and_predict = tf.function(self._adapt_and_predict,
+                                             input_signature=[points, points, points])
+        self.adapt_and_predict_steps = tf.function(
+            self._adapt_and_predict_steps,
+            input_signature=[points, points, points, tf.TensorSpec([], tf.int32)])
+        self.adapt_and_predict_batch = tf.function(
+            self._adapt_and_predict_batch, input_signature=[task_points] * 3)
+        self.predict = tf.function(self._predict, input_signature=[points])
+
+    def _checks(self, support_x, support_y, query_x):
+        return _check_support(support_x, support_y, "support_x", "support_y", None) + [
+            tf.debugging.assert_all_finite(support_x, message="support_x contains NaN or Inf"),
+            tf.debugging.assert_all_finite(query_x, message="query_x contains NaN or Inf")]
+
+    def _serve(self, support_x, support_y, query_x, steps):
+        with tf.control_dependencies(self._checks(support_x, support_y, query_x)):
+            sx, sy, qx = tf.identity(support_x), tf.identity(support_y), tf.identity(query_x)
+        out = self._adapt(sx, sy, qx, steps, self._serving)
+        return {"predictions": tf.cast(out, tf.float32)}
+
+    def _adapt_and_predict(self, support_x, support_y, query_x):
+        return self._serve(support_x, support_y, query_x, self._steps)
+
+    def _adapt_and_predict_steps(self, support_x, support_y, query_x, inner_steps):
+        with tf.control_dependencies(_check_steps(inner_steps, self._max_steps)):
+            inner_steps = tf.identity(inner_steps)
+        return self._serve(support_x, support_y, query_x, inner_steps)
+
+    def _adapt_and_predict_batch(self, support_x, support_y, query_x):
+        flat = lambda x: tf.reshape(x, [-1, 1])  # noqa: E731
+        checks = self._checks(flat(support_x), flat(support_y), flat(query_x)) + [
+            tf.debugging.assert_equal(tf.shape(support_y), tf.shape(support_x),
+                                      message="support_y must have the shape of support_x"),
+            tf.debugging.assert_equal(tf.shape(query_x)[0], tf.shape(support_x)[0],
+                                      message="query_x and support_x must have the same B")]
+        with tf.control_dependencies(checks):
+            sx, sy, qx = tf.identity(support_x), tf.identity(support_y), tf.identity(query_x)
+        out = self._algorithm.adapt_and_predict(sx, sy, qx, steps=self._steps,
+                                                bn_mode=self._serving)
+        return {"predictions": tf.cast(out, tf.float32)}
+
+    def _predict(self, query_x):
+        with tf.control_dependencies([tf.debugging.assert_all_finite(
+                query_x, message="query_x contains NaN or Inf")]):
+            qx = tf.identity(query_x)
+        return {"predictions": tf.cast(self._unadapted(qx), tf.float32)}
+
+
+# --------------------------------------------------------------------------- metadata
+def metadata_from_config(config: Any, *, step: int, classification: bool) -> dict[str, Any]:
+    """The JSON-ready description stored with an export.
+
+    Args:
+      config: the experiment config.
+      step: meta-iteration of the exported parameters.
+      classification: whether the task is N-way classification.
+    """
+    from tfmeta import config as config_lib
+
+    meta: dict[str, Any] = {
+        "format_version": signatures.FORMAT_VERSION,
+        "task": config.task,
+        "algorithm": config.algorithm,
+        "inner_lr": float(config.inner.lr),
+        "inner_steps": int(config.inner.eval_steps),
+        "train_inner_steps": int(config.inner.steps),
+        "inner_optimizer": config.inner.optimizer if config.algorithm == "reptile" else "sgd",
+        "inner_batch_size": int(config.inner.batch_size) if config.algorithm == "reptile" else 0,
+        # The minibatch schedule and where Adam starts: the SavedModel holds the carried state.
+        "inner_shuffle_per_task": bool(config.inner.shuffle_per_task),
+        "inner_carry_optimizer_state": bool(config.inner.carry_optimizer_state),
+        "inner_grad_clip": float(config.inner.grad_clip),
+        "bn_mode": config.inner.bn_mode,
+        "max_inner_steps": int(config.export.max_inner_steps),
+        "step": int(step),
+        "tfmeta_version": tfmeta.__version__,
+        "tensorflow_version": tf.__version__,
+        "keras_version": keras.__version__,
+        "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    if classification:
+        meta.update(ways=int(config.data.ways), shots=int(config.data.shots),
+                    train_shots=int(config_lib.train_shots(config)),
+                    queries=int(config.data.queries), image_size=int(config.data.image_size),
+                    split_scheme=config.data.split_scheme, subset=config.data.subset,
+                    inputs={"support_images": "float32 [S, H, W, 1] in [0, 1], decode_png/255",
+                            "support_labels": f"int32 [S] in [0, {int(config.data.ways)})",
+                            "query_images": "float32 [Q, H, W, 1]"})
+    else:
+        meta.update(k_support=int(config.data.k_support), k_query=int(config.data.k_query),
+                    inputs={"support_x": "float32 [S, 1]", "support_y": "float32 [S, 1]",
+                            "query_x": "float32 [Q, 1]"})
+    return meta
+
+
+# --------------------------------------------------------------------------- writing
+# What tf.saved_model.save puts into a SavedModel directory. A directory holding anything else is
+# more than a model (a work directory, a folder of other files) and is never replaced.
+_SAVED_MODEL_ENTRIES = frozenset({"saved_model.pb", "saved_model.pbtxt", "fingerprint.pb",
+                                  "variables", "assets", "assets.extra"})
+# Written first into every temporary directory: the proof, for a later export's clean-up, that a
+# leftover directory is a killed export's and not something of the user's.
+_TEMP_MARKER = ".tfmeta-export-in-progress.json"
+_TEMP_KINDS = ("tmp", "old")
+_TAG_LENGTH = 12
+
+
+def _signature_names(module: tf.Module) -> list[str]:
+    names = [signatures.ADAPT, signatures.ADAPT_STEPS, signatures.ADAPT_BATCH,
+             signatures.TRANSDUCTIVE, signatures.PREDICT, signatures.METADATA]
+    return [name for name in names if hasattr(module, name)]
+
+
+def _write_saved_model(module: tf.Module, path: str) -> None:
+    functions = {name: getattr(module, name).get_concrete_function()
+                 for name in _signature_names(module)}
+    # The default signature is the contract, so `saved_model_cli run` without a name works too.
+    functions[tf.saved_model.DEFAULT_SERVING_SIGNATURE_DEF_KEY] = functions[signatures.ADAPT]
+    tf.saved_model.save(module, path, signatures=functions)
+
+
+def _listdir(path: str) -> list[str]:
+    # Object stores list subdirectories with a trailing "/".
+    return sorted(name.rstrip("/") for name in tf.io.gfile.listdir(path))
+
+
+def _normalise(path: str) -> str:
+    """An absolute local path or a remote URL, without a trailing "/"."""
+    if "://" in path:
+        return path.rstrip("/")
+    return os.path.abspath(os.path.expanduser(path))
+
+
+def _within(path: str, ancestor: str) -> bool:
+    """Whether ``path`` is ``ancestor`` or lies inside it, symbolic links resolved."""
+    if "://" not in path:
+        path, ancestor = os.path.realpath(path), os.path.realpath(ancestor)
+    return path == ancestor or path.startswith(ancestor.rstrip("/") + "/")
+
+
+def is_tfmeta_export(path: str) -> bool:
+    """Whether ``path`` is a directory holding a tfmeta SavedModel and nothing else.
+
+    A tfmeta SavedModel has ``saved_model.pb`` and the metadata asset ``assets/tfmeta.json``;
+    any entry ``tf.saved_model.save`` does not write (a checkpoint, a config, a user's file)
+    makes the directory something else, which an export never replaces.
+    """
+    try:
+        if not tf.io.gfile.isdir(path):
+            return False
+        names = set(_listdir(path))
+        return ("saved_model.pb" in names and names <= _SAVED_MODEL_ENTRIES
+                and not tf.io.gfile.isdir(os.path.join(path, "saved_model.pb"))
+                and tf.io.gfile.exists(os.path.join(path, "assets", signatures.METADATA_ASSET)))
+    except tf.errors.OpError:
+        return False
+
+
+def _describe(path: str) -> str:
+    """What an existing path that is not a tfmeta SavedModel is, for the refusal message."""
+    if not tf.io.gfile.isdir(path):
+        return "is a file"
+    names = _listdir(path)
+    if not names:
+        return "is an empty directory"
+    if "checkpoints" in names or "config.json" in names:
+        return "is a training work directory"
+    if "saved_model.pb" in names:
+        other = [n for n in names if n not in _SAVED_MODEL_ENTRIES]
+        if other:
+            return f"holds a SavedModel together with other files ({', '.join(other[:5])})"
+        return "holds a SavedModel that tfmeta did not export (no assets/tfmeta.json)"
+    shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+    return f"is a directory holding other files ({shown})"
+
+
+def check_output(output: str, *, replace: bool = False, workdir: str | None = None) -> str:
+    """Checks that a SavedModel may be written to ``output`` without losing anything.
+
+    The output may be a path that does not exist, or (with ``replace``) a previous tfmeta
+    SavedModel (:func:`is_tfmeta_export`). Anything else that exists is refused: a file, a work
+    directory, a directory holding other files, even an empty one.
+
+    Args:
+      output: the SavedModel directory asked for (local or remote).
+      replace: whether a previous tfmeta SavedModel at ``output`` may be replaced.
+      workdir: the work directory the model comes from: ``output`` may be neither the work
+        directory nor one of its ancestors, nor lie inside its checkpoint directory.
+
+    Returns:
+      ``output`` normalised: absolute (local), without a trailing "/".
+
+    Raises:
+      ExportError: naming ``output``, why it cannot be written and what to do instead.
+    """
+    path = _normalise(output)
+    parent, base = os.path.split(path)
+    remote_root = "://" in path and "/" not in path.split("://", 1)[1]
+    if base in ("", ".", "..") or not parent or remote_root:
+        raise ExportError(f"--output {output!r} is a file system or bucket root; choose a new "
+                          "directory path for the SavedModel, such as DIR/export")
+    if workdir is not None:
+        work = _normalise(workdir)
+        if _within(work, path):
+            what = ("is the work directory" if _within(path, work) else
+                    "contains the work directory")
+            raise ExportError(f"--output {output!r} {what} {workdir!r}; choose a path of its "
+                              "own for the SavedModel, such as "
+                              f"{os.path.join(workdir, EXPORT_DIR)!r}")
+        checkpoints = os.path.join(work, "checkpoints")
+        if _within(path, checkpoints):
+            raise ExportError(f"--output {output!r} is inside the checkpoint directory "
+                              f"{checkpoints!r}; choose a path outside it, such as "
+                              f"{os.path.join(workdir, EXPORT_DIR)!r}")
+    try:
+        exists = tf.io.gfile.exists(path)
+        if not exists:
+            return path
+        if is_tfmeta_export(path):
+            if replace:
+                return path
+            raise ExportError(f"--output {output!r} already holds a tfmeta SavedModel; pass "
+                              "--replace to replace it, or choose a path that does not exist")
+        what = _describe(path)
+    except tf.errors.OpError as e:
+        raise ExportError(f"cannot write the SavedModel to {output!r}: {_reason(e)}") from e
+    raise ExportError(f"--output {output!r} {what}; an export only creates a new directory or "
+                      "replaces a tfmeta SavedModel, so nothing was written: choose a path that "
+                      "does not exist")
+
+
+def _temporary_name(base: str, kind: str) -> str:
+    return f"{base}.tfmeta-{kind}-{uuid.uuid4().hex[:_TAG_LENGTH]}"
+
+
+def _temporary_kind(name: str, base: str) -> str | None:
+    """``"tmp"`` or ``"old"`` when ``name`` is exactly an export temporary's name for ``base``."""
+    for kind in _TEMP_KINDS:
+        prefix = f"{base}.tfmeta-{kind}-"
+        tag = name[len(prefix):] if name.startswith(prefix) else ""
+        if len(tag) == _TAG_LENGTH and all(c in "0123456789abcdef" for c in tag):
+            return kind
+    return None
+
+
+def _marker_is_live(path: str) -> bool:
+    """Whether the export that wrote the marker in ``path`` is still running on this machine."""
+    try:
+        with tf.io.gfile.GFile(os.path.join(path, _TEMP_MARKER)) as f:
+            marker = json.loads(f.read())
+        pid = int(marker["pid"])
+        if marker.get("host") != socket.gethostname() or pid <= 0:
+            return False
+        os.kill(pid, 0)
+        return True
+    except (ProcessLookupError, ValueError, KeyError, TypeError, tf.errors.OpError):
+        return False
+    except PermissionError:  # the process exists, owned by someone else
+        return True
+
+
+def _is_own_temporary(path: str, kind: str) -> bool:
+    """Whether a directory with a temporary's name provably is a killed export's.
+
+    A ``tmp`` directory holds the marker an export writes first (plus whatever part of a
+    SavedModel it got to write), or a complete tfmeta SavedModel (killed after removing the
+    marker, before renaming); an ``old`` directory is a complete tfmeta SavedModel moved aside.
+    """
+    if not tf.io.gfile.isdir(path):
+        return False
+    names = set(_listdir(path))
+    if kind == "tmp" and _TEMP_MARKER in names:
+        return names <= _SAVED_MODEL_ENTRIES | {_TEMP_MARKER} and not _marker_is_live(path)
+    return is_tfmeta_export(path)
+
+
+def _clean_stale(output: str) -> None:
+    """Recovers from an export killed mid-swap and removes leftovers of killed exports.
+
+    Only directories named exactly ``BASE.tfmeta-tmp-<tag>`` / ``BASE.tfmeta-old-<tag>`` (a
+    12-digit hexadecimal tag) next to ``output`` whose content proves them an export's own
+    temporaries (:func:`_is_own_temporary`) are touched; any other neighbour is left alone. If
+    ``output`` is missing but a moved-aside previous model exists, the kill happened between the
+    two renames of a replacement: that model is moved back.
+    """
+    parent, base = os.path.split(output)
+    if not tf.io.gfile.isdir(parent):
+        return
+    for name in _listdir(parent):
+        kind = _temporary_kind(name, base)
+        path = os.path.join(parent, name)
+        if kind is None or not _is_own_temporary(path, kind):
+            continue
+        if kind == "old" and not tf.io.gfile.exists(output):
+            logging.warning("restoring %s from %s, left by an export killed while replacing it",
+                            output, path)
+            tf.io.gfile.rename(path, output)
+        else:
+            logging.info("removing %s, left by a killed export", path)
+            tf.io.gfile.rmtree(path)
+
+
+def _missing_ancestors(path: str) -> list[str]:
+    """The ancestors of ``path`` that do not exist yet, deepest first."""
+    missing = []
+    parent = os.path.dirname(path)
+    while parent and not parent.endswith("://") and not tf.io.gfile.exists(parent):
+        missing.append(parent)
+        if os.path.dirname(parent) == parent:
+            break
+        parent = os.path.dirname(parent)
+    return missing
+
+
+def _remove_quietly(paths: list[str]) -> None:
+    """Best-effort removal of what a failed export created (directories, deepest first)."""
+    for path in paths:
+        try:
+            if tf.io.gfile.isdir(path):
+                tf.io.gfile.rmtree(path)
+        except (tf.errors.OpError, OSError) as e:
+            logging.warning("could not remove %s after a failed export: %s", path, _reason(e))
+
+
+def write_atomically(module: tf.Module, output: str, *, replace: bool = False,
+                     workdir: str | None = None) -> str:
+    """Saves ``module`` to ``output`` so that ``output`` is never a partial model.
+
+    The model is written to a new sibling ``BASE.tfmeta-tmp-<tag>`` (a marker file first, so
+    that a later export can tell a killed export's leftover from anything else) and renamed into
+    place once complete. Only a path that does not exist or, with ``replace``, a previous tfmeta
+    SavedModel is written (see :func:`check_output`); a replaced model is moved aside to
+    ``BASE.tfmeta-old-<tag>`` for the duration of the swap and deleted after. Whatever happens
+    (an error, a full disk, KeyboardInterrupt), the temporary and any parent directories the
+    export created are removed. Not safe against concurrent exports to the same path.
+
+    Args:
+      module: the module to save.
+      output: SavedModel directory (local or gs://).
+      replace: whether a previous tfmeta SavedModel at ``output`` may be replaced.
+      workdir: the work directory the model comes from (protected, see :func:`check_output`).
+
+    Returns:
+      ``output`` normalised (absolute for a local path).
+
+    Raises:
+      ExportError: ``output`` exists and may not be replaced, or cannot be written (naming it
+        and the reason); nothing was changed at ``output`` then.
+    """
+    output = check_output(output, replace=replace, workdir=workdir)
+    parent, base = os.path.split(output)
+    created = _missing_ancestors(output)
+    tmp = os.path.join(parent, _temporary_name(base, "tmp"))
+    try:
+        _clean_stale(output)
+        # A model restored by the clean-up must be checked again.
+        output = check_output(output, replace=replace, workdir=workdir)
+        tf.io.gfile.makedirs(parent)
+        # Creating the temporary directory and its marker first turns "this location cannot be
+        # written" (read-only or virtual file systems, missing permissions) into one clear error.
+        tf.io.gfile.mkdir(tmp)
+        with tf.io.gfile.GFile(os.path.join(tmp, _TEMP_MARKER), "w") as f:
+            f.write(json.dumps({"target": output, "pid": os.getpid(),
+                                "host": socket.gethostname(), "tfmeta": tfmeta.__version__}))
+        _write_saved_model(module, tmp)
+        tf.io.gfile.remove(os.path.join(tmp, _TEMP_MARKER))
+        if tf.io.gfile.exists(output):
+            _swap(tmp, output, base)
+        else:
+            tf.io.gfile.rename(tmp, output, overwrite=False)
+    except BaseException as e:
+        _remove_quietly([tmp, *created])
+        if isinstance(e, (tf.errors.OpError, OSError)):
+            raise ExportError(f"cannot write the SavedModel to {output!r}: {_reason(e)}; "
+                              "nothing was changed there") from e
+        raise
+    return output
+
+
+def _swap(tmp: str, output: str, base: str) -> None:
+    """Replaces the tfmeta SavedModel at ``output`` by the complete one at ``tmp``."""
+    if not is_tfmeta_export(output):  # changed since it was checked
+        raise ExportError(f"{output!r} changed during the export and is no longer a tfmeta "
+                          "SavedModel; it was left as it is")
+    old = os.path.join(os.path.dirname(output), _temporary_name(base, "old"))
+    tf.io.gfile.rename(output, old)
+    try:
+        tf.io.gfile.rename(tmp, output)
+    except BaseException:
+        tf.io.gfile.rename(old, output)
+        raise
+    try:
+        tf.io.gfile.rmtree(old)
+    except (tf.errors.OpError, OSError) as e:
+        # The new model is in place; the next export to this path removes the old one.
+        logging.warning("could not remove the replaced model %s: %s", old, _reason(e))
+
+
+def _reason(e: BaseException) -> str:
+    text = getattr(e, "message", None) or str(e) or type(e).__name__
+    return text.strip().splitlines()[0]
+
+
+def export(model: keras.Model, algorithm: Any, output: str, *, metadata: dict[str, Any],
+           classification: bool = True, max_inner_steps: int | None = None,
+           replace: bool = False, workdir: str | None = None) -> str:
+    """Exports a meta-learner as a fast-adaptation SavedModel (see the module docstring).
+
+    Args:
+      model: the built Keras model (``algorithm.model``), with the parameters to export.
+      algorithm: a meta-learner (:class:`tfmeta.maml.MAML` and relatives, or
+        :class:`tfmeta.reptile.Reptile`) around ``model``.
+      output: SavedModel directory (local or gs://): a path that does not exist, or a previous
+        tfmeta SavedModel when ``replace`` (replaced atomically); anything else is refused.
+      metadata: JSON-ready description (see :func:`metadata_from_config`); for classification it
+        must hold ``ways`` and ``image_size``; ``inner_steps`` is the default adaptation length.
+        The export adds ``serving_bn_mode``, ``max_inner_steps`` and ``signatures``.
+      classification: N-way image classification (True) or [*, 1] regression (False).
+      max_inner_steps: largest ``inner_steps`` a client may ask for (default: the metadata's, else
+        :data:`DEFAULT_MAX_INNER_STEPS`); at least ``inner_steps``.
+      replace: whether a previous tfmeta SavedModel at ``output`` may be replaced.
+      workdir: the work directory the model comes from, which ``output`` must not overwrite
+        (see :func:`check_output`).
+
+    Returns:
+      ``output`` normalised (absolute for a local path).
+
+    Raises:
+      ExportError: the model's input or output shape does not fit the signature contract, the
+        step bound is below the default steps, or the output exists and may not be replaced or
+        cannot be written.
+    """
+    # Refused outputs fail before the (slow) tracing of the signatures.
+    check_output(output, replace=replace, workdir=workdir)
+    if algorithm.model is not model:
+        raise ExportError("algorithm.model must be the exported model")
+    steps = int(metadata["inner_steps"])
+    if max_inner_steps is None:
+        max_inner_steps = int(metadata.get("max_inner_steps", max(DEFAULT_MAX_INNER_STEPS, steps)))
+    if max_inner_steps < steps:
+        raise ExportError(f"max_inner_steps is {max_inner_steps}; it must be >= the default "
+                          f"inner_steps of the export ({steps})")
+    if classification:
+        ways, size = int(metadata["ways"]), int(metadata["image_size"])
+        if tuple(model.input_shape[1:]) != (size, size, 1) or model.output_shape[-1] != ways:
+            raise ExportError(
+                f"the signature contract needs a model mapping [B, {size}, {size}, 1] images "
+                f"to [B, {ways}] logits; got input {model.input_shape} and output "
+                f"{model.output_shape}")
+    elif tuple(model.input_shape[1:]) != (1,) or model.output_shape[-1] != 1:
+        raise ExportError(
+            "regression exports support models mapping [B, 1] to [B, 1] (sinusoid); got "
+            f"input {model.input_shape} and output {model.output_shape}")
+    metadata = dict(metadata, max_inner_steps=int(max_inner_steps),
+                    serving_bn_mode=serving_bn_mode(algorithm))
+    with tempfile.TemporaryDirectory() as scratch:
+        # The asset is copied into the SavedModel's assets/ under this name.
+        asset = os.path.join(scratch, signatures.METADATA_ASSET)
+        common = dict(inner_steps=steps, max_inner_steps=int(max_inner_steps), asset_path=asset)
+        if classification:
+            module = _Classifier(algorithm, ways=ways, image_size=size, metadata_json="", **common)
+        else:
+            module = _Regressor(algorithm, metadata_json="", **common)
+        metadata["signatures"] = _signature_names(module)
+        if signatures.TRANSDUCTIVE in metadata["signatures"]:
+            metadata["transductive_signature"] = signatures.TRANSDUCTIVE
+        module._json = json.dumps(metadata, indent=2, sort_keys=True)
+        try:
+            with open(asset, "w", encoding="utf-8") as f:
+                f.write(module._json + "\n")
+        except OSError as e:  # the system's temporary directory is full or unwritable
+            raise ExportError(f"cannot write the SavedModel's metadata to {asset!r}: "
+                              f"{_reason(e)}") from e
+        return write_atomically(module, output, replace=replace, workdir=workdir)
+
+
+def export_experiment(exp: Any, output: str, *, max_inner_steps: int | None = None,
+                      replace: bool = False, workdir: str | None = None) -> str:
+    """Exports a built :class:`tfmeta.trainer.Experiment` (its current parameters) to ``output``.
+
+    ``replace`` and ``workdir`` are as in :func:`export`.
+    """
+    classification = exp.source.classification
+    metadata = metadata_from_config(exp.config, step=int(exp.step.numpy()),
+                                    classification=classification)
+    return export(exp.model, exp.algorithm, output, metadata=metadata,
+                  classification=classification, max_inner_steps=max_inner_steps,
+                  replace=replace, workdir=workdir)
+
+
+def export_from_workdir(workdir: str, output: str | None = None, *, replace: bool = False,
+                        max_inner_steps: int | None = None) -> str:
+    """Exports the latest checkpoint of a training run.
+
+    The default location ``WORKDIR/export`` belongs to the run: a previous tfmeta SavedModel
+    there is replaced without ``replace``. An explicit ``output`` elsewhere replaces a previous
+    tfmeta SavedModel only with ``replace``. Whatever ``replace`` says, an output that is not a
+    tfmeta SavedModel (a file, a directory holding anything else), that is the work directory or
+    one of its ancestors, or that lies inside its checkpoint directory is refused before the
+    checkpoint is even read.
+
+    Args:
+      workdir: work directory of ``tfmeta.train`` (local path or gs://...).
+      output: SavedModel directory; ``WORKDIR/export`` when None.
+      replace: whether a previous tfmeta SavedModel at an explicit ``output`` may be replaced.
+      max_inner_steps: as in :func:`export`.
+
+    Returns:
+      The SavedModel path (absolute for a local path).
+
+    Raises:
+      FileNotFoundError: ``workdir`` has no config or no checkpoint.
+      ExportError: ``output`` may not be written (see :func:`check_output`).
+    """
+    from tfmeta import trainer, workdir as workdir_lib
+
+    workdir = workdir_lib.normalize(workdir)
+    default = os.path.join(workdir, EXPORT_DIR)
+    if output is None or _normalise(output) == _normalise(default):
+        output, replace = default, True
+    check_output(output, replace=replace, workdir=workdir)
+    exp = trainer.restore(workdir)
+    return export_experiment(exp, output, max_inner_steps=max_inner_steps, replace=replace,
+                             workdir=workdir)
+
+
+def read_metadata(path: str) -> dict[str, Any]:
+    """Reads the ``assets/tfmeta.json`` of an export (no TensorFlow graph loading)."""
+    with tf.io.gfile.GFile(os.path.join(path, "assets", signatures.METADATA_ASSET)) as f:
+        return json.loads(f.read())
+
