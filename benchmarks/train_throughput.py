@@ -44,7 +44,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from tfmeta import meta_learner, models  # noqa: E402
+from tfmeta import grouping, models  # noqa: E402
 from tfmeta.maml import MAML  # noqa: E402
 
 WORKLOADS = {
@@ -131,7 +131,7 @@ def _group(workload: str, k) -> int:
     """How many tasks ``tasks_in_parallel=k`` computes together on ``workload`` here."""
     w = WORKLOADS[workload]
     if k == "auto":
-        return meta_learner.auto_tasks_in_parallel(
+        return grouping.auto_tasks_in_parallel(
             w["meta_batch"], w["ways"] * (w["shots"] + w["queries"]),
             second_order=not w["first_order"])
     return w["meta_batch"] if k == "all" else min(int(k), w["meta_batch"])
@@ -271,9 +271,9 @@ def main() -> None:
         return
     print(json.dumps({"benchmark": "settings", "auto_rule": {
         "accelerator": "all", "cpu_first_order": 1, "cpu_second_order_small_tasks":
-        meta_learner.CPU_GROUP, "cpu_small_task_max_examples": meta_learner.CPU_GROUP_MAX_EXAMPLES,
+        grouping.CPU_GROUP, "cpu_small_task_max_examples": grouping.CPU_GROUP_MAX_EXAMPLES,
         "cpu_second_order_large_tasks": "all"},
-        "on_accelerator": meta_learner.on_accelerator()}), flush=True)
+        "on_accelerator": grouping.on_accelerator()}), flush=True)
     for workload in [w for w in args.workloads.split(",") if w]:
         results = measure_workload(workload, ks, args.seconds, args.steps_per_loop, args.rounds)
         loop = next((r for r in results if r["tasks_in_parallel"] == "1"), None)

@@ -203,11 +203,11 @@ def test_all_needs_a_static_number_of_tasks():
 
 
 def test_auto_rule_is_documented_and_bounded():
-    from tfmeta import meta_learner
+    from tfmeta import grouping
 
-    assert meta_learner.auto_tasks_in_parallel(32, 2) == min(meta_learner.CPU_GROUP, 32)
-    assert meta_learner.auto_tasks_in_parallel(16, 400) == 16
-    assert meta_learner.auto_tasks_in_parallel(16, 4, second_order=False) == 1
+    assert grouping.auto_tasks_in_parallel(32, 2) == min(grouping.CPU_GROUP, 32)
+    assert grouping.auto_tasks_in_parallel(16, 400) == 16
+    assert grouping.auto_tasks_in_parallel(16, 4, second_order=False) == 1
     algo = maml.MAML(models.omniglot_conv4(5, filters=4, seed=0), inner_lr=0.4, inner_steps=1)
     assert algo.tasks_in_parallel == "auto"
     assert algo.group_size(3, examples_per_task=2) == 3

@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import keras
 import numpy as np
@@ -35,7 +35,7 @@ from tfmeta import batched
 from tfmeta import functional as F
 from tfmeta import layers as tfm_layers
 from tfmeta import losses as tfm_losses
-from tfmeta.choices import ADAPT, BN_MODES, INNER_OPTIMIZERS, LEARNED_LR
+from tfmeta.choices import BN_MODES
 
 ADAM_EPSILON = 1e-8
 # Adaptations that are not differentiated run as a tf.while_loop when longer than this; up to it
@@ -43,6 +43,77 @@ ADAM_EPSILON = 1e-8
 UNROLL_MAX_STEPS = 10
 
 Tensors = list[tf.Tensor]
+
+
+class AdamState(NamedTuple):
+    """Adam's state for every task of a group (each tensor with a leading task axis).
+
+    Attributes:
+      m, v: first and second moments of the adapted parameters.
+      powers: ``[beta1^n, beta2^n]`` (``[T]`` each) when the state is carried from task to task
+        (the bias corrections continue from them); empty when every task starts from zero (the
+        corrections then follow from the step count alone).
+    """
+
+    m: Tensors
+    v: Tensors
+    powers: Tensors
+
+
+class LoopState(NamedTuple):
+    """What the inner loop carries from one step to the next (leading task axis everywhere).
+
+    Attributes:
+      fast: fast parameters, aligned with ``model.trainable_variables``.
+      optimizer_state: an :class:`AdamState`, or ``()`` for SGD.
+      batch_norm_stats: the model's non-trainable values (moving statistics).
+      step_batch_norm_stats: per-step batch-norm statistics ``[T, slots, C]`` (MAML++).
+    """
+
+    fast: Tensors
+    optimizer_state: AdamState | tuple
+    batch_norm_stats: Tensors
+    step_batch_norm_stats: Tensors
+
+
+class Adapted(NamedTuple):
+    """The result of :meth:`InnerLoop.adapt` (leading task axis everywhere).
+
+    Attributes:
+      fast: adapted parameters, aligned with ``model.trainable_variables``.
+      batch_norm_stats: the model's non-trainable values after adaptation.
+      inner_state: values aligned with the inner loop's own state variables
+        (:attr:`InnerVariables.non_trainable`): the per-step batch-norm statistics, then the
+        carried optimiser state.
+    """
+
+    fast: Tensors
+    batch_norm_stats: Tensors
+    inner_state: Tensors
+
+
+class MetaParams(NamedTuple):
+    """Meta-parameter values (``meta_variables``), split into the model's and the inner loop's.
+
+    Attributes:
+      model: aligned with ``model.trainable_variables``.
+      inner: aligned with :attr:`InnerVariables.trainable` (learned rates, per-step BN weights).
+    """
+
+    model: Tensors
+    inner: Tensors
+
+
+class StateValues(NamedTuple):
+    """State values (``state_variables``), split into the model's and the inner loop's.
+
+    Attributes:
+      model: aligned with ``model.non_trainable_variables``.
+      inner: aligned with :attr:`InnerVariables.non_trainable`.
+    """
+
+    model: Tensors
+    inner: Tensors
 Steps = int | tf.Tensor
 
 
@@ -110,7 +181,7 @@ def task_seeds(x: tf.Tensor, y: tf.Tensor, seed: int) -> tf.Tensor:
             bits = tf.cast(tf.bitcast(tf.cast(z, tf.float32), tf.int32), tf.int64)
         else:
             bits = tf.cast(z, tf.int64)
-        bits = tf.bitwise.bitwise_and(tf.reshape(bits, [_tasks(z), -1]), mask)
+        bits = tf.bitwise.bitwise_and(tf.reshape(bits, [num_tasks(z), -1]), mask)
         where = _hash32(tf.range(tf.shape(bits, out_type=tf.int64)[1]) + 0x7F4A7C15)
         # Each term is < 2^32, so the sum of up to 2^31 of them stays within int64.
         total = total + tf.reduce_sum(_hash32(tf.bitwise.bitwise_xor(bits, where)), axis=1)
@@ -156,7 +227,7 @@ def _bias_correction(beta: float, t: Steps, dtype: tf.DType) -> tf.Tensor:
     return -tf.math.expm1(n * tf.constant(log_beta, dtype))
 
 
-def _tasks(x: tf.Tensor) -> Any:
+def num_tasks(x: tf.Tensor) -> Any:
     """Number of tasks (leading axis): static int where known."""
     return x.shape[0] if x.shape[0] is not None else tf.shape(x)[0]
 
@@ -349,11 +420,13 @@ class InnerLoop:
         """Model non-trainable variables, then the per-step batch-norm statistics."""
         return [*self.model.non_trainable_variables, *self.variables.non_trainable]
 
-    def split_theta(self, theta: Sequence[tf.Tensor]) -> tuple[Tensors, Tensors]:
-        return list(theta[: self.num_params]), list(theta[self.num_params:])
+    def split_theta(self, theta: Sequence[tf.Tensor]) -> MetaParams:
+        """Values aligned with :attr:`meta_variables`, named by owner."""
+        return MetaParams(list(theta[: self.num_params]), list(theta[self.num_params:]))
 
-    def split_state(self, state: Sequence[tf.Tensor]) -> tuple[Tensors, Tensors]:
-        return list(state[: self.num_state]), list(state[self.num_state:])
+    def split_state(self, state: Sequence[tf.Tensor]) -> StateValues:
+        """Values aligned with :attr:`state_variables`, named by owner."""
+        return StateValues(list(state[: self.num_state]), list(state[self.num_state:]))
 
     # ---------------------------------------------------------------------------- forward
     def forward(self, params: Tensors, nt: Tensors, x: tf.Tensor, *,
@@ -377,7 +450,7 @@ class InnerLoop:
         idx = self.variables
         if not idx.step_params and not idx.step_stats:
             return fast, nt
-        tasks = _tasks(fast[0])
+        tasks = num_tasks(fast[0])
         fast, nt = list(fast), list(nt)
         for i, j in idx.step_params.items():
             fast[i] = _per_task(tf.gather(extra_theta[j], slot), tasks)
@@ -453,21 +526,24 @@ class InnerLoop:
         return [g * tf.cast(tf.reshape(scale, [-1] + [1] * (len(g.shape) - 1)), g.dtype)
                 for g in grads]
 
-    def init_optimizer_state(self, fast: Tensors, carried: Sequence[tf.Tensor] = ()) -> Tensors:
-        """The inner optimiser's state at the start of adaptation; [] for SGD.
+    def init_optimizer_state(self, fast: Tensors,
+                             carried: Sequence[tf.Tensor] = ()) -> AdamState | tuple:
+        """The inner optimiser's state at the start of adaptation; ``()`` for SGD.
 
-        Adam: the moments of the adapted parameters, zeros (reset for every task), or with
-        ``carried`` (the values of :attr:`InnerVariables.optimizer_state`) the carried moments
-        followed by the bias-correction powers, repeated for every task of ``fast``.
+        Adam: zero moments for every task, or with ``carried`` (the values of
+        :attr:`InnerVariables.optimizer_state`: moments, then the bias-correction powers) the
+        carried state, repeated for every task of ``fast``.
         """
         if self.options.optimizer == "sgd":
-            return []
+            return ()
         adapted = [p for p, ok in zip(fast, self.adapted) if ok]
         if not carried:
-            return [*F.zeros_like(adapted), *F.zeros_like(adapted)]
-        tasks = _tasks(fast[0])
-        return [_per_task(tf.cast(c, p.dtype), tasks) for c, p in zip(carried, adapted + adapted)] \
-            + [_per_task(c, tasks) for c in carried[2 * len(adapted):]]
+            return AdamState(F.zeros_like(adapted), F.zeros_like(adapted), [])
+        tasks, k = num_tasks(fast[0]), len(adapted)
+        m, v, powers = carried[:k], carried[k:2 * k], carried[2 * k:]
+        return AdamState([_per_task(tf.cast(c, p.dtype), tasks) for c, p in zip(m, adapted)],
+                         [_per_task(tf.cast(c, p.dtype), tasks) for c, p in zip(v, adapted)],
+                         [_per_task(c, tasks) for c in powers])
 
     def _learning_rate(self, i: int, extra_theta: Tensors, slot: Steps, like: tf.Tensor) -> Any:
         opts = self.options
@@ -478,34 +554,32 @@ class InnerLoop:
             lr = tf.gather(lr, slot)
         return tf.cast(lr, like.dtype)  # per_parameter: broadcasts over the task axis
 
-    def step(self, t: Steps, theta_extra: Tensors, fast: Tensors, opt_state: Tensors,
-             nt: Tensors, steps_nt: Tensors, x: tf.Tensor, y: tf.Tensor, *,
-             first_order: bool, training: bool = True
-             ) -> tuple[Tensors, Tensors, Tensors, Tensors]:
+    def step(self, t: Steps, inner_params: Tensors, state: LoopState, x: tf.Tensor,
+             y: tf.Tensor, *, first_order: bool, training: bool = True) -> LoopState:
         """One inner update of every task on ``(x, y)``: the step every inner loop is made of.
 
         Args:
           t: 0-based step (Python int when unrolled, scalar tensor inside a ``tf.while_loop``).
-          theta_extra: the inner loop's meta-parameters (learned rates, per-step BN weights).
-          fast: fast parameters ``[T, ...]``, aligned with ``model.trainable_variables``.
-          opt_state: inner optimiser state (:meth:`init_optimizer_state`).
-          nt: model non-trainable values ``[T, ...]``.
-          steps_nt: per-step batch-norm statistics ``[T, slots, C]``.
+          inner_params: the inner loop's meta-parameters (:attr:`MetaParams.inner`: learned
+            rates, per-step batch-norm weights).
+          state: the loop state before the step.
           x, y: this step's support examples ``[T, N, ...]``.
           first_order: treat the inner gradients as constants.
           training: Keras training flag of the support pass.
 
         Returns:
-          ``(fast, opt_state, nt, steps_nt)`` after the step.
+          The loop state after the step.
         """
         opts = self.options
         slot = self._slot(t)
+        fast, nt = state.fast, state.batch_norm_stats
         adapted = [p for p, ok in zip(fast, self.adapted) if ok]
         with tf.GradientTape() as tape:
             tape.watch(adapted)
             it = iter(adapted)
             current = [next(it) if ok else p for p, ok in zip(fast, self.adapted)]
-            params, nt_in = self._at_step(current, nt, theta_extra, steps_nt, slot)
+            params, nt_in = self._at_step(current, nt, inner_params,
+                                          state.step_batch_norm_stats, slot)
             out, nt_out = self.forward(params, nt_in, x, training=training)
             y = self.check_labels(y, out, "support")
             loss = tf.reduce_sum(self.task_loss(y, out))
@@ -516,40 +590,42 @@ class InnerLoop:
         grads = self._clip(grads)
         if first_order:
             grads = F.stop_gradient(grads)
-        nt_out, steps_nt = self._store_step_stats(nt_in, nt_out, steps_nt, slot)
+        nt_out, steps_nt = self._store_step_stats(nt_in, nt_out, state.step_batch_norm_stats,
+                                                  slot)
         nt_out = [tf.cast(a, b.dtype) for a, b in zip(nt_out, nt)]
         positions = [i for i, ok in enumerate(self.adapted) if ok]
         new = list(fast)
         if opts.optimizer == "sgd":
             for i, p, g in zip(positions, adapted, grads):
-                new[i] = p - self._learning_rate(i, theta_extra, slot, p) * g
-            return new, opt_state, nt_out, steps_nt
-        k = len(adapted)
+                new[i] = p - self._learning_rate(i, inner_params, slot, p) * g
+            return LoopState(new, (), nt_out, steps_nt)
+        adam = state.optimizer_state
         b1, b2 = opts.adam_beta1, opts.adam_beta2
-        m = [b1 * mi + (1.0 - b1) * g for mi, g in zip(opt_state[:k], grads)]
-        v = [b2 * vi + (1.0 - b2) * tf.square(g) for vi, g in zip(opt_state[k:2 * k], grads)]
-        powers = []
-        if len(opt_state) > 2 * k:
+        m = [b1 * mi + (1.0 - b1) * g for mi, g in zip(adam.m, grads)]
+        v = [b2 * vi + (1.0 - b2) * tf.square(g) for vi, g in zip(adam.v, grads)]
+        powers: Tensors = []
+        if adam.powers:
             # Carried state: the bias corrections continue from the carried powers beta^n ([T]).
-            powers = [opt_state[2 * k] * b1, opt_state[2 * k + 1] * b2]
+            powers = [adam.powers[0] * b1, adam.powers[1] * b2]
             c1, c2 = 1.0 - powers[0], 1.0 - powers[1]
         else:
             dtype = adapted[0].dtype
             c1, c2 = _bias_correction(b1, t, dtype), _bias_correction(b2, t, dtype)
         for i, p, mi, vi in zip(positions, adapted, m, v):
-            lr = self._learning_rate(i, theta_extra, slot, p)
+            lr = self._learning_rate(i, inner_params, slot, p)
             d1, d2 = (_task_scalar(c, p) for c in (c1, c2)) if powers else (c1, c2)
             new[i] = p - lr * (mi / F.like(d1, p)) / (tf.sqrt(vi / F.like(d2, p)) + ADAM_EPSILON)
-        return new, m + v + powers, nt_out, steps_nt
+        return LoopState(new, AdamState(m, v, powers), nt_out, steps_nt)
 
     # ------------------------------------------------------------------------- adaptation
     def start(self, theta: Sequence[tf.Tensor], state: Sequence[tf.Tensor],
-              tasks: Any) -> tuple[Tensors, Tensors, Tensors, Tensors]:
-        """Every task's starting point: ``(fast, theta_extra, nt, steps_nt)``."""
-        params, extra = self.split_theta(theta)
-        nt, steps_nt = self.split_state(state)
-        return ([_per_task(p, tasks) for p in params], extra,
-                [_per_task(v, tasks) for v in nt], [_per_task(v, tasks) for v in steps_nt])
+              tasks: Any) -> LoopState:
+        """Every task's starting point, before the optimiser state is known (``()``)."""
+        params = self.split_theta(theta).model
+        nt, inner = self.split_state(state)
+        steps_nt = inner[: self.variables.num_step_stats]
+        return LoopState([_per_task(p, tasks) for p in params], (),
+                         [_per_task(v, tasks) for v in nt], [_per_task(v, tasks) for v in steps_nt])
 
     def _support_batch(self, x: tf.Tensor, y: tf.Tensor, t: Steps,
                        seeds: tf.Tensor | None) -> tuple[tf.Tensor, tf.Tensor]:
@@ -571,8 +647,7 @@ class InnerLoop:
 
     def adapt(self, theta: Sequence[tf.Tensor], state: Sequence[tf.Tensor], x: tf.Tensor,
               y: tf.Tensor, steps: Steps, *, first_order: bool, training: bool = True,
-              after_step: Callable[[int, Tensors, Tensors], None] | None = None,
-              ) -> tuple[Tensors, Tensors, Tensors]:
+              after_step: Callable[[int, LoopState], None] | None = None) -> Adapted:
         """Adapts every task of ``(x [T, S, ...], y [T, S, ...])`` for ``steps`` inner steps.
 
         Args:
@@ -583,13 +658,11 @@ class InnerLoop:
             tensor runs a ``tf.while_loop`` (evaluation and serving with a run-time count).
           first_order: treat inner gradients as constants.
           training: Keras training flag of the support passes.
-          after_step: called as ``after_step(t, fast, steps_nt)`` after every unrolled step
+          after_step: called as ``after_step(t, loop_state)`` after every unrolled step
             (the multi-step loss).
 
         Returns:
-          ``(fast, nt, extra_state)`` after adaptation, each with a leading task axis;
-          ``extra_state`` is aligned with the inner loop's own state variables (the per-step
-          batch-norm statistics, then the carried optimiser state).
+          The :class:`Adapted` parameters and statistics of every task.
 
         With ``carry_optimizer_state``, every task starts from the carried optimiser state and
         returns its own state after adaptation. The meta-learners average those over all tasks of
@@ -600,29 +673,28 @@ class InnerLoop:
         result does not depend on how they are grouped. Evaluation and the exported model start
         every task from the carried state and never change it, as the reference evaluates.
         """
-        fast, extra, nt, steps_nt = self.start(theta, state, _tasks(x))
-        stats = self.variables.num_step_stats
-        steps_nt, carried = steps_nt[:stats], [v[0] for v in steps_nt[stats:]]
-        opt_state = self.init_optimizer_state(fast, carried)
+        inner_params = self.split_theta(theta).inner
+        carried = self.split_state(state).inner[self.variables.num_step_stats:]
+        loop = self.start(theta, state, num_tasks(x))
+        loop = loop._replace(optimizer_state=self.init_optimizer_state(loop.fast, carried))
         seeds = self._task_seeds(x, y)
         if isinstance(steps, int):
             for t in range(steps):
                 xb, yb = self._support_batch(x, y, t, seeds)
-                fast, opt_state, nt, steps_nt = self.step(
-                    t, extra, fast, opt_state, nt, steps_nt, xb, yb,
-                    first_order=first_order, training=training)
+                loop = self.step(t, inner_params, loop, xb, yb, first_order=first_order,
+                                 training=training)
                 if after_step is not None:
-                    after_step(t, fast, steps_nt)
-            return fast, nt, steps_nt + (opt_state if carried else [])
+                    after_step(t, loop)
+        else:
+            def body(t, loop):
+                xb, yb = self._support_batch(x, y, t, seeds)
+                return t + 1, self.step(t, inner_params, loop, xb, yb, first_order=first_order,
+                                        training=training)
 
-        def body(t, fast, opt_state, nt, steps_nt):
-            xb, yb = self._support_batch(x, y, t, seeds)
-            return (t + 1, *self.step(t, extra, fast, opt_state, nt, steps_nt, xb, yb,
-                                      first_order=first_order, training=training))
-
-        _, fast, opt_state, nt, steps_nt = tf.while_loop(
-            lambda t, *_: t < steps, body, (tf.constant(0), fast, opt_state, nt, steps_nt))
-        return fast, nt, steps_nt + (opt_state if carried else [])
+            _, loop = tf.while_loop(lambda t, _: t < steps, body, (tf.constant(0), loop))
+        carried_after = tf.nest.flatten(loop.optimizer_state) if carried else []
+        return Adapted(loop.fast, loop.batch_norm_stats,
+                       [*loop.step_batch_norm_stats, *carried_after])
 
     def predict(self, theta: Sequence[tf.Tensor], state: Sequence[tf.Tensor], fast: Tensors,
                 x: tf.Tensor, *, support_x: tf.Tensor | None, steps_taken: Steps,
@@ -635,11 +707,9 @@ class InnerLoop:
         ``state``. ``steps_taken`` selects the per-step batch-norm slot (the last step's).
         """
         bn_mode = bn_mode or self.bn_mode
-        _, extra = self.split_theta(theta)
-        nt, steps_nt = self.split_state(state)
-        tasks = _tasks(x)
-        nt = [_per_task(v, tasks) for v in nt]
-        steps_nt = [_per_task(v, tasks) for v in steps_nt]
+        start = self.start(theta, state, num_tasks(x))
+        nt, steps_nt = start.batch_norm_stats, start.step_batch_norm_stats
+        extra = self.split_theta(theta).inner
         last = (max(steps_taken - 1, 0) if isinstance(steps_taken, int)
                 else tf.maximum(steps_taken - 1, 0))
         slot = self._slot(last)

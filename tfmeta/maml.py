@@ -21,14 +21,10 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from tfmeta import inner_loop
+from tfmeta import choices, inner_loop
 from tfmeta.inner_loop import InnerOptions
-from tfmeta.meta_learner import (  # noqa: F401  (re-exported: the public home of MetaStep)
-    BN_MODES,
-    MetaLearner,
-    MetaStep,
-    positive_int,
-)
+from tfmeta.meta_learner import MetaLearner, MetaStep  # noqa: F401  (MetaStep: re-exported)
+from tfmeta.task_batch import positive_int
 
 
 def multi_step_loss_weights(steps: int, epoch: Any, msl_epochs: int) -> tf.Tensor:
@@ -104,11 +100,11 @@ class MAML(MetaLearner):
         msl_epochs: int = 10,
         iterations_per_epoch: int = 500,
     ):
-        if learned_lr not in inner_loop.LEARNED_LR:
+        if learned_lr not in choices.LEARNED_LR:
             raise ValueError(f"unknown learned_lr {learned_lr!r}; allowed: "
-                             f"{list(inner_loop.LEARNED_LR)}")
-        if adapt not in inner_loop.ADAPT:
-            raise ValueError(f"unknown adapt {adapt!r}; allowed: {list(inner_loop.ADAPT)}")
+                             f"{list(choices.LEARNED_LR)}")
+        if adapt not in choices.ADAPT:
+            raise ValueError(f"unknown adapt {adapt!r}; allowed: {list(choices.ADAPT)}")
         options = InnerOptions(
             lr=inner_lr, grad_clip=inner_grad_clip, learned_lr=learned_lr, adapt=adapt,
             adapt_batch_norm=adapt_batch_norm, per_step_bn=per_step_bn,
@@ -133,17 +129,16 @@ class MAML(MetaLearner):
         sx, sy, qx, qy = (task[k] for k in ("support_x", "support_y", "query_x", "query_y"))
         step_outputs: list[tf.Tensor] = []
 
-        def after_step(t: int, fast: list[tf.Tensor], steps_nt: list[tf.Tensor]) -> None:
-            step_outputs.append(inner.predict(theta, state, fast, qx, support_x=sx,
+        def after_step(t: int, loop: inner_loop.LoopState) -> None:
+            step_outputs.append(inner.predict(theta, state, loop.fast, qx, support_x=sx,
                                               steps_taken=t + 1))
 
         with tf.GradientTape() as tape:
             tape.watch(theta)
-            fast, nt_after, steps_after = inner.adapt(
-                theta, state, sx, sy, self.inner_steps, first_order=first_order,
-                after_step=after_step if msl else None)
+            adapted = inner.adapt(theta, state, sx, sy, self.inner_steps, first_order=first_order,
+                                  after_step=after_step if msl else None)
             out_q = step_outputs[-1] if msl else inner.predict(
-                theta, state, fast, qx, support_x=sx, steps_taken=self.inner_steps)
+                theta, state, adapted.fast, qx, support_x=sx, steps_taken=self.inner_steps)
             qy = inner.check_labels(qy, out_q, "query")
             loss_post = inner.task_loss(qy, out_q)
             objective = loss_post
@@ -154,8 +149,9 @@ class MAML(MetaLearner):
                                       for t, o in enumerate(step_outputs)])
             total = tf.reduce_sum(objective)
         grads = tape.gradient(total, theta, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-        metrics = self._metrics(theta, state, fast, task, out_post=out_q, loss_post=loss_post)
-        return grads, metrics, [*nt_after, *steps_after]
+        metrics = self._metrics(theta, state, adapted.fast, task, out_post=out_q,
+                                loss_post=loss_post)
+        return grads, metrics, [*adapted.batch_norm_stats, *adapted.inner_state]
 
     def meta_step(self, batch: Mapping[str, tf.Tensor], *, global_batch_size: int | None = None,
                   iteration: Any = None, first_order: bool | None = None,

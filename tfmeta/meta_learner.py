@@ -1,19 +1,11 @@
-"""What every gradient-based meta-learner shares: input checks, the task loop, the public API.
+"""What every gradient-based meta-learner shares: the public API over one inner loop.
 
-:class:`MetaLearner` turns a batch of tasks into groups of ``tasks_in_parallel`` tasks and hands
-each group to the single inner loop (:mod:`tfmeta.inner_loop`). The algorithms
-(:class:`tfmeta.maml.MAML`, :class:`tfmeta.reptile.Reptile`) only say what one group contributes
-to the meta-gradient.
-
-``tasks_in_parallel``:
-  * ``1``: one task at a time, each through ``keras.Layer.stateless_call``;
-  * ``k``: ``k`` tasks per iteration of a loop over groups (the last group may be smaller), each
-    group in one task-batched forward pass (:class:`tfmeta.batched.BatchedModel`); memory grows
-    with ``k``, not with the meta-batch;
-  * ``"all"``: the whole local meta-batch in one computation (its size must be static);
-  * ``"auto"`` (default): see :func:`auto_tasks_in_parallel`.
-A model with a layer that cannot run batched falls back to one task at a time (one log line names
-the layer).
+:class:`MetaLearner` hands a batch of tasks, in groups (:mod:`tfmeta.grouping` decides how many
+tasks run together and loops over the groups), to the single inner loop
+(:mod:`tfmeta.inner_loop`), and offers the one-task API (``adapt``, ``predict``), the batched API
+(``adapt_and_predict``, ``evaluate``) and ``meta_step``. Inputs are checked by
+:mod:`tfmeta.task_batch`. The algorithms (:class:`tfmeta.maml.MAML`,
+:class:`tfmeta.reptile.Reptile`) only say what one group contributes to the meta-gradient.
 """
 
 from __future__ import annotations
@@ -22,23 +14,16 @@ from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import keras
-import numpy as np
 import tensorflow as tf
 
+from tfmeta import grouping, inner_loop, task_batch
+from tfmeta.choices import BN_MODES
+from tfmeta.task_batch import positive_float, positive_int
 from tfmeta import functional as F
-from tfmeta import inner_loop
 from tfmeta import layers as tfm_layers
 from tfmeta.inner_loop import InnerLoop, InnerOptions, loop_steps
 
-BATCH_KEYS = ("support_x", "support_y", "query_x", "query_y")
-BN_MODES = inner_loop.BN_MODES
-TASKS_IN_PARALLEL = ("auto", "all")
-# The CPU side of the "auto" rule, measured with benchmarks/train_throughput.py (README,
-# "Performance"): see auto_tasks_in_parallel.
-CPU_GROUP_MAX_EXAMPLES = 40
-CPU_GROUP = 4
-
-Task = dict[str, tf.Tensor]
+Task = task_batch.Task
 
 
 class MetaStep(NamedTuple):
@@ -60,88 +45,6 @@ class MetaStep(NamedTuple):
     grads: list[tf.Tensor]
     metrics: dict[str, tf.Tensor]
     non_trainable: list[tf.Tensor]
-
-
-def positive_int(name: str, value: Any) -> int:
-    """``value`` as an int, or a ValueError naming ``name`` if it is not a positive integer."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
-def positive_float(name: str, value: Any) -> float:
-    """``value`` as a float, or a ValueError naming ``name`` if it is not finite and > 0."""
-    if (isinstance(value, bool) or not isinstance(value, (int, float, np.number))
-            or not np.isfinite(value) or not value > 0):
-        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
-    return float(value)
-
-
-def check_tasks_in_parallel(value: Any) -> int | str:
-    """Validates ``tasks_in_parallel``: a positive int, ``"all"`` or ``"auto"``."""
-    if isinstance(value, str) and value in TASKS_IN_PARALLEL:
-        return value
-    if isinstance(value, str) and value.isdigit():
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"tasks_in_parallel must be a positive integer, 'all' or 'auto', "
-                         f"got {value!r}")
-    return int(value)
-
-
-def on_accelerator() -> bool:
-    """Whether TensorFlow sees a GPU or TPU (where grouping all tasks is the right default)."""
-    return bool(tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU"))
-
-
-def auto_tasks_in_parallel(num_tasks: int, examples_per_task: int, *,
-                           second_order: bool = True) -> int:
-    """The ``"auto"`` rule: how many tasks to compute together.
-
-    On a GPU or TPU every task of the local meta-batch at once: there the loop over tasks is what
-    leaves the chip idle. On CPU, where oneDNN's kernels are already efficient one task at a
-    time, what was measured fastest (``benchmarks/train_throughput.py``, 2-core x86 CPU):
-
-    * second-order meta-gradients: groups of :data:`CPU_GROUP` tasks when a task has at most
-      :data:`CPU_GROUP_MAX_EXAMPLES` support + query examples (1.1-1.5x the loop), else all at
-      once (larger tasks amortise the grouped convolutions' overhead);
-    * first order (first-order MAML, Reptile, evaluation): one task at a time (grouping was
-      6-13 % slower).
-
-    Args:
-      num_tasks: tasks in the local meta-batch.
-      examples_per_task: support plus query examples of one task.
-      second_order: whether the computation differentiates through the inner loop.
-    """
-    if on_accelerator():
-        return num_tasks
-    if not second_order:
-        return 1
-    if examples_per_task <= CPU_GROUP_MAX_EXAMPLES:
-        return min(CPU_GROUP, num_tasks)
-    return num_tasks
-
-
-def _count(t: tf.Tensor, axis: int) -> int | None:
-    shape = t.shape
-    return shape[axis] if shape.rank is not None and shape.rank > axis else None
-
-
-def _check_pair(x: tf.Tensor, y: tf.Tensor, x_name: str, y_name: str, axes: int) -> None:
-    """Raises ValueError if the leading ``axes`` dimensions of x and y differ."""
-    for axis in range(axes):
-        nx, ny = _count(x, axis), _count(y, axis)
-        if nx is not None and ny is not None and nx != ny:
-            what = "tasks" if axes == 2 and axis == 0 else "examples"
-            raise ValueError(
-                f"{x_name} has {nx} {what} but {y_name} has {ny} "
-                f"(shapes {x.shape} and {y.shape}); they must match"
-            )
-
-
-def _sum_tasks(values: list[tf.Tensor]) -> list[tf.Tensor]:
-    """Sums floating values over the leading task axis; keeps the last task's other values."""
-    return [tf.reduce_sum(v, axis=0) if F.is_floating(v) else v[-1] for v in values]
 
 
 class MetaLearner:
@@ -191,7 +94,7 @@ class MetaLearner:
                 raise ValueError(f"per-step batch norm needs a model with tfmeta.layers.BatchNorm "
                                  f"layers; model {model.name!r} has none")
         self.bn_mode = bn_mode
-        self.tasks_in_parallel = check_tasks_in_parallel(tasks_in_parallel)
+        self.tasks_in_parallel = grouping.check_tasks_in_parallel(tasks_in_parallel)
         self.inner = InnerLoop(model, loss=loss, bn_mode=bn_mode, options=options,
                                batched_forward=self.tasks_in_parallel != 1)
         if self.inner.unsupported:
@@ -235,47 +138,13 @@ class MetaLearner:
     def group_size(self, num_tasks: int | None, examples_per_task: int | None = None, *,
                    second_order: bool = True) -> int | None:
         """Tasks computed together for a batch of ``num_tasks`` (None: all, however many)."""
-        if self.inner.batched is None:
-            return 1
-        k = self.tasks_in_parallel
-        if k == "auto":
-            if num_tasks is None:
-                return None if on_accelerator() else 1
-            k = auto_tasks_in_parallel(num_tasks, examples_per_task or 0,
-                                       second_order=second_order)
-        if k == "all":
-            if num_tasks is None:
-                raise ValueError(
-                    "tasks_in_parallel='all' needs a static number of tasks per replica; this "
-                    "batch's task axis is unknown when the graph is built (use a fixed batch "
-                    "size, or an integer tasks_in_parallel)")
-            return num_tasks
-        return k if num_tasks is None else min(k, num_tasks)
+        return grouping.group_size(self.tasks_in_parallel, num_tasks, examples_per_task,
+                                   batched=self.inner.batched is not None,
+                                   second_order=second_order)
 
     # ----------------------------------------------------------------------- input checks
     def _check_batch(self, batch: Mapping[str, tf.Tensor]) -> Task:
-        missing = [k for k in BATCH_KEYS if k not in batch]
-        if missing:
-            raise ValueError(f"batch is missing keys {missing}; expected {list(BATCH_KEYS)}")
-        b = {k: tf.convert_to_tensor(batch[k]) for k in BATCH_KEYS}
-        _check_pair(b["support_x"], b["support_y"], "support_x", "support_y", axes=2)
-        _check_pair(b["query_x"], b["query_y"], "query_x", "query_y", axes=2)
-        _check_pair(b["support_x"], b["query_x"], "support_x", "query_x", axes=1)
-        for key in ("support_y", "query_y"):
-            b[key] = self._check_label_shape(b[key], key, task_axes=2)
-        return b
-
-    def _check_label_shape(self, y: tf.Tensor, name: str, *, task_axes: int) -> tf.Tensor:
-        """Integer class labels are ``[..., N]``; ``[..., N, 1]`` is squeezed (as Keras does)."""
-        if self.loss_name != "sparse_categorical_crossentropy" or y.shape.rank is None:
-            return y
-        if y.shape.rank == task_axes + 1 and y.shape[-1] == 1:
-            return tf.squeeze(y, -1)
-        if y.shape.rank != task_axes:
-            expected = "[tasks, examples]" if task_axes == 2 else "[examples]"
-            raise ValueError(f"{name} must hold one integer class label per example, shape "
-                             f"{expected}; got shape {y.shape}")
-        return y
+        return task_batch.check_batch(batch, loss_name=self.loss_name)
 
     @staticmethod
     def _steps(steps: int | None, default: int, *, allow_zero: bool = False) -> int:
@@ -286,65 +155,10 @@ class MetaLearner:
         return positive_int("steps", steps)
 
     # ------------------------------------------------------------------------- the task loop
-    def _over_groups(self, fn: Callable[[Task], tuple[Any, Any]], batch: Task, *,
-                     group: int | None, sum_init: Any, stack_specs: Any) -> tuple[Any, Any]:
-        """Runs ``fn`` on groups of ``group`` tasks of ``batch`` (None: all at once).
-
-        ``fn(group_batch) -> (to_sum, to_stack)``: ``to_sum`` is accumulated into ``sum_init``
-        (floating entries added; others replaced), ``to_stack`` has a leading task axis and is
-        concatenated over groups. Groups run in a ``tf.while_loop`` (a Python loop eagerly) that
-        holds one group's activations at a time; no gradient flows through the loop. A last,
-        smaller group is computed after the loop, so every shape stays static (XLA, TPUs).
-        """
-        n = _count(batch["support_x"], 0)
-
-        def add(acc: Any, to_sum: Any) -> Any:
-            return tf.nest.map_structure(
-                lambda a, x: a + tf.cast(x, a.dtype) if F.is_floating(a) else x, acc, to_sum)
-
-        def concat(*parts: Any) -> Any:
-            return tf.nest.map_structure(lambda _, *xs: tf.concat(xs, 0), stack_specs, *parts)
-
-        if group is None or (n is not None and group >= n):
-            to_sum, to_stack = fn(batch)
-            return add(sum_init, to_sum), to_stack
-        if n is None:  # one task at a time over a run-time number of tasks
-            full, rest = tf.shape(batch["support_x"])[0], 0
-        else:
-            full, rest = divmod(n, group)
-
-        def take(start: Any, size: int) -> Task:
-            return {k: tf.gather(v, start + tf.range(size)) for k, v in batch.items()}
-
-        if tf.executing_eagerly() and n is not None:
-            acc, stacked = sum_init, []
-            for start in range(0, n, group):
-                to_sum, to_stack = fn({k: v[start: start + group] for k, v in batch.items()})
-                acc, stacked = add(acc, to_sum), stacked + [to_stack]
-            return acc, concat(*stacked)
-
-        arrays = tf.nest.map_structure(
-            lambda s: tf.TensorArray(s.dtype, size=full, element_shape=[group, *s.shape]),
-            stack_specs)
-
-        def body(i, acc, arrays):
-            to_sum, to_stack = fn(take(i * group, group))
-            arrays = tf.nest.map_structure(lambda ta, x: ta.write(i, x), arrays, to_stack)
-            return i + 1, add(acc, to_sum), arrays
-
-        _, acc, arrays = tf.while_loop(lambda i, *_: i < full, body,
-                                       (tf.constant(0), sum_init, arrays),
-                                       maximum_iterations=full)
-        stacked = tf.nest.map_structure(
-            lambda ta, s: tf.reshape(ta.stack(), [-1, *s.shape]), arrays, stack_specs)
-        if rest:
-            to_sum, to_stack = fn(take(full * group, rest))
-            acc, stacked = add(acc, to_sum), concat(stacked, to_stack)
-        return acc, stacked
-
     def _group_for(self, batch: Task, *, second_order: bool) -> int | None:
-        examples = sum(_count(batch[k], 1) or 0 for k in ("support_x", "query_x"))
-        return self.group_size(_count(batch["support_x"], 0), examples, second_order=second_order)
+        examples = sum(grouping.static_count(batch[k], 1) or 0 for k in ("support_x", "query_x"))
+        return self.group_size(grouping.static_count(batch["support_x"], 0), examples,
+                               second_order=second_order)
 
     def _second_order(self, **kwargs: Any) -> bool:
         """Whether a meta-step with these arguments differentiates through the inner loop."""
@@ -356,7 +170,7 @@ class MetaLearner:
                  bn_mode: str | None = None) -> dict[str, tf.Tensor]:
         """Pre/post-adaptation query metrics of every task of ``task``: float32 ``[T]`` each."""
         qx, qy, sx = task["query_x"], task["query_y"], task["support_x"]
-        start = self.inner.start(theta, state, inner_loop._tasks(qx))[0]
+        start = self.inner.start(theta, state, inner_loop.num_tasks(qx)).fast
         out_pre = tf.stop_gradient(self.inner.predict(
             theta, state, start, qx, support_x=sx, steps_taken=0, bn_mode=bn_mode))
         qy = self.inner.check_labels(qy, out_pre, "query")
@@ -377,9 +191,9 @@ class MetaLearner:
                          ) -> tuple[list[tf.Tensor], tf.Tensor]:
         """Adapts a group of tasks (no meta-gradient) and predicts their queries."""
         steps = loop_steps(steps)  # nothing differentiates through it: long loops stay small
-        fast, _, _ = self.inner.adapt(theta, state, task["support_x"], task["support_y"], steps,
-                                      first_order=True)
-        fast = F.stop_gradient(fast)
+        adapted = self.inner.adapt(theta, state, task["support_x"], task["support_y"], steps,
+                                   first_order=True)
+        fast = F.stop_gradient(adapted.fast)
         out = self.inner.predict(theta, state, fast, task["query_x"], support_x=task["support_x"],
                                  steps_taken=steps, bn_mode=bn_mode)
         return fast, out
@@ -404,9 +218,9 @@ class MetaLearner:
           The adapted parameters, aligned with ``model.trainable_variables``.
         """
         support_x = tf.convert_to_tensor(support_x)
-        support_y = self._check_label_shape(tf.convert_to_tensor(support_y), "support_y",
-                                            task_axes=1)
-        _check_pair(support_x, support_y, "support_x", "support_y", axes=1)
+        support_y = task_batch.check_label_shape(tf.convert_to_tensor(support_y), "support_y",
+                                                 task_axes=1, loss_name=self.loss_name)
+        task_batch.check_pair(support_x, support_y, "support_x", "support_y", axes=1)
         steps = self._steps(steps, self.inner_steps)
         theta, state = self._values()
         if params is not None:
@@ -414,9 +228,9 @@ class MetaLearner:
                 raise ValueError(f"params has {len(params)} entries but the model has "
                                  f"{len(self.model.trainable_variables)} trainable variables")
             theta = [*params, *theta[len(params):]]
-        fast, _, _ = self.inner.adapt(theta, state, support_x[None], support_y[None], steps,
-                                      first_order=False, training=training)
-        return [p[0] for p in fast]
+        adapted = self.inner.adapt(theta, state, support_x[None], support_y[None], steps,
+                                   first_order=False, training=training)
+        return [p[0] for p in adapted.fast]
 
     def predict(self, params: list[tf.Tensor], x: tf.Tensor, *,
                 support_x: tf.Tensor | None = None, bn_mode: str | None = None,
@@ -463,14 +277,11 @@ class MetaLearner:
         def one_group(task: Task) -> tuple[dict, tf.Tensor]:
             return {}, self._adapted_outputs(theta, state, task, steps, bn_mode)[1]
 
-        if self.inner.batched is None:
-            group = 1
-        elif isinstance(self.tasks_in_parallel, int) and _count(batch["support_x"], 0):
-            group = self.tasks_in_parallel
-        else:
-            group = None  # serving: every task of the request in one batched computation
+        group = grouping.group_size(self.tasks_in_parallel,
+                                    grouping.static_count(batch["support_x"], 0),
+                                    batched=self.inner.batched is not None, serving=True)
         out_shape = self._output_spec(batch["query_x"])
-        _, outputs = self._over_groups(one_group, batch, group=group, sum_init={},
+        _, outputs = grouping.over_groups(one_group, batch, group=group, sum_init={},
                                        stack_specs=out_shape)
         return outputs
 
@@ -502,7 +313,7 @@ class MetaLearner:
             return {}, self._metrics(theta, state, fast, task, out_post=out, bn_mode=bn_mode)
 
         specs = {k: tf.TensorSpec([], tf.float32) for k in self.metric_names}
-        _, per_task = self._over_groups(one_group, batch,
+        _, per_task = grouping.over_groups(one_group, batch,
                                         group=self._group_for(batch, second_order=False),
                                         sum_init={}, stack_specs=specs)
         return per_task
@@ -528,7 +339,7 @@ class MetaLearner:
                    **kwargs: Any) -> MetaStep:
         """Sums every group's contribution and divides by ``global_batch_size``."""
         batch = self._check_batch(batch)
-        local = _count(batch["support_x"], 0)
+        local = grouping.static_count(batch["support_x"], 0)
         if global_batch_size is None:
             if local is None:
                 raise ValueError("the number of tasks is not static; pass global_batch_size")
@@ -539,7 +350,7 @@ class MetaLearner:
         def one_group(task: Task) -> tuple[tuple, dict]:
             grads, metrics, state_after = self._group_contribution(theta, state, task, **kwargs)
             metrics = {k: tf.reduce_sum(v) for k, v in metrics.items()}
-            return (grads, metrics, _sum_tasks(state_after)), {}
+            return (grads, metrics, grouping.sum_tasks(state_after)), {}
 
         sum_init = (
             F.zeros_like(theta),
@@ -547,7 +358,7 @@ class MetaLearner:
             [tf.zeros_like(v) if F.is_floating(v) else v for v in state],
         )
         group = self._group_for(batch, second_order=self._second_order(**kwargs))
-        (grads, metrics, state_sum), _ = self._over_groups(
+        (grads, metrics, state_sum), _ = grouping.over_groups(
             one_group, batch, group=group, sum_init=sum_init, stack_specs={})
         inv = 1.0 / global_batch_size
         return MetaStep(

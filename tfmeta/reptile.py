@@ -21,9 +21,11 @@ import keras
 import tensorflow as tf
 
 from tfmeta import functional as F
-from tfmeta.inner_loop import (  # noqa: F401  (minibatch_indices: part of this API)
-    INNER_OPTIMIZERS, InnerOptions, loop_steps, minibatch_indices)
-from tfmeta.meta_learner import MetaLearner, MetaStep, positive_float, positive_int
+from tfmeta.choices import INNER_OPTIMIZERS
+from tfmeta.inner_loop import InnerOptions, loop_steps
+from tfmeta.inner_loop import minibatch_indices  # noqa: F401  (part of this module's API)
+from tfmeta.meta_learner import MetaLearner, MetaStep
+from tfmeta.task_batch import positive_float, positive_int
 
 
 class Reptile(MetaLearner):
@@ -139,15 +141,15 @@ class Reptile(MetaLearner):
         # Reptile never differentiates through the inner loop.
         theta = F.stop_gradient(theta)
         steps = loop_steps(self.inner_steps)  # a while loop when long: the graph does not grow
-        fast, nt_after, steps_after = self.inner.adapt(
-            theta, state, task["support_x"], task["support_y"], steps, first_order=True)
-        fast = F.stop_gradient(fast)
+        adapted = self.inner.adapt(theta, state, task["support_x"], task["support_y"], steps,
+                                   first_order=True)
+        fast = F.stop_gradient(adapted.fast)
         out = self.inner.predict(theta, state, fast, task["query_x"],
                                  support_x=task["support_x"], steps_taken=steps)
         metrics = self._metrics(theta, state, fast, task, out_post=out)
         # sum_i (theta - theta'_i); the inner loop of Reptile has no meta-parameters of its own.
         grads = [tf.reduce_sum(p[None] - f, axis=0) for p, f in zip(theta, fast)]
-        return grads, metrics, F.stop_gradient([*nt_after, *steps_after])
+        return grads, metrics, F.stop_gradient([*adapted.batch_norm_stats, *adapted.inner_state])
 
     def meta_step(self, batch: Mapping[str, tf.Tensor], *,
                   global_batch_size: int | None = None) -> MetaStep:
