@@ -33,8 +33,8 @@ from tfmeta.inner_loop import InnerLoop, InnerOptions, loop_steps
 BATCH_KEYS = ("support_x", "support_y", "query_x", "query_y")
 BN_MODES = inner_loop.BN_MODES
 TASKS_IN_PARALLEL = ("auto", "all")
-# The CPU side of the "auto" rule, measured with benchmarks/train_throughput.py (README,
-# "Performance"): see auto_tasks_in_parallel.
+# The CPU side of the "auto" rule, measured with benchmarks/train_throughput.py
+# (docs/performance.md): see auto_tasks_in_parallel.
 CPU_GROUP_MAX_EXAMPLES = 40
 CPU_GROUP = 4
 
