@@ -7,10 +7,7 @@ Same variants, hyper-parameters and commands as ``configs/omniglot_maml.py``::
 Reported (Nichol et al. 2018, transductive): 5-way 1-shot 98.3 +- 0.5, 5-way 5-shot 99.2 +- 0.2,
 20-way 1-shot 89.4 +- 0.5, 20-way 5-shot 97.9 +- 0.1 %.
 
-Measured on a 2-core x86_64 CPU (no GPU), TensorFlow 2.21: ``5way1shot`` in a 10-minute budget
-(2,300 iterations), test 93.80 +- 0.89 % in the paper's protocol (transductive, 1 query per class,
-600 episodes), 91.03 +- 1.05 % one query at a time; the command is in the README's results table.
-The full schedule was not run.
+What was measured with this config, and the commands: docs/results.md.
 """
 
 from tfmeta import config as tfmeta_config

@@ -23,21 +23,12 @@ degrees, 'maml' character split (1100 train / 100 validation / 423 test), Adam m
 
 Batch norm: unlike the paper, queries are normalised with the support set's statistics under the
 adapted weights (``inner.bn_mode="support"``), so a query's prediction never depends on the other
-queries, in training, evaluation and serving alike. Measured on the 5-way 1-shot config after
-2,000 iterations (600 test episodes, 1 query per class, 3 inner steps;
-``benchmarks/serving_accuracy.py``): trained transductively (the paper's setting), the exported
-model answering one query per call reaches 90.77 +- 1.05 % (96.73 +- 0.72 % in the paper's
-transductive protocol); trained with ``support``, 93.27 +- 0.92 % one query per call
-(96.27 +- 0.75 % transductive), for about 20 % more time per iteration.
+queries, in training, evaluation and serving alike; the exported model answering one query per
+call is better for it (``benchmarks/serving_accuracy.py`` measures it).
 ``--config.inner.bn_mode=transductive`` restores the paper's setting.
 
-Measured on a 2-core x86_64 CPU (no GPU), TensorFlow 2.21: ``5way1shot`` in a 20-minute budget
-(4,700 of the paper's 60,000 iterations), test 97.90 +- 0.56 % in the paper's protocol
-(transductive, 1 query per class, 600 episodes), 95.60 +- 0.79 % one query at a time; the command
-and the 20-way result are in the README's results table.
-
-* ``smoke``: about 60 % on 5-way 1-shot test episodes of the small archives after 200 iterations
-  (about a minute).
+What was measured with this config (the batch-norm comparison, 5-way and 20-way 1-shot, the smoke
+variant), and the commands: docs/results.md.
 """
 
 from tfmeta import config as tfmeta_config

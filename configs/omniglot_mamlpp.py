@@ -25,7 +25,7 @@ As in tfmeta's MAML configs, queries are normalised with the support set's stati
 (``inner.bn_mode="support"``: answers never depend on the other queries); the reference code
 normalises them transductively, which ``tfmeta.evaluate --bn_mode=transductive`` reproduces at
 evaluation. Reported (test, transductive): 5-way 1-shot 99.47, 5-way 5-shot 99.93, 20-way 1-shot
-97.65, 20-way 5-shot 99.33 %. Measured results of tfmeta are in the README's results table.
+97.65, 20-way 5-shot 99.33 %. Measured results of tfmeta: docs/results.md.
 """
 
 from tfmeta import config as tfmeta_config

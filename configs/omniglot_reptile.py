@@ -15,7 +15,7 @@ As in the reference code (openai/supervised-reptile), each task's minibatches co
 shuffles and Adam's state carries over from task to task (``inner.shuffle_per_task``,
 ``inner.carry_optimizer_state``; see :mod:`tfmeta.reptile`): the carried state is what makes
 Reptile learn as fast per iteration as the reference. The ablation behind these defaults, with its
-commands, is in the README ("Reptile against its reference code"). The full schedule was not run.
+commands, is in docs/results.md ("Reptile against its reference code").
 """
 
 from tfmeta import config as tfmeta_config

@@ -9,7 +9,7 @@
 #   load libtpu itself (TPU_LOAD_LIBRARY=0), because the local server owns
 #   worker 0's chips. This differs from JAX, which runs one process per host.
 #   On a single-host TPU VM the program runs on that host with --tpu=local.
-# See /tmp/readme_launch.md ("Scaling out") for sources.
+# See docs/scaling-out.md ("Cloud TPU VM and TPU pod slices") for sources.
 set -euo pipefail
 
 LAUNCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"

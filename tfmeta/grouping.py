@@ -24,8 +24,8 @@ import tensorflow as tf
 from tfmeta import functional as F
 from tfmeta.choices import TASKS_IN_PARALLEL
 
-# The CPU side of the "auto" rule, measured with benchmarks/train_throughput.py (docs,
-# "Performance"): see auto_tasks_in_parallel.
+# The CPU side of the "auto" rule, measured with benchmarks/train_throughput.py
+# (docs/performance.md): see auto_tasks_in_parallel.
 CPU_GROUP_MAX_EXAMPLES = 40
 CPU_GROUP = 4
 
