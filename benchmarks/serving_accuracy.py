@@ -30,7 +30,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from tfmeta import exporter, tasks, trainer  # noqa: E402
+from tfmeta import experiment, exporter, tasks  # noqa: E402
 
 
 def _summary(name: str, per_episode: list[float], extra: dict) -> dict:
@@ -48,7 +48,7 @@ def main() -> None:
     parser.add_argument("--split", default="test")
     args = parser.parse_args()
 
-    exp = trainer.restore(args.workdir)
+    exp = experiment.restore(args.workdir)
     config = exp.config
     with tempfile.TemporaryDirectory() as scratch:
         path = exporter.export_experiment(exp, os.path.join(scratch, "export"))

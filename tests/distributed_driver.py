@@ -62,7 +62,7 @@ def main() -> None:
             cpu, [tf.config.LogicalDeviceConfiguration()] * spec["logical_cpus"])
     if spec.get("deterministic"):
         tf.config.experimental.enable_op_determinism()
-    from tfmeta import distribute, trainer
+    from tfmeta import distribute, experiment, trainer
 
     config = load_config(spec["config"])
     config.update_from_flattened_dict(spec.get("overrides", {}))
@@ -70,7 +70,7 @@ def main() -> None:
     if "synthetic_omniglot" in spec:
         data = synthetic_omniglot(**spec["synthetic_omniglot"])
     strategy = distribute.make_strategy(spec.get("strategy", "default"))
-    exp = trainer.build_experiment(config, strategy, data=data)
+    exp = experiment.build_experiment(config, strategy, data=data)
     if "dump" in spec:
         _dump(exp, spec["dump"] + ".initial.npz")
     summary = trainer.run(exp, spec["workdir"],

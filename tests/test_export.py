@@ -271,7 +271,7 @@ def test_export_is_atomic(random_export, tmp_path, monkeypatch):
             f.write(b"partial")
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(export, "_write_saved_model", fail_midway)
+    monkeypatch.setattr(exporter, "_write_saved_model", fail_midway)
     model, algorithm = random_export["model"], random_export["algorithm"]
     with pytest.raises(RuntimeError, match="disk full"):
         exporter.export(model, algorithm, path, metadata=dict(random_export["metadata"], step=7),
@@ -291,7 +291,7 @@ def test_export_is_atomic(random_export, tmp_path, monkeypatch):
     assert exporter.read_metadata(path).items() >= random_export["metadata"].items()
 
     # A complete export replaces the previous model.
-    monkeypatch.setattr(export, "_write_saved_model", real)
+    monkeypatch.setattr(exporter, "_write_saved_model", real)
     exporter.export(model, algorithm, path, metadata=dict(random_export["metadata"], step=7),
                   replace=True)
     assert sorted(os.listdir(tmp_path)) == ["model"]
@@ -586,7 +586,7 @@ def test_failed_export_leaves_no_temporary(random_export, tmp_path, monkeypatch,
             f.write(b"partial")
         raise error
 
-    monkeypatch.setattr(export, "_write_saved_model", fail_midway)
+    monkeypatch.setattr(exporter, "_write_saved_model", fail_midway)
     monkeypatch.chdir(tmp_path)
     expected = (exporter.ExportError, "No space left on device; nothing was changed") \
         if isinstance(error, OSError) else (KeyboardInterrupt, None)

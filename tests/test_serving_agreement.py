@@ -26,7 +26,7 @@ _CI = {("reptile", "running"), ("maml", "support"), ("mamlpp", "transductive"),
 
 def _trained_export(tmp_path, data, algorithm: str, bn_mode: str):
     from tests.distributed_driver import load_config
-    from tfmeta import exporter, trainer
+    from tfmeta import experiment, exporter, trainer
 
     config = load_config(os.path.join(REPO, "configs", f"omniglot_{algorithm}.py") + ":smoke")
     config.update_from_flattened_dict({
@@ -36,7 +36,7 @@ def _trained_export(tmp_path, data, algorithm: str, bn_mode: str):
     if algorithm == "reptile":
         # Longer than the unrolled limit, so the default signature runs a while loop too.
         config.inner.eval_steps = 12
-    exp = trainer.build_experiment(config, tf.distribute.get_strategy(), data=data)
+    exp = experiment.build_experiment(config, tf.distribute.get_strategy(), data=data)
     trainer.run(exp, str(tmp_path / "run"), final_evaluation=False)
     path = exporter.export_experiment(exp, str(tmp_path / "export"))
     return exp, tf.saved_model.load(path)

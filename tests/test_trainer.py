@@ -327,9 +327,9 @@ def test_nan_message_names_the_newest_checkpoint_or_says_there_is_none(tmp_path,
                                                                          nan_from):
     import tensorflow as tf
 
-    from tfmeta import trainer
+    from tfmeta import experiment, trainer
 
-    exp = trainer.build_experiment(_small_sine(**{"train.iterations": 9}),
+    exp = experiment.build_experiment(_small_sine(**{"train.iterations": 9}),
                                    tf.distribute.get_strategy())
     meta_step = exp.algorithm.meta_step
 
@@ -366,7 +366,7 @@ def test_disk_full_while_saving_names_the_path_and_keeps_earlier_checkpoints(tmp
                                                                              monkeypatch, error):
     import tensorflow as tf
 
-    from tfmeta import trainer, workdir
+    from tfmeta import experiment, trainer, workdir
 
     save = tf.train.CheckpointManager.save
 
@@ -385,7 +385,7 @@ def test_disk_full_while_saving_names_the_path_and_keeps_earlier_checkpoints(tmp
     assert f"{ckpts}/ckpt-3 is intact" in message and "\n" not in message
     monkeypatch.undo()
     assert not os.path.exists(os.path.join(run_dir, workdir.LOCK_FILE))
-    assert int(trainer.restore(run_dir).step.numpy()) == 3
+    assert int(experiment.restore(run_dir).step.numpy()) == 3
 
 
 @pytest.mark.parametrize("target", ["history", "summary"])
@@ -444,7 +444,7 @@ def test_workdir_through_gfile_filesystem():
     """A non-local work directory (TF's in-memory ram:// filesystem stands in for gs://)."""
     import tensorflow as tf
 
-    from tfmeta import trainer
+    from tfmeta import experiment, trainer
 
     sys.path.insert(0, os.path.join(REPO, "tests"))
     from distributed_driver import load_config
@@ -459,7 +459,7 @@ def test_workdir_through_gfile_filesystem():
     assert tf.io.gfile.listdir(f"{workdir}/train")  # TensorBoard event file
     result = json.loads(tf.io.gfile.GFile(f"{workdir}/eval_test.json").read())
     assert result["metric"] == "mse" and result["episodes"] == 10
-    exp = trainer.restore(workdir)
+    exp = experiment.restore(workdir)
     assert int(exp.step.numpy()) == 6
 
 
@@ -469,7 +469,7 @@ def test_workdir_through_gfile_filesystem():
 def _synthetic_experiment(algorithm: str, **overrides):
     import tensorflow as tf
 
-    from tfmeta import trainer
+    from tfmeta import experiment
 
     sys.path.insert(0, os.path.join(REPO, "tests"))
     from distributed_driver import load_config, synthetic_omniglot
@@ -479,7 +479,7 @@ def _synthetic_experiment(algorithm: str, **overrides):
                                        "model.filters": 4, "train.meta_batch_size": 4,
                                        **overrides})
     data = synthetic_omniglot(config.data.image_size, num_characters=300)
-    return trainer.build_experiment(config, tf.distribute.get_strategy(), data=data)
+    return experiment.build_experiment(config, tf.distribute.get_strategy(), data=data)
 
 
 def _replica_step(exp):
@@ -563,15 +563,15 @@ def test_training_that_ends_at_chance_accuracy_is_warned(caplog):
     import logging
 
     from tfmeta import config as config_lib
-    from tfmeta import trainer
+    from tfmeta import evaluation
 
     config = config_lib.base_config()
     config.inner.lr = 100.0
     result = {"metric": "accuracy", "accuracy": 0.2, "ci95": 0.0, "ways": 5, "split": "test"}
     with caplog.at_level(logging.WARNING):
-        assert trainer.warn_if_chance(result, config)
+        assert evaluation.warn_if_chance(result, config)
     assert "chance level (1/5 ways = 20.0%)" in caplog.text and "inner.lr=100" in caplog.text
     # Above chance by more than the confidence interval: no warning; regression: never.
-    assert not trainer.warn_if_chance(dict(result, accuracy=0.3, ci95=0.05), config)
-    assert trainer.warn_if_chance(dict(result, accuracy=0.23, ci95=0.05), config)
-    assert not trainer.warn_if_chance({"metric": "mse", "mse": 1.0, "ci95": 0.1}, config)
+    assert not evaluation.warn_if_chance(dict(result, accuracy=0.3, ci95=0.05), config)
+    assert evaluation.warn_if_chance(dict(result, accuracy=0.23, ci95=0.05), config)
+    assert not evaluation.warn_if_chance({"metric": "mse", "mse": 1.0, "ci95": 0.1}, config)

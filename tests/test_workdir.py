@@ -14,7 +14,7 @@ import pytest
 import tensorflow as tf
 
 from tests.helpers import REPO, file_tree, subprocess_env
-from tfmeta import trainer, workdir
+from tfmeta import experiment, trainer, workdir
 
 SINE = os.path.join(REPO, "configs", "sinusoid_maml.py")
 _SMALL = {"train.iterations": 6, "train.steps_per_loop": 3, "train.meta_batch_size": 4,
@@ -175,9 +175,9 @@ def test_damaged_latest_checkpoint_falls_back_to_the_newest_readable(tmp_path, h
     run_dir = str(tmp_path / "run")
     trainer.train(_config(), run_dir, final_evaluation=False)
     ckpts = os.path.join(run_dir, "checkpoints")
-    good = trainer.restore(run_dir)
+    good = experiment.restore(run_dir)
     assert int(good.step.numpy()) == 6
-    reference = trainer.build_experiment(_config(), tf.distribute.get_strategy(),
+    reference = experiment.build_experiment(_config(), tf.distribute.get_strategy(),
                                          check_data=False)
     tf.train.Checkpoint(model=reference.model).restore(
         os.path.join(ckpts, "ckpt-3")).expect_partial()
@@ -185,7 +185,7 @@ def test_damaged_latest_checkpoint_falls_back_to_the_newest_readable(tmp_path, h
             needle=max(_params(good), key=lambda p: p.nbytes))
 
     with caplog.at_level("WARNING"):
-        exp = trainer.restore(run_dir)  # what evaluate and export use
+        exp = experiment.restore(run_dir)  # what evaluate and export use
     assert int(exp.step.numpy()) == 3
     assert "ckpt-6" in caplog.text and "cannot be read" in caplog.text
     for got, want in zip(_params(exp), _params(reference)):
@@ -197,7 +197,7 @@ def test_damaged_latest_checkpoint_falls_back_to_the_newest_readable(tmp_path, h
     with caplog.at_level("INFO", logger="absl"):  # absl may have been set higher
         summary = trainer.train(_config(), run_dir, final_evaluation=False)
     assert summary["step"] == 6 and "Resumed from" in caplog.text and "ckpt-3" in caplog.text
-    assert int(trainer.restore(run_dir).step.numpy()) == 6
+    assert int(experiment.restore(run_dir).step.numpy()) == 6
 
 
 def test_no_readable_checkpoint_names_each_one(tmp_path):
@@ -207,7 +207,7 @@ def test_no_readable_checkpoint_names_each_one(tmp_path):
     for n in (3, 6):
         _damage(os.path.join(ckpts, f"ckpt-{n}"), "truncated")
     with pytest.raises(workdir.CheckpointError, match="ckpt-6.*ckpt-3"):
-        trainer.restore(run_dir)
+        experiment.restore(run_dir)
     proc = subprocess.run([sys.executable, "-m", "tfmeta.export", f"--workdir={run_dir}"],
                           capture_output=True, text=True, env=subprocess_env(), cwd=REPO,
                           timeout=300)
@@ -242,18 +242,18 @@ def test_relative_and_home_workdirs_train_resume_restore_and_export(tmp_path, mo
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HOME", str(tmp_path))
     trainer.train(_config(**{"train.iterations": 3}), "runs/rel1", final_evaluation=False)
-    assert int(trainer.restore("runs/rel1").step.numpy()) == 3
+    assert int(experiment.restore("runs/rel1").step.numpy()) == 3
     with caplog.at_level("INFO", logger="absl"):
         summary = trainer.train(_config(), "~/runs/rel1/")  # the same directory, resumed
     assert summary["step"] == 6 and "Resumed from" in caplog.text
     assert "cannot be read" not in caplog.text
     # From another directory, the absolute path means the same run.
     monkeypatch.chdir(tmp_path / "runs")
-    assert int(trainer.restore(str(tmp_path / "runs" / "rel1")).step.numpy()) == 6
-    assert int(trainer.restore("rel1").step.numpy()) == 6
+    assert int(experiment.restore(str(tmp_path / "runs" / "rel1")).step.numpy()) == 6
+    assert int(experiment.restore("rel1").step.numpy()) == 6
     assert report.load_run("~/runs/rel1").workdir == str(tmp_path / "runs" / "rel1")
     assert not (tmp_path / "runs" / "~").exists()
-    for call in (lambda: trainer.train(_config(), ""), lambda: trainer.restore(""),
+    for call in (lambda: trainer.train(_config(), ""), lambda: experiment.restore(""),
                  lambda: exporter.export_from_workdir("")):
         with pytest.raises(workdir.WorkdirError, match="empty"):
             call()
@@ -275,7 +275,7 @@ def test_checkpoint_state_files_of_older_runs_still_resume(tmp_path, monkeypatch
             ckpts = os.path.join(given, "checkpoints")
             assert workdir.checkpoint_candidates(ckpts)[:2] == [
                 os.path.join(ckpts, "ckpt-6"), os.path.join(ckpts, "ckpt-3")]
-            assert int(trainer.restore(given).step.numpy()) == 6
+            assert int(experiment.restore(given).step.numpy()) == 6
 
 
 def test_binaries_with_a_relative_workdir_after_cd(tmp_path):
@@ -312,7 +312,7 @@ def test_checkpoints_without_config_json_are_refused_before_anything_is_written(
     before = file_tree(run_dir)
     for call in (lambda: trainer.train(_config(), run_dir),
                  lambda: trainer.train(_config(**{"inner.lr": 0.5}), run_dir),
-                 lambda: trainer.restore(run_dir)):
+                 lambda: experiment.restore(run_dir)):
         with pytest.raises(workdir.WorkdirStateError) as info:
             call()
         message = str(info.value)
@@ -380,7 +380,7 @@ def test_damaged_workdir_json_names_the_file(tmp_path, resumed_run, case):
     name, _, expected = _DAMAGE[case]
     run_dir = _damaged_copy(resumed_run, tmp_path, case)
     before = file_tree(run_dir)
-    for call in (lambda: workdir.load_config(run_dir), lambda: trainer.restore(run_dir),
+    for call in (lambda: workdir.load_config(run_dir), lambda: experiment.restore(run_dir),
                  lambda: trainer.train(_config(**{"train.iterations": 9}), run_dir)):
         with pytest.raises(workdir.WorkdirStateError) as info:
             call()

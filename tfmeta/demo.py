@@ -134,9 +134,9 @@ def main(argv: list[str]) -> int:
           f"--episodes={_EPISODES.value}"])
 
     print("\n== 4. Adapt the exported SavedModel to a folder of unseen characters")
-    from tfmeta import trainer
+    from tfmeta import workdir as workdir_lib
 
-    cfg = trainer.load_config(run_dir)
+    cfg = workdir_lib.load_config(run_dir)
     support, query = _write_adapt_folders(os.path.join(workdir, "folders"), data_dir,
                                           cfg.data.ways, cfg.data.shots)
     table = _run([sys.executable, "-m", "tfmeta.adapt",

@@ -52,7 +52,7 @@ _TPU = flags.DEFINE_string("tpu", "", "TPU name or address for --strategy=tpu.")
 flags.mark_flags_as_required(["workdir"])
 
 
-# The keys every evaluation result has (see tfmeta.trainer.evaluate): a JSON file with them all is
+# The keys every evaluation result has (see tfmeta.evaluation.evaluate): a JSON file with them all is
 # a result tfmeta wrote, which --replace may overwrite; any other file never is.
 _RESULT_KEYS = ("split", "metric", "ci95", "episodes", "step", "inner_steps")
 
@@ -178,7 +178,7 @@ def describe(result: dict) -> str:
 def main(argv: list[str]) -> int:
     if len(argv) > 1:
         return cli.fail(f"unexpected arguments: {argv[1:]}")
-    from tfmeta import distribute, trainer, workdir
+    from tfmeta import distribute, evaluation, experiment, workdir
 
     run_dir = workdir.normalize(_WORKDIR.value)
     fixed = fixed_path(run_dir, _SPLIT.value, output=_OUTPUT.value, replace=_REPLACE.value)
@@ -188,8 +188,8 @@ def main(argv: list[str]) -> int:
     except OutputError as e:
         return cli.fail(str(e))
     strategy = distribute.make_strategy(_STRATEGY.value, tpu=_TPU.value)
-    exp = trainer.restore(run_dir, strategy=strategy)
-    result = trainer.evaluate(exp, _SPLIT.value, episodes=_EPISODES.value,
+    exp = experiment.restore(run_dir, strategy=strategy)
+    result = evaluation.evaluate(exp, _SPLIT.value, episodes=_EPISODES.value,
                               inner_steps=_INNER_STEPS.value, queries=_QUERIES.value,
                               bn_mode=_BN_MODE.value)
     path = result_path(run_dir, result, output=_OUTPUT.value, replace=_REPLACE.value)

@@ -191,13 +191,9 @@ def serving_bn_mode(algorithm: Any) -> str:
     normalises queries with the support set's statistics under the adapted weights
     (``"support"``). Transductive normalisation (queries together) is only served on request.
     """
-    if algorithm.bn_mode == "running" or not _has_batch_norm(algorithm.model):
+    if algorithm.bn_mode == "running" or not tfm_layers.has_batch_norm(algorithm.model):
         return "running"
     return "support"
-
-
-def _has_batch_norm(model: keras.Model) -> bool:
-    return bool(tfm_layers.batch_norm_layers(model) or tfm_layers.keras_batch_norm_layers(model))
 
 
 def _check_steps(inner_steps: tf.Tensor, max_inner_steps: int) -> list[tf.Operation]:
@@ -260,7 +256,7 @@ class _Classifier(_Module):
         self.adapt_and_predict_batch = tf.function(
             self._adapt_and_predict_batch,
             input_signature=[task_images, tf.TensorSpec([None, None], tf.int32), task_images])
-        if _has_batch_norm(algorithm.model):
+        if tfm_layers.has_batch_norm(algorithm.model):
             self.adapt_and_predict_transductive = tf.function(
                 self._adapt_and_predict_transductive, input_signature=[images, labels, images])
         self.predict = tf.function(self._predict, input_signature=[images])
@@ -820,7 +816,7 @@ def export(model: keras.Model, algorithm: Any, output: str, *, metadata: dict[st
 
 def export_experiment(exp: Any, output: str, *, max_inner_steps: int | None = None,
                       replace: bool = False, workdir: str | None = None) -> str:
-    """Exports a built :class:`tfmeta.trainer.Experiment` (its current parameters) to ``output``.
+    """Exports a built :class:`tfmeta.experiment.Experiment` (its current parameters) to ``output``.
 
     ``replace`` and ``workdir`` are as in :func:`export`.
     """
@@ -856,14 +852,14 @@ def export_from_workdir(workdir: str, output: str | None = None, *, replace: boo
       FileNotFoundError: ``workdir`` has no config or no checkpoint.
       ExportError: ``output`` may not be written (see :func:`check_output`).
     """
-    from tfmeta import trainer, workdir as workdir_lib
+    from tfmeta import experiment, workdir as workdir_lib
 
     workdir = workdir_lib.normalize(workdir)
     default = os.path.join(workdir, EXPORT_DIR)
     if output is None or _normalise(output) == _normalise(default):
         output, replace = default, True
     check_output(output, replace=replace, workdir=workdir)
-    exp = trainer.restore(workdir)
+    exp = experiment.restore(workdir)
     return export_experiment(exp, output, max_inner_steps=max_inner_steps, replace=replace,
                              workdir=workdir)
 

@@ -175,6 +175,11 @@ def keras_batch_norm_layers(model: keras.Layer) -> list[keras.Layer]:
     ]
 
 
+def has_batch_norm(model: keras.Layer) -> bool:
+    """Whether ``model`` normalises with batch statistics (tfmeta's or Keras's batch norm)."""
+    return bool(batch_norm_layers(model) or keras_batch_norm_layers(model))
+
+
 def batch_statistics_index(model: keras.Layer) -> list[tuple[int, int]]:
     """Index pairs ``(moving, batch)`` into ``model.non_trainable_variables``.
 

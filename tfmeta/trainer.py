@@ -1,11 +1,12 @@
-"""The meta-training loop: compiled multi-step training, checkpoints, summaries, evaluation.
+"""The meta-training loop: compiled multi-step training, checkpoints, summaries, validation.
 
 Shape (after orbit): a compiled ``train_loop(iterator, num_steps)`` runs ``num_steps``
 meta-iterations inside one ``tf.function`` (one host round trip per loop, essential on TPUs); the
 Python loop around it owns logging, summaries, checkpoints, validation and preemption. The only
 distributed lines are ``strategy.run`` and the cross-replica sum of metrics; meta-gradients come
 from the algorithm already divided by the global number of tasks, and the Keras optimizer sums them
-across replicas, so they are averaged over the global task batch exactly once.
+across replicas, so they are averaged over the global task batch exactly once. What is trained is
+built by :mod:`tfmeta.experiment`; evaluation is :mod:`tfmeta.evaluation`.
 
 All file I/O goes through ``tf.io.gfile`` so a work directory can be ``gs://bucket/run``.
 """
@@ -13,151 +14,26 @@ All file I/O goes through ``tf.io.gfile`` so a work directory can be ``gs://buck
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
-import math
 import os
 import time
 from typing import Any, Callable
 
 import keras
 import ml_collections
-import numpy as np
 import tensorflow as tf
 from absl import logging
 
 from tfmeta import config as config_lib
 from tfmeta import distribute, tasks
 from tfmeta import workdir as workdir_lib
-from tfmeta.workdir import load_config, write_json  # noqa: F401  (part of this module's API)
-
-CHECKPOINT_DIR = workdir_lib.CHECKPOINT_DIR
-CONFIG_FILE = workdir_lib.CONFIG_FILE
-HISTORY_FILE = workdir_lib.HISTORY_FILE
+from tfmeta.evaluation import evaluate, warn_if_chance
+from tfmeta.experiment import Experiment, build_experiment, checkpoint as make_checkpoint
+from tfmeta.workdir import CHECKPOINT_DIR, HISTORY_FILE, write_json
 
 
 class NonFiniteLossError(FloatingPointError):
     """The meta-loss became NaN or Inf; the run stops and keeps its last good checkpoint."""
-
-
-@dataclasses.dataclass
-class Experiment:
-    """The objects of one run, built from a config under a strategy."""
-
-    config: ml_collections.ConfigDict
-    strategy: tf.distribute.Strategy
-    source: tasks.TaskSource
-    model: keras.Model
-    algorithm: Any
-    optimizer: keras.optimizers.Optimizer
-    step: tf.Variable
-    # Seconds since the run started (all of it, and inside compiled training loops only), kept in
-    # the checkpoint so that a run done in parts reports its true wall-clock time.
-    wall_seconds: tf.Variable
-    train_seconds: tf.Variable
-    _eval_fns: dict = dataclasses.field(default_factory=dict)
-
-
-def build_model(config: ml_collections.ConfigDict, source: tasks.TaskSource) -> keras.Model:
-    """The network named by ``config.model``, built, with the config's compute dtype."""
-    from tfmeta import models
-
-    # Seeded initialisation: every worker and every rerun starts from the same parameters.
-    kwargs = {"seed": config.seed}
-    if config.dtype == "bfloat16":
-        kwargs["dtype"] = "mixed_bfloat16"
-    if config.model.name == "conv4":
-        return models.omniglot_conv4(source.num_outputs, image_size=source.input_shape[0],
-                                     filters=config.model.filters,
-                                     downsample=config.model.downsample,
-                                     head=config.model.head, **kwargs)
-    return models.sinusoid_mlp(**kwargs)
-
-
-def build_algorithm(config: ml_collections.ConfigDict, model: keras.Model,
-                    classification: bool):
-    """The meta-learner the config names, around ``model``."""
-    from tfmeta.maml import MAML
-    from tfmeta.reptile import Reptile
-
-    common = dict(
-        inner_lr=config.inner.lr, inner_steps=config.inner.steps,
-        eval_inner_steps=config.inner.eval_steps,
-        loss="sparse_categorical_crossentropy" if classification else "mse",
-        inner_grad_clip=config.inner.grad_clip or None, bn_mode=config.inner.bn_mode,
-        tasks_in_parallel=config_lib.tasks_in_parallel(config))
-    if config.algorithm == "reptile":
-        return Reptile(model, outer_step_size=config.outer.lr,
-                       inner_optimizer=config.inner.optimizer,
-                       inner_batch_size=config.inner.batch_size or None,
-                       shuffle_per_task=config.inner.shuffle_per_task,
-                       carry_optimizer_state=config.inner.carry_optimizer_state, **common)
-    options: dict[str, Any] = {}
-    if config.algorithm == "mamlpp":
-        pp = config.mamlpp
-        options = dict(learned_lr="per_layer_step" if pp.learned_lr else "none",
-                       per_step_bn=pp.per_step_bn, adapt_batch_norm=False,
-                       multi_step_loss=pp.multi_step_loss, msl_epochs=pp.msl_epochs,
-                       iterations_per_epoch=pp.iterations_per_epoch)
-    elif config.algorithm == "metasgd":
-        options = dict(learned_lr="per_parameter")
-    elif config.algorithm == "anil":
-        options = dict(adapt="head")
-    return MAML(model, first_order=config.algorithm == "fomaml", **options, **common)
-
-
-def build_optimizer(config: ml_collections.ConfigDict) -> keras.optimizers.Optimizer:
-    """The outer optimizer; for Reptile, SGD with the meta step size as learning rate."""
-    lr = config.outer.lr
-    if config.outer.schedule == "linear":
-        lr = keras.optimizers.schedules.PolynomialDecay(
-            lr, decay_steps=config.train.iterations, end_learning_rate=0.0, power=1.0)
-    elif config.outer.schedule == "cosine":
-        lr = keras.optimizers.schedules.CosineDecay(
-            lr, decay_steps=config.train.iterations, alpha=config.outer.min_lr / lr)
-    if config.outer.optimizer == "adam":
-        return keras.optimizers.Adam(lr)
-    return keras.optimizers.SGD(lr)
-
-
-def build_experiment(config: ml_collections.ConfigDict, strategy: tf.distribute.Strategy, *,
-                     data=None, check_data: bool = True) -> Experiment:
-    """Validates ``config`` and builds data, model, algorithm and optimizer under ``strategy``.
-
-    Args:
-      config: experiment config.
-      strategy: where to run.
-      data: pre-loaded Omniglot data (tests); loaded through TFDS on first use when None.
-      check_data: load the data now and check the config against it (e.g. ways <= classes of
-        every split). Off for restoring a trained model, which needs no data.
-
-    Raises:
-      config_lib.ConfigError: for any invalid field, before anything is trained.
-    """
-    replicas = strategy.num_replicas_in_sync
-    config_lib.validate(config, num_replicas=replicas)
-    source = tasks.build(config, data=data)
-    if check_data and source.split_classes is not None:
-        config_lib.validate(config, num_replicas=replicas, split_classes=source.split_classes())
-    with strategy.scope():
-        model = build_model(config, source)
-        try:
-            algorithm = build_algorithm(config, model, source.classification)
-        except ValueError as e:  # an option the model cannot support: a config mistake
-            raise config_lib.ConfigError(f"the config cannot be built: {e}") from e
-        optimizer = build_optimizer(config)
-        # Build the optimizer's slots under the scope, before any tf.function traces.
-        optimizer.build(algorithm.meta_variables)
-        step = tf.Variable(0, dtype=tf.int64, trainable=False, name="meta_iteration")
-        wall = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="wall_seconds")
-        train_s = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="train_seconds")
-    return Experiment(config, strategy, source, model, algorithm, optimizer, step, wall, train_s)
-
-
-def _checkpoint(exp: Experiment) -> tf.train.Checkpoint:
-    return tf.train.Checkpoint(model=exp.model, optimizer=exp.optimizer, step=exp.step,
-                               wall_seconds=exp.wall_seconds, train_seconds=exp.train_seconds,
-                               **exp.algorithm.checkpointables)
 
 
 def phase(config: ml_collections.ConfigDict, step: int) -> tuple[dict[str, Any], int]:
@@ -229,102 +105,6 @@ def _make_train_loop(exp: Experiment, phase_kwargs: dict[str, Any]) -> Callable:
         return {k: v / n for k, v in totals.items()}, bad
 
     return train_loop
-
-
-def _make_eval_fn(exp: Experiment, inner_steps: int, bn_mode: str) -> Callable:
-    strategy, algorithm = exp.strategy, exp.algorithm
-
-    @tf.function
-    def eval_fn(iterator):
-        per_replica = strategy.run(
-            lambda b: algorithm.evaluate(b, steps=inner_steps, bn_mode=bn_mode),
-            args=(next(iterator),))
-        return {k: strategy.gather(v, axis=0) for k, v in per_replica.items()}
-
-    return eval_fn
-
-
-def evaluate(exp: Experiment, split: str, *, episodes: int, inner_steps: int | None = None,
-             seed: int | None = None, queries: int | None = None,
-             bn_mode: str | None = None) -> dict[str, Any]:
-    """Adapts to ``episodes`` held-out tasks of ``split`` and summarises the post-adaptation metric.
-
-    Args:
-      exp: a built (trained or restored) experiment.
-      split: ``"train"``, ``"validation"`` or ``"test"``.
-      episodes: number of tasks.
-      inner_steps: inner steps (default: ``inner.eval_steps``).
-      seed: seed of the evaluation tasks (default: ``eval.seed``, so runs compare on the same
-        tasks).
-      queries: query examples per class (query points for regression); default: the config's.
-      bn_mode: how queries are normalised (default: the trained ``inner.bn_mode``); with
-        ``"transductive"`` the result depends on the number of queries per class.
-
-    Returns:
-      A JSON-ready dict: the metric (``accuracy`` for classification, ``mse`` for regression), its
-      mean and 95% confidence interval ``1.96 * std / sqrt(n)`` (as in the MAML reference code),
-      and the protocol: episodes, ways/shots/queries, inner steps, ``bn_mode`` and whether it was
-      ``transductive``.
-
-    Raises:
-      config_lib.ConfigError: ``queries`` too large for Omniglot, or an unknown ``bn_mode``.
-    """
-    config = exp.config
-    inner_steps = inner_steps or config.inner.eval_steps
-    seed = config.eval.seed if seed is None else seed
-    bn_mode = bn_mode or config.inner.bn_mode
-    if bn_mode not in config_lib.BN_MODES:
-        raise config_lib.ConfigError(f"evaluation bn_mode is {bn_mode!r}; allowed: "
-                                     f"{list(config_lib.BN_MODES)}")
-    classification = exp.source.classification
-    queries = queries or (config.data.queries if classification else config.data.k_query)
-    if classification and config.data.shots + queries > config_lib.DRAWINGS_PER_CHARACTER:
-        raise config_lib.ConfigError(
-            f"{queries} queries per class + {config.data.shots} shots exceed the "
-            f"{config_lib.DRAWINGS_PER_CHARACTER} drawings of an Omniglot character")
-    global_batch = config.eval.batch_size * exp.strategy.num_replicas_in_sync
-    dataset = tasks.distributed_dataset(exp.strategy, exp.source, split,
-                                        global_batch_size=global_batch, seed=seed,
-                                        queries=queries)
-    key = (inner_steps, bn_mode)
-    if key not in exp._eval_fns:
-        exp._eval_fns[key] = _make_eval_fn(exp, inner_steps, bn_mode)
-    eval_fn = exp._eval_fns[key]
-    iterator = iter(dataset)
-    chunks = [eval_fn(iterator) for _ in range(math.ceil(episodes / global_batch))]
-    values = {k: np.concatenate([c[k].numpy() for c in chunks])[:episodes] for k in chunks[0]}
-    if classification:
-        name, per_task = "accuracy", values["accuracy_post"]
-    else:
-        name, per_task = "mse", values["loss"]
-    result = {
-        "split": split,
-        "metric": name,
-        name: float(np.mean(per_task)),
-        "ci95": float(1.96 * np.std(per_task) / math.sqrt(len(per_task))),
-        "episodes": int(len(per_task)),
-        "step": int(exp.step.numpy()),
-        "inner_steps": int(inner_steps),
-        "inner_lr": float(config.inner.lr),
-        "algorithm": config.algorithm,
-        "bn_mode": bn_mode,
-        "trained_bn_mode": config.inner.bn_mode,
-        # Only transductive batch norm lets a query's answer depend on the other queries.
-        "transductive": bn_mode == "transductive" and _has_batch_norm(exp.model),
-        "seed": int(seed),
-    }
-    if classification:
-        result.update(ways=config.data.ways, shots=config.data.shots, queries=int(queries),
-                      split_scheme=config.data.split_scheme)
-    else:
-        result.update(k_support=config.data.k_support, k_query=int(queries))
-    return result
-
-
-def _has_batch_norm(model: keras.Model) -> bool:
-    from tfmeta import layers
-
-    return bool(layers.batch_norm_layers(model) or layers.keras_batch_norm_layers(model))
 
 
 def _any_worker(strategy: tf.distribute.Strategy, flag: bool) -> bool:
@@ -445,7 +225,7 @@ def _run_locked(exp: Experiment, workdir: str, *, should_stop: Callable[[], bool
     chief = distribute.is_chief(strategy)
     tf.io.gfile.makedirs(workdir)
 
-    checkpoint = _checkpoint(exp)
+    checkpoint = make_checkpoint(exp)
     real_dir = os.path.join(workdir, CHECKPOINT_DIR)
     # Saving is collective under MultiWorkerMirroredStrategy: every worker saves, non-chief workers
     # into a scratch directory that is removed right after.
@@ -602,57 +382,8 @@ def _run_locked(exp: Experiment, workdir: str, *, should_stop: Callable[[], bool
     return summary
 
 
-def warn_if_chance(result: dict[str, Any], config: ml_collections.ConfigDict) -> bool:
-    """Warns when a classification result cannot be told apart from guessing; returns whether.
-
-    A run can finish without an error and still learn nothing (an inner learning rate of 100
-    does that): the final number alone looks like a result unless someone compares it with
-    1 / ways.
-    """
-    if result.get("metric") != "accuracy" or not result.get("ways"):
-        return False
-    chance = 1.0 / result["ways"]
-    if result["accuracy"] - result["ci95"] > chance:
-        return False
-    logging.warning(
-        "The %s accuracy %.2f%% +- %.2f%% is at chance level (1/%d ways = %.1f%%): the model did "
-        "not learn. Check the learning rates (inner.lr=%g, outer.lr=%g) and the training curves "
-        "(TensorBoard on the work directory).", result["split"], 100 * result["accuracy"],
-        100 * result["ci95"], result["ways"], 100 * chance, config.inner.lr, config.outer.lr)
-    return True
-
-
 def _learning_rate(optimizer: keras.optimizers.Optimizer) -> float:
     lr = optimizer.learning_rate  # Keras evaluates a schedule at the optimizer's iteration
     return float(lr.numpy() if hasattr(lr, "numpy") else lr)
 
 
-def restore(workdir: str, *, strategy: tf.distribute.Strategy | None = None,
-            data=None, config: ml_collections.ConfigDict | None = None) -> Experiment:
-    """Rebuilds the experiment of ``workdir`` with its newest readable checkpoint's parameters.
-
-    Args:
-      workdir: the work directory (local path, relative or with ``~``, or gs://...).
-      strategy: where to run; the default (single device) strategy when None.
-      data: pre-loaded Omniglot data (tests); loaded through TFDS on first use when None.
-      config: the config to build; the one in force in ``workdir`` when None.
-
-    Raises:
-      FileNotFoundError: when ``workdir`` has no config or no checkpoint.
-      workdir_lib.CheckpointError: when no checkpoint can be read (each is named).
-      workdir_lib.WorkdirStateError: ``config.json`` is missing next to checkpoints, or it or
-        ``config_changes.json`` is damaged (naming the file).
-    """
-    workdir = workdir_lib.normalize(workdir)
-    strategy = strategy or tf.distribute.get_strategy()
-    config = config or load_config(workdir)
-    exp = build_experiment(config, strategy, data=data, check_data=False)
-    directory = os.path.join(workdir, CHECKPOINT_DIR)
-    # Only the model, step and clocks are needed; optimizer slots may be absent from the graph.
-    checkpoint = tf.train.Checkpoint(model=exp.model, step=exp.step,
-                                     wall_seconds=exp.wall_seconds,
-                                     train_seconds=exp.train_seconds,
-                                     **exp.algorithm.checkpointables)
-    if not workdir_lib.restore_newest_readable(checkpoint, directory, partial=True):
-        raise FileNotFoundError(f"no checkpoint in {directory!r}")
-    return exp
