@@ -18,8 +18,8 @@ from tfmeta.maml import ANIL, MAML, MAMLpp, MetaSGD
 from tfmeta.meta_learner import MetaLearner, MetaStep
 from tfmeta.models import logistic_regression, omniglot_conv4, sinusoid_mlp
 from tfmeta.reptile import Reptile
+from tfmeta.version import __version__
 
-__version__ = "0.2.0"
 
 __all__ = [
     "ANIL",

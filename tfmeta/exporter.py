@@ -85,10 +85,10 @@ import keras
 import tensorflow as tf
 from absl import logging
 
-import tfmeta
 from tfmeta import errors
 from tfmeta import layers as tfm_layers
 from tfmeta import signatures
+from tfmeta.version import __version__
 
 EXPORT_DIR = "export"
 DEFAULT_MAX_INNER_STEPS = 100
@@ -413,7 +413,7 @@ def metadata_from_config(config: Any, *, step: int, classification: bool) -> dic
         "bn_mode": config.inner.bn_mode,
         "max_inner_steps": int(config.export.max_inner_steps),
         "step": int(step),
-        "tfmeta_version": tfmeta.__version__,
+        "tfmeta_version": __version__,
         "tensorflow_version": tf.__version__,
         "keras_version": keras.__version__,
         "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -701,7 +701,7 @@ def write_atomically(module: tf.Module, output: str, *, replace: bool = False,
         tf.io.gfile.mkdir(tmp)
         with tf.io.gfile.GFile(os.path.join(tmp, _TEMP_MARKER), "w") as f:
             f.write(json.dumps({"target": output, "pid": os.getpid(),
-                                "host": socket.gethostname(), "tfmeta": tfmeta.__version__}))
+                                "host": socket.gethostname(), "tfmeta": __version__}))
         _write_saved_model(module, tmp)
         tf.io.gfile.remove(os.path.join(tmp, _TEMP_MARKER))
         if tf.io.gfile.exists(output):
