@@ -63,3 +63,54 @@ def regression_batch(seed: int = 0, tasks: int = 3, k: int = 6, q: int = 4) -> d
         "query_x": tf.constant(rng.uniform(-2, 2, (tasks, q, 1))),
         "query_y": tf.constant(rng.normal(size=(tasks, q, 1))),
     }
+
+
+# Small classification tasks and models for the core tests: cheap to trace and compile.
+def image_batch(seed=0, tasks=4, ways=3, shots=2, queries=4, image=8, dtype="float32"):
+    import numpy as np
+    import tensorflow as tf
+
+    rng = np.random.default_rng(seed)
+    return {
+        "support_x": tf.constant(rng.normal(size=(tasks, ways * shots, image, image, 1)), dtype),
+        "support_y": tf.constant(np.tile(np.arange(ways), (tasks, shots))),
+        "query_x": tf.constant(rng.normal(size=(tasks, queries, image, image, 1)), dtype),
+        "query_y": tf.constant(rng.integers(0, ways, (tasks, queries))),
+    }
+
+
+def vector_batch(seed=0, tasks=3, ways=3, shots=2, queries=4, features=6, dtype="float32"):
+    import numpy as np
+    import tensorflow as tf
+
+    rng = np.random.default_rng(seed)
+    return {
+        "support_x": tf.constant(rng.normal(size=(tasks, ways * shots, features)), dtype),
+        "support_y": tf.constant(np.tile(np.arange(ways), (tasks, shots))),
+        "query_x": tf.constant(rng.normal(size=(tasks, queries, features)), dtype),
+        "query_y": tf.constant(rng.integers(0, ways, (tasks, queries))),
+    }
+
+
+def tiny_conv4(seed=0):
+    from tfmeta import models
+
+    return models.omniglot_conv4(3, image_size=8, filters=4, seed=seed)
+
+
+def mlp_with_batch_norm(seed=0, features=6):
+    """A small Sequential classifier with tfmeta BatchNorm: cheap to trace and compile."""
+    import keras
+
+    from tfmeta import layers
+
+    init = keras.initializers.GlorotUniform
+    return keras.Sequential(
+        [
+            keras.Input((features,)),
+            keras.layers.Dense(8, kernel_initializer=init(seed)),
+            layers.BatchNorm(),
+            keras.layers.ReLU(),
+            keras.layers.Dense(3, kernel_initializer=init(seed + 1)),
+        ]
+    )

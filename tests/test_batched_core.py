@@ -188,33 +188,6 @@ def test_subclassed_model_is_reported():
     assert "subclassed" in batched.unsupported_layers(model)[0]
 
 
-def test_all_needs_a_static_number_of_tasks():
-    model = models.sinusoid_mlp(hidden=(4,), seed=0)
-    algo = maml.MAML(model, inner_lr=0.1, inner_steps=1, loss="mse", tasks_in_parallel="all")
-    spec = tf.TensorSpec([None, 5, 1], tf.float32)
-
-    @tf.function(input_signature=[spec] * 4)
-    def step(sx, sy, qx, qy):
-        return algo.meta_step({"support_x": sx, "support_y": sy, "query_x": qx, "query_y": qy},
-                              global_batch_size=4).grads
-
-    with pytest.raises(ValueError, match="tasks_in_parallel='all' needs a static number"):
-        step.get_concrete_function()
-
-
-def test_auto_rule_is_documented_and_bounded():
-    from tfmeta import grouping
-
-    assert grouping.auto_tasks_in_parallel(32, 2) == min(grouping.CPU_GROUP, 32)
-    assert grouping.auto_tasks_in_parallel(16, 400) == 16
-    assert grouping.auto_tasks_in_parallel(16, 4, second_order=False) == 1
-    algo = maml.MAML(models.omniglot_conv4(5, filters=4, seed=0), inner_lr=0.4, inner_steps=1)
-    assert algo.tasks_in_parallel == "auto"
-    assert algo.group_size(3, examples_per_task=2) == 3
-    assert algo.group_size(32, examples_per_task=80) == 32
-    assert algo.group_size(32, examples_per_task=80, second_order=False) == 1
-
-
 _MIRRORED = r"""
 import numpy as np, tensorflow as tf, keras
 cpu = tf.config.list_physical_devices("CPU")[0]

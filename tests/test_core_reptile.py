@@ -6,6 +6,7 @@ import tensorflow as tf
 
 from tests.helpers import regression_batch
 from tfmeta import functional as F
+from tests import param_math as P
 from tfmeta import models, reptile
 
 
@@ -37,7 +38,7 @@ def test_meta_update_moves_towards_mean_adapted_parameters(float64, eps):
     batch = regression_batch(tasks=3)
     theta = F.values(model.trainable_variables)
     adapted = [algo.adapt(batch["support_x"][i], batch["support_y"][i]) for i in range(3)]
-    mean_delta = [sum(F.sub(a, theta)[j] for a in adapted) / 3 for j in range(len(theta))]
+    mean_delta = [sum(P.sub(a, theta)[j] for a in adapted) / 3 for j in range(len(theta))]
     expected = [t + eps * d for t, d in zip(theta, mean_delta)]
     # The pseudo-gradient with plain SGD (lr eps) gives the same update.
     grads, _ = algo.meta_gradients(batch)
@@ -96,7 +97,7 @@ def test_inner_minibatches_follow_the_static_schedule(float64):
     assert len(set(schedule.ravel()[:8])) == 8
     params = F.values(model.trainable_variables)
     for idx in schedule:
-        params = F.sgd_step(
+        params = P.sgd_step(
             params, _support_grad(model, params, tf.gather(x, idx), tf.gather(y, idx)), 0.05
         )
     for a, e in zip(algo.adapt(x, y), params):

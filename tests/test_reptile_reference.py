@@ -15,6 +15,7 @@ import tensorflow as tf
 
 from tests.helpers import REPO, regression_batch, subprocess_env
 from tfmeta import functional as F
+from tests import param_math as P
 from tfmeta import inner_loop, models, reptile
 
 
@@ -68,11 +69,11 @@ def test_per_task_shuffles_drive_adaptation(float64):
         params = theta
         for t in range(5):
             idx = reptile.minibatch_indices(10, 4, t, seeds[i:i + 1])[0]
-            params = F.sgd_step(params, _grad(model, params, tf.gather(x, idx),
+            params = P.sgd_step(params, _grad(model, params, tf.gather(x, idx),
                                               tf.gather(y, idx)), 0.05)
         for a, e in zip(algo.adapt(x, y), params):
             np.testing.assert_allclose(a, e, rtol=1e-12, atol=1e-14)
-        deltas.append(F.sub(theta, params))
+        deltas.append(P.sub(theta, params))
     grads, _ = algo.meta_gradients(batch)  # tasks in groups of 2: the same schedules
     for j, g in enumerate(grads):
         np.testing.assert_allclose(g, sum(d[j] for d in deltas) / 3, rtol=1e-10, atol=1e-14)

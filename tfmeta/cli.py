@@ -5,10 +5,10 @@ unreadable path with the built-in ``OSError`` subclasses below): the binary prin
 ``error: ...`` on stderr and exits with status 2; never a traceback. Failures that are not the
 user's input (a bug, a diverging run) keep their traceback and exit status 1.
 
-Start-up output: importing this module (the first import of every binary) sets TensorFlow's C++ log
-level and TFDS's progress bars from ``--verbosity`` before TensorFlow is imported, and
-:func:`run` lets through only tfmeta's own INFO lines; ``--verbosity=1`` brings back everything
-TensorFlow, TFDS and absl print. This module imports nothing else of tfmeta, so a binary's shell
+Start-up output: importing this module (the first import of every binary) loads TensorFlow with
+its C++ log level set from ``--verbosity`` and its native start-up lines filtered out, and
+:func:`run` lets through only tfmeta's own INFO lines (TFDS's progress bars off);
+``--verbosity=1`` brings back everything TensorFlow, TFDS and absl print. This module imports nothing else of tfmeta, so a binary's shell
 never depends on the library's layers.
 """
 
@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import logging as py_logging
 import os
+import re
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -30,8 +32,8 @@ from tfmeta import errors
 _PATH_ERRORS = (FileNotFoundError, PermissionError, NotADirectoryError, IsADirectoryError)
 _HELP_FLAGS = ("--help", "-help", "-h", "--helpshort", "-helpshort", "--helpfull", "-helpfull",
                "--helpxml", "-helpxml", "-?")
-# absl's own --verbosity flag: 0 (the default) shows tfmeta's INFO lines and everyone's warnings,
-# 1 or more everything, -1 warnings only.
+# absl's own --verbosity flag: 0 (the default) shows tfmeta's INFO lines and warnings and other
+# libraries' errors, 1 or more everything, -1 tfmeta's warnings and errors only.
 _TFMETA_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -64,25 +66,58 @@ def _verbosity(argv: Sequence[str]) -> int:
         return 0  # absl reports the bad value when it parses the flag
 
 
-def _quiet_native_logs(argv: Sequence[str]) -> None:
-    """Sets TensorFlow's C++ log level before TensorFlow is imported (it is read once, then).
+# TensorFlow's native start-up lines: printed while it loads, before its C++ logging reads
+# TF_CPP_MIN_LOG_LEVEL, so the level cannot hide them.
+_START_UP_CHATTER = re.compile(
+    r"^(WARNING: All log messages before absl::InitializeLog\(\) is called"
+    r"|[IW]\d{4} [\d:. ]+\d+ (port|cpu_feature_guard|cuda_\w+|dso_loader|gpu_device)\.cc:"
+    r"|To enable the following instructions:)")
 
-    A value the user exported in the environment wins.
+
+def _quiet_native_logs(argv: Sequence[str]) -> None:
+    """Loads TensorFlow with its native start-up lines filtered out, at the level ``argv`` asks.
+
+    The C++ log level is read once, when TensorFlow loads, so it is set here, before; a value the
+    user exported in the environment wins. Lines that are not start-up chatter (a failed load)
+    are printed as they were.
     """
-    if _verbosity(argv) < 1:
-        # 2: errors only. The INFO and WARNING lines TensorFlow prints at start-up on a CPU
-        # (oneDNN, CUDA drivers not found, CPU instructions) are not about the user's run.
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if _verbosity(argv) >= 1:
+        return
+    # 2: errors only. The INFO and WARNING lines TensorFlow prints at start-up on a CPU
+    # (oneDNN, CUDA drivers not found, CPU instructions) are not about the user's run.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if "tensorflow" in sys.modules:
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        loaded = False
+        try:
+            import tensorflow  # noqa: F401
+            loaded = True
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            lines = captured.read().decode("utf-8", "replace").splitlines()
+            kept = [line for line in lines if not (loaded and _START_UP_CHATTER.match(line))]
+            if kept:
+                print("\n".join(kept), file=sys.stderr, flush=True)
 
 
 _quiet_native_logs(sys.argv)
 
 
-class _OwnInfoOnly(py_logging.Filter):
-    """Lets through tfmeta's own records and everyone's warnings and errors."""
+class _OwnLinesOnly(py_logging.Filter):
+    """Lets through tfmeta's own records and other libraries' errors.
+
+    TensorFlow's, Keras's and TFDS's INFO lines and warnings (deprecations, retracing, start-up
+    notes) come back with ``--verbosity=1``.
+    """
 
     def filter(self, record: py_logging.LogRecord) -> bool:
-        return (record.levelno >= py_logging.WARNING
+        return (record.levelno >= py_logging.ERROR
                 or os.path.abspath(record.pathname).startswith(_TFMETA_DIR + os.sep))
 
 
@@ -90,10 +125,13 @@ def _configure_logging(argv: Sequence[str]) -> None:
     verbosity = _verbosity(argv)
     if verbosity >= 1:
         return
-    own_only = _OwnInfoOnly()
+    own_only = _OwnLinesOnly()
     # absl's handler carries tfmeta's and TFDS's records; TensorFlow's Python logger has its own.
     logging.get_absl_handler().addFilter(own_only)
-    py_logging.getLogger("tensorflow").setLevel(py_logging.WARNING)
+    py_logging.getLogger("tensorflow").setLevel(py_logging.ERROR)
+    # Python warnings (deprecations in TensorFlow, Keras, TFDS) go through logging, filtered too.
+    py_logging.captureWarnings(True)
+    py_logging.getLogger("py.warnings").addFilter(own_only)
     if verbosity < 0:
         logging.set_verbosity(logging.WARNING)
     try:

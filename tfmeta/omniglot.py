@@ -23,11 +23,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
+import io
 import os
 from collections.abc import Iterator
 
 import numpy as np
 import tensorflow_datasets as tfds
+from absl import logging
 
 from tfmeta import omniglot_builder
 from tfmeta.choices import SPLIT_SCHEMES
@@ -158,8 +160,16 @@ def load(
         # Built under the lock: a builder made before another process finished preparing would
         # not see the prepared splits.
         dataset_builder = builder(data_dir, archives_dir, image_size, subset)
-        dataset_builder.download_and_prepare(
-            download_config=tfds.download.DownloadConfig(force_checksums_validation=True))
+        prepared = dataset_builder.is_prepared()
+        if not prepared:
+            logging.info("Preparing Omniglot (%s, %dx%d) in %s; later runs reuse it.", subset,
+                         image_size, image_size, dataset_builder.data_dir)
+        # TFDS prints its own preparation banner on stdout; tfmeta's line above says it once.
+        with contextlib.redirect_stdout(io.StringIO()) as banner:
+            dataset_builder.download_and_prepare(
+                download_config=tfds.download.DownloadConfig(force_checksums_validation=True))
+        if banner.getvalue().strip():
+            logging.debug("TFDS: %s", " ".join(banner.getvalue().split()))
     parts = [
         tfds.as_numpy(dataset_builder.as_dataset(split=split, batch_size=-1, shuffle_files=False))
         for split in dataset_builder.info.splits

@@ -1,0 +1,68 @@
+"""From a config to a run's objects: the model and algorithm registries, defaults from the classes."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from tests.helpers import REPO
+
+OMNIGLOT_MAML = os.path.join(REPO, "configs", "omniglot_maml.py")
+
+
+def _build(**overrides):
+    import sys
+
+    import tensorflow as tf
+
+    sys.path.insert(0, os.path.join(REPO, "tests"))
+    from distributed_driver import load_config, synthetic_omniglot
+
+    from tfmeta import experiment
+
+    config = load_config(f"{OMNIGLOT_MAML}:smoke")
+    config.update_from_flattened_dict({"data.image_size": 12, "model.filters": 4, **overrides})
+    data = synthetic_omniglot(config.data.image_size, num_characters=300)
+    return experiment.build_experiment(config, tf.distribute.get_strategy(), data=data)
+
+
+def test_every_configured_algorithm_and_model_has_a_builder():
+    from tfmeta import choices, config, experiment
+
+    assert sorted(experiment.ALGORITHMS) == sorted(choices.ALGORITHMS)
+    assert sorted(experiment.MODELS) == sorted(config.MODELS)
+
+
+@pytest.mark.parametrize("algorithm, cls, attributes", [
+    ("maml", "MAML", {"first_order": False}),
+    ("fomaml", "MAML", {"first_order": True}),
+    ("metasgd", "MetaSGD", {}),
+    ("anil", "ANIL", {}),
+    ("reptile", "Reptile", {}),
+])
+def test_each_algorithm_name_builds_its_class(algorithm, cls, attributes):
+    exp = _build(algorithm=algorithm, **({"inner.lr": 0.001, "outer.lr": 1.0}
+                                         if algorithm == "reptile" else {}))
+    assert type(exp.algorithm).__name__ == cls
+    for name, value in attributes.items():
+        assert getattr(exp.algorithm, name) == value
+    options = exp.algorithm.inner.options
+    # The class's defaults, not a restatement of them in the builder.
+    assert options.learned_lr == {"metasgd": "per_parameter"}.get(algorithm, "none")
+    assert options.adapt == {"anil": "head"}.get(algorithm, "all")
+
+
+def test_mamlpp_switches_come_from_the_class_unless_the_config_turns_them_off():
+    exp = _build(algorithm="mamlpp", **{"inner.steps": 2})
+    options = exp.algorithm.inner.options
+    assert type(exp.algorithm).__name__ == "MAMLpp"
+    assert (options.learned_lr, options.per_step_bn, options.adapt_batch_norm) == (
+        "per_layer_step", True, False)
+    assert exp.algorithm.multi_step_loss
+    off = _build(algorithm="mamlpp", **{"inner.steps": 2, "mamlpp.learned_lr": False,
+                                        "mamlpp.per_step_bn": False,
+                                        "mamlpp.multi_step_loss": False})
+    options = off.algorithm.inner.options
+    assert (options.learned_lr, options.per_step_bn) == ("none", False)
+    assert not off.algorithm.multi_step_loss

@@ -1,0 +1,157 @@
+"""Models, BatchNorm layer, losses, functional helpers and input validation."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfmeta import functional as F
+from tfmeta import losses, maml, models, reptile
+from tfmeta.layers import BatchNorm
+
+
+# ------------------------------------------------------------------ models
+def test_omniglot_conv4_architecture():
+    model = models.omniglot_conv4(5)
+    assert model.built
+    assert model.output_shape == (None, 5)
+    convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert [c.strides for c in convs] == [(2, 2)] * 4
+    assert all(c.filters == 64 and c.kernel_size == (3, 3) and c.padding == "same" for c in convs)
+    assert sum(isinstance(layer, BatchNorm) for layer in model.layers) == 4
+    # 28 -> 14 -> 7 -> 4 -> 2 spatially, then a mean over space.
+    assert model.get_layer("relu3").output.shape == (None, 2, 2, 64)
+    conv_params = (9 * 1 * 64 + 64) + 3 * (9 * 64 * 64 + 64)
+    bn_params = 4 * 2 * 64  # gamma, beta
+    trainable = sum(int(np.prod(v.shape)) for v in model.trainable_variables)
+    assert trainable == conv_params + bn_params + 64 * 5 + 5
+    # moving mean/variance and the recorded batch mean/variance
+    assert len(model.non_trainable_variables) == 4 * 4
+
+
+def test_sinusoid_mlp_and_logistic_regression_shapes():
+    mlp = models.sinusoid_mlp()
+    assert [w.shape for w in mlp.trainable_variables] == [
+        (1, 40),
+        (40,),
+        (40, 40),
+        (40,),
+        (40, 1),
+        (1,),
+    ]
+    lr = models.logistic_regression(7)
+    assert [w.shape for w in lr.trainable_variables] == [(7, 1), (1,)]
+
+
+@pytest.mark.parametrize("label_shape", ["flat", "column"])
+def test_logistic_regression_gradients_match_closed_form(float64, label_shape):
+    rng = np.random.default_rng(0)
+    model = models.logistic_regression(4, seed=0)
+    x = tf.constant(rng.normal(size=(16, 4)))
+    y = rng.integers(0, 2, 16).astype("float64")
+    y_in = tf.constant(y if label_shape == "flat" else y[:, None])
+    w, b = model.trainable_variables
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_mean(losses.binary_crossentropy(y_in, model(x)))
+    gw, gb = tape.gradient(loss, [w, b])
+    sigma = 1.0 / (1.0 + np.exp(-(x.numpy() @ w.numpy() + b.numpy())[:, 0]))
+    np.testing.assert_allclose(
+        gw.numpy()[:, 0], ((sigma - y)[:, None] * x.numpy()).mean(0), rtol=1e-12
+    )
+    np.testing.assert_allclose(gb.numpy()[0], (sigma - y).mean(), rtol=1e-12)
+    # One MAML inner step is exactly that closed-form gradient step.
+    algo = maml.MAML(model, inner_lr=0.5, inner_steps=1, loss="binary_crossentropy")
+    w1, b1 = algo.adapt(x, y_in)
+    np.testing.assert_allclose(
+        w1.numpy()[:, 0],
+        w.numpy()[:, 0] - 0.5 * ((sigma - y)[:, None] * x.numpy()).mean(0),
+        rtol=1e-12,
+    )
+    np.testing.assert_allclose(b1.numpy()[0], b.numpy()[0] - 0.5 * (sigma - y).mean(), rtol=1e-12)
+
+
+# ----------------------------------------------- any Keras model style works
+class _Subclassed(keras.Model):
+    def __init__(self):
+        super().__init__()
+        self.hidden = keras.layers.Dense(8, activation="tanh")
+        self.norm = BatchNorm()
+        self.out = keras.layers.Dense(3)
+
+    def call(self, x, training=None):
+        return self.out(self.norm(self.hidden(x), training=training))
+
+
+def _functional():
+    inputs = keras.Input((5,))
+    return keras.Model(
+        inputs, keras.layers.Dense(3)(keras.layers.Dense(8, activation="tanh")(inputs))
+    )
+
+
+def _sequential():
+    return keras.Sequential(
+        [keras.Input((5,)), keras.layers.Dense(8, activation="tanh"), keras.layers.Dense(3)]
+    )
+
+
+def _subclassed():
+    model = _Subclassed()
+    model(tf.zeros((1, 5)))
+    return model
+
+
+@pytest.mark.parametrize(
+    "make", [_functional, _sequential, _subclassed], ids=["functional", "sequential", "subclassed"]
+)
+def test_every_model_style_adapts_without_modifying_variables(make):
+    model = make()
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(6, 5)).astype("float32")
+    y = np.arange(6) % 3
+    before = [v.numpy().copy() for v in model.variables]
+    for algo in (
+        maml.MAML(model, inner_lr=0.5, inner_steps=2),
+        reptile.Reptile(model, inner_lr=0.5, inner_steps=2),
+    ):
+        fast = algo.adapt(x, y)
+        loss_before = tf.reduce_mean(
+            algo.loss_fn(y, algo.predict(F.values(model.trainable_variables), x))
+        )
+        loss_after = tf.reduce_mean(algo.loss_fn(y, algo.predict(fast, x)))
+        assert float(loss_after) < float(loss_before)
+        batch = {"support_x": x[None], "support_y": y[None], "query_x": x[None], "query_y": y[None]}
+        grads, _ = algo.meta_gradients(batch)
+        assert len(grads) == len(model.trainable_variables)
+    for b, v in zip(before, model.variables):
+        np.testing.assert_array_equal(b, v.numpy())
+
+
+def test_models_accept_a_mixed_precision_policy():
+    # 28x28 as in use: with 8x8 inputs the last convolution sees 1x1 maps, where
+    # TensorFlow's oneDNN bfloat16 convolution gradient returns non-finite values
+    # nondeterministically (not with TF_ENABLE_ONEDNN_OPTS=0).
+    model = models.omniglot_conv4(3, image_size=28, filters=4, seed=0, dtype="mixed_bfloat16")
+    assert model.get_layer("conv0").compute_dtype == "bfloat16"
+    assert model.get_layer("bn0").compute_dtype == "bfloat16"
+    assert model.get_layer("logits").compute_dtype == "float32"
+    assert all(v.dtype == "float32" for v in model.variables)
+    rng = np.random.default_rng(0)
+    batch = {
+        "support_x": rng.normal(size=(1, 6, 28, 28, 1)).astype("float32"),
+        "support_y": np.tile(np.arange(3), (1, 2)),
+        "query_x": rng.normal(size=(1, 3, 28, 28, 1)).astype("float32"),
+        "query_y": rng.integers(0, 3, (1, 3)),
+    }
+    grads, metrics = maml.MAML(model, inner_lr=0.4, inner_steps=1).meta_gradients(batch)
+    assert all(g.dtype == tf.float32 for g in grads)
+    bad = [
+        (v.path, g.numpy())
+        for v, g in zip(model.trainable_variables, grads)
+        if not np.all(np.isfinite(g))
+    ]
+    assert not bad, bad
+    assert np.isfinite(metrics["loss"])
+    mlp = models.sinusoid_mlp(dtype="mixed_bfloat16")
+    assert mlp.get_layer("dense0").compute_dtype == "bfloat16"
+    assert mlp.get_layer("output").compute_dtype == "float32"
