@@ -360,14 +360,7 @@ def validate(config: ml_collections.ConfigDict, *, num_replicas: int = 1,
                 raise ConfigError("config field 'eval.split' is 'validation'; split scheme "
                                   "'reptile' has no validation split: use 'test' or 'train'")
         if split_classes is not None:
-            for split, classes in split_classes.items():
-                if classes == 0 and config.data.split_scheme == "reptile":
-                    continue  # the empty validation split, checked above
-                if config.data.ways > classes:
-                    raise ConfigError(
-                        f"config field 'data.ways' is {config.data.ways}; the '{split}' split of "
-                        f"scheme '{config.data.split_scheme}' ({config.data.subset} archives) has "
-                        f"only {classes} characters, so ways must be <= {classes}")
+            check_split_classes(config, split_classes)
     else:
         _one_of("model.name", config.model.name, ("mlp",))
         _positive("data.k_support", config.data.k_support)
@@ -381,6 +374,22 @@ def validate(config: ml_collections.ConfigDict, *, num_replicas: int = 1,
         if config.model.head != "mean":
             raise ConfigError("config field 'model.head' applies to the conv4 network; "
                               "the sinusoid MLP has none")
+
+
+def check_split_classes(config: ml_collections.ConfigDict, split_classes: Mapping[str, int]) -> None:
+    """Checks that every split has at least ``data.ways`` classes (a validated config's data).
+
+    Raises:
+      ConfigError: naming the split, its class count and the ways asked for.
+    """
+    for split, classes in split_classes.items():
+        if classes == 0 and config.data.split_scheme == "reptile":
+            continue  # the empty validation split, checked by validate
+        if config.data.ways > classes:
+            raise ConfigError(
+                f"config field 'data.ways' is {config.data.ways}; the '{split}' split of "
+                f"scheme '{config.data.split_scheme}' ({config.data.subset} archives) has "
+                f"only {classes} characters, so ways must be <= {classes}")
 
 
 def sibling_config(config_file: str, name: str) -> Any:

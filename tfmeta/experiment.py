@@ -133,7 +133,7 @@ def build_optimizer(config: ml_collections.ConfigDict) -> keras.optimizers.Optim
 
 
 def build_experiment(config: ml_collections.ConfigDict, strategy: tf.distribute.Strategy, *,
-                     data=None, check_data: bool = True) -> Experiment:
+                     data=None, check_data: bool = True, validated: bool = False) -> Experiment:
     """Validates ``config`` and builds data, model, algorithm and optimizer under ``strategy``.
 
     Args:
@@ -142,15 +142,17 @@ def build_experiment(config: ml_collections.ConfigDict, strategy: tf.distribute.
       data: pre-loaded Omniglot data (tests); loaded through TFDS on first use when None.
       check_data: load the data now and check the config against it (e.g. ways <= classes of
         every split). Off for restoring a trained model, which needs no data.
+      validated: the caller has already run ``config.validate`` with this strategy's replicas
+        (the trainer does, before it reads the work directory), so it is not run again.
 
     Raises:
       config_lib.ConfigError: for any invalid field, before anything is trained.
     """
-    replicas = strategy.num_replicas_in_sync
-    config_lib.validate(config, num_replicas=replicas)
+    if not validated:
+        config_lib.validate(config, num_replicas=strategy.num_replicas_in_sync)
     source = tasks.build(config, data=data)
     if check_data and source.split_classes is not None:
-        config_lib.validate(config, num_replicas=replicas, split_classes=source.split_classes())
+        config_lib.check_split_classes(config, source.split_classes())
     with strategy.scope():
         model = build_model(config, source)
         try:

@@ -173,7 +173,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
         saved = workdir_lib.check_state(workdir)
         if saved is not None:
             workdir_lib.check_resumable(saved, config)
-    exp = build_experiment(config, strategy, data=data)
+    exp = build_experiment(config, strategy, data=data, validated=True)
     return run(exp, workdir, should_stop=should_stop, final_evaluation=final_evaluation)
 
 
