@@ -98,3 +98,17 @@ def random_export(tmp_path_factory) -> dict:
     path = str(tmp_path_factory.mktemp("random_export") / "model")
     exporter.export(model, algorithm, path, metadata=metadata)
     return {"path": path, "model": model, "algorithm": algorithm, "metadata": metadata}
+
+
+@pytest.fixture(scope="session")
+def plain_saved_model(tmp_path_factory) -> str:
+    """A SavedModel that tfmeta.export did not write (one tf.function, no metadata)."""
+    import tensorflow as tf
+
+    module = tf.Module()
+    module.double = tf.function(lambda x: {"y": 2.0 * x},
+                                input_signature=[tf.TensorSpec([None], tf.float32)],
+                                autograph=False)
+    path = str(tmp_path_factory.mktemp("plain") / "model")
+    tf.saved_model.save(module, path, signatures={"double": module.double})
+    return path

@@ -114,3 +114,27 @@ def mlp_with_batch_norm(seed=0, features=6):
             keras.layers.Dense(3, kernel_initializer=init(seed + 1)),
         ]
     )
+
+
+def write_images(folder: str, count: int, seed: int, size: int = 28, fmt: str = "png") -> None:
+    """Writes ``count`` random black-on-white images ``0.png``, ``1.png``... into ``folder``."""
+    import numpy as np
+    from PIL import Image
+
+    os.makedirs(folder, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        pixels = np.where(rng.uniform(size=(size, size)) < 0.1, 0, 255).astype(np.uint8)
+        Image.fromarray(pixels, "L").save(os.path.join(folder, f"{i}.{fmt}"))
+
+
+def write_image_folders(root: str, classes: int = 3, shots: int = 1) -> tuple[str, str]:
+    """Writes ``root/support/class_<c>/`` (``shots`` images each) and ``root/query/`` (4 images).
+
+    Returns:
+      The support and query directories, as ``tfmeta.adapt`` takes them.
+    """
+    for c in range(classes):
+        write_images(os.path.join(root, "support", f"class_{c}"), shots, seed=c)
+    write_images(os.path.join(root, "query"), 4, seed=99)
+    return os.path.join(root, "support"), os.path.join(root, "query")

@@ -1,4 +1,8 @@
-"""tfmeta.evaluate's result file: never over anything but an earlier tfmeta evaluation result."""
+"""tfmeta.evaluate, the binary: the result file is never written over anything but an earlier
+result, and that is checked before the evaluation runs.
+
+The result-file library, tfmeta.evaluation_results, is tested in test_evaluation_results.py.
+"""
 
 from __future__ import annotations
 
@@ -8,81 +12,8 @@ import shutil
 import subprocess
 import sys
 
-import pytest
-
 from tests.helpers import REPO, subprocess_env
-
-
-@pytest.fixture(scope="module")
-def evaluate():
-    """The binary's module (importing it defines its flags, so it is imported once)."""
-    from tfmeta import evaluate as module
-
-    return module
-
-
-RESULT = {"split": "test", "metric": "accuracy", "accuracy": 0.9, "ci95": 0.01, "episodes": 30,
-          "step": 7, "inner_steps": 3, "bn_mode": "support", "transductive": False}
-
-
-def _write(path, value):
-    with open(path, "w") as f:
-        f.write(value if isinstance(value, str) else json.dumps(value))
-
-
-def _read(path):
-    with open(path) as f:
-        return f.read()
-
-
-def test_a_new_file_is_written_and_an_earlier_result_only_replaced_when_asked(evaluate, tmp_path):
-    path = str(tmp_path / "result.json")
-    evaluate.write_result(path, RESULT, replace=False)
-    assert json.loads(_read(path)) == RESULT and evaluate.is_evaluation_result(path)
-    with pytest.raises(evaluate.OutputError, match="already holds an evaluation result; pass "
-                                                   "--replace") as info:
-        evaluate.write_result(path, dict(RESULT, step=300), replace=False)
-    assert repr(path) in str(info.value) and len(str(info.value).splitlines()) == 1
-    assert json.loads(_read(path))["step"] == 7
-    evaluate.write_result(path, dict(RESULT, step=300), replace=True)
-    assert json.loads(_read(path))["step"] == 300
-    assert os.listdir(tmp_path) == ["result.json"]
-
-
-@pytest.mark.parametrize("content", ["notes, not JSON", {"metric": "accuracy"}, [1, 2], "dir"])
-def test_anything_else_is_never_overwritten(evaluate, tmp_path, content):
-    path = str(tmp_path / "result.json")
-    if content == "dir":
-        os.makedirs(os.path.join(path, "inside"))
-    else:
-        _write(path, content)
-    for replace in (False, True):
-        with pytest.raises(evaluate.OutputError, match="never overwritten, even with --replace"):
-            evaluate.write_result(path, RESULT, replace=replace)
-    assert os.path.isdir(path) if content == "dir" else _read(path) == (
-        content if isinstance(content, str) else json.dumps(content))
-    assert os.listdir(tmp_path) == ["result.json"]
-
-
-def test_failed_write_leaves_no_temporary(evaluate, tmp_path, monkeypatch):
-    import tensorflow as tf
-
-    path = str(tmp_path / "result.json")
-    _write(path, RESULT)
-
-    def full(*args, **kwargs):
-        raise tf.errors.ResourceExhaustedError(None, None, "No space left on device")
-
-    monkeypatch.setattr(tf.io.gfile, "rename", full)
-    with pytest.raises(evaluate.OutputError, match="cannot write the result to .*No space left"):
-        evaluate.write_result(path, dict(RESULT, step=300), replace=True)
-    assert os.listdir(tmp_path) == ["result.json"] and json.loads(_read(path)) == RESULT
-
-
-def test_fixed_paths(evaluate):
-    assert evaluate.fixed_path("/w", "test", output="/o.json", replace=True) == "/o.json"
-    assert evaluate.fixed_path("/w", "test", output=None, replace=True) == "/w/eval_test.json"
-    assert evaluate.fixed_path("/w", "test", output=None, replace=False) is None
+from tests.test_evaluation_results import RESULT, _read, _write
 
 
 def _fake_workdir(root) -> str:

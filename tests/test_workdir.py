@@ -237,7 +237,7 @@ def test_normalize_makes_local_paths_absolute_and_leaves_urls(tmp_path, monkeypa
 
 def test_relative_and_home_workdirs_train_resume_restore_and_export(tmp_path, monkeypatch,
                                                                      caplog):
-    from tfmeta import exporter, report
+    from tfmeta import exporter, reporting
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HOME", str(tmp_path))
@@ -251,7 +251,7 @@ def test_relative_and_home_workdirs_train_resume_restore_and_export(tmp_path, mo
     monkeypatch.chdir(tmp_path / "runs")
     assert int(experiment.restore(str(tmp_path / "runs" / "rel1")).step.numpy()) == 6
     assert int(experiment.restore("rel1").step.numpy()) == 6
-    assert report.load_run("~/runs/rel1").workdir == str(tmp_path / "runs" / "rel1")
+    assert reporting.load_run("~/runs/rel1").workdir == str(tmp_path / "runs" / "rel1")
     assert not (tmp_path / "runs" / "~").exists()
     for call in (lambda: trainer.train(_config(), ""), lambda: experiment.restore(""),
                  lambda: exporter.export_from_workdir("")):

@@ -8,8 +8,10 @@ user's input (a bug, a diverging run) keep their traceback and exit status 1.
 Start-up output: importing this module (the first import of every binary) loads TensorFlow with
 its C++ log level set from ``--verbosity`` and its native start-up lines filtered out, and
 :func:`run` lets through only tfmeta's own INFO lines (TFDS's progress bars off);
-``--verbosity=1`` brings back everything TensorFlow, TFDS and absl print. This module imports nothing else of tfmeta, so a binary's shell
-never depends on the library's layers.
+``--verbosity=1`` brings back everything TensorFlow, TFDS and absl print.
+
+This module imports nothing else of tfmeta, so a binary's shell never depends on the library's
+layers.
 """
 
 from __future__ import annotations

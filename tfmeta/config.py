@@ -376,7 +376,8 @@ def validate(config: ml_collections.ConfigDict, *, num_replicas: int = 1,
                               "the sinusoid MLP has none")
 
 
-def check_split_classes(config: ml_collections.ConfigDict, split_classes: Mapping[str, int]) -> None:
+def check_split_classes(config: ml_collections.ConfigDict,
+                        split_classes: Mapping[str, int]) -> None:
     """Checks that every split has at least ``data.ways`` classes (a validated config's data).
 
     Raises:

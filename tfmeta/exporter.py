@@ -89,6 +89,8 @@ from tfmeta import errors
 from tfmeta import layers as tfm_layers
 from tfmeta import signatures
 from tfmeta.version import __version__
+# One reader for an export's metadata, from its directory or its loaded SavedModel.
+from tfmeta.serving_client import read_metadata  # noqa: F401  (re-exported)
 
 EXPORT_DIR = "export"
 DEFAULT_MAX_INNER_STEPS = 100
@@ -862,10 +864,3 @@ def export_from_workdir(workdir: str, output: str | None = None, *, replace: boo
     exp = experiment.restore(workdir)
     return export_experiment(exp, output, max_inner_steps=max_inner_steps, replace=replace,
                              workdir=workdir)
-
-
-def read_metadata(path: str) -> dict[str, Any]:
-    """Reads the ``assets/tfmeta.json`` of an export (no TensorFlow graph loading)."""
-    with tf.io.gfile.GFile(os.path.join(path, "assets", signatures.METADATA_ASSET)) as f:
-        return json.loads(f.read())
-

@@ -1,7 +1,7 @@
 """Names in a tfmeta fast-adaptation SavedModel, shared by the exporter and its clients.
 
 The exporter (:mod:`tfmeta.exporter`) writes these signatures and the metadata asset;
-:mod:`tfmeta.adapt` and any other client look them up by the same names. Imports nothing.
+:mod:`tfmeta.serving_client` and any other client look them up by the same names. Imports nothing.
 """
 
 from __future__ import annotations
