@@ -302,6 +302,7 @@ class MetaModel(keras.Model):
         names = [METRIC_NAMES[k] for k in algorithm.metric_names]
         self._trackers = {name: keras.metrics.Mean(name=name) for name in names}
         self._resume: _Resume | None = None
+        self._load_error: MetaModelError | None = None
         self.built = True
 
     @staticmethod
@@ -310,8 +311,7 @@ class MetaModel(keras.Model):
         for var in [*algorithm.meta_variables, *algorithm.state_variables]:
             value = var.value if isinstance(var, keras.Variable) else var
             distributed = isinstance(value, tf.distribute.DistributedValues)
-            if (tf.distribute.has_strategy() and not distributed
-                    and strategy.num_replicas_in_sync > 1) or (
+            if (tf.distribute.has_strategy() and not distributed) or (
                     distributed and not strategy.extended.variable_created_in_scope(value)):
                 raise MetaModelError(
                     f"variable {var.name!r} of the algorithm was created under another "
@@ -324,6 +324,9 @@ class MetaModel(keras.Model):
         """Meta-iterations trained so far (saved with the weights)."""
         return int(self._iteration.numpy())
 
+    # Keras derives its variable lists from the layers it tracks, which would miss the inner
+    # loop's variables (learned rates, per-step batch norm, carried optimizer state): they are
+    # the algorithm's, listed by its public API. Every Keras list is defined from that.
     @property
     def trainable_weights(self) -> list[Any]:
         """Exactly ``algorithm.meta_variables``: the network's, then the inner loop's."""
@@ -332,11 +335,24 @@ class MetaModel(keras.Model):
     @property
     def non_trainable_weights(self) -> list[Any]:
         """``algorithm.state_variables``, then the meta-iteration counter."""
-        return [*self.algorithm.state_variables, self._iteration]
+        frozen = [] if self.trainable else list(self.algorithm.meta_variables)
+        return [*frozen, *self.algorithm.state_variables, self._iteration]
 
     @property
     def weights(self) -> list[Any]:
         return [*self.trainable_weights, *self.non_trainable_weights]
+
+    @property
+    def trainable_variables(self) -> list[Any]:
+        return self.trainable_weights
+
+    @property
+    def non_trainable_variables(self) -> list[Any]:
+        return self.non_trainable_weights
+
+    @property
+    def variables(self) -> list[Any]:
+        return self.weights
 
     def _own_saved_variables(self) -> list[Any]:
         """The counter and the algorithm's variables that are not the network's."""
@@ -359,12 +375,30 @@ class MetaModel(keras.Model):
         """
         variables = self._own_saved_variables()
         if len(store.keys()) != len(variables):
-            raise MetaModelError(
+            # Keras gathers loading errors into one message of many lines; load_weights raises
+            # this one instead.
+            self._load_error = MetaModelError(
                 f"the weights file holds {len(store.keys())} meta-iteration/inner-loop variables "
                 f"for {self.name!r}, which has {len(variables)}; it was saved from a MetaModel "
                 "with another algorithm or other inner-loop options")
+            raise self._load_error
         for i, var in enumerate(variables):
             var.assign(np.asarray(store[str(i)]))
+
+    def load_weights(self, filepath: str, *args: Any, **kwargs: Any) -> None:
+        """``keras.Model.load_weights``; a file of another kind of MetaModel is one error line.
+
+        Raises:
+          MetaModelError: the file was saved from a MetaModel with another algorithm or other
+            inner-loop options.
+        """
+        self._load_error = None
+        try:
+            super().load_weights(filepath, *args, **kwargs)
+        except ValueError:
+            if self._load_error is not None:
+                raise self._load_error from None
+            raise
 
     def get_config(self) -> dict[str, Any]:
         raise MetaModelError(
@@ -415,6 +449,18 @@ class MetaModel(keras.Model):
         # The optimizer's slots must exist for every meta-variable (learned rates included) and
         # be created under the model's strategy, before any step function is traced.
         if not self.optimizer.built:
+            with self.distribute_strategy.scope():
+                self.optimizer.build(self.trainable_variables)
+
+    def _maybe_symbolic_build(self, iterator: Any = None, data_batch: Any = None) -> None:
+        """Builds what is not built yet: only ever the optimizer (the model is built).
+
+        Keras' version builds models from a sample batch, which it first reduces across
+        replicas; for dict batches under ``MultiWorkerMirroredStrategy`` that reduction fails
+        (Keras 3.15), and a MetaModel needs no sample batch.
+        """
+        del iterator, data_batch
+        if self.optimizer is not None and not self.optimizer.built:
             with self.distribute_strategy.scope():
                 self.optimizer.build(self.trainable_variables)
 
@@ -504,7 +550,12 @@ class MetaModel(keras.Model):
                 self._trackers[name].update_state(values[key], sample_weight=count)
 
     def _results(self) -> dict[str, tf.Tensor]:
-        return {name: tracker.result() for name, tracker in self._trackers.items()}
+        results = {name: tracker.result() for name, tracker in self._trackers.items()}
+        if isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy):
+            # Keras 3.15 reduces a multi-worker step's logs with reduce(MEAN, axis=0), which
+            # fails on scalars; [1] reduces to the scalar (the values are equal everywhere).
+            results = {name: value[None] for name, value in results.items()}
+        return results
 
     def train_step(self, data: Any) -> dict[str, tf.Tensor]:
         """One meta-iteration on a batch of episodes (this replica's share under a strategy)."""
@@ -604,6 +655,20 @@ class MetaModel(keras.Model):
             check_episode_structure(spec, where=where, classification=self._classification,
                                     need_query_y=need_query_y)
 
+    def _check_steps(self, where: str, **steps: int | None) -> None:
+        """Refuses step counts that Keras would round up to whole executions.
+
+        With ``steps_per_execution=k`` every compiled call runs k steps while data lasts, so an
+        epoch of an infinite stream with a step count that is not a multiple of k would train
+        (or evaluate) more steps than asked.
+        """
+        k = self.steps_per_execution
+        for name, value in steps.items():
+            if value is not None and value % k:
+                raise MetaModelError(
+                    f"{where}: {name}={value} is not a multiple of steps_per_execution={k}; "
+                    f"Keras would run {-(-value // k) * k} steps (use a multiple of {k})")
+
     @contextlib.contextmanager
     def _user_errors(self, where: str) -> Iterator[None]:
         try:
@@ -631,6 +696,8 @@ class MetaModel(keras.Model):
         Raises:
           EpisodeError: the episodes (or ``validation_data``) lack a key, have label counts that
             differ from example counts, or hold class labels outside ``[0, ways)``.
+          MetaModelError: ``steps_per_epoch`` or ``validation_steps`` is not a multiple of
+            ``steps_per_execution``.
 
         With ``BackupAndRestore``, a run interrupted mid-epoch continues at the step where its
         backup was written, with the same batches (the data stream is consumed up to that
@@ -644,6 +711,8 @@ class MetaModel(keras.Model):
         self._check_data(x, "fit")
         if kwargs.get("validation_data") is not None:
             self._check_data(kwargs["validation_data"], "validation_data")
+        self._check_steps("fit", steps_per_epoch=kwargs.get("steps_per_epoch"),
+                          validation_steps=kwargs.get("validation_steps"))
         steps = kwargs.get("steps_per_epoch")
         per_epoch = None
         if isinstance(x, tf.data.Dataset):
@@ -651,6 +720,9 @@ class MetaModel(keras.Model):
             per_epoch = cardinality if cardinality > 0 else None
         self._resume = _Resume(self, steps_per_epoch=steps, batches_per_epoch=per_epoch,
                                initial_epoch=kwargs.get("initial_epoch", 0))
+        # Episode batches are already random draws; Keras would only warn that it cannot
+        # shuffle a dataset.
+        kwargs.setdefault("shuffle", False)
         callbacks = kwargs.pop("callbacks", None)
         if isinstance(callbacks, keras.callbacks.CallbackList):
             callbacks.append(self._resume)
@@ -674,6 +746,7 @@ class MetaModel(keras.Model):
                                f"got {_describe(y)}")
         if not kwargs.get("_use_cached_eval_dataset"):
             self._check_data(x, "evaluate")
+            self._check_steps("evaluate", steps=kwargs.get("steps"))
         with self._user_errors("evaluate"):
             return super().evaluate(x, **kwargs)
 
@@ -684,6 +757,7 @@ class MetaModel(keras.Model):
           EpisodeError: as :meth:`fit` (``query_y`` is not needed).
         """
         self._check_data(x, "predict", need_query_y=False)
+        self._check_steps("predict", steps=kwargs.get("steps"))
         with self._user_errors("predict"):
             return super().predict(x, **kwargs)
 
