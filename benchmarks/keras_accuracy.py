@@ -7,7 +7,8 @@ Builds the config's experiment (model, algorithm, Adam, seeds) with :mod:`tfmeta
 its algorithm in :class:`tfmeta.keras.MetaModel` and meta-trains it with ``fit`` on the trainer's
 own training stream (``seed``, input pipeline 0, the config's meta-batch), for ``--iterations``
 meta-iterations (``steps_per_epoch`` 100, ``steps_per_execution`` 100 as the trainer's
-``steps_per_loop``), validating every 500 iterations on 200 validation episodes.
+``steps_per_loop``), validating every 500 iterations on 200 validation episodes (100 batches of
+2, one execution).
 ``BackupAndRestore`` keeps a backup every epoch, so rerunning the same command after an
 interruption resumes. Then it evaluates the final parameters with the trainer's own
 evaluation (``tfmeta.trainer.evaluate``) on 600 test episodes, 1 query per class, in both
@@ -55,7 +56,8 @@ def load_config(spec: str):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workdir", required=True)
-    parser.add_argument("--config", default=os.path.join(REPO, "configs/omniglot_maml.py:5way1shot"))
+    parser.add_argument("--config",
+                        default=os.path.join(REPO, "configs", "omniglot_maml.py") + ":5way1shot")
     parser.add_argument("--iterations", type=int, default=4700)
     parser.add_argument("--archives_dir", default=os.environ.get("TFMETA_OMNIGLOT_ARCHIVES", ""))
     parser.add_argument("--data_dir", default="")
@@ -81,12 +83,14 @@ def main() -> None:
     meta.compile(optimizer=exp.optimizer, steps_per_execution=config.train.steps_per_loop)
     batch = config.train.meta_batch_size
     train = exp.source.make_dataset("train", 0, batch, config.seed, 0)
-    validation = exp.source.make_dataset("validation", 0, config.eval.batch_size,
-                                         config.eval.seed, 0)
+    # Batches of episodes such that one execution of steps_per_loop steps is the trainer's
+    # validation (train.eval_episodes episodes).
+    validation_batch = VALIDATION_EPISODES // config.train.steps_per_loop
+    validation = exp.source.make_dataset("validation", 0, validation_batch, config.eval.seed, 0)
     t0 = time.perf_counter()
     meta.fit(train, epochs=args.iterations // STEPS_PER_EPOCH, steps_per_epoch=STEPS_PER_EPOCH,
              validation_data=validation,
-             validation_steps=VALIDATION_EPISODES // config.eval.batch_size,
+             validation_steps=config.train.steps_per_loop,
              validation_freq=VALIDATE_EVERY_EPOCHS, verbose=2,
              callbacks=[keras.callbacks.BackupAndRestore(os.path.join(workdir, "backup")),
                         keras.callbacks.CSVLogger(os.path.join(workdir, "log.csv"), append=True)])

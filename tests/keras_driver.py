@@ -3,13 +3,14 @@
     python tests/keras_driver.py SPEC_JSON
 
 SPEC_JSON: {"strategies": ["default", "mirrored"] | ["multiworker"], "logical_cpus": 2,
-            "float64": true, "algorithm": "maml" | "reptile", "steps": 4, "dump": "out"}
+            "float64": true, "algorithms": ["maml", "reptile", "reptile_mlp"], "steps": 4,
+            "dump": "out"}
 
 Logical CPU devices and ``TF_CONFIG`` must be set before TensorFlow initialises, which is why this
-runs as its own process. For each strategy, a tiny conv4 MetaModel is built inside the strategy's
-scope and fitted on the same deterministic episodes (a global batch of 4 tasks per step), and
-its weights are written to ``DUMP.<strategy>.npz``. :func:`run` is also imported by the tests to
-compute the one-device reference in their own process.
+runs as its own process. For each strategy and algorithm, a tiny conv4 MetaModel is built inside
+the strategy's scope and fitted on the same deterministic episodes (a global batch of 4 tasks per
+step), and its weights are written to ``DUMP.<algorithm>.<strategy>.npz``. :func:`run` is also
+imported by the tests to compute the one-device reference in their own process.
 """
 
 from __future__ import annotations
@@ -47,6 +48,14 @@ def build(algorithm: str, strategy=None):
     from tfmeta.keras import MetaModel
 
     with strategy.scope() if strategy is not None else contextlib.nullcontext():
+        if algorithm == "reptile_mlp":  # the carried Adam state on a model without batch norm
+            model = tfmeta.sinusoid_mlp(hidden=(8,), seed=0)
+            algo = tfmeta.Reptile(model, inner_lr=0.01, inner_steps=3, inner_optimizer="adam",
+                                  inner_batch_size=4, carry_optimizer_state=True,
+                                  outer_step_size=0.5, loss="mse")
+            meta = MetaModel(algo)
+            meta.compile()
+            return meta
         model = tfmeta.omniglot_conv4(WAYS, image_size=SIZE, filters=4, seed=0)
         if algorithm == "reptile":
             algo = tfmeta.Reptile(model, inner_lr=0.05, inner_steps=3, inner_optimizer="adam",
@@ -63,8 +72,15 @@ def run(spec: dict, strategy=None) -> dict[str, np.ndarray]:
     """Fits ``spec["steps"]`` steps; returns the weights by position."""
     import tensorflow as tf
 
-    data = episodes(spec["steps"], dtype="float64" if spec.get("float64") else "float32")
-    dataset = tf.data.Dataset.from_tensor_slices(data)
+    dtype = "float64" if spec.get("float64") else "float32"
+    if spec.get("algorithm") == "reptile_mlp":
+        from tfmeta import sinusoid
+
+        dataset = sinusoid.task_dataset(k_support=6, k_query=4, seed=0, batch_size=TASKS).map(
+            lambda b: {k: tf.cast(b[k], dtype) for k in ("support_x", "support_y", "query_x",
+                                                         "query_y")})
+    else:
+        dataset = tf.data.Dataset.from_tensor_slices(episodes(spec["steps"], dtype=dtype))
     meta = build(spec.get("algorithm", "maml"), strategy)
     meta.fit(dataset, epochs=1, steps_per_epoch=spec["steps"], verbose=0)
     return {f"{i}:{w.name}": np.asarray(w.numpy()) for i, w in enumerate(meta.weights)}
@@ -88,8 +104,10 @@ def main() -> None:
     for name in spec["strategies"]:
         strategy = distribute.make_strategy(name)
         replicas[name] = strategy.num_replicas_in_sync
-        weights = run(spec, None if name == "default" else strategy)
-        np.savez(f"{spec['dump']}.{name}.npz", **weights)
+        for algorithm in spec.get("algorithms", ["maml"]):
+            weights = run(dict(spec, algorithm=algorithm),
+                          None if name == "default" else strategy)
+            np.savez(f"{spec['dump']}.{algorithm}.{name}.npz", **weights)
     print(json.dumps({"replicas": replicas}))
 
 

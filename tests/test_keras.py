@@ -53,9 +53,11 @@ def _algorithm(name: str):
     model = _conv4()
     if name == "maml":
         return tfmeta.MAML(model, inner_lr=0.4, inner_steps=1, eval_inner_steps=2)
-    if name == "mamlpp":
-        # Learned per-layer per-step rates, per-step batch norm, the multi-step loss annealed
-        # over epochs of 2 iterations and switched off after 2, queries in support mode.
+    if name == "mamlpp":  # learned per-layer per-step rates, per-step batch norm
+        return tfmeta.MAMLpp(model, inner_lr=0.1, inner_steps=2, multi_step_loss=False,
+                             bn_mode="support")
+    if name == "mamlpp_msl":
+        # And the multi-step loss, annealed over epochs of 2 iterations and off after 2.
         return tfmeta.MAMLpp(model, inner_lr=0.1, inner_steps=2, msl_epochs=1,
                              iterations_per_epoch=2, bn_mode="support")
     return tfmeta.Reptile(model, inner_lr=0.05, inner_steps=3, inner_optimizer="adam",
@@ -80,17 +82,17 @@ def _one_line(error: BaseException) -> str:
 
 
 # --------------------------------------------------------------------------- same numbers
-@pytest.mark.parametrize("name", ["maml", "mamlpp", "reptile"])
+@pytest.mark.parametrize("name", ["maml", "mamlpp", "reptile",
+                                  pytest.param("mamlpp_msl", marks=pytest.mark.slow)])
 def test_fit_equals_meta_step_in_float64(float64, name):
     """N fit steps == N meta_step calls + the optimizer + the state update, on the same batches.
 
     MAML: second order through batch norm. MAML++: learned rates and per-step batch norm are
-    trained, and its phases switch inside the run (first order for 1 iteration, the multi-step
-    loss for 2). Reptile: inner Adam with its state carried in state variables.
+    trained (``mamlpp_msl``: with the multi-step loss, switching off inside the run after 2
+    iterations). Reptile: inner Adam with its state carried in state variables.
     """
     steps = 3
-    kwargs = {"first_order_iterations": 1} if name == "mamlpp" else {}
-    meta = MetaModel(_algorithm(name), **kwargs)
+    meta = MetaModel(_algorithm(name))
     meta.compile(optimizer=keras.optimizers.SGD(0.1) if name != "reptile" else None)
     history = meta.fit(_dataset(steps, dtype="float64"), epochs=1, verbose=0)
     assert meta.meta_iteration == steps
@@ -103,13 +105,13 @@ def test_fit_equals_meta_step_in_float64(float64, name):
     losses = []
     for i, batch in enumerate(_batches(steps, dtype="float64")):
         phase = {}
-        if name == "mamlpp":  # as tfmeta.trainer.phase computes it
-            phase = {"first_order": i < 1, "multi_step_loss": i < 2, "iteration": i}
+        if name == "mamlpp_msl":  # as tfmeta.trainer.phase computes it
+            phase = {"first_order": False, "multi_step_loss": i < 2, "iteration": i}
         step = algo.meta_step(batch, **phase)
         optimizer.apply_gradients(zip(step.grads, algo.meta_variables))
         functional.assign_floating(algo.state_variables, step.non_trainable)
         losses.append(float(step.metrics["loss"]))
-    if name == "mamlpp":  # learned rates and per-step batch-norm weights are meta-parameters
+    if name.startswith("mamlpp"):  # learned rates, per-step batch-norm weights: meta-parameters
         assert len(algo.meta_variables) > len(algo.model.trainable_variables)
     _assert_same(_weights(meta)[:-1], [np.asarray(v.numpy()) for v in
                                        [*algo.meta_variables, *algo.state_variables]])
@@ -138,22 +140,41 @@ def test_fit_equals_meta_step_with_a_smaller_last_batch(float64):
                                        [*algo.meta_variables, *algo.state_variables]])
 
 
-def test_jit_compile_and_steps_per_execution_equal_the_default(float64):
+def _sine_maml():
+    return tfmeta.MAML(tfmeta.sinusoid_mlp(hidden=(8,), seed=0), inner_lr=0.01, inner_steps=1,
+                       loss="mse")
+
+
+def _sine_stream(batch: int = 4) -> tf.data.Dataset:
+    return tfmeta.sinusoid.task_dataset(k_support=5, k_query=5, seed=0, batch_size=batch)
+
+
+@pytest.mark.parametrize("model", ["mlp", pytest.param("conv4_bn", marks=pytest.mark.slow)])
+def test_jit_compile_and_steps_per_execution_equal_the_default(float64, model):
     """What TPUStrategy needs: the train step compiles with XLA (static shapes, no host round
-    trips inside it), and several steps run in one execution, phase switch included."""
+    trips inside it), and several steps run in one execution; the derivative-order switch
+    (first order for 2 iterations) happens inside the first execution."""
+    build = _sine_maml if model == "mlp" else lambda: _algorithm("maml")
+    data = (_sine_stream().take(4).map(lambda b: {k: tf.cast(v, tf.float64)
+                                                   for k, v in b.items()})
+            if model == "mlp" else _dataset(4, dtype="float64"))
     results = {}
-    for jit, k in ((False, 1), (False, 4), (True, 4)):
-        meta = MetaModel(_algorithm("mamlpp"), first_order_iterations=2)
+    for jit, k in ((False, 1), (True, 4)):
+        meta = MetaModel(build(), first_order_iterations=2)
         meta.compile(optimizer=keras.optimizers.SGD(0.1), jit_compile=jit, steps_per_execution=k)
         assert meta.jit_compile is jit
-        history = meta.fit(_dataset(8, dtype="float64"), epochs=1, verbose=0)
-        assert meta.meta_iteration == 8
+        history = meta.fit(data, epochs=1, verbose=0)
+        assert meta.meta_iteration == 4
         results[(jit, k)] = (_weights(meta), history.history)
-    default = results[(False, 1)]
-    for key in ((False, 4), (True, 4)):
-        _assert_same(results[key][0], default[0])
-        for name, values in default[1].items():
-            np.testing.assert_allclose(results[key][1][name], values, rtol=1e-6, err_msg=name)
+    default, jit = results[(False, 1)], results[(True, 4)]
+    _assert_same(jit[0], default[0])
+    for name, values in default[1].items():
+        np.testing.assert_allclose(jit[1][name], values, rtol=1e-6, err_msg=name)
+    # The first-order phase is real: the same run in second order all along differs.
+    second = MetaModel(build())
+    second.compile(optimizer=keras.optimizers.SGD(0.1))
+    second.fit(data, epochs=1, verbose=0)
+    assert not np.allclose(_weights(second)[0], default[0][0], rtol=1e-8)
 
 
 def test_trainer_and_fit_reach_the_same_parameters(tmp_path):
@@ -201,17 +222,18 @@ def _npz(path: str) -> list[np.ndarray]:
         return [f[k] for k in sorted(f.files, key=lambda k: int(k.split(":")[0]))]
 
 
-@pytest.mark.parametrize("algorithm", ["maml", "reptile"])
-def test_mirrored_on_two_devices_equals_one_device(tmp_path, algorithm):
+def test_mirrored_on_two_devices_equals_one_device(tmp_path):
     """The same global batch on 1 device and on 2 mirrored replicas: the same weights (float64),
-    batch-norm statistics and Reptile's carried Adam state included."""
+    batch-norm statistics (MAML) and Reptile's carried Adam state included."""
     spec = {"strategies": ["default", "mirrored"], "logical_cpus": 2, "float64": True,
-            "algorithm": algorithm, "steps": 3, "dump": str(tmp_path / "w")}
+            "algorithms": ["maml", "reptile_mlp"], "steps": 3, "dump": str(tmp_path / "w")}
     report = _finish(_drive(spec))
     assert report["replicas"] == {"default": 1, "mirrored": 2}
-    single, mirrored = _npz(spec["dump"] + ".default.npz"), _npz(spec["dump"] + ".mirrored.npz")
-    _assert_same(mirrored, single)
-    assert int(single[-1]) == 3  # the meta-iteration counter
+    for algorithm in spec["algorithms"]:
+        dump = f"{spec['dump']}.{algorithm}"
+        single, mirrored = _npz(dump + ".default.npz"), _npz(dump + ".mirrored.npz")
+        _assert_same(mirrored, single)
+        assert int(single[-1]) == 3  # the meta-iteration counter
 
 
 def _free_port() -> int:
@@ -233,8 +255,8 @@ def test_multiworker_two_local_workers_equal_one_device(tmp_path, float64):
                             env=subprocess_env(TF_CONFIG=tf_config)))
     reports = [_finish(p) for p in procs]
     assert [r["replicas"] for r in reports] == [{"multiworker": 2}] * 2
-    w0 = _npz(str(tmp_path / "worker0.multiworker.npz"))
-    w1 = _npz(str(tmp_path / "worker1.multiworker.npz"))
+    w0 = _npz(str(tmp_path / "worker0.maml.multiworker.npz"))
+    w1 = _npz(str(tmp_path / "worker1.maml.multiworker.npz"))
     _assert_same(w0, w1, rtol=0, atol=0)
     _assert_same(w0, list(keras_driver.run(spec).values()))
 
@@ -364,7 +386,7 @@ def test_evaluate_and_predict_are_the_algorithms():
     algo = _algorithm("maml")
     meta = MetaModel(algo)
     meta.compile()
-    dataset = _dataset(3)
+    dataset = _dataset(1)
     logs = meta.evaluate(dataset, return_dict=True, verbose=0)
     per_task = {k: np.concatenate([algo.evaluate(b)[k].numpy() for b in dataset])
                 for k in algo.metric_names}
@@ -376,10 +398,9 @@ def test_evaluate_and_predict_are_the_algorithms():
                            verbose=0)
     expected = np.concatenate([algo.adapt_and_predict(b["support_x"], b["support_y"],
                                                       b["query_x"]).numpy() for b in dataset])
-    assert outputs.shape == (12, WAYS * keras_driver.QUERIES, WAYS)
+    assert outputs.shape == (4, WAYS * keras_driver.QUERIES, WAYS)
     np.testing.assert_allclose(outputs, expected, rtol=1e-5, atol=1e-6)
-    batch = next(iter(dataset))
-    np.testing.assert_allclose(meta(batch), expected[:4], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(meta(next(iter(dataset))), expected, rtol=1e-5, atol=1e-6)
 
 
 def test_weights_hold_learned_rates_per_step_bn_and_the_counter(tmp_path):
@@ -474,75 +495,132 @@ _NO_TFMETA_CHILD = textwrap.dedent("""
     sys.meta_path.insert(0, _Block())
     import json
     import numpy as np, tensorflow as tf
-    path, inputs, outputs = sys.argv[1:4]
+    path, inputs, output, outputs = sys.argv[1:5]
     loaded = tf.saved_model.load(path)
-    data = dict(np.load(inputs))
-    out = loaded.signatures["adapt_and_predict"](support_images=data["sx"],
-                                                 support_labels=data["sy"],
-                                                 query_images=data["qx"])
-    np.save(outputs, out["logits"].numpy())
+    out = loaded.signatures["adapt_and_predict"](**dict(np.load(inputs)))
+    np.save(outputs, out[output].numpy())
     print(loaded.signatures["metadata"]()["json"].numpy().decode().replace("\\n", " "))
 """)
 
 
-def test_fit_trained_model_exports_and_adapts_without_tfmeta(tmp_path):
-    meta = MetaModel(_algorithm("maml"))
-    meta.compile(optimizer=keras.optimizers.Adam(1e-2))
-    meta.fit(_dataset(3), epochs=1, verbose=0)
-    path = meta.export(str(tmp_path / "export"), shots=keras_driver.SHOTS,
-                       queries=keras_driver.QUERIES)
-    rng = np.random.default_rng(5)
-    sx = np.round(rng.uniform(size=(WAYS, SIZE, SIZE, 1)) * 255).astype(np.float32) / 255
-    qx = np.round(rng.uniform(size=(4, SIZE, SIZE, 1)) * 255).astype(np.float32) / 255
-    sy = np.arange(WAYS, dtype=np.int32)
-    np.savez(tmp_path / "in.npz", sx=sx, sy=sy, qx=qx)
+def _adapt_without_tfmeta(tmp_path, path: str, inputs: dict, output: str) -> np.ndarray:
+    """``adapt_and_predict`` of the SavedModel at ``path`` in a process that cannot import
+    tfmeta (inputs by signature name); returns the ``output`` array; checks the metadata."""
+    np.savez(tmp_path / "in.npz", **inputs)
     (tmp_path / "child.py").write_text(_NO_TFMETA_CHILD)
     env = subprocess_env()
     env["PYTHONPATH"] = ""  # not even the repository on the path
     proc = subprocess.run([sys.executable, str(tmp_path / "child.py"), path,
-                           str(tmp_path / "in.npz"), str(tmp_path / "out.npy")],
+                           str(tmp_path / "in.npz"), output, str(tmp_path / "out.npy")],
                           cwd=str(tmp_path), env=env, capture_output=True, text=True,
                           timeout=TIMEOUT)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    meta_json = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert meta_json["algorithm"] == "maml" and meta_json["step"] == 3
-    assert meta_json["ways"] == WAYS and meta_json["image_size"] == SIZE
-    assert meta_json["inner_steps"] == 2 and meta_json["serving_bn_mode"] == "support"
-    # The graph inverts decode_png/255 images (strokes bright), then adapts as tfmeta does.
-    algo = meta.algorithm
-    want = algo.adapt_and_predict((1 - sx)[None], sy[None], (1 - qx)[None],
-                                  bn_mode="support")[0].numpy()
-    np.testing.assert_allclose(np.load(tmp_path / "out.npy"), want, atol=1e-5)
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == exporter.read_metadata(path)
+    return np.load(tmp_path / "out.npy")
 
 
-def test_export_is_the_trainers_saved_model(tmp_path):
-    """The same signatures, metadata and answers as the trainer's export of the same model."""
+def _trained_experiment():
+    """A tiny experiment of the smoke config (synthetic images), trained 2 steps with fit."""
     from tests.distributed_driver import load_config, synthetic_omniglot
     from tfmeta import trainer
 
     config = load_config(os.path.join(REPO, "configs", "omniglot_maml.py") + ":smoke")
-    config.update_from_flattened_dict({"data.image_size": 12, "model.filters": 4})
+    config.update_from_flattened_dict({"data.image_size": SIZE, "model.filters": 4,
+                                       "train.meta_batch_size": 4})
     exp = trainer.build_experiment(config, tf.distribute.get_strategy(),
-                                   data=synthetic_omniglot(12))
-    theirs = exporter.export_experiment(exp, str(tmp_path / "trainer"))
-    ours = export(MetaModel(exp.algorithm), str(tmp_path / "keras"), shots=config.data.shots,
-                  queries=config.data.queries, split_scheme=config.data.split_scheme,
-                  subset=config.data.subset)
-    a, b = tf.saved_model.load(theirs), tf.saved_model.load(ours)
-    assert set(a.signatures) == set(b.signatures)
-    meta_a = exporter.read_metadata(theirs)
-    meta_b = exporter.read_metadata(ours)
-    for key in set(meta_a) - {"exported_at"}:
-        assert meta_b[key] == meta_a[key], key
-    sx, sy, qx = (np.random.default_rng(0).uniform(size=(5, 12, 12, 1)).astype(np.float32),
-                  np.arange(5, dtype=np.int32),
-                  np.random.default_rng(1).uniform(size=(3, 12, 12, 1)).astype(np.float32))
-    for name in (signatures.ADAPT, signatures.TRANSDUCTIVE):
-        np.testing.assert_array_equal(
-            a.signatures[name](support_images=sx, support_labels=sy, query_images=qx)["logits"],
-            b.signatures[name](support_images=sx, support_labels=sy, query_images=qx)["logits"])
+                                   data=synthetic_omniglot(SIZE))
+    meta = MetaModel(exp.algorithm)
+    meta.compile(optimizer=exp.optimizer)
+    meta.fit(exp.source.make_dataset("train", 0, 4, config.seed, 0), epochs=1,
+             steps_per_epoch=2, verbose=0)
+    exp.step.assign(meta.meta_iteration)
+    return exp, meta
+
+
+def _export_like_the_trainer(meta: MetaModel, config, path: str) -> str:
+    return meta.export(path, shots=config.data.shots, queries=config.data.queries,
+                       split_scheme=config.data.split_scheme, subset=config.data.subset)
+
+
+def _episode_images(ways: int = 5, queries: int = 4):
+    rng = np.random.default_rng(5)
+    sx = np.round(rng.uniform(size=(ways, SIZE, SIZE, 1)) * 255).astype(np.float32) / 255
+    qx = np.round(rng.uniform(size=(queries, SIZE, SIZE, 1)) * 255).astype(np.float32) / 255
+    return sx, np.arange(ways, dtype=np.int32), qx
+
+
+@pytest.mark.slow
+def test_fit_trained_classifier_exports_and_adapts_without_tfmeta(tmp_path):
+    """The SavedModel of a model trained with fit: the trainer's metadata for the same run, and
+    it adapts in a process that cannot import tfmeta, as tfmeta does in process."""
+    exp, meta = _trained_experiment()
+    path = _export_like_the_trainer(meta, exp.config, str(tmp_path / "keras"))
+    ours = exporter.read_metadata(path)
+    theirs = exporter.metadata_from_config(exp.config, step=2, classification=True)
+    assert ours["step"] == 2 and ours["trained_with"] == "keras_fit"
+    for key in set(theirs) - {"exported_at"}:
+        assert ours[key] == theirs[key], key
+    assert ours["signatures"] == [signatures.ADAPT, signatures.ADAPT_STEPS,
+                                  signatures.ADAPT_BATCH, signatures.TRANSDUCTIVE,
+                                  signatures.PREDICT, signatures.METADATA]
     with pytest.raises(AlgorithmTypeError):
         export(exp.model, str(tmp_path / "x"))
+
+    sx, sy, qx = _episode_images()
+    got = _adapt_without_tfmeta(tmp_path, path, {"support_images": sx, "support_labels": sy,
+                                                 "query_images": qx}, "logits")
+    # The graph inverts decode_png/255 images (strokes bright), then adapts as tfmeta does
+    # (queries normalised with the support set's statistics: the serving mode).
+    want = exp.algorithm.adapt_and_predict((1 - sx)[None], sy[None], (1 - qx)[None],
+                                           bn_mode="support")[0].numpy()
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_fit_trained_model_exports_and_adapts_without_tfmeta(tmp_path):
+    """A sinusoid regressor trained with fit: the trainer's metadata for the same settings, and
+    the SavedModel adapts in a process that cannot import tfmeta, as tfmeta does in process."""
+    from tests.distributed_driver import load_config
+
+    config = load_config(os.path.join(REPO, "configs", "sinusoid_maml.py") + ":smoke")
+    algo = tfmeta.MAML(tfmeta.sinusoid_mlp(hidden=(8,), seed=0), inner_lr=config.inner.lr,
+                       inner_steps=config.inner.steps, eval_inner_steps=config.inner.eval_steps,
+                       loss="mse")
+    meta = MetaModel(algo)
+    meta.compile()
+    meta.fit(_sine_stream(), epochs=1, steps_per_epoch=2, verbose=0)
+    path = meta.export(str(tmp_path / "export"), k_support=config.data.k_support,
+                       k_query=config.data.k_query)
+    ours = exporter.read_metadata(path)
+    theirs = exporter.metadata_from_config(config, step=2, classification=False)
+    assert ours["step"] == 2 and ours["trained_with"] == "keras_fit"
+    for key in set(theirs) - {"exported_at"}:
+        assert ours[key] == theirs[key], key
+    with pytest.raises(AlgorithmTypeError):
+        export(algo.model, str(tmp_path / "x"))
+
+    rng = np.random.default_rng(3)
+    sx, qx = (rng.uniform(-5, 5, (n, 1)).astype(np.float32) for n in (5, 7))
+    sy = np.sin(sx).astype(np.float32)
+    got = _adapt_without_tfmeta(tmp_path, path, {"support_x": sx, "support_y": sy,
+                                                 "query_x": qx}, "predictions")
+    want = algo.adapt_and_predict(sx[None], sy[None], qx[None])[0].numpy()
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_fit_trained_model_answers_like_the_trainers_export(tmp_path):
+    """The trainer's export and ours of the same parameters: same signatures, same answers."""
+    exp, meta = _trained_experiment()
+    theirs = exporter.export_experiment(exp, str(tmp_path / "trainer"))
+    ours = _export_like_the_trainer(meta, exp.config, str(tmp_path / "keras"))
+    a, b = tf.saved_model.load(theirs), tf.saved_model.load(ours)
+    assert set(a.signatures) == set(b.signatures)
+    sx, sy, qx = _episode_images()
+    inputs = dict(support_images=sx, support_labels=sy, query_images=qx)
+    for name in (signatures.ADAPT, signatures.TRANSDUCTIVE, signatures.PREDICT):
+        args = {"query_images": qx} if name == signatures.PREDICT else inputs
+        np.testing.assert_array_equal(a.signatures[name](**args)["logits"],
+                                      b.signatures[name](**args)["logits"])
 
 
 # --------------------------------------------------------------------------- the example

@@ -66,7 +66,7 @@ from absl import logging
 
 import tfmeta
 from tfmeta import errors, exporter, signatures
-from tfmeta.maml import MAML, MAMLpp, MetaSGD, ANIL
+from tfmeta.maml import ANIL, MAML, MAMLpp, MetaSGD
 from tfmeta.meta_learner import MetaLearner
 from tfmeta.reptile import Reptile
 
@@ -173,8 +173,8 @@ def _label_error(e: tf.errors.InvalidArgumentError, where: str) -> EpisodeError 
                       rf"\s*\[(-?\d+)\]", text)
     if found:
         key, ways, low, high = found.groups()
-        return EpisodeError(f"{where}: {key} holds labels outside [0, {ways}) (the model has "
-                            f"{ways} outputs): found labels from {low} to {high}")
+        return EpisodeError(f"{where}: {key} holds labels outside [0, {ways}) (the model's "
+                            f"classes): found labels from {low} to {high}")
     line = next(line for line in text.splitlines() if _LABEL_CHECK in line)
     return EpisodeError(f"{where}: {line.strip()}")
 
@@ -238,9 +238,8 @@ class _Resume(keras.callbacks.Callback):
                          self._meta.meta_iteration, within, epoch + 1)
 
 
-@tf.function
 def _discard(iterator: Any, count: tf.Tensor) -> None:
-    """Consumes ``count`` elements of ``iterator`` (one compiled call, no host round trips)."""
+    """Consumes ``count`` elements of ``iterator`` (compiled: one call, whatever the count)."""
     for _ in tf.range(count):
         iterator.get_next()
 
@@ -406,6 +405,13 @@ class MetaModel(keras.Model):
             "config: a tfmeta algorithm has none; use save_weights()/load_weights() into a "
             "MetaModel built the same way, or export() for serving")
 
+    def to_json(self, **kwargs: Any) -> str:
+        """The JSON config of the meta-learned network (what TensorBoard's graph view shows).
+
+        A MetaModel itself has no config (see :meth:`get_config`); the network does.
+        """
+        return self.network.to_json(**kwargs)
+
     @property
     def metrics(self) -> list[keras.metrics.Metric]:
         # Listed so that Keras resets them every epoch and reads them for the epoch logs.
@@ -521,8 +527,8 @@ class MetaModel(keras.Model):
                                 need_query_y=need_query_y)
         keys = EPISODE_KEYS if need_query_y else EPISODE_KEYS[:3]
         batch = {k: tf.convert_to_tensor(x[k]) for k in keys}
-        if self._classification:
-            ways = self.network.output_shape[-1]
+        ways = self._classes
+        if ways is not None:
             for key in keys[1::2]:
                 y = batch[key]
                 ok = tf.logical_and(tf.reduce_all(y >= 0), tf.reduce_all(y < ways))
@@ -536,7 +542,17 @@ class MetaModel(keras.Model):
 
     @property
     def _classification(self) -> bool:
-        return self.algorithm.accuracy_fn is not None
+        """Whether labels are integer class indices (the sparse cross-entropy loss)."""
+        return self.algorithm.loss_name == "sparse_categorical_crossentropy"
+
+    @property
+    def _classes(self) -> int | None:
+        """Label values run over ``[0, classes)``; None for real-valued targets."""
+        if self._classification:
+            return int(self.network.output_shape[-1])
+        if self.algorithm.loss_name == "binary_crossentropy":
+            return 2
+        return None
 
     def _update_trackers(self, values: dict[str, tf.Tensor], count: tf.Tensor) -> None:
         """Adds a batch's global per-task means, weighted by its global number of tasks.
@@ -632,11 +648,12 @@ class MetaModel(keras.Model):
             return self.train_function
         super().make_train_function(force=True)
         compiled = self.train_function
+        discard = tf.function(_discard)
 
         def train_function(iterator: Any) -> Any:
             resume = self._resume
             if resume is not None and resume.discard:
-                _discard(iterator, tf.constant(resume.discard, tf.int64))
+                discard(iterator, tf.constant(resume.discard, tf.int64))
                 resume.discard = 0
             if resume is not None and resume.skip:
                 resume.skip -= self.steps_per_execution
@@ -718,17 +735,23 @@ class MetaModel(keras.Model):
         if isinstance(x, tf.data.Dataset):
             cardinality = int(x.cardinality())
             per_epoch = cardinality if cardinality > 0 else None
-        self._resume = _Resume(self, steps_per_epoch=steps, batches_per_epoch=per_epoch,
-                               initial_epoch=kwargs.get("initial_epoch", 0))
-        # Episode batches are already random draws; Keras would only warn that it cannot
-        # shuffle a dataset.
-        kwargs.setdefault("shuffle", False)
+        if isinstance(x, tf.data.Dataset):
+            # Episode batches are already random draws; Keras would only warn that it cannot
+            # shuffle a dataset.
+            kwargs.setdefault("shuffle", False)
         callbacks = kwargs.pop("callbacks", None)
-        if isinstance(callbacks, keras.callbacks.CallbackList):
-            callbacks.append(self._resume)
-        else:
+        listed = (callbacks.callbacks if isinstance(callbacks, keras.callbacks.CallbackList)
+                  else list(callbacks or []))
+        # Only a backup of this very run says where it stopped (weights loaded by another
+        # callback, e.g. a warm start, are no position in this run's data).
+        if any(isinstance(c, keras.callbacks.BackupAndRestore) for c in listed):
+            self._resume = _Resume(self, steps_per_epoch=steps, batches_per_epoch=per_epoch,
+                                   initial_epoch=kwargs.get("initial_epoch", 0))
             # Last, so that it runs after BackupAndRestore has restored the weights.
-            callbacks = [*(callbacks or []), self._resume]
+            if isinstance(callbacks, keras.callbacks.CallbackList):
+                callbacks.append(self._resume)
+            else:
+                callbacks = [*listed, self._resume]
         try:
             with self._user_errors("fit"):
                 return super().fit(x, callbacks=callbacks, **kwargs)
