@@ -29,9 +29,9 @@ Three measurements, each printed as JSON lines:
   of the meta-step and Adam update, state and metric reductions, ``--steps_per_loop``
   meta-iterations per call), both reading the same batch from a repeated ``tf.data`` stream,
   ``steps_per_execution`` = ``--steps_per_loop``, the default ``tasks_in_parallel`` and no
-  strategy. Timed in interleaved rounds; each fit round is one whole ``fit()`` call (callbacks,
-  iterator and logs included) of as many steps as the trainer made in that round. One line
-  each, the fit line with ``fraction_of_trainer``.
+  strategy. Timed in rounds of the same number of meta-iterations for both, in alternating
+  order; each fit round is one whole ``fit()`` call (callbacks, iterator and logs included).
+  One line each, the fit line with ``fraction_of_trainer``.
 
 The input pipeline is excluded: every iteration reuses one synthetic batch.
 """
@@ -204,7 +204,13 @@ def _trainer_loop(workload: str, steps_per_loop: int):
 
 def measure_keras_fit(workload: str, seconds: float, steps_per_loop: int,
                       rounds: int) -> list[dict]:
-    """Tasks/s of ``MetaModel.fit`` and of the trainer's loop on ``workload``, interleaved."""
+    """Tasks/s of ``MetaModel.fit`` and of the trainer's loop on ``workload``, interleaved.
+
+    Every round runs the same number of meta-iterations with each, in alternating order (the
+    machine's speed drifts, and whichever runs second in a round would otherwise always get
+    the same share of it); the number is chosen from the warm-up so that each gets about
+    ``seconds / rounds / 2`` per round. A fit round is one whole ``fit()`` call.
+    """
     from tfmeta.keras import MetaModel
 
     w = WORKLOADS[workload]
@@ -214,38 +220,42 @@ def measure_keras_fit(workload: str, seconds: float, steps_per_loop: int,
     meta.compile(optimizer=keras.optimizers.Adam(1e-3), steps_per_execution=steps_per_loop)
     data = tf.data.Dataset.from_tensors(batch).repeat()
 
-    def fit(steps: int) -> None:
-        meta.fit(data, epochs=1, steps_per_epoch=steps, verbose=0)
-
-    compile_seconds = {}
-    for name, run in (("trainer", lambda: float(train_loop(steps_per_loop)[0]["loss"])),
-                      ("keras_fit", lambda: fit(steps_per_loop))):
-        t0 = time.perf_counter()
-        run()  # trace and compile
-        compile_seconds[name] = time.perf_counter() - t0
-        run()  # warm-up
-    totals = {"trainer": [0, 0.0, []], "keras_fit": [0, 0.0, []]}
-    for r in range(rounds):
-        iterations, start = 0, time.perf_counter()
-        while time.perf_counter() - start < seconds / rounds:
+    def trainer(iterations: int) -> None:
+        for _ in range(iterations // steps_per_loop):
             float(train_loop(steps_per_loop)[0]["loss"])
-            iterations += steps_per_loop
-        elapsed = time.perf_counter() - start
+
+    def fit(iterations: int) -> None:
+        meta.fit(data, epochs=1, steps_per_epoch=iterations, verbose=0)
+
+    runs = {"trainer": trainer, "keras_fit": fit}
+    compile_seconds, warm_seconds = {}, {}
+    for name, run in runs.items():
         t0 = time.perf_counter()
-        fit(iterations)
-        fit_elapsed = time.perf_counter() - t0
-        for name, secs in (("trainer", elapsed), ("keras_fit", fit_elapsed)):
+        run(steps_per_loop)  # trace and compile
+        compile_seconds[name] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        run(steps_per_loop)  # warm-up
+        warm_seconds[name] = time.perf_counter() - t0
+    per_iteration = min(warm_seconds.values()) / steps_per_loop
+    iterations = steps_per_loop * max(1, round(seconds / rounds / 2 / per_iteration
+                                               / steps_per_loop))
+    totals = {name: [0, 0.0, []] for name in runs}
+    for r in range(rounds):
+        for name in (list(runs) if r % 2 == 0 else list(runs)[::-1]):
+            t0 = time.perf_counter()
+            runs[name](iterations)
+            secs = time.perf_counter() - t0
             totals[name][0] += iterations
             totals[name][1] += secs
             totals[name][2].append(round(iterations * w["meta_batch"] / secs, 1))
     results = []
-    for name in ("trainer", "keras_fit"):
-        iterations, secs, by_round = totals[name]
+    for name in runs:
+        done, secs, by_round = totals[name]
         results.append({
             "benchmark": "keras_fit", "workload": workload, "loop": name, **w,
             "steps_per_execution": steps_per_loop,
-            "tasks_per_second": round(iterations * w["meta_batch"] / secs, 2),
-            "tasks_per_second_by_round": by_round, "iterations": iterations,
+            "tasks_per_second": round(done * w["meta_batch"] / secs, 2),
+            "tasks_per_second_by_round": by_round, "iterations": done,
             "compile_seconds": round(compile_seconds[name], 1),
             "tensorflow": tf.__version__, "keras": keras.__version__,
             "cpus": os.cpu_count(), "machine": platform.machine()})
