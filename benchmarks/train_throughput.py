@@ -29,9 +29,9 @@ Three measurements, each printed as JSON lines:
   of the meta-step and Adam update, state and metric reductions, ``--steps_per_loop``
   meta-iterations per call), both reading the same batch from a repeated ``tf.data`` stream,
   ``steps_per_execution`` = ``--steps_per_loop``, the default ``tasks_in_parallel`` and no
-  strategy. Timed in rounds of the same number of meta-iterations for both, in alternating
-  order; each fit round is one whole ``fit()`` call (callbacks, iterator and logs included).
-  One line each, the fit line with ``fraction_of_trainer``.
+  strategy. One ``fit()`` call whose epochs (callbacks and logs included) alternate with
+  rounds of the trainer's loop of the same number of meta-iterations. One line each, the fit
+  line with ``fraction_of_trainer``.
 
 The input pipeline is excluded: every iteration reuses one synthetic batch.
 """
@@ -206,10 +206,14 @@ def measure_keras_fit(workload: str, seconds: float, steps_per_loop: int,
                       rounds: int) -> list[dict]:
     """Tasks/s of ``MetaModel.fit`` and of the trainer's loop on ``workload``, interleaved.
 
-    Every round runs the same number of meta-iterations with each, in alternating order (the
-    machine's speed drifts, and whichever runs second in a round would otherwise always get
-    the same share of it); the number is chosen from the warm-up so that each gets about
-    ``seconds / rounds / 2`` per round. A fit round is one whole ``fit()`` call.
+    One ``fit()`` call of ``rounds`` epochs, as a training run makes it; a callback times each
+    epoch and runs a round of the trainer's loop of the same number of meta-iterations between
+    epochs, before or after the timed epoch in alternating rounds (the machine's speed drifts;
+    whichever ran second would otherwise always get the same share of it). The number of
+    meta-iterations per round comes from the warm-up: about ``seconds / rounds / 2`` each.
+    Timing epochs rather than whole ``fit()`` calls leaves out the end of a call, where
+    destroying the data iterator waits for tf.data's autotuning thread to wake (TensorFlow
+    2.21: up to ~10 s after a call of ~10 s; once per training run in practice).
     """
     from tfmeta.keras import MetaModel
 
@@ -220,43 +224,52 @@ def measure_keras_fit(workload: str, seconds: float, steps_per_loop: int,
     meta.compile(optimizer=keras.optimizers.Adam(1e-3), steps_per_execution=steps_per_loop)
     data = tf.data.Dataset.from_tensors(batch).repeat()
 
-    def trainer(iterations: int) -> None:
+    def trainer(iterations: int) -> float:
+        t0 = time.perf_counter()
         for _ in range(iterations // steps_per_loop):
             float(train_loop(steps_per_loop)[0]["loss"])
+        return time.perf_counter() - t0
 
-    def fit(iterations: int) -> None:
-        meta.fit(data, epochs=1, steps_per_epoch=iterations, verbose=0)
-
-    runs = {"trainer": trainer, "keras_fit": fit}
-    compile_seconds, warm_seconds = {}, {}
-    for name, run in runs.items():
-        t0 = time.perf_counter()
-        run(steps_per_loop)  # trace and compile
-        compile_seconds[name] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        run(steps_per_loop)  # warm-up
-        warm_seconds[name] = time.perf_counter() - t0
-    per_iteration = min(warm_seconds.values()) / steps_per_loop
+    compile_seconds = {}
+    t0 = time.perf_counter()
+    trainer(steps_per_loop)  # trace and compile
+    compile_seconds["trainer"] = time.perf_counter() - t0
+    per_iteration = trainer(steps_per_loop) / steps_per_loop  # warm-up
     iterations = steps_per_loop * max(1, round(seconds / rounds / 2 / per_iteration
                                                / steps_per_loop))
-    totals = {name: [0, 0.0, []] for name in runs}
-    for r in range(rounds):
-        for name in (list(runs) if r % 2 == 0 else list(runs)[::-1]):
-            t0 = time.perf_counter()
-            runs[name](iterations)
-            secs = time.perf_counter() - t0
-            totals[name][0] += iterations
-            totals[name][1] += secs
-            totals[name][2].append(round(iterations * w["meta_batch"] / secs, 1))
+    t0 = time.perf_counter()
+    meta.fit(data, epochs=1, steps_per_epoch=steps_per_loop, verbose=0)  # trace and compile
+    compile_seconds["keras_fit"] = time.perf_counter() - t0
+    totals = {"trainer": [], "keras_fit": []}
+
+    class Interleave(keras.callbacks.Callback):
+        """Times each epoch; runs the trainer's round before it (even) or after it (odd)."""
+
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch % 2 == 0:
+                totals["trainer"].append(trainer(iterations))
+            self.start = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            totals["keras_fit"].append(time.perf_counter() - self.start)
+            if epoch % 2 == 1:
+                totals["trainer"].append(trainer(iterations))
+
+    meta.fit(data, epochs=rounds + 1, initial_epoch=0, steps_per_epoch=iterations, verbose=0,
+             callbacks=[Interleave()])
+    # The first epoch warms up fit's data pipeline, like the trainer's warm-up call.
+    totals = {name: secs[1:] for name, secs in totals.items()}
     results = []
-    for name in runs:
-        done, secs, by_round = totals[name]
+    for name in ("trainer", "keras_fit"):
+        secs = totals[name]
+        done = iterations * len(secs)
         results.append({
             "benchmark": "keras_fit", "workload": workload, "loop": name, **w,
             "steps_per_execution": steps_per_loop,
-            "tasks_per_second": round(done * w["meta_batch"] / secs, 2),
-            "tasks_per_second_by_round": by_round, "iterations": done,
-            "compile_seconds": round(compile_seconds[name], 1),
+            "tasks_per_second": round(done * w["meta_batch"] / sum(secs), 2),
+            "tasks_per_second_by_round": [round(iterations * w["meta_batch"] / t, 1)
+                                          for t in secs],
+            "iterations": done, "compile_seconds": round(compile_seconds[name], 1),
             "tensorflow": tf.__version__, "keras": keras.__version__,
             "cpus": os.cpu_count(), "machine": platform.machine()})
     results[1]["fraction_of_trainer"] = round(
