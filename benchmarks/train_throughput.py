@@ -1,7 +1,7 @@
 """Meta-training throughput by number of tasks computed together, and the accelerator proxy.
 
     python benchmarks/train_throughput.py [--seconds 10] [--workloads a,b,c,d]
-        [--tasks_in_parallel 1,4,all,auto] [--ops 8,16,32,64] [--rss]
+        [--tasks_in_parallel 1,4,all,auto] [--ops 8,16,32,64] [--rss] [--keras_fit]
 
 Workloads (second-order MAML on the 64-filter conv4 network, synthetic 28x28 episodes, as in
 the learn2learn comparison):
@@ -24,6 +24,14 @@ Three measurements, each printed as JSON lines:
   launches whatever the chip; with all tasks computed together it must not grow with B.
 * ``rss`` (``--rss``): peak resident memory of a process running workload (c) with each
   ``tasks_in_parallel`` (a fresh process each, so peaks do not mix).
+* ``keras_fit`` (``--keras_fit``): workload (a) trained by ``tfmeta.keras.MetaModel.fit``
+  against the trainer's own compiled loop (``tfmeta.trainer``'s ``train_loop``: ``strategy.run``
+  of the meta-step and Adam update, state and metric reductions, ``--steps_per_loop``
+  meta-iterations per call), both reading the same batch from a repeated ``tf.data`` stream,
+  ``steps_per_execution`` = ``--steps_per_loop``, the default ``tasks_in_parallel`` and no
+  strategy. One ``fit()`` call whose epochs (callbacks and logs included) alternate with
+  rounds of the trainer's loop of the same number of meta-iterations. One line each, the fit
+  line with ``fraction_of_trainer``.
 
 The input pipeline is excluded: every iteration reuses one synthetic batch.
 """
@@ -169,6 +177,106 @@ def measure(workload: str, k, seconds: float, steps_per_loop: int) -> dict:
     return measure_workload(workload, [k], seconds, steps_per_loop, rounds=1)[0]
 
 
+# ------------------------------------------------------------------- Keras fit vs trainer
+def _trainer_loop(workload: str, steps_per_loop: int):
+    """The trainer's compiled loop over a repeated batch of ``workload``: ``(loop, iterator)``."""
+    import ml_collections
+
+    from tfmeta import config as config_lib, experiment, trainer
+
+    w = WORKLOADS[workload]
+    model, maml, batch = _learner(w, "auto")
+    config = config_lib.base_config()
+    config.train.meta_batch_size = w["meta_batch"]
+    strategy = tf.distribute.get_strategy()
+    optimizer = keras.optimizers.Adam(1e-3)
+    optimizer.build(maml.meta_variables)
+    step = tf.Variable(0, dtype=tf.int64, trainable=False)
+    exp = experiment.Experiment(config=ml_collections.ConfigDict(config), strategy=strategy,
+                             source=None, model=model, algorithm=maml, optimizer=optimizer,
+                             step=step, wall_seconds=tf.Variable(0.0, tf.float64),
+                             train_seconds=tf.Variable(0.0, tf.float64))
+    loop = trainer._make_train_loop(exp, {"first_order": w["first_order"]})
+    data = tf.data.Dataset.from_tensors(batch).repeat()
+    iterator = iter(strategy.experimental_distribute_dataset(data))
+    return lambda n: loop(iterator, tf.constant(n, tf.int64)), batch
+
+
+def measure_keras_fit(workload: str, seconds: float, steps_per_loop: int,
+                      rounds: int) -> list[dict]:
+    """Tasks/s of ``MetaModel.fit`` and of the trainer's loop on ``workload``, interleaved.
+
+    One ``fit()`` call of ``rounds`` epochs, as a training run makes it; a callback times each
+    epoch and runs a round of the trainer's loop of the same number of meta-iterations between
+    epochs, before or after the timed epoch in alternating rounds (the machine's speed drifts;
+    whichever ran second would otherwise always get the same share of it). The number of
+    meta-iterations per round comes from the warm-up: about ``seconds / rounds / 2`` each.
+    Timing epochs rather than whole ``fit()`` calls leaves out the end of a call, where
+    destroying the data iterator waits for tf.data's autotuning thread to wake (TensorFlow
+    2.21: up to ~10 s after a call of ~10 s; once per training run in practice).
+    """
+    from tfmeta.keras import MetaModel
+
+    w = WORKLOADS[workload]
+    train_loop, _ = _trainer_loop(workload, steps_per_loop)
+    _, maml, batch = _learner(w, "auto")
+    meta = MetaModel(maml)
+    meta.compile(optimizer=keras.optimizers.Adam(1e-3), steps_per_execution=steps_per_loop)
+    data = tf.data.Dataset.from_tensors(batch).repeat()
+
+    def trainer(iterations: int) -> float:
+        t0 = time.perf_counter()
+        for _ in range(iterations // steps_per_loop):
+            float(train_loop(steps_per_loop)[0]["loss"])
+        return time.perf_counter() - t0
+
+    compile_seconds = {}
+    t0 = time.perf_counter()
+    trainer(steps_per_loop)  # trace and compile
+    compile_seconds["trainer"] = time.perf_counter() - t0
+    per_iteration = trainer(steps_per_loop) / steps_per_loop  # warm-up
+    iterations = steps_per_loop * max(1, round(seconds / rounds / 2 / per_iteration
+                                               / steps_per_loop))
+    t0 = time.perf_counter()
+    meta.fit(data, epochs=1, steps_per_epoch=steps_per_loop, verbose=0)  # trace and compile
+    compile_seconds["keras_fit"] = time.perf_counter() - t0
+    totals = {"trainer": [], "keras_fit": []}
+
+    class Interleave(keras.callbacks.Callback):
+        """Times each epoch; runs the trainer's round before it (even) or after it (odd)."""
+
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch % 2 == 0:
+                totals["trainer"].append(trainer(iterations))
+            self.start = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            totals["keras_fit"].append(time.perf_counter() - self.start)
+            if epoch % 2 == 1:
+                totals["trainer"].append(trainer(iterations))
+
+    meta.fit(data, epochs=rounds + 1, initial_epoch=0, steps_per_epoch=iterations, verbose=0,
+             callbacks=[Interleave()])
+    # The first epoch warms up fit's data pipeline, like the trainer's warm-up call.
+    totals = {name: secs[1:] for name, secs in totals.items()}
+    results = []
+    for name in ("trainer", "keras_fit"):
+        secs = totals[name]
+        done = iterations * len(secs)
+        results.append({
+            "benchmark": "keras_fit", "workload": workload, "loop": name, **w,
+            "steps_per_execution": steps_per_loop,
+            "tasks_per_second": round(done * w["meta_batch"] / sum(secs), 2),
+            "tasks_per_second_by_round": [round(iterations * w["meta_batch"] / t, 1)
+                                          for t in secs],
+            "iterations": done, "compile_seconds": round(compile_seconds[name], 1),
+            "tensorflow": tf.__version__, "keras": keras.__version__,
+            "cpus": os.cpu_count(), "machine": platform.machine()})
+    results[1]["fraction_of_trainer"] = round(
+        results[1]["tasks_per_second"] / results[0]["tasks_per_second"], 3)
+    return results
+
+
 # --------------------------------------------------------------------------- HLO op count
 _COMPUTATION = re.compile(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$")
 _WHILE = re.compile(r"\bwhile\(.*condition=%?([\w.\-]+), body=%?([\w.\-]+)")
@@ -262,6 +370,8 @@ def main() -> None:
     parser.add_argument("--tasks_in_parallel", default="1,4,all,auto")
     parser.add_argument("--ops", default="", help="meta-batch sizes for the op count, e.g. 8,16")
     parser.add_argument("--rss", action="store_true", help="peak RSS of (c) for each setting")
+    parser.add_argument("--keras_fit", action="store_true",
+                        help="MetaModel.fit against the trainer's loop on workload (a)")
     parser.add_argument("--rss_child", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
     ks = [_parse_k(k) for k in args.tasks_in_parallel.split(",")]
@@ -286,6 +396,9 @@ def main() -> None:
     for meta_batch in [int(b) for b in args.ops.split(",") if b]:
         for k in (1, "all"):
             print(json.dumps(op_count(meta_batch, k)), flush=True)
+    if args.keras_fit:
+        for r in measure_keras_fit("a", args.seconds, args.steps_per_loop, args.rounds):
+            print(json.dumps(r), flush=True)
     if args.rss:
         for k in ks:
             proc = subprocess.run([sys.executable, __file__, f"--rss_child=c:{k}"],

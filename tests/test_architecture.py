@@ -26,7 +26,7 @@ LAYERS = [
     ["tasks", "image_folders", "demo_data"],
     ["experiment", "serving_client", "reporting", "evaluation_results"],
     ["evaluation", "exporter"],
-    ["trainer"],
+    ["trainer", "keras"],
     ["__init__"],
 ]
 BINARIES = ["train", "evaluate", "export", "adapt", "report", "demo"]
