@@ -389,6 +389,28 @@ class _Regressor(_Module):
 
 
 # --------------------------------------------------------------------------- metadata
+def versions_and_time(step: int) -> dict[str, Any]:
+    """The metadata fields every export carries: format, versions, training step, export time."""
+    return {
+        "format_version": signatures.FORMAT_VERSION,
+        "step": int(step),
+        "tfmeta_version": __version__,
+        "tensorflow_version": tf.__version__,
+        "keras_version": keras.__version__,
+        "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def input_descriptions(ways: int | None) -> dict[str, str]:
+    """The signature inputs, described for the metadata: N-way images, or regression (None)."""
+    if ways is None:
+        return {"support_x": "float32 [S, 1]", "support_y": "float32 [S, 1]",
+                "query_x": "float32 [Q, 1]"}
+    return {"support_images": "float32 [S, H, W, 1] in [0, 1], decode_png/255",
+            "support_labels": f"int32 [S] in [0, {int(ways)})",
+            "query_images": "float32 [Q, H, W, 1]"}
+
+
 def metadata_from_config(config: Any, *, step: int, classification: bool) -> dict[str, Any]:
     """The JSON-ready description stored with an export.
 
@@ -400,7 +422,7 @@ def metadata_from_config(config: Any, *, step: int, classification: bool) -> dic
     from tfmeta import config as config_lib
 
     meta: dict[str, Any] = {
-        "format_version": signatures.FORMAT_VERSION,
+        **versions_and_time(step),
         "task": config.task,
         "algorithm": config.algorithm,
         "inner_lr": float(config.inner.lr),
@@ -414,24 +436,16 @@ def metadata_from_config(config: Any, *, step: int, classification: bool) -> dic
         "inner_grad_clip": float(config.inner.grad_clip),
         "bn_mode": config.inner.bn_mode,
         "max_inner_steps": int(config.export.max_inner_steps),
-        "step": int(step),
-        "tfmeta_version": __version__,
-        "tensorflow_version": tf.__version__,
-        "keras_version": keras.__version__,
-        "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     if classification:
         meta.update(ways=int(config.data.ways), shots=int(config.data.shots),
                     train_shots=int(config_lib.train_shots(config)),
                     queries=int(config.data.queries), image_size=int(config.data.image_size),
                     split_scheme=config.data.split_scheme, subset=config.data.subset,
-                    inputs={"support_images": "float32 [S, H, W, 1] in [0, 1], decode_png/255",
-                            "support_labels": f"int32 [S] in [0, {int(config.data.ways)})",
-                            "query_images": "float32 [Q, H, W, 1]"})
+                    inputs=input_descriptions(int(config.data.ways)))
     else:
         meta.update(k_support=int(config.data.k_support), k_query=int(config.data.k_query),
-                    inputs={"support_x": "float32 [S, 1]", "support_y": "float32 [S, 1]",
-                            "query_x": "float32 [Q, 1]"})
+                    inputs=input_descriptions(None))
     return meta
 
 

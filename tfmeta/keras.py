@@ -55,7 +55,6 @@ from __future__ import annotations
 
 import contextlib
 import re
-import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -64,11 +63,10 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from tfmeta import errors, exporter, signatures
+from tfmeta import errors, exporter
 from tfmeta.maml import ANIL, MAML, MAMLpp, MetaSGD
 from tfmeta.meta_learner import MetaLearner
 from tfmeta.reptile import Reptile
-from tfmeta.version import __version__
 
 EPISODE_KEYS = ("support_x", "support_y", "query_x", "query_y")
 # Algorithm metric -> name in Keras logs ("accuracy" reads as the accuracy that matters: after
@@ -821,7 +819,7 @@ def export_metadata(algorithm: MetaLearner, *, step: int = 0, shots: int | None 
     reptile = isinstance(algorithm, Reptile)
     classification = _is_image_classifier(algorithm)
     meta: dict[str, Any] = {
-        "format_version": signatures.FORMAT_VERSION,
+        **exporter.versions_and_time(step),
         "task": "omniglot" if classification else "sinusoid",
         "algorithm": algorithm_name(algorithm),
         "inner_lr": float(algorithm.inner_lr),
@@ -835,26 +833,17 @@ def export_metadata(algorithm: MetaLearner, *, step: int = 0, shots: int | None 
         "bn_mode": algorithm.bn_mode,
         "max_inner_steps": int(max_inner_steps or max(exporter.DEFAULT_MAX_INNER_STEPS,
                                                       algorithm.eval_inner_steps)),
-        "step": int(step),
-        "tfmeta_version": __version__,
-        "tensorflow_version": tf.__version__,
-        "keras_version": keras.__version__,
-        "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "trained_with": "keras_fit",
     }
     if classification:
         ways, size = int(model.output_shape[-1]), int(model.input_shape[1])
-        meta.update(ways=ways, image_size=size,
-                    inputs={"support_images": "float32 [S, H, W, 1] in [0, 1], decode_png/255",
-                            "support_labels": f"int32 [S] in [0, {ways})",
-                            "query_images": "float32 [Q, H, W, 1]"})
+        meta.update(ways=ways, image_size=size, inputs=exporter.input_descriptions(ways))
         if shots is not None:
             meta.update(shots=int(shots), train_shots=int(shots))
         if queries is not None:
             meta["queries"] = int(queries)
     else:
-        meta["inputs"] = {"support_x": "float32 [S, 1]", "support_y": "float32 [S, 1]",
-                          "query_x": "float32 [Q, 1]"}
+        meta["inputs"] = exporter.input_descriptions(None)
     meta.update(extra)
     return meta
 
