@@ -16,12 +16,13 @@ PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 # Lowest first. Within a layer, modules do not import each other.
 LAYERS = [
-    ["version", "errors", "choices", "signatures", "functional", "losses", "preemption"],
-    ["config", "layers", "distribute", "omniglot_builder", "sinusoid", "cli"],
-    ["workdir", "batched", "grouping"],
-    ["task_batch", "inner_loop"],
-    ["meta_learner"],
-    ["maml", "reptile"],
+    ["version", "errors", "choices", "signatures", "functional", "losses", "preemption",
+     "input_transform"],
+    ["config", "layers", "distribute", "omniglot_builder", "sinusoid", "cli", "class_listing"],
+    ["workdir", "batched", "grouping", "image_decode", "benchmark_splits"],
+    ["task_batch", "inner_loop", "class_store", "tfds_source"],
+    ["meta_learner", "benchmark_sources"],
+    ["maml", "reptile", "image_sources"],
     ["models", "omniglot", "episodes"],
     ["tasks", "image_folders", "demo_data"],
     ["experiment", "serving_client", "reporting", "evaluation_results"],

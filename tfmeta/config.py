@@ -18,8 +18,11 @@ import ml_collections
 from tfmeta import errors
 from tfmeta.choices import ALGORITHMS, BN_MODES, INNER_OPTIMIZERS, MAML_FAMILY, SPLIT_SCHEMES
 
-TASKS = ("omniglot", "sinusoid")
-MODELS = ("conv4", "mlp")
+TASKS = ("omniglot", "sinusoid", "images")
+MODELS = ("conv4", "mlp", "resnet12")
+STORAGE = ("auto", "memory", "stream")
+RESIZE = ("stretch", "crop")
+CHANNELS = (1, 3)
 OUTER_OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("constant", "linear", "cosine")
 DOWNSAMPLING = ("stride", "maxpool")
@@ -44,6 +47,8 @@ RESUMABLE_FIELDS = (
     "train.keep_checkpoints", "train.eval_every", "train.eval_episodes", "train.jit_compile",
     "train.max_minutes", "train.tasks_in_parallel",
     "inner.eval_steps", "eval.", "export.", "data.data_dir", "data.archives_dir",
+    # How prepared images are held (memory or streamed) never changes the episodes.
+    "data.prepared_dir", "data.storage", "data.memory_limit_mb",
 )
 
 
@@ -60,7 +65,7 @@ def base_config() -> ml_collections.ConfigDict:
     """Returns the complete config schema with default values (5-way 1-shot MAML on Omniglot)."""
     c = ml_collections.ConfigDict()
     c.algorithm = "maml"  # maml (second order) | fomaml | reptile | mamlpp | metasgd | anil
-    c.task = "omniglot"  # omniglot | sinusoid
+    c.task = "omniglot"  # omniglot | sinusoid | images (any image source, see data.source)
     c.seed = 0
     c.dtype = "float32"  # float32 | bfloat16 (compute dtype; fast weights stay float32)
 
@@ -80,11 +85,30 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.image_size = 28
     c.data.data_dir = ""  # TFDS data dir; "" = TFDS default / $TFDS_DATA_DIR
     c.data.archives_dir = ""  # offline archives; "" = $TFMETA_OMNIGLOT_ARCHIVES, then manual dir
+    # Task 'images': where the classes come from. folder:PATH | tfds:NAME[/CONFIG] |
+    # miniimagenet:PATH | tieredimagenet:PATH | cifarfs | fc100 | cub[:PATH] | omniglot
+    c.data.source = ""
+    c.data.channels = 1  # 1 (grayscale) | 3 (RGB): what every image is converted to
+    c.data.resize = "stretch"  # stretch to image_size^2 | crop (shorter side, then centre crop)
+    c.data.min_image_side = 8  # images whose shorter side is smaller are skipped (and counted)
+    # Classes of a source without its own split: fractions (seeded by split_seed) or class lists.
+    c.data.split_fractions = (0.64, 0.16, 0.20)
+    c.data.split_seed = 1
+    c.data.class_lists = ""  # directory with train.txt, validation.txt (or val.txt), test.txt
+    c.data.storage = "auto"  # auto (memory when it fits memory_limit_mb) | memory | stream
+    c.data.memory_limit_mb = 2048
+    c.data.prepared_dir = ""  # prepared per-class shards; "" = <TFDS data dir>/tfmeta_prepared
+    # Per-channel normalisation: mean/std given, or () = measured on the meta-train split.
+    c.data.normalize = False
+    c.data.mean = ()
+    c.data.std = ()
+    c.data.augment = False  # meta-training only: random crop (after zero padding) and flip
+    c.data.crop_padding = 8
     c.data.k_support = 10  # sinusoid: support points per task
     c.data.k_query = 10  # sinusoid: query points per task
 
     c.model = ml_collections.ConfigDict()
-    c.model.name = "conv4"  # conv4 | mlp
+    c.model.name = "conv4"  # conv4 | resnet12 | mlp
     c.model.filters = 64
     c.model.downsample = "stride"  # conv4: stride-2 convs (MAML) | maxpool (2x2 pooling, MAML++)
     c.model.head = "mean"  # conv4: mean of the last feature map | flatten (Reptile reference)
@@ -220,7 +244,7 @@ def _check_mamlpp(config: ml_collections.ConfigDict) -> None:
                 f"config fields {changed} are MAML++ switches; they need algorithm='mamlpp' "
                 f"(algorithm is {config.algorithm!r})")
         return
-    if config.mamlpp.per_step_bn and config.model.name != "conv4":
+    if config.mamlpp.per_step_bn and config.model.name == "mlp":
         raise ConfigError(
             f"config field 'mamlpp.per_step_bn' is True but 'model.name' is "
             f"{config.model.name!r}, which has no batch norm; set mamlpp.per_step_bn=False")
@@ -329,15 +353,18 @@ def validate(config: ml_collections.ConfigDict, *, num_replicas: int = 1,
             f"{num_replicas} replicas of the strategy "
             f"(e.g. {max(1, batch // num_replicas) * num_replicas})")
 
-    if config.task == "omniglot":
+    if config.task == "images":
+        _check_images(config)
+    if config.task in ("omniglot", "images"):
         _one_of("data.split_scheme", config.data.split_scheme, SPLIT_SCHEMES)
         _one_of("data.subset", config.data.subset, SUBSETS)
         _one_of("eval.split", config.eval.split, ("train", "validation", "test"))
-        _one_of("model.name", config.model.name, ("conv4",))
+        _one_of("model.name", config.model.name, ("conv4", "resnet12"))
         for name in ("data.ways", "data.shots", "data.queries"):
             _positive(name, config.data[name.split(".")[1]])
         shots = max(train_shots(config), config.data.shots)
-        if shots + config.data.queries > DRAWINGS_PER_CHARACTER:
+        if (config.task == "omniglot"
+                and shots + config.data.queries > DRAWINGS_PER_CHARACTER):
             raise ConfigError(
                 f"config fields 'data.shots'/'data.train_shots' ({shots}) + 'data.queries' "
                 f"({config.data.queries}) = {shots + config.data.queries}; Omniglot has "
@@ -350,7 +377,7 @@ def validate(config: ml_collections.ConfigDict, *, num_replicas: int = 1,
         if not isinstance(config.data.rotation_classes, bool):
             raise ConfigError(f"config field 'data.rotation_classes' is "
                               f"{config.data.rotation_classes!r}; allowed values: True, False")
-        if config.data.split_scheme == "reptile":
+        if config.task == "omniglot" and config.data.split_scheme == "reptile":
             if config.train.eval_episodes:
                 raise ConfigError(
                     f"config field 'train.eval_episodes' is {config.train.eval_episodes}; split "
@@ -376,6 +403,54 @@ def validate(config: ml_collections.ConfigDict, *, num_replicas: int = 1,
                               "the sinusoid MLP has none")
 
 
+def _check_images(config: ml_collections.ConfigDict) -> None:
+    """The fields of task 'images' (any image source)."""
+    d = config.data
+    if not isinstance(d.source, str) or not d.source.strip():
+        raise ConfigError(
+            "config field 'data.source' is empty; task 'images' needs a source: folder:PATH, "
+            "tfds:NAME[/CONFIG], miniimagenet:PATH, tieredimagenet:PATH, cifarfs, fc100, "
+            "cub[:PATH] or omniglot")
+    if d.channels not in CHANNELS:
+        raise ConfigError(f"config field 'data.channels' is {d.channels!r}; allowed values: "
+                          f"{list(CHANNELS)}")
+    _one_of("data.storage", d.storage, STORAGE)
+    _one_of("data.resize", d.resize, RESIZE)
+    _positive("data.memory_limit_mb", d.memory_limit_mb, allow_zero=True)
+    _positive("data.min_image_side", d.min_image_side, allow_zero=True)
+    _positive("data.crop_padding", d.crop_padding, allow_zero=True)
+    fractions = tuple(d.split_fractions)
+    if (len(fractions) != 3 or any(not isinstance(f, (int, float)) or isinstance(f, bool)
+                                   or not math.isfinite(f) or f < 0 for f in fractions)
+            or abs(sum(fractions) - 1.0) > 1e-6 or fractions[0] <= 0):
+        raise ConfigError(
+            f"config field 'data.split_fractions' is {d.split_fractions!r}; it must be three "
+            "non-negative fractions (train, validation, test) summing to 1, train > 0")
+    for name in ("normalize", "augment"):
+        if not isinstance(d[name], bool):
+            raise ConfigError(f"config field 'data.{name}' is {d[name]!r}; allowed values: "
+                              "True, False")
+    mean, std = tuple(d.mean), tuple(d.std)
+    if bool(mean) != bool(std):
+        raise ConfigError("config fields 'data.mean' and 'data.std' must be given together "
+                          f"(mean={mean}, std={std}); leave both () to measure them on the "
+                          "meta-train split")
+    if mean:
+        if not d.normalize:
+            raise ConfigError("config fields 'data.mean'/'data.std' are given but "
+                              "'data.normalize' is False; set data.normalize=True")
+        for name, values in (("mean", mean), ("std", std)):
+            if len(values) != d.channels or not all(
+                    isinstance(v, (int, float)) and math.isfinite(v) for v in values):
+                raise ConfigError(f"config field 'data.{name}' is {values}; it must be "
+                                  f"{d.channels} finite numbers, one per channel")
+        if any(v <= 0 for v in std):
+            raise ConfigError(f"config field 'data.std' is {std}; every value must be > 0")
+    if d.rotation_classes:
+        raise ConfigError("config field 'data.rotation_classes' is an Omniglot option (the "
+                          "Reptile reference's rotated characters); task 'images' has none")
+
+
 def check_split_classes(config: ml_collections.ConfigDict,
                         split_classes: Mapping[str, int]) -> None:
     """Checks that every split has at least ``data.ways`` classes (a validated config's data).
@@ -386,6 +461,12 @@ def check_split_classes(config: ml_collections.ConfigDict,
     for split, classes in split_classes.items():
         if classes == 0 and config.data.split_scheme == "reptile":
             continue  # the empty validation split, checked by validate
+        if config.task == "images" and config.data.ways > classes:
+            raise ConfigError(
+                f"config field 'data.ways' is {config.data.ways}; the '{split}' split of "
+                f"{config.data.source!r} has only {classes} usable classes (with at least "
+                "shots + queries images each), so ways must be <= "
+                f"{classes}; see the data summary for the classes left out")
         if config.data.ways > classes:
             raise ConfigError(
                 f"config field 'data.ways' is {config.data.ways}; the '{split}' split of "

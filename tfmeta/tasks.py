@@ -18,6 +18,8 @@ import tensorflow as tf
 
 from tfmeta import config as config_lib
 from tfmeta import distribute
+from tfmeta import input_transform as input_transform_lib
+from tfmeta.input_transform import InputTransform
 
 # Sinusoid tasks have no splits; held-out evaluation tasks come from a different seed stream.
 _SINUSOID_SPLIT_OFFSET = {"train": 0, "validation": 1, "test": 2}
@@ -36,6 +38,11 @@ class TaskSource:
       classification: whether the labels are classes (accuracy is reported) or real values.
       split_classes: returns the classes available in each split, for validating ``ways``; loads
         the data on first call (None: the tasks have no classes).
+      input_transform: returns how the model's input images are made from pixels (size, channels,
+        inversion, normalisation; may load the data to measure the normalisation); None for
+        tasks that are not images.
+      data_summary: returns the run's data summary (per split: the classes and images used, and
+        what was skipped and why), a JSON-able dict; None when there is nothing to report.
     """
 
     make_dataset: Callable[..., tf.data.Dataset]
@@ -43,6 +50,8 @@ class TaskSource:
     input_shape: tuple[int, ...]
     classification: bool
     split_classes: Callable[[], Mapping[str, int]] | None = None
+    input_transform: Callable[[], InputTransform] | None = None
+    data_summary: Callable[[], dict] | None = None
 
 
 def build(config: ml_collections.ConfigDict, *, data=None) -> TaskSource:
@@ -103,7 +112,41 @@ def _omniglot(config: ml_collections.ConfigDict, data) -> TaskSource:
     size = config.data.image_size
     return TaskSource(make_dataset, num_outputs=config.data.ways, input_shape=(size, size, 1),
                       classification=True,
-                      split_classes=lambda: {k: int(v.shape[0]) for k, v in pools().items()})
+                      split_classes=lambda: {k: int(v.shape[0]) for k, v in pools().items()},
+                      input_transform=lambda: input_transform_of(config))
+
+
+def input_transform_of(config: ml_collections.ConfigDict,
+                       workdir: str | None = None) -> InputTransform | None:
+    """How the images of a run's model are made from pixels, without loading any data.
+
+    Args:
+      config: the run's config.
+      workdir: its work directory, where training recorded the transform (``input_transform.json``;
+        needed for normalisation measured on the data).
+
+    Returns:
+      The transform, or None for tasks that are not images (sinusoids).
+
+    Raises:
+      ConfigError: a task 'images' run whose work directory has no recorded transform.
+    """
+    if config.task == "sinusoid":
+        return None
+    if workdir:
+        recorded = input_transform_lib.read(workdir)
+        if recorded is not None:
+            return recorded
+    if config.task == "omniglot":
+        # Omniglot's pool holds strokes bright on black: pixels of a white-background PNG invert.
+        return InputTransform(int(config.data.image_size), 1, invert=True)
+    if not config.data.normalize or tuple(config.data.mean):
+        return InputTransform(int(config.data.image_size), int(config.data.channels),
+                              invert=config.data.source == "omniglot",
+                              mean=tuple(config.data.mean), std=tuple(config.data.std))
+    raise config_lib.ConfigError(
+        f"work directory {workdir!r} has no {input_transform_lib.FILE_NAME}: the normalisation "
+        "measured on the meta-train split is recorded there when training starts")
 
 
 def distributed_dataset(strategy: tf.distribute.Strategy, source: TaskSource, split: str, *,
