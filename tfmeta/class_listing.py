@@ -84,3 +84,90 @@ def check_unique_classes(splits: dict[str, Sequence[ClassImages]]) -> None:
 
 
 Loader = Callable[[], Any]
+
+# Accepted file names of each split in a class-list directory.
+CLASS_LIST_FILES = {"train": ("train.txt",), "validation": ("validation.txt", "val.txt"),
+                    "test": ("test.txt",)}
+
+
+def split_by_fractions(names: Sequence[str], fractions: Sequence[float],
+                       seed: int) -> dict[str, list[str]]:
+    """Splits class names into train/validation/test by fractions, reproducibly.
+
+    The names are sorted, shuffled with ``seed`` (numpy's PCG64) and cut at the rounded
+    cumulative fractions, so the split depends only on the set of names, the fractions and the
+    seed (never on listing order).
+
+    Args:
+      names: class names.
+      fractions: (train, validation, test), non-negative, summing to 1.
+      seed: seed of the shuffle.
+
+    Returns:
+      ``{split: sorted class names}``.
+    """
+    import numpy as np
+
+    if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
+        raise ValueError(f"fractions must be three non-negative numbers summing to 1, got "
+                         f"{tuple(fractions)}")
+    ordered = sorted(names)
+    order = np.random.default_rng(seed).permutation(len(ordered))
+    cut1 = round(len(ordered) * fractions[0])
+    cut2 = round(len(ordered) * (fractions[0] + fractions[1]))
+    parts = {"train": order[:cut1], "validation": order[cut1:cut2], "test": order[cut2:]}
+    return {split: sorted(ordered[i] for i in idx) for split, idx in parts.items()}
+
+
+def read_class_lists(directory: str) -> dict[str, list[str]]:
+    """Reads split files: ``train.txt``, ``validation.txt`` (or ``val.txt``), ``test.txt``.
+
+    Each file lists class names, one per line; blank lines and lines starting with ``#`` are
+    ignored. A missing file means an empty split, but at least ``train.txt`` must exist.
+
+    Raises:
+      DataError: no directory or no ``train.txt``, or a class listed twice.
+    """
+    import os
+
+    if not os.path.isdir(directory):
+        raise DataError(f"class-list directory {directory!r} does not exist; it must hold "
+                        "train.txt, validation.txt (or val.txt) and test.txt")
+    lists: dict[str, list[str]] = {}
+    for split, candidates in CLASS_LIST_FILES.items():
+        found = [f for f in candidates if os.path.isfile(os.path.join(directory, f))]
+        if len(found) > 1:
+            raise DataError(f"class-list directory {directory!r} has both {found}; keep one")
+        if not found:
+            if split == "train":
+                raise DataError(f"class-list directory {directory!r} has no train.txt")
+            lists[split] = []
+            continue
+        with open(os.path.join(directory, found[0]), encoding="utf-8") as f:
+            lines = [line.strip() for line in f]
+        lists[split] = [line for line in lines if line and not line.startswith("#")]
+    where: dict[str, str] = {}
+    for split, names in lists.items():
+        for name in names:
+            if name in where:
+                raise DataError(f"class {name!r} is listed in {where[name]!r} and {split!r} "
+                                f"of {directory!r}; a class must belong to exactly one split")
+            where[name] = split
+    return lists
+
+
+def assign_classes(classes: Sequence[ClassImages], lists: dict[str, Sequence[str]],
+                   where: str) -> dict[str, list[ClassImages]]:
+    """Places listed classes into the splits of ``lists``; every listed class must exist.
+
+    Classes found but in no list are left out (the caller reports them as skipped).
+
+    Raises:
+      DataError: a listed class is missing from the source (naming up to five of them).
+    """
+    by_name = {c.name: c for c in classes}
+    missing = [n for names in lists.values() for n in names if n not in by_name]
+    if missing:
+        raise DataError(f"{len(missing)} listed classes are not in {where}, e.g. "
+                        f"{missing[:5]}; the class lists must name its class folders")
+    return {split: [by_name[n] for n in names] for split, names in lists.items()}
