@@ -93,19 +93,22 @@ def _as(x: Any, values: Sequence[float]) -> Any:
 
 
 def write(directory: str, transform: InputTransform) -> None:
-    """Writes ``directory/input_transform.json`` atomically."""
+    """Writes ``directory/input_transform.json`` atomically (any file system TF reads)."""
+    import tensorflow as tf
+
     path = os.path.join(directory, FILE_NAME)
     tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(transform.to_dict(), f, indent=1)
-        f.write("\n")
-    os.replace(tmp, path)
+    with tf.io.gfile.GFile(tmp, "w") as f:
+        f.write(json.dumps(transform.to_dict(), indent=1) + "\n")
+    tf.io.gfile.rename(tmp, path, overwrite=True)
 
 
 def read(directory: str) -> InputTransform | None:
     """Reads ``directory/input_transform.json``; None if the file does not exist."""
+    import tensorflow as tf
+
     path = os.path.join(directory, FILE_NAME)
-    if not os.path.exists(path):
+    if not tf.io.gfile.exists(path):
         return None
-    with open(path, encoding="utf-8") as f:
+    with tf.io.gfile.GFile(path) as f:
         return InputTransform.from_dict(json.load(f))

@@ -64,6 +64,8 @@ def build(config: ml_collections.ConfigDict, *, data=None) -> TaskSource:
     """
     if config.task == "sinusoid":
         return _sinusoid(config)
+    if config.task == "images" and config.data.source != "omniglot":
+        return _images(config)
     return _omniglot(config, data)
 
 
@@ -114,6 +116,106 @@ def _omniglot(config: ml_collections.ConfigDict, data) -> TaskSource:
                       classification=True,
                       split_classes=lambda: {k: int(v.shape[0]) for k, v in pools().items()},
                       input_transform=lambda: input_transform_of(config))
+
+
+def _needed(config: ml_collections.ConfigDict, split: str, queries: int | None = None) -> int:
+    """Images a class of ``split`` needs: shots (training shots for train) + queries."""
+    shots = config_lib.train_shots(config) if split == "train" else config.data.shots
+    return shots + (queries or config.data.queries)
+
+
+def _images(config: ml_collections.ConfigDict) -> TaskSource:
+    """Episodes of any prepared image source (folders, TFDS, the named benchmarks)."""
+    from tfmeta import episodes, image_sources
+
+    d = config.data
+
+    @functools.cache
+    def prepared():
+        # Prepared (or found prepared) on first use: restoring a model needs no data.
+        return image_sources.prepare(
+            d.source, image_size=d.image_size, channels=d.channels, resize=d.resize,
+            min_side=d.min_image_side, data_dir=d.data_dir, prepared_dir=d.prepared_dir,
+            fractions=tuple(d.split_fractions), split_seed=d.split_seed,
+            class_lists=d.class_lists)
+
+    def usable(split: str, needed: int) -> list[int]:
+        return [i for i, c in enumerate(prepared().classes[split]) if c.count >= needed]
+
+    @functools.cache
+    def in_memory() -> bool:
+        p = prepared()
+        if d.storage != "auto":
+            return d.storage == "memory"
+        total = sum(p.split_bytes(split) for split in p.classes)
+        return total <= d.memory_limit_mb * 2**20
+
+    @functools.cache
+    def pool(split: str, needed: int):
+        p, classes = prepared(), usable(split, needed)
+        counts = [p.classes[split][c].count for c in classes]
+        if not classes:
+            raise config_lib.ConfigError(
+                f"split {split!r} of {d.source!r} has no class with at least {needed} images "
+                "(shots + queries); see the data summary")
+        if in_memory():
+            return episodes.ImagePool(p.read(split, classes), counts)
+        files, first = p.files(split, classes)
+        return episodes.ShardPool(files, first, counts, p.records_per_shard, p.image_shape)
+
+    @functools.cache
+    def transform() -> InputTransform:
+        mean, std = tuple(d.mean), tuple(d.std)
+        if d.normalize and not mean:
+            mean, std = prepared().mean_std("train")
+        return InputTransform(int(d.image_size), int(d.channels), invert=False, mean=mean,
+                              std=std)
+
+    def make_dataset(split, pipeline_id, batch_size, seed, start_index, queries=None):
+        shots = config_lib.train_shots(config) if split == "train" else d.shots
+        train = split == "train"
+        spec = episodes.EpisodeSpec(ways=d.ways, shots=shots, queries=queries or d.queries,
+                                    rotate=d.rotate, augment=d.augment and train,
+                                    crop_padding=d.crop_padding if d.augment and train else 0)
+        t = transform()
+        return episodes.episode_dataset(
+            pool(split, _needed(config, split, queries)), spec, seed=seed,
+            pipeline_id=pipeline_id, start_index=start_index, batch_size=batch_size,
+            normalization=(t.mean, t.std) if t.normalizes else None)
+
+    def split_classes() -> dict[str, int]:
+        return {split: len(usable(split, _needed(config, split)))
+                for split in prepared().classes}
+
+    def summary() -> dict:
+        return data_summary(prepared(), config, in_memory=in_memory(), transform=transform())
+
+    size = d.image_size
+    return TaskSource(make_dataset, num_outputs=d.ways, input_shape=(size, size, d.channels),
+                      classification=True, split_classes=split_classes,
+                      input_transform=transform, data_summary=summary)
+
+
+def data_summary(prepared, config: ml_collections.ConfigDict, *, in_memory: bool,
+                 transform: InputTransform) -> dict:
+    """What a run uses of its prepared data: per split the classes and images used, the classes
+    left out (too few images for shots + queries) and the images skipped, with the reasons."""
+    splits = {}
+    for split, records in prepared.classes.items():
+        needed = _needed(config, split)
+        used = [r for r in records if r.count >= needed]
+        skipped = [list(s) for r in records for s in r.skipped]
+        splits[split] = {
+            "classes": len(used), "images": sum(r.count for r in used),
+            "images_needed_per_class": needed,
+            "class_images": {r.name: r.count for r in used},
+            "classes_left_out": {r.name: r.count for r in records if r.count < needed},
+            "images_skipped": len(skipped), "skipped": skipped,
+        }
+    return {"source": prepared.source, "split_origin": prepared.origin,
+            "prepared_dir": prepared.directory, "storage": "memory" if in_memory else "stream",
+            "image_shape": list(prepared.image_shape), "input_transform": transform.to_dict(),
+            "files_skipped_while_listing": [list(s) for s in prepared.skipped], "splits": splits}
 
 
 def input_transform_of(config: ml_collections.ConfigDict,

@@ -26,10 +26,11 @@ from absl import logging
 
 from tfmeta import config as config_lib
 from tfmeta import distribute, tasks
+from tfmeta import input_transform as input_transform_lib
 from tfmeta import workdir as workdir_lib
 from tfmeta.evaluation import evaluate, warn_if_chance
 from tfmeta.experiment import Experiment, build_experiment, checkpoint as make_checkpoint
-from tfmeta.workdir import CHECKPOINT_DIR, HISTORY_FILE, write_json
+from tfmeta.workdir import CHECKPOINT_DIR, DATA_SUMMARY_FILE, HISTORY_FILE, write_json
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -199,11 +200,49 @@ def run(exp: Experiment, workdir: str, *, should_stop: Callable[[], bool] = lamb
                     f"cannot record the config in {workdir!r}: {workdir_lib.os_reason(e)}; "
                     "nothing was trained; free space (or repair the file system) and rerun the "
                     "same command") from e
+            record_data(exp, workdir)
         return _run_locked(exp, workdir, should_stop=should_stop,
                            final_evaluation=final_evaluation)
     finally:
         if lock is not None:
             lock.release()
+
+
+def record_data(exp: Experiment, workdir: str) -> None:
+    """Writes what the run's data is: ``input_transform.json`` and ``data_summary.json``.
+
+    The input transform (size, channels, normalisation measured on the meta-train split) is what
+    an export needs without the data; a resumed run must find the same one, or its model would
+    see other inputs than it was trained on.
+
+    Raises:
+      ConfigError: the recorded transform differs from the data's (the data changed).
+    """
+    source = exp.source
+    if source.input_transform is None:
+        return
+    transform = source.input_transform()
+    recorded = input_transform_lib.read(workdir)
+    if recorded is not None and recorded != transform:
+        raise config_lib.ConfigError(
+            f"the data's input transform {transform.to_dict()} differs from the one this run was "
+            f"trained with, {recorded.to_dict()} (in {workdir}/{input_transform_lib.FILE_NAME}); "
+            "the data changed: train in a new work directory")
+    if recorded is None:
+        input_transform_lib.write(workdir, transform)
+    if source.data_summary is None:
+        return
+    summary = source.data_summary()
+    write_json(os.path.join(workdir, DATA_SUMMARY_FILE), summary)
+    for split, facts in summary["splits"].items():
+        logging.info("Data, %s: %d classes, %d images used; %d classes left out (fewer than %d "
+                     "images), %d images skipped.", split, facts["classes"], facts["images"],
+                     len(facts["classes_left_out"]), facts["images_needed_per_class"],
+                     facts["images_skipped"])
+    if summary["files_skipped_while_listing"]:
+        logging.info("Data: %d files skipped while listing the source (non-image files, empty "
+                     "class folders); see %s.", len(summary["files_skipped_while_listing"]),
+                     DATA_SUMMARY_FILE)
 
 
 def _append_history(workdir: str, entry: dict[str, Any]) -> None:

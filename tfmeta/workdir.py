@@ -52,6 +52,8 @@ CONFIG_CHANGES_FILE = "config_changes.json"
 LOCK_FILE = "lock.json"
 CHECKPOINT_DIR = "checkpoints"
 HISTORY_FILE = "history.jsonl"
+# Per split: the classes and images a run uses, and what was left out or skipped, and why.
+DATA_SUMMARY_FILE = "data_summary.json"
 HEARTBEAT_SECONDS = 30.0
 STALE_SECONDS = 300.0
 

@@ -1,0 +1,446 @@
+"""Prepared image data: per-class record shards and a JSON spec, read into memory or streamed.
+
+A source's listing (:mod:`tfmeta.class_listing`) is prepared once, at the config's image size and
+channels, into a directory::
+
+    spec.json                  classes per split, their image counts, every shard's checksum,
+                               per-channel pixel sums, what was skipped and why
+    train/c00000_0000.rec      class 0 of train, its first shard: fixed-length records, each one
+    train/c00000_0001.rec      image as uint8 H x W x C (row-major), ``records_per_shard`` per file
+    ...
+
+(the layout of Meta-Dataset's per-class record files, with raw fixed-length records so that an
+episode reads one image without decoding anything: ``tf.io.read_file`` of a ~256 KB shard and a
+substring). Fixed-length records are also what ``tf.data.FixedLengthRecordDataset`` reads.
+
+Preparation is resumable: each finished class is appended to ``progress.jsonl`` (after its shards
+are renamed into place), and a restarted preparation verifies the checksums of the classes already
+done and continues with the next one. ``spec.json`` is written last, atomically; its presence means
+the directory is complete. Loading checks every shard's size against the spec; :func:`verify`
+recomputes the checksums.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import dataclasses
+import fcntl
+import hashlib
+import json
+import os
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+from absl import logging
+
+from tfmeta.class_listing import SPLITS, ClassImages, DataError, Listing
+
+FORMAT_VERSION = 1
+SPEC_FILE = "spec.json"
+PROGRESS_FILE = "progress.jsonl"
+# Shard size: large enough that a class has few files, small enough that reading one image (a
+# whole shard, then a substring) costs little.
+TARGET_SHARD_BYTES = 256 * 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassRecord:
+    """One prepared class.
+
+    Attributes:
+      name: class name.
+      count: images kept.
+      shards: ``{"file": path relative to the directory, "count": n, "sha256": hex}`` each.
+      skipped: ``[item name, reason]`` of each image left out.
+    """
+
+    name: str
+    count: int
+    shards: tuple[dict, ...]
+    skipped: tuple[tuple[str, str], ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "count": self.count, "shards": list(self.shards),
+                "skipped": [list(s) for s in self.skipped]}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ClassRecord":
+        return cls(d["name"], int(d["count"]), tuple(d["shards"]),
+                   tuple(tuple(s) for s in d.get("skipped", ())))
+
+
+@dataclasses.dataclass
+class Prepared:
+    """A prepared source: its spec and where its shards are.
+
+    Attributes:
+      directory: the prepared directory.
+      image_shape: ``(H, W, C)`` of every image.
+      records_per_shard: images per shard (a class's last shard may hold fewer).
+      classes: ``{split: [ClassRecord, ...]}`` in the listing's order.
+      source: the source string it was prepared from.
+      origin: where the class split comes from.
+      fingerprint: the listing's fingerprint.
+      skipped: ``[item name, reason]`` left out while listing (non-image files, ...).
+      stats: ``{split: {"sum": [C], "sum_sq": [C], "pixels": n}}`` of pixels / 255.
+    """
+
+    directory: str
+    image_shape: tuple[int, int, int]
+    records_per_shard: int
+    classes: dict[str, list[ClassRecord]]
+    source: str
+    origin: str
+    fingerprint: str
+    skipped: list[tuple[str, str]]
+    stats: dict[str, dict[str, Any]]
+
+    @property
+    def record_bytes(self) -> int:
+        return int(np.prod(self.image_shape))
+
+    def split_bytes(self, split: str) -> int:
+        """Bytes of a split's pixels in memory."""
+        return sum(c.count for c in self.classes[split]) * self.record_bytes
+
+    def mean_std(self, split: str = "train") -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """Per-channel mean and standard deviation of a split's pixels / 255."""
+        stats = self.stats[split]
+        if not stats["pixels"]:
+            raise DataError(f"split {split!r} of {self.source!r} has no images to measure the "
+                            "normalisation on; give data.mean and data.std")
+        mean = np.asarray(stats["sum"]) / stats["pixels"]
+        var = np.maximum(np.asarray(stats["sum_sq"]) / stats["pixels"] - mean**2, 0.0)
+        # A constant channel would divide by zero; 1/255 keeps it finite and harmless.
+        std = np.maximum(np.sqrt(var), 1.0 / 255.0)
+        return tuple(float(v) for v in mean), tuple(float(v) for v in std)
+
+    def files(self, split: str, classes: Sequence[int]) -> tuple[list[str], np.ndarray]:
+        """Absolute shard paths of some classes of a split, class-major, and each first index."""
+        files, first = [], []
+        for c in classes:
+            first.append(len(files))
+            files += [os.path.join(self.directory, s["file"]) for s in self.classes[split][c].shards]
+        return files, np.asarray(first, np.int64)
+
+    def read(self, split: str, classes: Sequence[int]) -> np.ndarray:
+        """The images of some classes of a split in memory, class-major: uint8 ``[T, H, W, C]``."""
+        files, _ = self.files(split, classes)
+        total = sum(self.classes[split][c].count for c in classes)
+        out = np.empty((total, *self.image_shape), np.uint8)
+        flat = out.reshape(-1)
+        position = 0
+        for path in files:
+            with open(path, "rb") as f:
+                data = f.read()
+            flat[position:position + len(data)] = np.frombuffer(data, np.uint8)
+            position += len(data)
+        if position != flat.size:
+            raise DataError(f"prepared data in {self.directory!r} holds {position} bytes for "
+                            f"split {split!r}, its spec says {flat.size}; delete the directory to "
+                            "prepare it again")
+        return out
+
+
+def cache_key(fingerprint: str, *, image_size: int, channels: int, resize: str,
+              min_side: int) -> str:
+    """The name of the prepared directory of a listing at a size: a digest of everything used."""
+    text = json.dumps([FORMAT_VERSION, fingerprint, image_size, channels, resize, min_side])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def preparation_lock(directory: str) -> Iterator[None]:
+    """Serialises preparation between processes sharing a local directory.
+
+    Several workers of one machine start at once; without the lock they would all prepare the
+    same data. The first prepares, the others wait and then reuse it. Remote directories
+    (``gs://``) are not locked: prepare them once before starting a cluster.
+    """
+    if "://" in directory:
+        yield
+        return
+    lock_path = os.path.normpath(directory) + ".lock"
+    os.makedirs(os.path.dirname(lock_path) or ".", exist_ok=True)
+    with open(lock_path, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _write_atomically(path: str, data: bytes) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+Decoder = Callable[..., np.ndarray]
+
+
+def _default_decoder() -> Decoder:
+    from tfmeta import image_decode
+
+    return image_decode.decode
+
+
+def _too_small_error() -> type:
+    from tfmeta import image_decode
+
+    return image_decode.TooSmallError
+
+
+@dataclasses.dataclass(frozen=True)
+class _Geometry:
+    image_size: int
+    channels: int
+    resize: str
+    min_side: int
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (self.image_size, self.image_size, self.channels)
+
+    @property
+    def records_per_shard(self) -> int:
+        return max(1, TARGET_SHARD_BYTES // int(np.prod(self.shape)))
+
+
+def _decode_all(cls: ClassImages, geometry: _Geometry, decode: Decoder,
+                pool: concurrent.futures.Executor
+                ) -> Iterator[tuple[str, np.ndarray | None, str]]:
+    """(item name, pixels or None, reason skipped) of each item of a class, in order."""
+    too_small = _too_small_error()
+
+    def one(i: int) -> tuple[str, np.ndarray | None, str]:
+        name = cls.item_names[i]
+        try:
+            pixels = decode(cls.items[i], name=name, size=geometry.image_size,
+                            channels=geometry.channels, resize=geometry.resize,
+                            min_side=geometry.min_side)
+        except too_small as e:
+            return name, None, f"too small: {e}"
+        except DataError as e:
+            return name, None, f"unreadable: {e}"
+        if pixels.shape != geometry.shape or pixels.dtype != np.uint8:
+            raise DataError(f"decoding {name!r} gave {pixels.dtype} {pixels.shape}, expected "
+                            f"uint8 {geometry.shape}")
+        return name, pixels, ""
+
+    # Threads: decoding and resizing release the GIL in PIL, so they use every core.
+    return pool.map(one, range(len(cls.items)))
+
+
+def _prepare_class(directory: str, split: str, index: int, cls: ClassImages,
+                   geometry: _Geometry, decode: Decoder,
+                   pool: concurrent.futures.Executor) -> tuple[ClassRecord, dict[str, Any]]:
+    """Decodes one class into its shards; returns its record and its pixel sums."""
+    os.makedirs(os.path.join(directory, split), exist_ok=True)
+    shards, skipped, buffer = [], [], []
+    channel_sum = np.zeros(geometry.channels)
+    channel_sq = np.zeros(geometry.channels)
+    count = 0
+
+    def flush() -> None:
+        name = os.path.join(split, f"c{index:05d}_{len(shards):04d}.rec")
+        data = b"".join(a.tobytes() for a in buffer)
+        _write_atomically(os.path.join(directory, name), data)
+        shards.append({"file": name, "count": len(buffer),
+                       "sha256": hashlib.sha256(data).hexdigest()})
+        buffer.clear()
+
+    for name, pixels, reason in _decode_all(cls, geometry, decode, pool):
+        if pixels is None:
+            skipped.append((name, reason))
+            continue
+        x = pixels.reshape(-1, geometry.channels).astype(np.float64) / 255.0
+        channel_sum += x.sum(axis=0)
+        channel_sq += (x * x).sum(axis=0)
+        buffer.append(pixels)
+        count += 1
+        if len(buffer) == geometry.records_per_shard:
+            flush()
+    if buffer:
+        flush()
+    stats = {"sum": channel_sum.tolist(), "sum_sq": channel_sq.tolist(),
+             "pixels": count * geometry.image_size**2}
+    return ClassRecord(cls.name, count, tuple(shards), tuple(skipped)), stats
+
+
+def _read_progress(directory: str, listing: Listing) -> dict[tuple[str, int], dict[str, Any]]:
+    """Classes finished by an earlier, interrupted preparation, their shards verified."""
+    path = os.path.join(directory, PROGRESS_FILE)
+    if not os.path.exists(path):
+        return {}
+    done = {}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                break  # a line cut by the interruption: its class is prepared again
+            split, index = entry["split"], entry["index"]
+            classes = listing.splits.get(split, [])
+            if index >= len(classes) or classes[index].name != entry["record"]["name"]:
+                continue  # the listing changed under the same key: prepare the class again
+            record = ClassRecord.from_dict(entry["record"])
+            if all(os.path.exists(os.path.join(directory, s["file"]))
+                   and _sha256(os.path.join(directory, s["file"])) == s["sha256"]
+                   for s in record.shards):
+                done[(split, index)] = entry
+    return done
+
+
+def prepare(listing: Listing, directory: str, *, image_size: int, channels: int,
+            resize: str = "stretch", min_side: int = 0, source: str = "",
+            decode: Decoder | None = None, workers: int | None = None) -> Prepared:
+    """Prepares a listing into ``directory`` (or reuses it), resuming an interrupted preparation.
+
+    Items that cannot be decoded, or whose shorter side is below ``min_side``, are skipped and
+    recorded with the reason (see :attr:`Prepared.classes` ``skipped`` and the run's data summary);
+    a class left with no image is kept with a count of 0 (the episode layer leaves out classes with
+    too few images).
+
+    Args:
+      listing: what to prepare.
+      directory: where (created; its name should be :func:`cache_key`).
+      image_size: side of the prepared images.
+      channels: 1 or 3.
+      resize: ``"stretch"`` or ``"crop"`` (see :func:`tfmeta.image_decode.decode`).
+      min_side: smallest shorter side accepted.
+      source: the source string, recorded in the spec.
+      decode: decoding function (default :func:`tfmeta.image_decode.decode`).
+      workers: decoding threads (default: the CPU count).
+
+    Returns:
+      The prepared data.
+
+    Raises:
+      DataError: the directory holds a spec of something else, or a decoder error that is not
+        about one image.
+    """
+    decode = decode or _default_decoder()
+    geometry = _Geometry(image_size, channels, resize, min_side)
+    os.makedirs(directory, exist_ok=True)
+    with preparation_lock(directory):
+        if os.path.exists(os.path.join(directory, SPEC_FILE)):
+            prepared = load(directory)
+            if prepared.fingerprint != listing.fingerprint or prepared.image_shape != geometry.shape:
+                raise DataError(f"prepared directory {directory!r} holds other data (fingerprint "
+                                f"or image shape differ); delete it or choose another")
+            return prepared
+        done = _read_progress(directory, listing)
+        if done:
+            logging.info("Resuming the preparation in %s: %d classes already done.", directory,
+                         len(done))
+        with open(os.path.join(directory, PROGRESS_FILE), "a", encoding="utf-8") as progress, \
+                concurrent.futures.ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
+            total = sum(len(v) for v in listing.splits.values())
+            for split in SPLITS:
+                for index, cls in enumerate(listing.splits[split]):
+                    if (split, index) in done:
+                        continue
+                    record, stats = _prepare_class(directory, split, index, cls, geometry,
+                                                   decode, pool)
+                    entry = {"split": split, "index": index, "record": record.to_dict(),
+                             "stats": stats}
+                    progress.write(json.dumps(entry) + "\n")
+                    progress.flush()
+                    os.fsync(progress.fileno())
+                    done[(split, index)] = entry
+                    if len(done) % 50 == 0:
+                        logging.info("Prepared %d of %d classes in %s.", len(done), total,
+                                     directory)
+        spec = _spec(listing, done, geometry, source)
+        _write_atomically(os.path.join(directory, SPEC_FILE),
+                          (json.dumps(spec, indent=1) + "\n").encode())
+        os.remove(os.path.join(directory, PROGRESS_FILE))
+    return load(directory)
+
+
+def _spec(listing: Listing, done: dict[tuple[str, int], dict[str, Any]], geometry: _Geometry,
+          source: str) -> dict[str, Any]:
+    classes, stats = {}, {}
+    for split in SPLITS:
+        entries = [done[(split, i)] for i in range(len(listing.splits[split]))]
+        classes[split] = [e["record"] for e in entries]
+        stats[split] = {
+            "sum": np.sum([e["stats"]["sum"] for e in entries] or [[0.0] * geometry.channels],
+                          axis=0).tolist(),
+            "sum_sq": np.sum([e["stats"]["sum_sq"] for e in entries]
+                             or [[0.0] * geometry.channels], axis=0).tolist(),
+            "pixels": int(sum(e["stats"]["pixels"] for e in entries)),
+        }
+    return {"format": FORMAT_VERSION, "source": source, "origin": listing.origin,
+            "fingerprint": listing.fingerprint, "image_shape": list(geometry.shape),
+            "records_per_shard": geometry.records_per_shard, "classes": classes, "stats": stats,
+            "skipped": [list(s) for s in listing.skipped]}
+
+
+def load(directory: str) -> Prepared:
+    """Reads a prepared directory's spec and checks that every shard has its recorded size.
+
+    Raises:
+      DataError: no spec, another format version, or a missing or wrongly sized shard (naming it).
+    """
+    path = os.path.join(directory, SPEC_FILE)
+    try:
+        with open(path, encoding="utf-8") as f:
+            spec = json.load(f)
+    except FileNotFoundError:
+        raise DataError(f"{directory!r} is not prepared data: it has no {SPEC_FILE}") from None
+    except (OSError, json.JSONDecodeError) as e:
+        raise DataError(f"cannot read {path!r}: {e}; delete {directory!r} to prepare it again") \
+            from e
+    if spec.get("format") != FORMAT_VERSION:
+        raise DataError(f"{path!r} has format {spec.get('format')!r}; this tfmeta reads format "
+                        f"{FORMAT_VERSION}: delete {directory!r} to prepare it again")
+    prepared = Prepared(
+        directory=directory, image_shape=tuple(spec["image_shape"]),
+        records_per_shard=int(spec["records_per_shard"]),
+        classes={s: [ClassRecord.from_dict(c) for c in spec["classes"][s]] for s in SPLITS},
+        source=spec["source"], origin=spec["origin"], fingerprint=spec["fingerprint"],
+        skipped=[tuple(s) for s in spec["skipped"]], stats=spec["stats"])
+    for split in SPLITS:
+        for record in prepared.classes[split]:
+            if sum(s["count"] for s in record.shards) != record.count:
+                raise DataError(f"{path!r}: class {record.name!r} has {record.count} images but "
+                                "its shards hold a different number; delete the directory")
+            for shard in record.shards:
+                file = os.path.join(directory, shard["file"])
+                expected = shard["count"] * prepared.record_bytes
+                size = os.path.getsize(file) if os.path.exists(file) else None
+                if size != expected:
+                    raise DataError(
+                        f"prepared shard {file!r} of class {record.name!r} is "
+                        f"{'missing' if size is None else f'{size} bytes'}; its spec says "
+                        f"{expected} bytes: delete {directory!r} to prepare it again")
+    return prepared
+
+
+def verify(prepared: Prepared) -> None:
+    """Recomputes every shard's checksum against the spec.
+
+    Raises:
+      DataError: naming the first shard whose content changed.
+    """
+    for split in SPLITS:
+        for record in prepared.classes[split]:
+            for shard in record.shards:
+                file = os.path.join(prepared.directory, shard["file"])
+                if _sha256(file) != shard["sha256"]:
+                    raise DataError(f"prepared shard {file!r} of class {record.name!r} does not "
+                                    f"match its checksum; delete {prepared.directory!r} to "
+                                    "prepare it again")
