@@ -1,0 +1,191 @@
+"""Source strings, the folder source, preparation reuse, and task 'images' episodes from a config."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tfmeta import config as config_lib
+from tfmeta import image_sources, tasks
+from tfmeta.class_listing import DataError
+
+
+def write_class_folders(root, counts, *, size=(10, 12), mode="RGB", seed=0, ext=".png"):
+    """``root/class<i>/<j>.png`` with ``counts[i]`` random colour images each."""
+    rng = np.random.default_rng(seed)
+    for c, n in enumerate(counts):
+        folder = os.path.join(root, f"class{c:02d}")
+        os.makedirs(folder, exist_ok=True)
+        for j in range(n):
+            pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+            Image.fromarray(pixels).convert(mode).save(os.path.join(folder, f"{j:03d}{ext}"))
+    return str(root)
+
+
+def images_config(source, **data):
+    c = config_lib.base_config()
+    c.task = "images"
+    c.data.source = source
+    c.data.image_size, c.data.channels = 8, 3
+    c.data.ways, c.data.shots, c.data.queries = 2, 1, 2
+    c.data.rotate = False
+    for key, value in data.items():
+        c.data[key] = value
+    return c
+
+
+def test_parse_names_what_is_allowed():
+    assert image_sources.parse("folder:/x/y") == ("folder", "/x/y")
+    assert image_sources.parse("tfds:cifar100/config") == ("tfds", "cifar100/config")
+    assert image_sources.parse("cub") == ("cub", "")
+    with pytest.raises(DataError, match="not a known source; allowed: folder:PATH"):
+        image_sources.parse("folders:/x")
+    with pytest.raises(DataError, match="needs a path"):
+        image_sources.parse("miniimagenet")
+    with pytest.raises(DataError, match="'cifarfs' takes no path"):
+        image_sources.parse("cifarfs:/x")
+
+
+def test_folder_classes_split_by_fractions_reproducibly(tmp_path):
+    root = write_class_folders(tmp_path / "photos", [2] * 25)
+    a = image_sources.folder_listing(root, fractions=(0.6, 0.2, 0.2), split_seed=3)
+    b = image_sources.folder_listing(root, fractions=(0.6, 0.2, 0.2), split_seed=3)
+    c = image_sources.folder_listing(root, fractions=(0.6, 0.2, 0.2), split_seed=4)
+    names = {s: [x.name for x in a.splits[s]] for s in a.splits}
+    assert [len(names[s]) for s in ("train", "validation", "test")] == [15, 5, 5]
+    assert names == {s: [x.name for x in b.splits[s]] for s in b.splits}
+    assert names != {s: [x.name for x in c.splits[s]] for s in c.splits}
+    assert sorted(sum(names.values(), [])) == [f"class{i:02d}" for i in range(25)]
+    assert "seed 3" in a.origin
+
+
+def test_split_folders_and_class_lists(tmp_path):
+    for split, first in (("train", 0), ("val", 10), ("test", 20)):
+        write_class_folders(tmp_path / "mini" / split, [0] * first + [2, 2], seed=first)
+    # write_class_folders names classes by index; empty leading indices create no folders
+    listing = image_sources.folder_listing(str(tmp_path / "mini"))
+    assert [c.name for c in listing.splits["validation"]] == ["class10", "class11"]
+    assert "split folders" in listing.origin
+    flat = write_class_folders(tmp_path / "flat", [2] * 4)
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    (lists / "train.txt").write_text("class00\nclass02\n")
+    (lists / "val.txt").write_text("# held out\nclass01\n")
+    listing = image_sources.folder_listing(flat, class_lists=str(lists))
+    assert [c.name for c in listing.splits["train"]] == ["class00", "class02"]
+    assert [c.name for c in listing.splits["test"]] == []
+    assert [s[1] for s in listing.skipped] == ["class folder in no class list"]
+    (lists / "test.txt").write_text("class09\n")
+    with pytest.raises(DataError, match=r"1 listed classes are not in folder.*class09"):
+        image_sources.folder_listing(flat, class_lists=str(lists))
+
+
+def test_duplicate_class_across_split_folders_is_an_error(tmp_path):
+    write_class_folders(tmp_path / "d" / "train", [2, 2])
+    write_class_folders(tmp_path / "d" / "test", [2])
+    with pytest.raises(DataError, match="'class00' appears in splits 'train' and 'test'"):
+        image_sources.folder_listing(str(tmp_path / "d"))
+
+
+def test_non_images_empty_folders_and_stray_files_are_skipped_and_recorded(tmp_path):
+    root = write_class_folders(tmp_path / "p", [3, 3])
+    (tmp_path / "p" / "class00" / "notes.txt").write_text("hello")
+    (tmp_path / "p" / "README.md").write_text("about")
+    os.makedirs(tmp_path / "p" / "empty")
+    (tmp_path / "p" / ".hidden").mkdir()
+    listing = image_sources.folder_listing(root, fractions=(1.0, 0.0, 0.0))
+    reasons = {os.path.basename(path): why for path, why in listing.skipped}
+    assert reasons == {"notes.txt": "not an image file (by its extension)",
+                       "README.md": "a file outside any class folder",
+                       "empty": "empty class folder (no image files)"}
+    assert [len(c.items) for c in listing.splits["train"]] == [3, 3]
+
+
+def test_missing_folder_and_no_classes_are_errors(tmp_path):
+    with pytest.raises(DataError, match="does not exist or is not a directory"):
+        image_sources.folder_listing(str(tmp_path / "nope"))
+    (tmp_path / "nothing").mkdir()
+    with pytest.raises(DataError, match="has no class folders with images"):
+        image_sources.folder_listing(str(tmp_path / "nothing"))
+
+
+def test_preparation_is_reused_and_redone_when_the_folder_changes(tmp_path, monkeypatch):
+    root = write_class_folders(tmp_path / "p", [3, 3, 3, 3])
+    kwargs = dict(image_size=8, channels=3, prepared_dir=str(tmp_path / "prep"),
+                  fractions=(0.5, 0.25, 0.25))
+    first = image_sources.prepare(f"folder:{root}", **kwargs)
+    assert first.image_shape == (8, 8, 3)
+
+    def no_listing(*args, **kw):
+        raise AssertionError("a prepared source is not listed again")
+
+    with monkeypatch.context() as m:
+        m.setattr(image_sources, "folder_listing", no_listing)
+        again = image_sources.prepare(f"folder:{root}", **kwargs)
+    assert again.directory == first.directory
+    Image.new("RGB", (9, 9)).save(os.path.join(root, "class00", "new.png"))
+    changed = image_sources.prepare(f"folder:{root}", **kwargs)
+    assert changed.directory != first.directory
+
+
+def test_corrupt_and_too_small_images_are_skipped_with_counts(tmp_path):
+    root = write_class_folders(tmp_path / "p", [4, 4, 4])
+    (tmp_path / "p" / "class00" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
+    Image.new("RGB", (3, 30)).save(tmp_path / "p" / "class01" / "tiny.png")
+    c = images_config(f"folder:{root}", split_fractions=(1.0, 0.0, 0.0), min_image_side=5,
+                      prepared_dir=str(tmp_path / "prep"))
+    source = tasks.build(c)
+    summary = source.data_summary()
+    train = summary["splits"]["train"]
+    assert train["images"] == 12 and train["images_skipped"] == 2
+    reasons = {os.path.basename(name): why for name, why in train["skipped"]}
+    assert reasons["broken.png"].startswith("unreadable") and "broken.png" in reasons["broken.png"]
+    assert reasons["tiny.png"].startswith("too small")
+
+
+def test_images_task_episodes_summary_and_left_out_classes(tmp_path):
+    root = write_class_folders(tmp_path / "p", [3, 5, 2, 6, 4, 1])
+    c = images_config(f"folder:{root}", split_fractions=(1.0, 0.0, 0.0),
+                      prepared_dir=str(tmp_path / "prep"), normalize=True)
+    config_lib.validate(c)
+    source = tasks.build(c)
+    assert source.input_shape == (8, 8, 3) and source.num_outputs == 2
+    assert source.split_classes() == {"train": 4, "validation": 0, "test": 0}
+    summary = source.data_summary()
+    assert summary["splits"]["train"]["classes_left_out"] == {"class02": 2, "class05": 1}
+    assert summary["storage"] == "memory"
+    transform = source.input_transform()
+    assert len(transform.mean) == 3 and all(s > 0 for s in transform.std)
+    batch = next(iter(source.make_dataset("train", 0, 4, 0, 0)))
+    assert batch["support_x"].shape == (4, 2, 8, 8, 3)
+    assert batch["query_x"].shape == (4, 4, 8, 8, 3)
+    # Normalised with the meta-train split's statistics: about zero mean, unit spread.
+    x = batch["query_x"].numpy()
+    assert abs(float(x.mean())) < 0.5 and 0.5 < float(x.std()) < 1.5
+    c.data.ways = 5
+    with pytest.raises(config_lib.ConfigError, match=r"'train' split .* has only 4 usable "
+                                                     r"classes"):
+        config_lib.check_split_classes(c, source.split_classes())
+
+
+def test_stream_and_memory_storage_give_the_same_batches(tmp_path):
+    root = write_class_folders(tmp_path / "p", [3, 4, 5, 3])
+    batches = []
+    for storage in ("memory", "stream"):
+        c = images_config(f"folder:{root}", split_fractions=(1.0, 0.0, 0.0), storage=storage,
+                          prepared_dir=str(tmp_path / "prep"), augment=True, crop_padding=2)
+        source = tasks.build(c)
+        assert source.data_summary()["storage"] == storage
+        batches.append(next(iter(source.make_dataset("train", 0, 3, 7, 5))))
+    for key in batches[0]:
+        np.testing.assert_array_equal(batches[0][key].numpy(), batches[1][key].numpy())
+
+
+def test_auto_storage_streams_above_the_memory_limit(tmp_path):
+    root = write_class_folders(tmp_path / "p", [3, 3, 3])
+    c = images_config(f"folder:{root}", split_fractions=(1.0, 0.0, 0.0), memory_limit_mb=0,
+                      prepared_dir=str(tmp_path / "prep"))
+    assert tasks.build(c).data_summary()["storage"] == "stream"
