@@ -57,7 +57,10 @@ def test_shipped_configs_are_valid():
                                               "20way5shot", "smoke"]),
                            ("omniglot_fomaml", ["5way1shot", "20way5shot", "smoke"]),
                            ("omniglot_reptile", ["5way1shot", "20way1shot", "smoke"]),
-                           ("sinusoid_maml", ["default", "smoke"])]:
+                           ("sinusoid_maml", ["default", "smoke"]),
+                           ("miniimagenet_maml", ["5way1shot", "5way5shot", "smoke"]),
+                           ("cifarfs_maml", ["5way1shot", "5way5shot", "smoke"]),
+                           ("images_maml", ["default", "smoke"])]:
         for variant in variants:
             config = load_config(os.path.join(REPO, "configs", f"{name}.py:{variant}"))
             config_lib.validate(config)

@@ -44,6 +44,7 @@ class Experiment:
 def _conv4(config: ml_collections.ConfigDict, source: tasks.TaskSource,
            **kwargs: Any) -> keras.Model:
     return models.omniglot_conv4(source.num_outputs, image_size=source.input_shape[0],
+                                 channels=source.input_shape[-1],
                                  filters=config.model.filters,
                                  downsample=config.model.downsample,
                                  head=config.model.head, **kwargs)
