@@ -17,7 +17,7 @@ import textwrap
 
 import numpy as np
 import pytest
-from PIL import Image, ImageOps
+from PIL import Image
 
 from tests.helpers import subprocess_env
 from tests.test_image_folders import _in_thread_with_timeout, _png16

@@ -125,6 +125,10 @@ def _first_line(text: str) -> str:
 def open_image(item: Item, name: str) -> Iterator[Image.Image]:
     """The item as a decoded PIL image, upright (EXIF orientation applied), closed on exit.
 
+    Args:
+      item: as :func:`decode` takes it.
+      name: what messages call the item.
+
     Raises:
       DataError: the item cannot be read or decoded (the message names ``name``).
     """
@@ -188,17 +192,30 @@ def _stream(source: str | bytes | bytearray | memoryview, name: str) -> BinaryIO
 
 def _decoded(stream: BinaryIO, name: str) -> Image.Image:
     """The stream's image, decoded in full (so damage shows here) and turned upright."""
+    image = None
     try:
         image = Image.open(stream)
         image.load()
         ImageOps.exif_transpose(image, in_place=True)
-    except UnidentifiedImageError as e:
-        raise _error(name, "not an image (PIL recognises no image format in it)") from e
-    except Image.DecompressionBombError as e:
-        raise _error(name, _first_line(str(e))) from e
-    except _PIL_ERRORS as e:
-        raise _error(name, f"corrupt or truncated image data ({_first_line(str(e))})") from e
+    except BaseException as e:
+        if image is not None:
+            image.close()  # what a damaged image had decoded is not kept until garbage collection
+        error = _read_error(e, name)
+        if error is None:
+            raise
+        raise error from e
     return image
+
+
+def _read_error(e: BaseException, name: str) -> DataError | None:
+    """The DataError for what PIL raised while decoding; None for anything else (a bug, Ctrl-C)."""
+    if isinstance(e, UnidentifiedImageError):
+        return _error(name, "not an image (PIL recognises no image format in it)")
+    if isinstance(e, Image.DecompressionBombError):
+        return _error(name, _first_line(str(e)))
+    if isinstance(e, _PIL_ERRORS):
+        return _error(name, f"corrupt or truncated image data ({_first_line(str(e))})")
+    return None
 
 
 def special_file_kind(path: str) -> str | None:
@@ -256,6 +273,11 @@ def to_channels(image: Image.Image, channels: int, name: str) -> Image.Image:
 
     Grayscale deeper than 8 bits becomes "F" in [0, 1] instead, whatever ``channels``, so that
     resizing keeps its precision; :func:`with_channels` replicates it after resizing.
+
+    Args:
+      image: a decoded image of any PIL mode.
+      channels: 1 or 3.
+      name: what messages call the image.
 
     Raises:
       DataError: deep pixels are out of range or not finite, or PIL cannot convert the mode.
