@@ -1,7 +1,8 @@
 """tfmeta.image_folders: support folders and query paths listed, images read as the model wants.
 
 Also: hidden entries and special files (never opened), every PIL mode and depth scaled to [0, 1],
-the EXIF orientation, and images read one at a time (bounded memory).
+the EXIF orientation, images read one at a time (bounded memory), and three channels (RGB) read as
+the training data is decoded.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import pytest
 from PIL import Image, ImageDraw, ImageOps
 
 from tests.helpers import subprocess_env, write_image_folders, write_images
-from tfmeta import image_folders
+from tfmeta import image_decode, image_folders
 
 
 def test_colour_jpeg_and_transparent_png_become_grayscale(tmp_path):
@@ -325,3 +326,81 @@ def test_named_pipes_are_skipped_with_a_warning_never_opened(tmp_path, caplog):
     assert fifos[0] in str(info.value)
     with pytest.raises(image_folders.ImageError, match="is a named pipe"):
         _in_thread_with_timeout(lambda: image_folders.read_images([fifos[0]], 28), fifos)
+
+
+# ----------------------------------------------------------------------------- channels=3
+def test_three_channels_read_rgb_in_0_1(tmp_path):
+    rgb = np.random.default_rng(0).integers(0, 256, (28, 28, 3), dtype=np.uint8)
+    gray = rgb[..., 0]
+    paths = [str(tmp_path / name) for name in ("rgb.png", "gray.png", "clear.png")]
+    Image.fromarray(rgb).save(paths[0])
+    Image.fromarray(gray).save(paths[1])
+    Image.new("RGBA", (40, 40), (255, 0, 0, 0)).save(paths[2])  # transparent red: white
+    pixels = image_folders.read_images(paths, 28, channels=3)
+    assert pixels.shape == (3, 28, 28, 3) and pixels.dtype == np.float32
+    np.testing.assert_array_equal(pixels[0], rgb / np.float32(255.0))
+    np.testing.assert_array_equal(pixels[1], np.dstack([gray] * 3) / np.float32(255.0))
+    assert np.all(pixels[2] == 1.0)
+    single = image_folders.load_image(paths[0], 28, channels=3)
+    assert single.shape == (28, 28, 3)
+    np.testing.assert_array_equal(single, pixels[0])
+    # One channel is still the default, and the same as asking for it.
+    np.testing.assert_array_equal(image_folders.read_images(paths, 28),
+                                  image_folders.read_images(paths, 28, channels=1))
+
+
+def test_three_channels_keep_deep_grey_in_floating_point(tmp_path):
+    path = str(tmp_path / "gray16.png")
+    Image.fromarray(np.full((28, 28), _INK16, np.uint16)).save(path)
+    got = image_folders.load_image(path, 28, channels=3)
+    assert got.shape == (28, 28, 3)
+    assert np.all(got == np.float32(_INK16) / np.float32(65535))  # not 31 / 255
+    assert not np.any(got == np.float32(_INK8) / np.float32(255))
+
+
+def test_three_channels_apply_the_exif_orientation(tmp_path):
+    upright = np.full((48, 48, 3), 255, np.uint8)
+    upright[:16, :16] = (255, 0, 0)  # red at the top left
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = str(tmp_path / "turned.jpg")
+    Image.fromarray(upright).transpose(Image.Transpose.ROTATE_90).save(path, quality=95,
+                                                                       exif=exif)
+    got = image_folders.load_image(path, 48, channels=3)
+    assert np.abs(got - upright / 255.0).mean() < 0.02
+    assert np.all(np.abs(got[2:14, 2:14] - (1.0, 0.0, 0.0)) < 0.1)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_the_pixels_are_those_the_training_data_is_decoded_to(tmp_path, channels):
+    paths = _mode_images(str(tmp_path), _ink())
+    for name, path in paths.items():
+        got = image_folders.load_image(path, 28, channels=channels)
+        prepared = image_decode.decode(path, name=path, size=28, channels=channels)
+        np.testing.assert_array_equal(np.round(got * 255).astype(np.uint8).reshape(prepared.shape),
+                                      prepared, err_msg=name)
+
+
+def test_a_colour_image_is_uniform_only_if_its_colours_are_equal(tmp_path, caplog):
+    # Red and this green have the same grayscale (76): uniform in one channel, not in three.
+    two_colours = np.zeros((28, 28, 3), np.uint8)
+    two_colours[:, :14] = (255, 0, 0)
+    two_colours[:, 14:] = (0, 130, 0)
+    mixed, flat = str(tmp_path / "mixed.png"), str(tmp_path / "flat.png")
+    Image.fromarray(two_colours).save(mixed)
+    Image.new("RGB", (28, 28), (255, 0, 0)).save(flat)
+    with caplog.at_level(logging.WARNING):
+        image_folders.read_images([mixed, flat], 28, channels=3)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and flat in warnings[0] and "every pixel is (1, 0, 0)" in warnings[0]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        image_folders.read_images([mixed], 28, channels=1)
+    assert mixed in caplog.text and "uniform" in caplog.text
+
+
+def test_channels_other_than_1_and_3_are_refused(tmp_path):
+    path = str(tmp_path / "a.png")
+    Image.new("L", (28, 28)).save(path)
+    with pytest.raises(ValueError, match="channels must be one of"):
+        image_folders.read_images([path], 28, channels=4)

@@ -8,41 +8,36 @@ sockets and devices with an image name are skipped with a warning naming them, n
 stray pipe would block the read forever); named directly, they are an error.
 
 Images (PNG or JPEG, any size and depth) are read one at a time into the input contract of a
-tfmeta SavedModel (see :func:`load_image`): grayscale float32 in [0, 1] with white = 1
-(``pixels / 255`` for 8-bit images), resized at once to the model's ``image_size`` with PIL's
-LANCZOS filter (the filter the training data was prepared with; images already at that size are
-not resampled), so memory does not grow with the images' size. Colour is converted to grayscale,
-transparency is composited onto white, 16-bit grey is scaled rather than clipped, and the EXIF
-orientation is applied. An image whose grayscale is one constant value is read with a warning
-naming it.
+tfmeta SavedModel (see :func:`load_image`): float32 in [0, 1] with white = 1 (``pixels / 255`` for
+8-bit images), grayscale or RGB, resized at once to the model's ``image_size`` with PIL's LANCZOS
+filter (the filter the training data was prepared with; images already at that size are not
+resampled), so memory does not grow with the images' size. Opening, modes, transparency (composited
+onto white), 16-bit grey (scaled rather than clipped) and the EXIF orientation are
+:mod:`tfmeta.image_decode`'s, the decoder of the training data, so a model sees its queries as it
+saw its training images; this module keeps deep grey in floating point instead of 8 bits. An image
+whose pixels are all one value is read with a warning naming it.
 
 Every mistake in the input raises :class:`ImageError` naming the path. This module imports only
-:mod:`tfmeta.errors` of tfmeta, NumPy, and (when reading) PIL and absl's logging.
+:mod:`tfmeta.errors`, :mod:`tfmeta.class_listing` and :mod:`tfmeta.image_decode` of tfmeta, NumPy,
+PIL and absl's logging.
 """
 
 from __future__ import annotations
 
 import os
-import stat
 from collections.abc import Sequence
-from typing import Any, NoReturn
+from typing import NoReturn
 
 import numpy as np
+from PIL import Image
 
-from tfmeta import errors
+from tfmeta import class_listing, errors, image_decode
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
-# PIL modes with more than 8 bits per grey sample, which PIL's conversion to "L" would clip.
-_HIGH_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 
 
 class ImageError(errors.UserError, ValueError):
     """A folder, path or image that cannot be read as images; the message names it."""
-
-
-def _first_line(text: str) -> str:
-    """The first non-empty line of an error message (PIL's may go on with details)."""
-    return next((line.strip() for line in text.splitlines() if line.strip()), text.strip())
 
 
 def _is_hidden(name: str) -> bool:
@@ -60,33 +55,13 @@ def _listdir(directory: str) -> list[str]:
         raise ImageError(f"cannot read directory {directory!r}: {e.strerror or e}") from e
 
 
-def _special_file_kind(path: str) -> str | None:
-    """What ``path`` is if it exists but is neither a regular file nor a directory, else None.
-
-    Uses ``stat`` only: opening a named pipe for reading blocks until a writer appears (forever,
-    for a stray one), and a device such as /dev/zero never ends. A path that cannot be stat-ed
-    (a broken link) is left to the reader, which names it in its error.
-    """
-    try:
-        mode = os.stat(path).st_mode
-    except OSError:
-        return None
-    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
-        return None
-    for test, kind in ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"),
-                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")):
-        if test(mode):
-            return kind
-    return "not a regular file"
-
-
 def _regular_image_files(paths: Sequence[str]) -> list[str]:
     """``paths`` without the special files, each of which is skipped with a warning naming it."""
     from absl import logging
 
     kept = []
     for path in paths:
-        kind = _special_file_kind(path)
+        kind = image_decode.special_file_kind(path)
         if kind is None:
             kept.append(path)
         else:
@@ -184,8 +159,8 @@ def read_queries(queries: Sequence[str]) -> list[str]:
         elif os.path.isfile(path):
             files.append(path)
         elif os.path.exists(path):
-            raise ImageError(f"query path {path!r} is {_special_file_kind(path)}; give image "
-                             "files or directories")
+            raise ImageError(f"query path {path!r} is {image_decode.special_file_kind(path)}; "
+                             "give image files or directories")
         else:
             raise ImageError(f"query path {path!r} does not exist")
     if not files:
@@ -193,42 +168,11 @@ def read_queries(queries: Sequence[str]) -> list[str]:
     return files
 
 
-def _high_depth_gray(image: Any, path: str) -> Any:
-    """A grayscale image of more than 8 bits per sample as a PIL "F" image in [0, 1].
-
-    PIL's own conversion to 8 bits ("L") clips such samples at 255 instead of scaling them, so a
-    16-bit scan, whose ink is far above 255, would come out blank.
-    """
-    from PIL import Image
-
-    pixels = np.asarray(image)
-    if image.mode == "F":
-        white, allowed = 1.0, "floating-point pixels must be in [0, 1]"
-    elif image.mode == "I":
-        # What PIL gives for 16-bit PNGs in some versions and for 32-bit TIFFs: read as 16 bits.
-        white, allowed = 65535.0, "32-bit integer pixels are read as 16-bit samples, in [0, 65535]"
-    else:  # I;16 and its byte orders
-        white, allowed = 65535.0, ""
-    if allowed:
-        if not np.all(np.isfinite(pixels)):
-            raise ImageError(f"cannot read image {path!r}: it holds NaN or infinite pixels")
-        lo, hi = float(pixels.min()), float(pixels.max())
-        if lo < 0 or hi > white:
-            raise ImageError(f"cannot read image {path!r}: {allowed}; found values in "
-                             f"[{lo:.6g}, {hi:.6g}]")
-    gray = pixels.astype(np.float32) / np.float32(white)
-    del pixels
-    transparency = image.info.get("transparency")
-    if isinstance(transparency, (int, float)):  # a grey level that means "transparent"
-        gray[np.asarray(image) == transparency] = 1.0  # transparency is white, as for 8 bits
-    return Image.fromarray(gray, "F")
-
-
-def load_image(path: str, image_size: int) -> np.ndarray:
-    """Reads one image as grayscale pixels in [0, 1] (white = 1), ``image_size`` on each side.
+def load_image(path: str, image_size: int, channels: int = 1) -> np.ndarray:
+    """Reads one image as pixels in [0, 1] (white = 1), ``image_size`` on each side.
 
     * 8-bit images of any PIL mode (grey, RGB, palette, CMYK, 1-bit, ...) are converted by PIL
-      to 8-bit grayscale ("L"), and transparency is composited onto white.
+      to 8-bit grayscale ("L") or RGB, and transparency is composited onto white.
     * Deeper grayscale (PIL modes "I;16*": 16-bit PNG or TIFF; "I": read as 16-bit samples in
       [0, 65535]; "F": float samples in [0, 1]) is scaled to [0, 1] in floating point, never
       clipped at 8 bits; other values are an error. PIL itself reduces 16-bit colour to 8 bits
@@ -236,78 +180,61 @@ def load_image(path: str, image_size: int) -> np.ndarray:
     * The EXIF orientation is applied (a photo taken sideways is read upright).
     * It is resized with PIL's LANCZOS filter, as the training data was prepared, unless it
       already has that size; resampling overshoot of deep images is clipped to [0, 1].
+    * With ``channels=3``, grayscale images (of any depth) are replicated into R, G and B.
 
-    An image whose grayscale is one constant value (blank, or colours of equal brightness) has
-    nothing to classify: it is read, but a warning names it. The full-size decoded image is
-    dropped on return.
+    An image whose pixels are all one value (blank; with ``channels=1`` also colours of equal
+    brightness) has nothing to classify: it is read, but a warning names it. The full-size
+    decoded image is dropped on return.
 
     Args:
       path: a PNG or JPEG file (anything PIL reads).
       image_size: side of the model's images.
+      channels: 1 (grayscale) or 3 (RGB), as the model takes them.
 
     Returns:
-      float32 ``[image_size, image_size]`` in [0, 1]: ``pixels / 255`` for 8-bit images.
+      float32 ``[image_size, image_size]`` (``channels=1``) or ``[image_size, image_size, 3]``
+      in [0, 1]: ``pixels / 255`` for 8-bit images.
 
     Raises:
       ImageError: the file is not a readable image, or deep pixels are out of range (the message
         names the file).
+      ValueError: ``image_size`` or ``channels`` is not allowed.
     """
+    image_decode.check_options(image_size, channels)
+    try:
+        with image_decode.open_image(path, path) as image:
+            pixels = image_decode.to_channels(image, channels, path)
+    except class_listing.DataError as e:  # this module's callers catch ImageError
+        raise ImageError(str(e)) from e
+    _warn_if_uniform(pixels, path)
+    return _as_float(image_decode.fit(pixels, image_size), channels)
+
+
+def _warn_if_uniform(image: Image.Image, path: str) -> None:
+    """Logs a warning naming ``path`` if every pixel of ``image`` ("L", "F" or "RGB") is equal."""
     from absl import logging
-    from PIL import Image, ImageOps, UnidentifiedImageError
 
-    try:
-        with _open_regular_file(path) as file, Image.open(file) as image:
-            image.load()
-            ImageOps.exif_transpose(image, in_place=True)
-            if image.mode in _HIGH_DEPTH_MODES:
-                gray = _high_depth_gray(image, path)
-            elif image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
-                rgba = image.convert("RGBA")
-                white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-                gray = Image.alpha_composite(white, rgba).convert("L")
-            else:
-                gray = image.convert("L")
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError,
-            Image.DecompressionBombError) as e:
-        if isinstance(e, ImageError):
-            raise
-        raise ImageError(f"cannot read image {path!r}: {_first_line(str(e))}") from e
-    scale = 255.0 if gray.mode == "L" else 1.0
-    lo, hi = gray.getextrema()
-    if lo == hi:
-        logging.warning("image %r is uniform: every pixel is %.4g (0 = black, 1 = white), so "
-                        "there is nothing in it to classify and its prediction means nothing",
-                        path, lo / scale)
-    if gray.size != (image_size, image_size):
-        gray = gray.resize((image_size, image_size), resample=Image.LANCZOS)
-    if gray.mode == "L":
-        return np.asarray(gray, np.float32) / np.float32(255.0)
-    return np.clip(np.asarray(gray, np.float32), 0.0, 1.0)
+    extrema = image.getextrema()
+    bands = extrema if isinstance(extrema[0], tuple) else (extrema,)  # per band for RGB
+    if any(lo != hi for lo, hi in bands):
+        return
+    scale = 1.0 if image.mode == "F" else 255.0
+    value = ", ".join(f"{lo / scale:.4g}" for lo, _ in bands)
+    logging.warning("image %r is uniform: every pixel is %s (0 = black, 1 = white), so "
+                    "there is nothing in it to classify and its prediction means nothing",
+                    path, value if len(bands) == 1 else f"({value})")
 
 
-def _open_regular_file(path: str) -> Any:
-    """Opens ``path`` for binary reading, refusing anything but a regular file.
-
-    The listing already skips special files; this also covers a path named directly or replaced
-    after listing. O_NONBLOCK makes opening a named pipe return at once instead of waiting for a
-    writer; it changes nothing for regular files.
-
-    Raises:
-      ImageError: ``path`` is not a regular file.
-      OSError: it cannot be opened.
-    """
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise ImageError(f"cannot read image {path!r}: it is "
-                             f"{_special_file_kind(path) or 'not a regular file'}")
-        return os.fdopen(fd, "rb")
-    except BaseException:
-        os.close(fd)
-        raise
+def _as_float(image: Image.Image, channels: int) -> np.ndarray:
+    """float32 pixels in [0, 1] of an "L", "RGB" or "F" image; ``[H, W]`` for one channel."""
+    if image.mode == "F":
+        pixels = np.clip(np.asarray(image, np.float32), 0.0, 1.0)  # LANCZOS overshoot
+    else:
+        pixels = np.asarray(image, np.float32) / np.float32(255.0)
+    return pixels if channels == 1 else image_decode.with_channels(pixels, channels)
 
 
-def read_images(paths: Sequence[str], image_size: int) -> np.ndarray:
+def read_images(paths: Sequence[str], image_size: int, channels: int = 1) -> np.ndarray:
     """Reads images one at a time into the SavedModel's input format (see :func:`load_image`).
 
     Only one full-size image is in memory at any time, so memory is bounded by the largest
@@ -316,15 +243,19 @@ def read_images(paths: Sequence[str], image_size: int) -> np.ndarray:
     Args:
       paths: image files.
       image_size: side of the model's images.
+      channels: 1 (grayscale) or 3 (RGB), as the model takes them.
 
     Returns:
-      float32 ``[len(paths), image_size, image_size, 1]`` in [0, 1] (white = 1): ``pixels /
-      255`` for 8-bit images.
+      float32 ``[len(paths), image_size, image_size, channels]`` in [0, 1] (white = 1):
+      ``pixels / 255`` for 8-bit images.
 
     Raises:
       ImageError: a file is not a readable image (the message names it).
+      ValueError: ``image_size`` or ``channels`` is not allowed.
     """
-    out = np.empty((len(paths), image_size, image_size, 1), np.float32)
+    image_decode.check_options(image_size, channels)
+    out = np.empty((len(paths), image_size, image_size, channels), np.float32)
     for i, path in enumerate(paths):
-        out[i, :, :, 0] = load_image(path, image_size)
+        out[i] = np.reshape(load_image(path, image_size, channels),
+                            (image_size, image_size, channels))
     return out
