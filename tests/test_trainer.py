@@ -96,10 +96,25 @@ _SMALL_SINE = {"train.iterations": 6, "train.steps_per_loop": 3, "train.meta_bat
                "train.checkpoint_every": 6}
 
 
-@pytest.mark.parametrize("case", ["maml_sine", "reptile_sine", "maml_conv4_bn"])
+@pytest.mark.parametrize("case", ["maml_sine", "reptile_sine", "maml_conv4_bn",
+                                  "maml_colour_streamed"])
 def test_mirrored_two_devices_matches_single_device(tmp_path, case):
     """Same global meta-batch on 1 device and on 2 mirrored replicas -> same parameters."""
-    if case == "maml_sine":
+    if case == "maml_colour_streamed":
+        # Colour images of a folder, streamed from their prepared shards by each replica's
+        # input pipeline.
+        from tests.test_image_sources import write_class_folders
+
+        folder = write_class_folders(tmp_path / "photos", [4] * 8, size=(14, 10))
+        overrides = dict(_SMALL_SINE)
+        overrides.update({"task": "images", "data.source": f"folder:{folder}",
+                          "data.storage": "stream", "data.channels": 3, "data.image_size": 12,
+                          "data.prepared_dir": str(tmp_path / "prepared"), "data.rotate": False,
+                          "data.ways": 2, "data.queries": 2, "data.split_fractions": (1.0, 0, 0),
+                          "model.filters": 4, "outer.optimizer": "sgd", "outer.lr": 0.1,
+                          "inner.bn_mode": "transductive", "train.tasks_in_parallel": "2"})
+        spec = {"config": f"{OMNIGLOT_MAML}:smoke", "overrides": overrides}
+    elif case == "maml_sine":
         spec = {"config": f"{SINE}:smoke", "overrides": dict(_SMALL_SINE)}
     elif case == "reptile_sine":
         overrides = dict(_SMALL_SINE)

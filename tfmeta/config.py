@@ -461,6 +461,8 @@ def check_split_classes(config: ml_collections.ConfigDict,
     for split, classes in split_classes.items():
         if classes == 0 and config.data.split_scheme == "reptile":
             continue  # the empty validation split, checked by validate
+        if config.task == "images" and classes == 0:
+            continue  # a split the source does not have: an error only if it is used
         if config.task == "images" and config.data.ways > classes:
             raise ConfigError(
                 f"config field 'data.ways' is {config.data.ways}; the '{split}' split of "
