@@ -189,3 +189,19 @@ def test_auto_storage_streams_above_the_memory_limit(tmp_path):
     c = images_config(f"folder:{root}", split_fractions=(1.0, 0.0, 0.0), memory_limit_mb=0,
                       prepared_dir=str(tmp_path / "prep"))
     assert tasks.build(c).data_summary()["storage"] == "stream"
+
+
+def test_image_episodes_from_python_match_the_config_path(tmp_path):
+    import tfmeta
+
+    root = write_class_folders(tmp_path / "p", [3, 4, 5, 3])
+    kwargs = dict(split_fractions=(1.0, 0.0, 0.0), prepared_dir=str(tmp_path / "prep"))
+    ds = tfmeta.image_episodes(f"folder:{root}", "train", ways=2, shots=1, queries=2,
+                               image_size=8, seed=4, batch_size=3, **kwargs)
+    c = images_config(f"folder:{root}", **kwargs)
+    expected = next(iter(tasks.build(c).make_dataset("train", 0, 3, 4, 0)))
+    got = next(iter(ds))
+    for key in expected:
+        np.testing.assert_array_equal(got[key].numpy(), expected[key].numpy())
+    with pytest.raises(config_lib.ConfigError, match="data.storage"):
+        tfmeta.image_episodes(f"folder:{root}", storage="disk", **kwargs)

@@ -41,6 +41,8 @@ _PUBLIC = {
     "losses": "tfmeta.losses",
     "models": "tfmeta.models",
     "sinusoid": "tfmeta.sinusoid",
+    "image_episodes": "tfmeta.tasks",
+    "episodes": "tfmeta.episodes",
 }
 
 __all__ = sorted(_PUBLIC) + ["__version__"]

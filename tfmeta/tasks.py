@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping
 
 import ml_collections
 import numpy as np
@@ -194,6 +194,47 @@ def _images(config: ml_collections.ConfigDict) -> TaskSource:
     return TaskSource(make_dataset, num_outputs=d.ways, input_shape=(size, size, d.channels),
                       classification=True, split_classes=split_classes,
                       input_transform=transform, data_summary=summary)
+
+
+def image_episodes(source: str, split: str = "train", *, ways: int = 5, shots: int = 1,
+                   queries: int = 15, image_size: int = 84, channels: int = 3, seed: int = 0,
+                   batch_size: int | None = None, start_index: int = 0,
+                   **data: Any) -> tf.data.Dataset:
+    """N-way K-shot episodes of any ``data.source`` string, from Python.
+
+    The same data layer as the training binary: the source is prepared on first use (see
+    :mod:`tfmeta.image_sources`), then episodes are drawn in memory or streamed.
+
+    Example::
+
+        ds = tfmeta.image_episodes("folder:/data/photos", "train", ways=5, shots=1, queries=15,
+                                   image_size=84, batch_size=4, normalize=True, augment=True)
+
+    Args:
+      source: a ``data.source`` string (``folder:PATH``, ``tfds:NAME``, ``miniimagenet:PATH``...).
+      split: ``"train"``, ``"validation"`` or ``"test"``.
+      ways, shots, queries: the episode shape.
+      image_size, channels: what every image is converted to.
+      seed: seed of the episode stream.
+      batch_size: tasks per element (static leading dimension), or None for single episodes.
+      start_index: first episode, to resume a stream.
+      **data: any other ``data.*`` config field (``normalize``, ``augment``, ``storage``,
+        ``split_fractions``, ``class_lists``, ``prepared_dir``, ``resize``, ...).
+
+    Returns:
+      A ``tf.data.Dataset`` of ``{support_x, support_y, query_x, query_y}``.
+
+    Raises:
+      ConfigError: a field has a value that is not allowed.
+      DataError: the source cannot be read.
+    """
+    config = config_lib.base_config()
+    config.task = "images"
+    config.data.rotate = False
+    config.data.update({"source": source, "ways": ways, "shots": shots, "queries": queries,
+                        "image_size": image_size, "channels": channels, **data})
+    config_lib.validate(config)
+    return _images(config).make_dataset(split, 0, batch_size, seed, start_index)
 
 
 def data_summary(prepared, config: ml_collections.ConfigDict, *, in_memory: bool,
