@@ -193,3 +193,17 @@ def test_validate_names_the_smallest_class():
                           EpisodeSpec(1, 1, 1))
     with pytest.raises(ValueError, match="counts sum to 3"):
         ImagePool(np.zeros((2, 4, 4, 1), np.uint8), [1, 2])
+
+
+def test_streamed_augmented_episodes_resume_exactly(tmp_path, monkeypatch):
+    counts = [5, 7, 6]
+    _, _, shards = prepared_pools(tmp_path, counts, records_per_shard=2, monkeypatch=monkeypatch)
+    spec = EpisodeSpec(2, 1, 2, rotate=False, augment=True, crop_padding=1)
+    whole = list(episodes.episode_dataset(shards, spec, seed=9, batch_size=2).take(3))
+    resumed = list(episodes.episode_dataset(shards, spec, seed=9, batch_size=2,
+                                            start_index=2).take(2))
+    for a, b in zip(whole[1:], resumed):
+        for key in a:
+            np.testing.assert_array_equal(a[key].numpy(), b[key].numpy())
+    other = next(iter(episodes.episode_dataset(shards, spec, seed=10, batch_size=2)))
+    assert not np.array_equal(other["query_x"].numpy(), whole[0]["query_x"].numpy())
