@@ -468,7 +468,9 @@ def check_split_classes(config: ml_collections.ConfigDict,
                 f"config field 'data.ways' is {config.data.ways}; the '{split}' split of "
                 f"{config.data.source!r} has only {classes} usable classes (with at least "
                 "shots + queries images each), so ways must be <= "
-                f"{classes}; see the data summary for the classes left out")
+                f"{classes}: lower data.ways, or give the split more classes "
+                "(data.split_fractions, data.class_lists; the data summary lists the classes "
+                "left out for too few images)")
         if config.data.ways > classes:
             raise ConfigError(
                 f"config field 'data.ways' is {config.data.ways}; the '{split}' split of "
