@@ -147,3 +147,15 @@ def test_cache_key_changes_with_everything_used():
     assert key != class_store.cache_key("g", **base)
     for field, value in (("image_size", 32), ("channels", 1), ("resize", "crop"), ("min_side", 0)):
         assert key != class_store.cache_key("f", **{**base, field: value})
+
+
+def test_prepared_directory_on_another_file_system(tmp_path):
+    """A prepared directory on a non-local file system (TF's ram:// stands in for gs://)."""
+    listing, data = _listing(counts=(3, 2, 2, 4))
+    directory = "ram://tfmeta-prepared/p"
+    prepared = _prepare(listing, directory)
+    again = class_store.load(directory)
+    class_store.verify(again)
+    np.testing.assert_array_equal(again.read("train", [0, 1]),
+                                  np.concatenate([data["class0"], data["class3"]]))
+    assert all(f.startswith("ram://") for f in prepared.files("train", [0])[0])

@@ -18,6 +18,9 @@ are renamed into place), and a restarted preparation verifies the checksums of t
 done and continues with the next one. ``spec.json`` is written last, atomically; its presence means
 the directory is complete. Loading checks every shard's size against the spec; :func:`verify`
 recomputes the checksums.
+
+Files go through ``tf.io.gfile``, so the prepared directory may be on any file system TensorFlow
+reads (``gs://`` for a TPU pod, whose workers then read only the shards they sample).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
+import tensorflow as tf
 from absl import logging
 
 from tfmeta.class_listing import SPLITS, ClassImages, DataError, Listing
@@ -122,7 +126,7 @@ class Prepared:
         files, first = [], []
         for c in classes:
             first.append(len(files))
-            files += [os.path.join(self.directory, s["file"]) for s in self.classes[split][c].shards]
+            files += [_join(self.directory, s["file"]) for s in self.classes[split][c].shards]
         return files, np.asarray(first, np.int64)
 
     def read(self, split: str, classes: Sequence[int]) -> np.ndarray:
@@ -133,7 +137,7 @@ class Prepared:
         flat = out.reshape(-1)
         position = 0
         for path in files:
-            with open(path, "rb") as f:
+            with tf.io.gfile.GFile(path, "rb") as f:
                 data = f.read()
             flat[position:position + len(data)] = np.frombuffer(data, np.uint8)
             position += len(data)
@@ -172,9 +176,14 @@ def preparation_lock(directory: str) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+def _join(directory: str, name: str) -> str:
+    # Shard names are relative with "/" separators, on every file system.
+    return directory.rstrip("/") + "/" + name
+
+
 def _sha256(path: str) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    with tf.io.gfile.GFile(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
@@ -182,9 +191,9 @@ def _sha256(path: str) -> str:
 
 def _write_atomically(path: str, data: bytes) -> None:
     tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
+    with tf.io.gfile.GFile(tmp, "wb") as f:
         f.write(data)
-    os.replace(tmp, path)
+    tf.io.gfile.rename(tmp, path, overwrite=True)
 
 
 Decoder = Callable[..., np.ndarray]
@@ -247,16 +256,16 @@ def _prepare_class(directory: str, split: str, index: int, cls: ClassImages,
                    geometry: _Geometry, decode: Decoder,
                    pool: concurrent.futures.Executor) -> tuple[ClassRecord, dict[str, Any]]:
     """Decodes one class into its shards; returns its record and its pixel sums."""
-    os.makedirs(os.path.join(directory, split), exist_ok=True)
+    tf.io.gfile.makedirs(_join(directory, split))
     shards, skipped, buffer = [], [], []
     channel_sum = np.zeros(geometry.channels)
     channel_sq = np.zeros(geometry.channels)
     count = 0
 
     def flush() -> None:
-        name = os.path.join(split, f"c{index:05d}_{len(shards):04d}.rec")
+        name = f"{split}/c{index:05d}_{len(shards):04d}.rec"
         data = b"".join(a.tobytes() for a in buffer)
-        _write_atomically(os.path.join(directory, name), data)
+        _write_atomically(_join(directory, name), data)
         shards.append({"file": name, "count": len(buffer),
                        "sha256": hashlib.sha256(data).hexdigest()})
         buffer.clear()
@@ -279,14 +288,48 @@ def _prepare_class(directory: str, split: str, index: int, cls: ClassImages,
     return ClassRecord(cls.name, count, tuple(shards), tuple(skipped)), stats
 
 
+class _Progress:
+    """``progress.jsonl``, one line per finished class, kept on disk after every line.
+
+    Local files are appended and synced; object stores cannot append, so there the file is
+    rewritten whole (it stays small: one line per class).
+    """
+
+    def __init__(self, path: str):
+        self._path = path
+        self._text = ""
+        if tf.io.gfile.exists(path):
+            with tf.io.gfile.GFile(path) as f:
+                self._text = f.read()
+            if self._text and not self._text.endswith("\n"):  # a line cut by an interruption
+                self._text = self._text[:self._text.rfind("\n") + 1]
+        _write_atomically(path, self._text.encode())
+
+    def __enter__(self) -> "_Progress":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        pass
+
+    def append(self, line: str) -> None:
+        self._text += line
+        if "://" in self._path:
+            _write_atomically(self._path, self._text.encode())
+            return
+        with open(self._path, "a", encoding="utf-8") as f:
+            f.write(line)
+            f.flush()
+            os.fsync(f.fileno())
+
+
 def _read_progress(directory: str, listing: Listing) -> dict[tuple[str, int], dict[str, Any]]:
     """Classes finished by an earlier, interrupted preparation, their shards verified."""
-    path = os.path.join(directory, PROGRESS_FILE)
-    if not os.path.exists(path):
+    path = _join(directory, PROGRESS_FILE)
+    if not tf.io.gfile.exists(path):
         return {}
     done = {}
-    with open(path, encoding="utf-8") as f:
-        for line in f:
+    with tf.io.gfile.GFile(path) as f:
+        for line in f.read().splitlines():
             try:
                 entry = json.loads(line)
             except json.JSONDecodeError:
@@ -296,8 +339,8 @@ def _read_progress(directory: str, listing: Listing) -> dict[tuple[str, int], di
             if index >= len(classes) or classes[index].name != entry["record"]["name"]:
                 continue  # the listing changed under the same key: prepare the class again
             record = ClassRecord.from_dict(entry["record"])
-            if all(os.path.exists(os.path.join(directory, s["file"]))
-                   and _sha256(os.path.join(directory, s["file"])) == s["sha256"]
+            if all(tf.io.gfile.exists(_join(directory, s["file"]))
+                   and _sha256(_join(directory, s["file"])) == s["sha256"]
                    for s in record.shards):
                 done[(split, index)] = entry
     return done
@@ -333,9 +376,9 @@ def prepare(listing: Listing, directory: str, *, image_size: int, channels: int,
     """
     decode = decode or _default_decoder()
     geometry = _Geometry(image_size, channels, resize, min_side)
-    os.makedirs(directory, exist_ok=True)
+    tf.io.gfile.makedirs(directory)
     with preparation_lock(directory):
-        if os.path.exists(os.path.join(directory, SPEC_FILE)):
+        if tf.io.gfile.exists(_join(directory, SPEC_FILE)):
             prepared = load(directory)
             if prepared.fingerprint != listing.fingerprint or prepared.image_shape != geometry.shape:
                 raise DataError(f"prepared directory {directory!r} holds other data (fingerprint "
@@ -345,7 +388,7 @@ def prepare(listing: Listing, directory: str, *, image_size: int, channels: int,
         if done:
             logging.info("Resuming the preparation in %s: %d classes already done.", directory,
                          len(done))
-        with open(os.path.join(directory, PROGRESS_FILE), "a", encoding="utf-8") as progress, \
+        with _Progress(_join(directory, PROGRESS_FILE)) as progress, \
                 concurrent.futures.ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
             total = sum(len(v) for v in listing.splits.values())
             for split in SPLITS:
@@ -356,17 +399,14 @@ def prepare(listing: Listing, directory: str, *, image_size: int, channels: int,
                                                    decode, pool)
                     entry = {"split": split, "index": index, "record": record.to_dict(),
                              "stats": stats}
-                    progress.write(json.dumps(entry) + "\n")
-                    progress.flush()
-                    os.fsync(progress.fileno())
+                    progress.append(json.dumps(entry) + "\n")
                     done[(split, index)] = entry
                     if len(done) % 50 == 0:
                         logging.info("Prepared %d of %d classes in %s.", len(done), total,
                                      directory)
         spec = _spec(listing, done, geometry, source)
-        _write_atomically(os.path.join(directory, SPEC_FILE),
-                          (json.dumps(spec, indent=1) + "\n").encode())
-        os.remove(os.path.join(directory, PROGRESS_FILE))
+        _write_atomically(_join(directory, SPEC_FILE), (json.dumps(spec, indent=1) + "\n").encode())
+        tf.io.gfile.remove(_join(directory, PROGRESS_FILE))
     return load(directory)
 
 
@@ -395,13 +435,13 @@ def load(directory: str) -> Prepared:
     Raises:
       DataError: no spec, another format version, or a missing or wrongly sized shard (naming it).
     """
-    path = os.path.join(directory, SPEC_FILE)
+    path = _join(directory, SPEC_FILE)
+    if not tf.io.gfile.exists(path):
+        raise DataError(f"{directory!r} is not prepared data: it has no {SPEC_FILE}")
     try:
-        with open(path, encoding="utf-8") as f:
-            spec = json.load(f)
-    except FileNotFoundError:
-        raise DataError(f"{directory!r} is not prepared data: it has no {SPEC_FILE}") from None
-    except (OSError, json.JSONDecodeError) as e:
+        with tf.io.gfile.GFile(path) as f:
+            spec = json.loads(f.read())
+    except (OSError, tf.errors.OpError, json.JSONDecodeError) as e:
         raise DataError(f"cannot read {path!r}: {e}; delete {directory!r} to prepare it again") \
             from e
     if spec.get("format") != FORMAT_VERSION:
@@ -419,9 +459,9 @@ def load(directory: str) -> Prepared:
                 raise DataError(f"{path!r}: class {record.name!r} has {record.count} images but "
                                 "its shards hold a different number; delete the directory")
             for shard in record.shards:
-                file = os.path.join(directory, shard["file"])
+                file = _join(directory, shard["file"])
                 expected = shard["count"] * prepared.record_bytes
-                size = os.path.getsize(file) if os.path.exists(file) else None
+                size = tf.io.gfile.stat(file).length if tf.io.gfile.exists(file) else None
                 if size != expected:
                     raise DataError(
                         f"prepared shard {file!r} of class {record.name!r} is "
@@ -439,7 +479,7 @@ def verify(prepared: Prepared) -> None:
     for split in SPLITS:
         for record in prepared.classes[split]:
             for shard in record.shards:
-                file = os.path.join(prepared.directory, shard["file"])
+                file = _join(prepared.directory, shard["file"])
                 if _sha256(file) != shard["sha256"]:
                     raise DataError(f"prepared shard {file!r} of class {record.name!r} does not "
                                     f"match its checksum; delete {prepared.directory!r} to "
