@@ -233,6 +233,38 @@ def test_fingerprint_identifies_the_dataset(tmp_path):
                               image_key="photo", label_key="family")
     assert birds.fingerprint == again.fingerprint  # same dataset in another data dir
     assert len({birds.fingerprint, species.fingerprint, family.fingerprint}) == 3
+    # The cheap fingerprint (no example read) is the same digest.
+    assert tfds_source.fingerprint("tfmeta_test_birds", data_dir=str(tmp_path / "a")) == \
+        birds.fingerprint
+    assert tfds_source.fingerprint("tfmeta_test_two_labels", data_dir=str(tmp_path),
+                                   image_key="photo", label_key="family") == family.fingerprint
+
+
+def test_fingerprint_prepares_offline(tmp_path, offline):
+    manual = tmp_path / "downloads" / "manual"
+    manual.mkdir(parents=True)
+    (manual / "tiny_birds.zip").write_bytes(ZIP)
+    first = tfds_source.fingerprint("tfmeta_test_download", data_dir=str(tmp_path))
+    assert (tmp_path / "tfmeta_test_download" / "1.0.0" / "dataset_info.json").exists()
+    assert tfds_source.read("tfmeta_test_download", data_dir=str(tmp_path)).fingerprint == first
+
+
+class FewerBirds(TfmetaTestBirds, skip_registration=True):
+    """tfmeta_test_birds 1.0.0 as prepared from other data: no test split."""
+
+    name = "tfmeta_test_birds"
+
+    def _split_generators(self, dl_manager):
+        return {"train": _examples("train")}
+
+
+def test_fingerprint_changes_with_the_split_sizes(tmp_path):
+    FewerBirds(data_dir=str(tmp_path / "fewer")).download_and_prepare()
+    fewer = tfds_source.fingerprint("tfmeta_test_birds", data_dir=str(tmp_path / "fewer"))
+    full = tfds_source.fingerprint("tfmeta_test_birds", data_dir=str(tmp_path / "full"))
+    assert tfds_source.read("tfmeta_test_birds", data_dir=str(tmp_path / "fewer")).split_sizes \
+        == {"train": 18}
+    assert fewer != full
 
 
 def test_unknown_datasets_and_bad_specs(tmp_path):

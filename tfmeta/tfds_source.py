@@ -50,7 +50,7 @@ class TfdsClasses:
       split_sizes: examples per TFDS split (all of them were read).
       empty: class names of the ClassLabel without any example.
       fingerprint: identifies the prepared dataset (name, config, version, split sizes, features
-        read, class names).
+        read, the label's class names); see :func:`fingerprint`.
     """
 
     full_name: str
@@ -156,13 +156,12 @@ def read(spec: str, *, data_dir: str | None, label_key: str | None = None,
     image_key, label_key = _features(builder, full_name, image_key=image_key,
                                      label_key=label_key)
     label = builder.info.features[label_key]
+    split_sizes = _split_sizes(builder)
     decoders = tfds.decode.PartialDecoding({image_key: True, label_key: True},
                                            decoders={image_key: tfds.decode.SkipDecoding()})
     items: dict[int, list[bytes]] = {}
     names: dict[int, list[str]] = {}
-    split_sizes = {}
-    for split in sorted(builder.info.splits.keys()):
-        split_sizes[split] = int(builder.info.splits[split].num_examples)
+    for split in split_sizes:
         dataset = builder.as_dataset(split=split, decoders=decoders, shuffle_files=False)
         index = 0
         for batch in tfds.as_numpy(dataset.batch(_BATCH)):
@@ -173,12 +172,34 @@ def read(spec: str, *, data_dir: str | None, label_key: str | None = None,
     classes = [ClassImages(name=label.int2str(v), items=items[v], item_names=names[v])
                for v in sorted(items)]
     empty = [label.int2str(v) for v in range(label.num_classes) if v not in items]
-    fingerprint = _digest({"reader": _READER_VERSION, "tfds": full_name,
-                           "splits": split_sizes, "image": image_key, "label": label_key,
-                           "classes": [c.name for c in classes]})
     return TfdsClasses(full_name=full_name, image_key=image_key, label_key=label_key,
                        classes=classes, split_sizes=split_sizes, empty=empty,
-                       fingerprint=fingerprint)
+                       fingerprint=_fingerprint(builder, image_key, label_key))
+
+
+def fingerprint(spec: str, *, data_dir: str | None, label_key: str | None = None,
+                image_key: str | None = None) -> str:
+    """Identifies a TFDS dataset as :func:`read` would read it, without reading any example.
+
+    The digest of the dataset's name, config and version, its split sizes, the features read
+    and the class names of the label; equal to ``read(...).fingerprint``. Prepares the dataset
+    first when needed (:func:`prepare`), so it raises the same errors.
+    """
+    builder = prepare(spec, data_dir=data_dir)
+    image_key, label_key = _features(builder, builder.info.full_name, image_key=image_key,
+                                     label_key=label_key)
+    return _fingerprint(builder, image_key, label_key)
+
+
+def _fingerprint(builder, image_key: str, label_key: str) -> str:
+    return _digest({"reader": _READER_VERSION, "tfds": builder.info.full_name,
+                    "splits": _split_sizes(builder), "image": image_key, "label": label_key,
+                    "classes": list(builder.info.features[label_key].names)})
+
+
+def _split_sizes(builder) -> dict[str, int]:
+    return {split: int(builder.info.splits[split].num_examples)
+            for split in sorted(builder.info.splits.keys())}
 
 
 def prepare(spec: str, *, data_dir: str | None):
