@@ -60,7 +60,7 @@ def write_mini_caches(root, *, validation_name="val", edit=None, dump=pickle.dum
             dump(data, f)
 
 
-def test_mini_imagenet_pickle_caches(tmp_path):
+def test_mini_imagenet_pickle_caches(tmp_path, caplog):
     write_mini_caches(tmp_path)
     listing = benchmark_sources.miniimagenet(str(tmp_path))
     assert names(listing) == published(MINI)
@@ -70,8 +70,16 @@ def test_mini_imagenet_pickle_caches(tmp_path):
     assert first.items[0].base is not None and first.items[0].base is first.items[1].base  # views
     assert [int(i[0, 0, 0]) for i in first.items] == [130, 137]
     assert first.item_names == [f"mini-imagenet-cache-test.pkl[{i}]" for i in (0, 1)]
-    assert len(listing.skipped) == 100
-    assert (first.name, "2 images; mini-ImageNet has 600 per class") in listing.skipped
+    assert listing.skipped == []
+    differences = benchmark_sources.image_counts(MINI, listing.splits)
+    assert len(differences) == 100  # reported, not fatal
+    assert (first.name, "2 images; mini-ImageNet has 600 per class") in differences
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1
+    assert warnings[0].startswith(f"mini-ImageNet in {tmp_path}: 100 image counts differ from "
+                                  "the benchmark's (n01532829: 2 images; mini-ImageNet has 600 "
+                                  "per class; ")
+    assert warnings[0].endswith("; and 95 more); the images are used as they are")
     assert "Ravi & Larochelle 2017" in listing.origin
     assert "https://github.com/twitter/meta-learning-lstm/blob/" in listing.origin
     assert "mini-ImageNet pickle caches" in listing.origin
@@ -173,7 +181,7 @@ def test_mini_imagenet_ravi_csvs(tmp_path):
     assert (str(tmp_path / "images" / missing), "listed in val.csv, not in images/") \
         in listing.skipped
     assert (MINI.splits["validation"][2], "1 images; mini-ImageNet has 600 per class") \
-        in listing.skipped
+        in benchmark_sources.image_counts(MINI, listing.splits)
     assert "split CSVs" in listing.origin
 
 
@@ -288,7 +296,10 @@ def test_tiered_imagenet_pickles(tmp_path, prefix, names_kind):
     data = last.items[1]()
     assert isinstance(data, bytes) and data.startswith(b"\x89PNG")
     assert int(np.asarray(Image.open(io.BytesIO(data)))[0, 0, 0]) == 1
-    assert ("train", "702 images; tiered-ImageNet has 448695 in this split") in listing.skipped
+    assert benchmark_sources.image_counts(TIERED, listing.splits) == [
+        (split, f"{2 * TIERED.counts[split]} images; tiered-ImageNet has "
+                f"{TIERED.info['images'][split]} in this split") for split in SPLITS]
+    assert listing.skipped == []
     assert "Ren et al. 2018" in listing.origin and "few-shot-ssl-public" in listing.origin
 
 
@@ -427,7 +438,9 @@ def test_cifar_fs_from_tfds(tfds_dir):
     whale = listing.splits["test"][0]
     assert whale.name == "whale" and len(whale.items) == 3
     assert int(np.asarray(Image.open(io.BytesIO(whale.items[0])))[0, 0, 0]) == FINE.index("whale")
-    assert ("whale", "3 images; CIFAR-FS has 600 per class") in listing.skipped
+    assert ("whale", "3 images; CIFAR-FS has 600 per class") in benchmark_sources.image_counts(
+        benchmark_splits.load("cifarfs"), listing.splits)
+    assert listing.skipped == []
     assert "Bertinetto et al. 2019" in listing.origin and "TFDS cifar100/3.0.2" in listing.origin
 
 
@@ -460,7 +473,8 @@ def test_cub_from_tfds_names_classes_by_folder(tfds_dir):
     assert albatross.items[0].startswith(b"\xff\xd8")  # the JPEG bytes, not decoded
     laysan = listing.splits["validation"][0]
     assert int(np.asarray(Image.open(io.BytesIO(laysan.items[0])))[0, 0, 0]) in (0, 1, 2)
-    assert ("cub", "400 images; CUB-200-2011 has 11788") in listing.skipped
+    assert benchmark_sources.image_counts(CUB, listing.splits) == [
+        ("cub", "400 images; CUB-200-2011 has 11788")]
     assert "Chen et al. 2019" in listing.origin
 
 

@@ -31,10 +31,12 @@ unpickling can run code.
 
 Classes are checked strictly: a missing class, or a class in the wrong split, is a
 :class:`~tfmeta.class_listing.DataError` naming the split, the found and expected counts and a few
-of the classes. Image counts are not: a class (or, for tiered-ImageNet and CUB, whose classes vary
-in size, a split or the whole dataset) with another number of images than the benchmark's is
-reported as an entry of ``Listing.skipped``, ``(name, "598 images; mini-ImageNet has 600 per
-class")``, so the difference reaches the log and the run's data summary.
+of the classes. Image counts are not: when classes (or, for tiered-ImageNet and CUB, whose classes
+vary in size, splits or the whole dataset) have another number of images than the benchmark's,
+one warning is logged with how many differ and a few of them (``n01532829: 598 images;
+mini-ImageNet has 600 per class``), and the images are used as they are; the run's data summary
+lists every class's image count. ``Listing.skipped`` holds only what was left out (files that are
+not images, images a CSV lists but that are absent, classes in no list).
 """
 
 from __future__ import annotations
@@ -49,6 +51,8 @@ import pickle
 import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
+
+from absl import logging
 
 from tfmeta import benchmark_splits, tfds_source
 from tfmeta.benchmark_splits import BenchmarkSplit
@@ -379,7 +383,7 @@ def _from_tfds(benchmark: BenchmarkSplit, spec: str, data_dir: str | None,
     benchmark_splits.check_pool(benchmark, [c.name for c in found.classes], where=where)
     result = tfds_source.to_listing(found, class_splits=benchmark.class_splits(),
                                     origin=_origin(benchmark, f"TFDS {found.full_name}"))
-    result.skipped += _image_counts(benchmark, result.splits)
+    _warn_image_counts(benchmark, result.splits, where)
     return result
 
 
@@ -527,18 +531,35 @@ def _finish(benchmark: BenchmarkSplit, found: dict[str, list[ClassImages]], *, w
                "files": sorted(files),
                "splits": {s: [c.name for c in classes] for s, classes in splits.items()}}
     fingerprint = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
+    _warn_image_counts(benchmark, splits, where)
     return Listing(splits=splits, fingerprint=fingerprint,
-                   origin=_origin(benchmark, f"{read} in {where}"),
-                   skipped=list(skipped) + _image_counts(benchmark, splits))
+                   origin=_origin(benchmark, f"{read} in {where}"), skipped=list(skipped))
 
 
 def _origin(benchmark: BenchmarkSplit, read: str) -> str:
     return f"{benchmark.title} class split of {benchmark.source}; read from {read}"
 
 
-def _image_counts(benchmark: BenchmarkSplit,
-                  splits: Mapping[str, Sequence[ClassImages]]) -> list[tuple[str, str]]:
-    """The differences from the benchmark's image counts, as ``Listing.skipped`` entries."""
+def _warn_image_counts(benchmark: BenchmarkSplit, splits: Mapping[str, Sequence[ClassImages]],
+                       where: str) -> list[tuple[str, str]]:
+    """Logs one warning when image counts differ from the benchmark's; returns the differences."""
+    differences = image_counts(benchmark, splits)
+    if differences:
+        shown = "; ".join(f"{name}: {text}" for name, text in differences[:5])
+        more = f"; and {len(differences) - 5} more" if len(differences) > 5 else ""
+        logging.warning("%s in %s: %d image counts differ from the benchmark's (%s%s); the "
+                        "images are used as they are", benchmark.title, where, len(differences),
+                        shown, more)
+    return differences
+
+
+def image_counts(benchmark: BenchmarkSplit,
+                 splits: Mapping[str, Sequence[ClassImages]]) -> list[tuple[str, str]]:
+    """``(name, what differs)`` for every image count that differs from the benchmark's.
+
+    The name is a class's where the benchmark has a fixed number per class (mini-ImageNet,
+    CIFAR-FS, FC100), a split's for tiered-ImageNet, the benchmark's (in total) for CUB.
+    """
     report = []
     per_class = benchmark.info.get("images_per_class")
     if per_class:
