@@ -169,5 +169,5 @@ def assign_classes(classes: Sequence[ClassImages], lists: dict[str, Sequence[str
     missing = [n for names in lists.values() for n in names if n not in by_name]
     if missing:
         raise DataError(f"{len(missing)} listed classes are not in {where}, e.g. "
-                        f"{missing[:5]}; the class lists must name its class folders")
+                        f"{missing[:5]}; the class lists must name classes it has")
     return {split: [by_name[n] for n in names] for split, names in lists.items()}
