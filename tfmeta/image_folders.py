@@ -8,13 +8,14 @@ sockets and devices with an image name are skipped with a warning naming them, n
 stray pipe would block the read forever); named directly, they are an error.
 
 Images (PNG or JPEG, any size and depth) are read one at a time into the input contract of a
-tfmeta SavedModel (see :func:`load_image`): grayscale float32 in [0, 1] with white = 1
-(``pixels / 255`` for 8-bit images), resized at once to the model's ``image_size`` with PIL's
-LANCZOS filter (the filter the training data was prepared with; images already at that size are
-not resampled), so memory does not grow with the images' size. Colour is converted to grayscale,
-transparency is composited onto white, 16-bit grey is scaled rather than clipped, and the EXIF
-orientation is applied. An image whose grayscale is one constant value is read with a warning
-naming it.
+tfmeta SavedModel (see :func:`load_image`): float32 in [0, 1] with white = 1 (``pixels / 255``
+for 8-bit images) with the model's channels (grayscale, or RGB with ``channels=3``), resized at
+once to the model's ``image_size`` with PIL's LANCZOS filter (the filter the training data was
+prepared with; images already at that size are not resampled), so memory does not grow with
+the images' size. Every image is converted to the model's channels (colour to grayscale, grey to
+three equal channels), transparency is composited onto white, 16-bit grey is scaled rather than
+clipped, and the EXIF orientation is applied. An image whose grayscale (or colour) is one
+constant value is read with a warning naming it.
 
 Every mistake in the input raises :class:`ImageError` naming the path. This module imports only
 :mod:`tfmeta.errors` of tfmeta, NumPy, and (when reading) PIL and absl's logging.
@@ -224,11 +225,12 @@ def _high_depth_gray(image: Any, path: str) -> Any:
     return Image.fromarray(gray, "F")
 
 
-def load_image(path: str, image_size: int) -> np.ndarray:
-    """Reads one image as grayscale pixels in [0, 1] (white = 1), ``image_size`` on each side.
+def load_image(path: str, image_size: int, channels: int = 1) -> np.ndarray:
+    """Reads one image as grayscale (or RGB) pixels in [0, 1] (white = 1), ``image_size`` a side.
 
     * 8-bit images of any PIL mode (grey, RGB, palette, CMYK, 1-bit, ...) are converted by PIL
-      to 8-bit grayscale ("L"), and transparency is composited onto white.
+      to 8-bit grayscale ("L"), or with ``channels=3`` to RGB (grey images get three equal
+      channels), and transparency is composited onto white.
     * Deeper grayscale (PIL modes "I;16*": 16-bit PNG or TIFF; "I": read as 16-bit samples in
       [0, 65535]; "F": float samples in [0, 1]) is scaled to [0, 1] in floating point, never
       clipped at 8 bits; other values are an error. PIL itself reduces 16-bit colour to 8 bits
@@ -237,16 +239,18 @@ def load_image(path: str, image_size: int) -> np.ndarray:
     * It is resized with PIL's LANCZOS filter, as the training data was prepared, unless it
       already has that size; resampling overshoot of deep images is clipped to [0, 1].
 
-    An image whose grayscale is one constant value (blank, or colours of equal brightness) has
-    nothing to classify: it is read, but a warning names it. The full-size decoded image is
-    dropped on return.
+    An image whose grayscale (or RGB colour) is one constant value (blank, or colours of equal
+    brightness) has nothing to classify: it is read, but a warning names it. The full-size
+    decoded image is dropped on return.
 
     Args:
       path: a PNG or JPEG file (anything PIL reads).
       image_size: side of the model's images.
+      channels: 1 (grayscale) or 3 (RGB): what the image is converted to.
 
     Returns:
-      float32 ``[image_size, image_size]`` in [0, 1]: ``pixels / 255`` for 8-bit images.
+      float32 ``[image_size, image_size]`` in [0, 1] (``[image_size, image_size, 3]`` for
+      ``channels=3``): ``pixels / 255`` for 8-bit images.
 
     Raises:
       ImageError: the file is not a readable image, or deep pixels are out of range (the message
@@ -255,6 +259,9 @@ def load_image(path: str, image_size: int) -> np.ndarray:
     from absl import logging
     from PIL import Image, ImageOps, UnidentifiedImageError
 
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, got {channels!r}")
+    mode = "L" if channels == 1 else "RGB"  # what 8-bit images are converted to
     try:
         with _open_regular_file(path) as file, Image.open(file) as image:
             image.load()
@@ -264,25 +271,29 @@ def load_image(path: str, image_size: int) -> np.ndarray:
             elif image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
                 rgba = image.convert("RGBA")
                 white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-                gray = Image.alpha_composite(white, rgba).convert("L")
+                gray = Image.alpha_composite(white, rgba).convert(mode)
             else:
-                gray = image.convert("L")
+                gray = image.convert(mode)
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError,
             Image.DecompressionBombError) as e:
         if isinstance(e, ImageError):
             raise
         raise ImageError(f"cannot read image {path!r}: {_first_line(str(e))}") from e
-    scale = 255.0 if gray.mode == "L" else 1.0
-    lo, hi = gray.getextrema()
-    if lo == hi:
-        logging.warning("image %r is uniform: every pixel is %.4g (0 = black, 1 = white), so "
+    scale = 1.0 if gray.mode == "F" else 255.0
+    extrema = gray.getextrema()
+    bands = extrema if gray.mode == "RGB" else (extrema,)
+    if all(lo == hi for lo, hi in bands):
+        value = ", ".join(f"{lo / scale:.4g}" for lo, _ in bands)
+        logging.warning("image %r is uniform: every pixel is %s (0 = black, 1 = white), so "
                         "there is nothing in it to classify and its prediction means nothing",
-                        path, lo / scale)
+                        path, value)
     if gray.size != (image_size, image_size):
         gray = gray.resize((image_size, image_size), resample=Image.LANCZOS)
-    if gray.mode == "L":
-        return np.asarray(gray, np.float32) / np.float32(255.0)
-    return np.clip(np.asarray(gray, np.float32), 0.0, 1.0)
+    if gray.mode == "F":
+        pixels = np.clip(np.asarray(gray, np.float32), 0.0, 1.0)
+        # Deep grey read for an RGB model: three equal channels, as PIL converts 8-bit grey.
+        return pixels if channels == 1 else np.repeat(pixels[..., None], 3, axis=-1)
+    return np.asarray(gray, np.float32) / np.float32(255.0)
 
 
 def _open_regular_file(path: str) -> Any:
@@ -307,7 +318,7 @@ def _open_regular_file(path: str) -> Any:
         raise
 
 
-def read_images(paths: Sequence[str], image_size: int) -> np.ndarray:
+def read_images(paths: Sequence[str], image_size: int, channels: int = 1) -> np.ndarray:
     """Reads images one at a time into the SavedModel's input format (see :func:`load_image`).
 
     Only one full-size image is in memory at any time, so memory is bounded by the largest
@@ -316,15 +327,16 @@ def read_images(paths: Sequence[str], image_size: int) -> np.ndarray:
     Args:
       paths: image files.
       image_size: side of the model's images.
+      channels: 1 (grayscale) or 3 (RGB): what every image is converted to.
 
     Returns:
-      float32 ``[len(paths), image_size, image_size, 1]`` in [0, 1] (white = 1): ``pixels /
-      255`` for 8-bit images.
+      float32 ``[len(paths), image_size, image_size, channels]`` in [0, 1] (white = 1):
+      ``pixels / 255`` for 8-bit images.
 
     Raises:
       ImageError: a file is not a readable image (the message names it).
     """
-    out = np.empty((len(paths), image_size, image_size, 1), np.float32)
+    out = np.empty((len(paths), image_size, image_size, channels), np.float32)
     for i, path in enumerate(paths):
-        out[i, :, :, 0] = load_image(path, image_size)
+        out[i] = load_image(path, image_size, channels).reshape(out.shape[1:])
     return out
