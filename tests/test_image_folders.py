@@ -40,6 +40,31 @@ def test_colour_jpeg_and_transparent_png_become_grayscale(tmp_path):
     assert np.all(pixels[1] == 1.0)
 
 
+def test_images_are_read_with_the_models_channels(tmp_path):
+    """channels=3: RGB kept, grey as three equal channels, transparency onto white, deep grey
+    scaled; channels=1 (the default) as before."""
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, size=(30, 40, 3)).astype(np.uint8)
+    Image.fromarray(rgb, "RGB").save(tmp_path / "rgb.png")
+    Image.fromarray(rgb[..., 0], "L").save(tmp_path / "grey.png")
+    Image.new("RGBA", (20, 20), (0, 0, 0, 0)).save(tmp_path / "clear.png")
+    Image.fromarray(rgb[..., 1].astype(np.uint16) * 257).save(tmp_path / "deep.png")  # I;16
+    paths = [str(tmp_path / n) for n in ("rgb.png", "grey.png", "clear.png", "deep.png")]
+    colour = image_folders.read_images(paths, 28, channels=3)
+    assert colour.shape == (4, 28, 28, 3) and colour.dtype == np.float32
+    want = np.asarray(Image.fromarray(rgb, "RGB").resize((28, 28), Image.LANCZOS)) / 255
+    np.testing.assert_allclose(colour[0], want, atol=1e-6)
+    for i in (1, 3):  # grey (8 or 16 bits): three equal channels, equal to the 1-channel read
+        np.testing.assert_array_equal(colour[i, ..., 0], colour[i, ..., 1])
+        np.testing.assert_array_equal(colour[i, ..., 0], colour[i, ..., 2])
+    gray = image_folders.read_images(paths, 28)
+    assert gray.shape == (4, 28, 28, 1)
+    np.testing.assert_allclose(colour[1:, ..., :1], gray[1:], atol=1e-6)
+    assert np.all(colour[2] == 1.0)
+    with pytest.raises(ValueError, match="channels must be 1 or 3"):
+        image_folders.load_image(paths[0], 28, channels=2)
+
+
 def _expected_pixels(path, size):
     """The reference: PIL's grayscale conversion (alpha onto white) and LANCZOS resize."""
     with Image.open(path) as image:

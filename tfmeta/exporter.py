@@ -8,17 +8,20 @@ after the configured number of inner steps, from any TensorFlow runtime, without
 
 (the binary, :mod:`tfmeta.export`; this module is the library and reads no flags).
 
-Signatures of a classification (Omniglot) export, with N = ways the model was trained for:
+Signatures of a classification export, with N = ways the model was trained for and C = its
+channel count (1 grayscale, e.g. Omniglot; 3 RGB), fixed in each signature's input shapes:
 
 ``adapt_and_predict`` (also ``serving_default``)
-    inputs ``support_images`` float32 [S, H, W, 1], ``support_labels`` int32 [S] in [0, N),
-    ``query_images`` float32 [Q, H, W, 1]; outputs ``logits`` float32 [Q, N],
+    inputs ``support_images`` float32 [S, H, W, C], ``support_labels`` int32 [S] in [0, N),
+    ``query_images`` float32 [Q, H, W, C]; outputs ``logits`` float32 [Q, N],
     ``probabilities`` float32 [Q, N], ``predictions`` int32 [Q]. Images are what
-    ``tf.image.decode_png(png, channels=1) / 255`` gives for an Omniglot PNG (white background = 1),
-    any H and W. The graph resizes them to the training size exactly like the training data was
-    prepared (PIL LANCZOS: separable Lanczos-3, horizontal pass then vertical, each rounded to
-    uint8; within one grey level, 1/255, of PIL) and inverts them (``1 - x``), then adapts with the
-    configured evaluation inner steps and learning rate. **Each query's answer depends only on the
+    ``tf.image.decode_png(png, channels=C) / 255`` gives (for Omniglot, white background = 1),
+    any H and W. The graph resizes each channel to the training size exactly like the training
+    data was prepared (PIL LANCZOS: separable Lanczos-3, horizontal pass then vertical, each
+    rounded to uint8; within one level, 1/255, of PIL), then applies the model's input transform
+    (:class:`tfmeta.input_transform.InputTransform`: ``1 - x`` for Omniglot, per-channel
+    ``(x - mean) / std`` for normalised models), then adapts with the configured evaluation
+    inner steps and learning rate. **Each query's answer depends only on the
     support set and that query** (the serving batch-norm mode, ``serving_bn_mode`` in the
     metadata: the support set's statistics under the adapted weights, or the trained moving
     statistics for models trained with ``bn_mode="running"``), so one query per call and many
@@ -27,7 +30,7 @@ Signatures of a classification (Omniglot) export, with N = ways the model was tr
     the same plus ``inner_steps`` int32 scalar, ``0 <= inner_steps <= max_inner_steps`` (set at
     export, enforced in the graph), run as a ``tf.while_loop``.
 ``adapt_and_predict_batch``
-    ``support_images`` [B, S, H, W, 1], ``support_labels`` [B, S], ``query_images`` [B, Q, H, W, 1]:
+    ``support_images`` [B, S, H, W, C], ``support_labels`` [B, S], ``query_images`` [B, Q, H, W, C]:
     B independent adaptations in one call (computed together when the model's layers run
     task-batched); outputs as above with a leading B.
 ``adapt_and_predict_transductive``
@@ -38,9 +41,10 @@ Signatures of a classification (Omniglot) export, with N = ways the model was tr
     ``query_images`` only; the meta-learned initialisation without adaptation (batch norm with the
     moving statistics recorded in training, so each query is independent too).
 ``metadata``
-    no inputs; ``json``: a JSON string (algorithm, ways, shots, image size, inner steps and
-    learning rate, trained and serving batch-norm modes, max_inner_steps, versions, training
-    step). The same JSON is the asset ``assets/tfmeta.json``.
+    no inputs; ``json``: a JSON string (algorithm, ways, shots, the input transform: image_size,
+    channels, invert, mean, std; inner steps and learning rate, trained and serving batch-norm
+    modes, max_inner_steps, versions, training step). The same JSON is the asset
+    ``assets/tfmeta.json``.
 
 Regression (sinusoid) exports use ``support_x`` / ``support_y`` / ``query_x`` float32 [*, 1] (with
 a leading B for the batch signature) and return ``predictions`` float32 [Q, 1]; the ``predict``
@@ -88,6 +92,7 @@ from absl import logging
 from tfmeta import errors
 from tfmeta import layers as tfm_layers
 from tfmeta import signatures
+from tfmeta.input_transform import InputTransform
 from tfmeta.version import __version__
 # One reader for an export's metadata, from its directory or its loaded SavedModel.
 from tfmeta.serving_client import read_metadata  # noqa: F401  (re-exported)
@@ -119,30 +124,55 @@ def _resize_axis(x: tf.Tensor, size: int, axis: int) -> tf.Tensor:
     return tf.cond(tf.equal(current, size), lambda: x, resize)
 
 
-def preprocess_images(images: tf.Tensor, image_size: int) -> tf.Tensor:
-    """Maps ``decode_png / 255`` images to the training representation.
+def omniglot_transform(image_size: int) -> InputTransform:
+    """The input transform of every Omniglot model: grayscale, inverted, not normalised.
+
+    Omniglot's training pool holds strokes bright on black, so the white-background pixels of a
+    PNG are inverted. An export whose metadata names no transform has this one.
+    """
+    return InputTransform(int(image_size), 1, invert=True)
+
+
+def preprocess_images(images: tf.Tensor, transform: InputTransform | int) -> tf.Tensor:
+    """Maps ``decode_png / 255`` images of any size to the model's inputs.
 
     Args:
-      images: float32 ``[B, H, W, 1]`` in [0, 1], white background = 1.
-      image_size: side of the training images.
+      images: float32 ``[B, H, W, C]`` in [0, 1] with C = ``transform.channels``, any H and W.
+      transform: the model's input transform; an int is the image size of
+        :func:`omniglot_transform` (grayscale, inverted).
 
     Returns:
-      float32 ``[B, image_size, image_size, 1]``: resized as :mod:`tfmeta.omniglot` prepared the
-      training data (horizontal pass, then vertical) and inverted, strokes bright.
+      float32 ``[B, S, S, C]`` with S = ``transform.image_size``: each channel resized as the
+      training data was prepared (PIL LANCZOS: horizontal pass, then vertical, each rounded to
+      uint8 levels; an axis already of size S is left as it is), then ``transform.apply``
+      (inversion if set, per-channel normalisation if set). Pillow 13 starts with the vertical
+      pass for some images much taller than wide (a speed rule of its own); for those the graph
+      can differ from PIL by a few levels on noisy photos.
     """
-    x = _resize_axis(images, image_size, axis=2)
-    x = _resize_axis(x, image_size, axis=1)
-    x = tf.ensure_shape(x, [None, image_size, image_size, 1])
-    return 1.0 - x
+    if not isinstance(transform, InputTransform):
+        transform = omniglot_transform(transform)
+    size = transform.image_size
+    x = _resize_axis(images, size, axis=2)
+    x = _resize_axis(x, size, axis=1)
+    x = tf.ensure_shape(x, [None, size, size, transform.channels])
+    return transform.apply(x)
 
 
-def _check_images(images: tf.Tensor, name: str, *, allow_empty: bool) -> list[tf.Operation]:
+def _describe_channels(channels: int) -> str:
+    """``"1 channel (grayscale)"`` or ``"3 channels (RGB)"``."""
+    return "1 channel (grayscale)" if channels == 1 else f"{channels} channels (RGB)"
+
+
+def _check_images(images: tf.Tensor, name: str, *, channels: int,
+                  allow_empty: bool) -> list[tf.Operation]:
     shape = tf.shape(images)
     checks = [
         tf.debugging.assert_equal(
-            tf.rank(images), 4, message=f"{name} must have rank 4 [count, height, width, 1]"),
+            tf.rank(images), 4,
+            message=f"{name} must have rank 4 [count, height, width, {channels}]"),
         tf.debugging.assert_equal(
-            shape[-1], 1, message=f"{name} must have exactly 1 channel (grayscale)"),
+            shape[-1], channels,
+            message=f"{name} must have exactly {_describe_channels(channels)}"),
         tf.debugging.assert_positive(
             shape[1:3], message=f"{name} must have a positive height and width"),
         tf.debugging.assert_all_finite(images, message=f"{name} contains NaN or Inf pixels"),
@@ -242,13 +272,16 @@ class _Module(tf.Module):
 class _Classifier(_Module):
     """The exported module of an N-way image classifier."""
 
-    def __init__(self, algorithm: Any, *, ways: int, image_size: int, **kwargs: Any):
+    def __init__(self, algorithm: Any, *, ways: int, transform: InputTransform, **kwargs: Any):
         super().__init__(algorithm, **kwargs)
         self._ways = ways
-        self._size = image_size
-        images = tf.TensorSpec([None, None, None, 1], tf.float32)
+        self._transform = transform
+        self._size = transform.image_size
+        self._channels = channels = transform.channels
+        # Any height and width; the channel count is part of the contract.
+        images = tf.TensorSpec([None, None, None, channels], tf.float32)
         labels = tf.TensorSpec([None], tf.int32)
-        task_images = tf.TensorSpec([None, None, None, None, 1], tf.float32)
+        task_images = tf.TensorSpec([None, None, None, None, channels], tf.float32)
         # The Python parameter names are the signature's input names.
         self.adapt_and_predict = tf.function(self._adapt_and_predict,
                                              input_signature=[images, labels, images])
@@ -264,13 +297,15 @@ class _Classifier(_Module):
         self.predict = tf.function(self._predict, input_signature=[images])
 
     def _inputs(self, support_images, support_labels, query_images):
-        checks = (_check_images(support_images, "support_images", allow_empty=False)
-                  + _check_images(query_images, "query_images", allow_empty=True)
+        checks = (_check_images(support_images, "support_images", channels=self._channels,
+                                allow_empty=False)
+                  + _check_images(query_images, "query_images", channels=self._channels,
+                                  allow_empty=True)
                   + _check_support(support_images, support_labels, "support_images",
                                    "support_labels", self._ways))
         with tf.control_dependencies(checks):
-            sx = preprocess_images(support_images, self._size)
-            qx = preprocess_images(query_images, self._size)
+            sx = preprocess_images(support_images, self._transform)
+            qx = preprocess_images(query_images, self._transform)
             sy = tf.identity(support_labels)
         return sx, sy, qx
 
@@ -308,28 +343,29 @@ class _Classifier(_Module):
             message="query_images and support_images must have the same number of tasks B"),
             tf.debugging.assert_equal(
             tf.shape(support_labels), shape[:2],
-            message="support_labels must be [B, S], matching support_images [B, S, H, W, 1]")]
+            message="support_labels must be [B, S], matching support_images "
+                    f"[B, S, H, W, {self._channels}]")]
         with tf.control_dependencies(checks):
             sx, sy, qx = self._inputs(flat(support_images), flat(support_labels),
                                       flat(query_images))
-        sx = tf.reshape(sx, tf.stack([tasks, shots, self._size, self._size, 1]))
+        pixels = [self._size, self._size, self._channels]
+        sx = tf.reshape(sx, tf.stack([tasks, shots, *pixels]))
         sy = tf.reshape(sy, tf.stack([tasks, shots]))
-        qx = tf.reshape(qx, tf.stack([tasks, queries, self._size, self._size, 1]))
+        qx = tf.reshape(qx, tf.stack([tasks, queries, *pixels]))
         # With Q = 0, TensorFlow's Conv2D returns an empty batch with the input's channel count
         # instead of the filters', so the task-batched layers (B > 1) fail on a shape mismatch.
         # One blank query stands in and its answers are dropped; queries are answered each on
         # its own in the serving modes, so it changes no other answer.
         pad = tf.cast(tf.equal(queries, 0), tf.int32)
-        qx = tf.concat([qx, tf.zeros(tf.stack([tasks, pad, self._size, self._size, 1]),
-                                     qx.dtype)], axis=1)
+        qx = tf.concat([qx, tf.zeros(tf.stack([tasks, pad, *pixels]), qx.dtype)], axis=1)
         logits = self._algorithm.adapt_and_predict(sx, sy, qx, steps=self._steps,
                                                    bn_mode=self._serving)
         return self._outputs(logits[:, :queries])
 
     def _predict(self, query_images):
         with tf.control_dependencies(_check_images(query_images, "query_images",
-                                                   allow_empty=True)):
-            qx = preprocess_images(query_images, self._size)
+                                                   channels=self._channels, allow_empty=True)):
+            qx = preprocess_images(query_images, self._transform)
         return self._outputs(self._unadapted(qx))
 
 
@@ -401,23 +437,60 @@ def versions_and_time(step: int) -> dict[str, Any]:
     }
 
 
-def input_descriptions(ways: int | None) -> dict[str, str]:
-    """The signature inputs, described for the metadata: N-way images, or regression (None)."""
+def input_descriptions(ways: int | None,
+                       transform: InputTransform | None = None) -> dict[str, str]:
+    """The signature inputs, described for the metadata: N-way images, or regression (None).
+
+    Args:
+      ways: the classifier's N; None for a regressor.
+      transform: the classifier's input transform (default: Omniglot's, :func:`omniglot_transform`).
+    """
     if ways is None:
         return {"support_x": "float32 [S, 1]", "support_y": "float32 [S, 1]",
                 "query_x": "float32 [Q, 1]"}
-    return {"support_images": "float32 [S, H, W, 1] in [0, 1], decode_png/255",
+    transform = transform or omniglot_transform(1)
+    channels = transform.channels
+    kind = "grayscale" if channels == 1 else "RGB"
+    steps = ["resizes"] + ["inverts"] * transform.invert + ["normalises"] * transform.normalizes
+    pixels = (f"in [0, 1]: {kind} pixels / 255 (decode_png(png, channels={channels}) / 255)"
+              + (", white background" if transform.invert else "")
+              + f", any height and width (the graph {' and '.join(steps)} them)")
+    return {"support_images": f"float32 [S, H, W, {channels}] {pixels}",
             "support_labels": f"int32 [S] in [0, {int(ways)})",
-            "query_images": "float32 [Q, H, W, 1]"}
+            "query_images": f"float32 [Q, H, W, {channels}] {pixels}"}
 
 
-def metadata_from_config(config: Any, *, step: int, classification: bool) -> dict[str, Any]:
+# The metadata fields of a classifier's input transform, at the top level of the JSON.
+TRANSFORM_FIELDS = ("image_size", "channels", "invert", "mean", "std")
+
+
+def transform_from_metadata(metadata: dict[str, Any]) -> InputTransform:
+    """The input transform an export's metadata states (:data:`TRANSFORM_FIELDS`).
+
+    Metadata naming only ``image_size`` (as every export did before colour models) means the
+    Omniglot transform: grayscale, inverted, not normalised.
+
+    Raises:
+      ExportError: the fields do not make a valid transform.
+    """
+    if "channels" not in metadata:
+        return omniglot_transform(int(metadata["image_size"]))
+    try:
+        return InputTransform.from_dict(metadata)
+    except (ValueError, TypeError, KeyError) as e:
+        raise ExportError(f"the metadata's input transform is invalid: {e}") from e
+
+
+def metadata_from_config(config: Any, *, step: int, classification: bool,
+                         transform: InputTransform | None = None) -> dict[str, Any]:
     """The JSON-ready description stored with an export.
 
     Args:
       config: the experiment config.
       step: meta-iteration of the exported parameters.
       classification: whether the task is N-way classification.
+      transform: for classification, the run's input transform (recorded with the run, see
+        :func:`tfmeta.tasks.input_transform_of`); when None, the one the config states alone.
     """
     from tfmeta import config as config_lib
 
@@ -438,11 +511,15 @@ def metadata_from_config(config: Any, *, step: int, classification: bool) -> dic
         "max_inner_steps": int(config.export.max_inner_steps),
     }
     if classification:
+        if transform is None:
+            from tfmeta import tasks
+
+            transform = tasks.input_transform_of(config)
         meta.update(ways=int(config.data.ways), shots=int(config.data.shots),
                     train_shots=int(config_lib.train_shots(config)),
-                    queries=int(config.data.queries), image_size=int(config.data.image_size),
+                    queries=int(config.data.queries), **transform.to_dict(),
                     split_scheme=config.data.split_scheme, subset=config.data.subset,
-                    inputs=input_descriptions(int(config.data.ways)))
+                    inputs=input_descriptions(int(config.data.ways), transform))
     else:
         meta.update(k_support=int(config.data.k_support), k_query=int(config.data.k_query),
                     inputs=input_descriptions(None))
@@ -769,8 +846,12 @@ def export(model: keras.Model, algorithm: Any, output: str, *, metadata: dict[st
       output: SavedModel directory (local or gs://): a path that does not exist, or a previous
         tfmeta SavedModel when ``replace`` (replaced atomically); anything else is refused.
       metadata: JSON-ready description (see :func:`metadata_from_config`); for classification it
-        must hold ``ways`` and ``image_size``; ``inner_steps`` is the default adaptation length.
-        The export adds ``serving_bn_mode``, ``max_inner_steps`` and ``signatures``.
+        must hold ``ways`` and ``image_size``, and states the input transform
+        (:data:`TRANSFORM_FIELDS`: ``channels``, ``invert``, ``mean``, ``std``; without
+        ``channels``, Omniglot's: grayscale, inverted); ``inner_steps`` is the default
+        adaptation length. The export adds ``serving_bn_mode``, ``max_inner_steps`` and
+        ``signatures``, and for classification every transform field and the input
+        descriptions of that transform.
       classification: N-way image classification (True) or [*, 1] regression (False).
       max_inner_steps: largest ``inner_steps`` a client may ask for (default: the metadata's, else
         :data:`DEFAULT_MAX_INNER_STEPS`); at least ``inner_steps``.
@@ -797,12 +878,18 @@ def export(model: keras.Model, algorithm: Any, output: str, *, metadata: dict[st
         raise ExportError(f"max_inner_steps is {max_inner_steps}; it must be >= the default "
                           f"inner_steps of the export ({steps})")
     if classification:
-        ways, size = int(metadata["ways"]), int(metadata["image_size"])
-        if tuple(model.input_shape[1:]) != (size, size, 1) or model.output_shape[-1] != ways:
+        ways, transform = int(metadata["ways"]), transform_from_metadata(metadata)
+        size, channels = transform.image_size, transform.channels
+        if (tuple(model.input_shape[1:]) != (size, size, channels)
+                or model.output_shape[-1] != ways):
             raise ExportError(
-                f"the signature contract needs a model mapping [B, {size}, {size}, 1] images "
-                f"to [B, {ways}] logits; got input {model.input_shape} and output "
-                f"{model.output_shape}")
+                f"the signature contract needs a model mapping [B, {size}, {size}, {channels}] "
+                f"images to [B, {ways}] logits (the metadata's image_size {size}, "
+                f"{_describe_channels(channels)}, {ways} ways); got input {model.input_shape} "
+                f"and output {model.output_shape}")
+        # Stated in full, so that a client knows what the graph does to the images.
+        metadata = dict(metadata, **transform.to_dict(),
+                        inputs=input_descriptions(ways, transform))
     elif tuple(model.input_shape[1:]) != (1,) or model.output_shape[-1] != 1:
         raise ExportError(
             "regression exports support models mapping [B, 1] to [B, 1] (sinusoid); got "
@@ -814,7 +901,8 @@ def export(model: keras.Model, algorithm: Any, output: str, *, metadata: dict[st
         asset = os.path.join(scratch, signatures.METADATA_ASSET)
         common = dict(inner_steps=steps, max_inner_steps=int(max_inner_steps), asset_path=asset)
         if classification:
-            module = _Classifier(algorithm, ways=ways, image_size=size, metadata_json="", **common)
+            module = _Classifier(algorithm, ways=ways, transform=transform, metadata_json="",
+                                 **common)
         else:
             module = _Regressor(algorithm, metadata_json="", **common)
         metadata["signatures"] = _signature_names(module)
@@ -834,11 +922,16 @@ def export_experiment(exp: Any, output: str, *, max_inner_steps: int | None = No
                       replace: bool = False, workdir: str | None = None) -> str:
     """Exports a built :class:`tfmeta.experiment.Experiment` (its current parameters) to ``output``.
 
-    ``replace`` and ``workdir`` are as in :func:`export`.
+    ``replace`` and ``workdir`` are as in :func:`export`; the input transform is the one recorded
+    in ``workdir`` by training (:func:`tfmeta.tasks.input_transform_of`), else the config's.
     """
+    from tfmeta import tasks
+
     classification = exp.source.classification
+    # The transform training recorded in the work directory (normalisation measured on the data).
+    transform = tasks.input_transform_of(exp.config, workdir) if classification else None
     metadata = metadata_from_config(exp.config, step=int(exp.step.numpy()),
-                                    classification=classification)
+                                    classification=classification, transform=transform)
     return export(exp.model, exp.algorithm, output, metadata=metadata,
                   classification=classification, max_inner_steps=max_inner_steps,
                   replace=replace, workdir=workdir)

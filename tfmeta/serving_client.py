@@ -18,9 +18,15 @@ The SavedModel runs in a daemon thread while the calling thread waits for it, so
 interrupts at once even during a long adaptation (a call in TensorFlow's C++ runtime would hold
 it up until it ends).
 
+Images have the model's channel count C (``channels`` in the metadata: 1 grayscale, 3 RGB; 1 for
+exports that do not state it). :func:`classify` reads image files converted to C, as the
+training data was; arrays given to :func:`adapt_and_predict` with another channel count are
+refused before the model is called, naming both counts.
+
 Errors a user can cause (a missing or unreadable path, a folder without images, an unreadable
 image, more classes than the model's N, a directory that is not a SavedModel or a SavedModel not
-exported by tfmeta, an ``inner_steps`` outside ``[0, max_inner_steps]`` of the export) raise
+exported by tfmeta, an ``inner_steps`` outside ``[0, max_inner_steps]`` of the export, images
+with the wrong channel count) raise
 :class:`AdaptError`, whose message names the path or value. TensorFlow is imported only when a
 SavedModel is loaded or called.
 """
@@ -41,6 +47,8 @@ from tfmeta import errors, image_folders, signatures
 
 # How often the waiting thread wakes up to let Python deliver Ctrl-C while the model runs.
 POLL_SECONDS = 0.1
+# The tasks whose exports classify images.
+IMAGE_TASKS = ("omniglot", "images")
 
 _T = TypeVar("_T")
 
@@ -146,9 +154,10 @@ def _classifier_metadata(saved_model: Any, name: str) -> dict[str, Any]:
       AdaptError: the SavedModel was not exported by tfmeta, or is not an image classifier.
     """
     meta = read_metadata(saved_model, name)
-    if meta.get("task", "omniglot") != "omniglot" or "ways" not in meta or "image_size" not in meta:
+    if (meta.get("task", "omniglot") not in IMAGE_TASKS or "ways" not in meta
+            or "image_size" not in meta):
         raise AdaptError(f"{name} is not an image classifier (task {meta.get('task')!r}); "
-                         "tfmeta.adapt needs an Omniglot-style export")
+                         f"tfmeta.adapt needs the export of an image task {list(IMAGE_TASKS)}")
     missing = [s for s in (signatures.ADAPT, signatures.ADAPT_STEPS)
                if s not in saved_model.signatures]
     if missing:
@@ -226,17 +235,36 @@ def check_labels(labels: Any, ways: int, name: str = "support_labels") -> np.nda
     return array.astype(np.int32)
 
 
-def _float_images(images: Any, name: str) -> np.ndarray:
-    """``images`` as float32 (float64 arrays are welcome), refusing non-numeric data."""
+def channels_of(metadata: dict[str, Any]) -> int:
+    """The channel count an export's images must have (1 for exports that do not state it)."""
+    return int(metadata.get("channels", 1))
+
+
+def _describe_channels(channels: int) -> str:
+    kind = {1: " (grayscale)", 3: " (RGB)"}.get(channels, "")
+    return f"{channels} channel{'' if channels == 1 else 's'}{kind}"
+
+
+def _float_images(images: Any, name: str, channels: int) -> np.ndarray:
+    """``images`` as float32 (float64 arrays are welcome), refusing non-numeric data and
+    shapes other than ``[count, height, width, channels]``."""
     array = np.asarray(images)
     if array.dtype.kind not in "fiub":
         raise AdaptError(f"{name} must be float32 pixels in [0, 1]; got dtype {array.dtype}")
+    if array.ndim != 4:
+        raise AdaptError(f"{name} must be [count, height, width, {channels}]; got an array of "
+                         f"shape {list(array.shape)}")
+    if array.shape[-1] != channels:
+        raise AdaptError(f"{name} has {_describe_channels(array.shape[-1])} but the model "
+                         f"takes {_describe_channels(channels)}: give images of shape "
+                         f"[count, height, width, {channels}]")
     return array.astype(np.float32, copy=False)
 
 
 def adapt_and_predict(saved_model: Any, support_images: np.ndarray, support_labels: Sequence[int],
                       query_images: np.ndarray, inner_steps: int | None = None, *,
-                      transductive: bool = False, ways: int | None = None) -> np.ndarray:
+                      transductive: bool = False, ways: int | None = None,
+                      channels: int | None = None) -> np.ndarray:
     """Calls the SavedModel: the one place that knows its signatures.
 
     Labels and ``inner_steps`` are checked here, in Python (see :func:`check_labels`), because
@@ -244,29 +272,38 @@ def adapt_and_predict(saved_model: Any, support_images: np.ndarray, support_labe
 
     Args:
       saved_model: a loaded tfmeta classifier export.
-      support_images: float32 ``[S, H, W, 1]``, ``pixels / 255``.
+      support_images: float32 ``[S, H, W, C]``, ``pixels / 255``, any H and W, with the
+        model's channel count C (1 grayscale, 3 RGB; ``channels`` in the metadata).
       support_labels: ``S`` integer labels in ``[0, N)``.
-      query_images: float32 ``[Q, H, W, 1]``, ``pixels / 255``.
+      query_images: float32 ``[Q, H, W, C]``, ``pixels / 255``.
       inner_steps: inner steps; the export's configured number when None.
       transductive: normalise the queries together (the export's transductive signature).
       ways: the model's N; read from the export's metadata when None.
+      channels: the model's C; read from the export's metadata when None.
 
     Returns:
       float32 logits ``[Q, N]``.
 
     Raises:
-      AdaptError: a label that is not an integer in ``[0, N)``, an ``inner_steps`` that is not a
-        non-negative int32, or the SavedModel rejected the inputs (first line of its message).
+      AdaptError: images that are not ``[count, height, width, C]`` (a wrong channel count is
+        named with the model's), a label that is not an integer in ``[0, N)``, an
+        ``inner_steps`` that is not a non-negative int32, or the SavedModel rejected the inputs
+        (first line of its message).
       KeyboardInterrupt: on Ctrl-C, at once; the call itself runs on in a daemon thread.
     """
     import tensorflow as tf
 
-    if ways is None:
-        ways = int(_classifier_metadata(saved_model, "the given SavedModel")["ways"])
+    if ways is None or channels is None:
+        meta = _classifier_metadata(saved_model, "the given SavedModel")
+        ways = int(meta["ways"]) if ways is None else ways
+        channels = channels_of(meta) if channels is None else channels
     _check_inner_steps(inner_steps)
-    inputs = {"support_images": tf.constant(_float_images(support_images, "support_images")),
+    # Checked before the call: the signature's own refusal names neither channel count.
+    inputs = {"support_images": tf.constant(_float_images(support_images, "support_images",
+                                                          channels)),
               "support_labels": tf.constant(check_labels(support_labels, ways)),
-              "query_images": tf.constant(_float_images(query_images, "query_images"))}
+              "query_images": tf.constant(_float_images(query_images, "query_images",
+                                                        channels))}
     if transductive:
         if signatures.TRANSDUCTIVE not in saved_model.signatures:
             raise AdaptError("this model has no batch norm, so there is no transductive "
@@ -356,19 +393,20 @@ def classify(saved_model: Any, support_dir: str, queries: Sequence[str], *,
         query_files = image_folders.read_queries(queries)
     saved_model, meta = _open_export(saved_model)
     _check_inner_steps(inner_steps, int(meta.get("max_inner_steps", signatures.MAX_INNER_STEPS)))
-    ways, size = int(meta["ways"]), int(meta["image_size"])
+    ways, size, channels = int(meta["ways"]), int(meta["image_size"]), channels_of(meta)
     if len(classes) > ways:
         raise AdaptError(f"support directory {support_dir!r} has {len(classes)} class folders but "
                          f"the model was trained for {ways} ways; use at most {ways} classes")
     with _image_errors():
-        support_images = image_folders.read_images(support_files, size)
-        query_images = image_folders.read_images(query_files, size)
+        # Converted to the model's channels, as the training data was (see image_folders).
+        support_images = image_folders.read_images(support_files, size, channels)
+        query_images = image_folders.read_images(query_files, size, channels)
     logging.debug("adapting to %d classes (%d images) with %s inner steps, then classifying %d "
                   "queries", len(classes), len(support_files),
                   meta.get("inner_steps") if inner_steps is None else inner_steps,
                   len(query_files))
     logits = adapt_and_predict(saved_model, support_images, labels, query_images, inner_steps,
-                               transductive=transductive, ways=ways)
+                               transductive=transductive, ways=ways, channels=channels)
     return classes, _predictions(classes, query_files, logits)
 
 
