@@ -61,7 +61,7 @@ def test_images_are_read_with_the_models_channels(tmp_path):
     assert gray.shape == (4, 28, 28, 1)
     np.testing.assert_allclose(colour[1:, ..., :1], gray[1:], atol=1e-6)
     assert np.all(colour[2] == 1.0)
-    with pytest.raises(ValueError, match="channels must be 1 or 3"):
+    with pytest.raises(ValueError, match=r"channels must be one of \[1, 3\], not 2"):
         image_folders.load_image(paths[0], 28, channels=2)
 
 
