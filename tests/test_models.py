@@ -29,6 +29,121 @@ def test_omniglot_conv4_architecture():
     assert len(model.non_trainable_variables) == 4 * 4
 
 
+def _trainable_count(model):
+    return sum(int(np.prod(v.shape)) for v in model.trainable_variables)
+
+
+def _conv_params(kernel, c_in, c_out, bias):
+    return kernel * kernel * c_in * c_out + (c_out if bias else 0)
+
+
+@pytest.mark.parametrize("size, side", [(84, 5), (32, 2)])
+def test_conv4_for_colour_images_is_the_maml_mini_imagenet_network(size, side):
+    model = models.conv4(5, image_size=size, channels=3, filters=32, downsample="maxpool",
+                         head="flatten", seed=0)
+    assert model.name == "conv4" and model.input_shape == (None, size, size, 3)
+    convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert [c.strides for c in convs] == [(1, 1)] * 4
+    assert all(c.filters == 32 and c.kernel_size == (3, 3) for c in convs)
+    # 84 -> 42 -> 21 -> 10 -> 5 (32 -> 16 -> 8 -> 4 -> 2), flattened: 800 (128) features.
+    assert model.get_layer("pool3").output.shape == (None, side, side, 32)
+    assert model.get_layer("flatten").output.shape == (None, side * side * 32)
+    expected = (_conv_params(3, 3, 32, True) + 3 * _conv_params(3, 32, 32, True) + 4 * 2 * 32
+                + side * side * 32 * 5 + 5)
+    assert _trainable_count(model) == expected
+    x = np.random.default_rng(0).normal(size=(2, size, size, 3)).astype("float32")
+    assert model(x, training=True).shape == (2, 5)
+
+
+def _resnet12_params(channels, widths, classes):
+    """Trainable parameters of ResNet-12 as described: convolutions without bias, BN, head."""
+    total, c_in = 0, channels
+    for w in widths:
+        total += _conv_params(3, c_in, w, False) + 2 * _conv_params(3, w, w, False)
+        total += _conv_params(1, c_in, w, False)  # shortcut
+        total += 4 * 2 * w  # gamma and beta of the four batch norms
+        c_in = w
+    return total + c_in * classes + classes
+
+
+def test_resnet12_architecture_and_parameter_count():
+    model = models.resnet12(5, seed=0)  # 84x84x3, widths (64, 160, 320, 640)
+    assert model.name == "resnet12" and model.input_shape == (None, 84, 84, 3)
+    expected = _resnet12_params(3, (64, 160, 320, 640), 5)
+    assert _trainable_count(model) == expected
+    assert 12.3e6 < expected < 12.5e6  # the ~12.4M of the MetaOptNet backbone
+    assert len(model.non_trainable_variables) == 16 * 4  # moving and recorded batch statistics
+    for b, (width, side) in enumerate(zip((64, 160, 320, 640), (42, 21, 10, 5))):
+        convs = [model.get_layer(f"block{b}_conv{j}") for j in range(3)]
+        shortcut = model.get_layer(f"block{b}_shortcut")
+        assert all(c.kernel_size == (3, 3) and c.filters == width and not c.use_bias
+                   for c in convs)
+        assert shortcut.kernel_size == (1, 1) and shortcut.filters == width
+        assert not shortcut.use_bias
+        # No activation after the third batch norm: the sum adds two batch-norm outputs.
+        add = model.get_layer(f"block{b}_add")
+        assert [t._keras_history.operation.name for t in add.input] == [
+            f"block{b}_bn2", f"block{b}_shortcut_bn"]
+        relus = [model.get_layer(f"block{b}_relu{j}") for j in range(2)]
+        relus.append(model.get_layer(f"block{b}_relu"))
+        assert all(isinstance(r, keras.layers.LeakyReLU) and r.negative_slope == pytest.approx(0.1)
+                   for r in relus)
+        assert model.get_layer(f"block{b}_pool").output.shape == (None, side, side, width)
+    assert sum(isinstance(layer, BatchNorm) for layer in model.layers) == 16
+    assert model.get_layer("spatial_mean").output.shape == (None, 640)
+    assert model.layers[-1].name == "logits"
+    x = np.random.default_rng(0).normal(size=(1, 84, 84, 3)).astype("float32")
+    assert model(x, training=False).shape == (1, 5)
+
+
+def test_resnet12_on_cifar_sized_images_seeds_and_dtype_policy():
+    small = models.resnet12(5, image_size=32, widths=(4, 6, 8, 10), seed=3)
+    assert [small.get_layer(f"block{b}_pool").output.shape[1] for b in range(4)] == [16, 8, 4, 2]
+    assert _trainable_count(small) == _resnet12_params(3, (4, 6, 8, 10), 5)
+    x = np.random.default_rng(0).normal(size=(4, 32, 32, 3)).astype("float32")
+    assert small(x, training=True).shape == (4, 5)
+    same = models.resnet12(5, image_size=32, widths=(4, 6, 8, 10), seed=3)
+    other = models.resnet12(5, image_size=32, widths=(4, 6, 8, 10), seed=4)
+    for a, b in zip(small.trainable_weights, same.trainable_weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    assert any(not np.array_equal(a.numpy(), c.numpy())
+               for a, c in zip(small.trainable_weights, other.trainable_weights))
+    gray = models.resnet12(5, image_size=16, channels=1, widths=(2, 2, 2, 2))
+    assert gray.input_shape == (None, 16, 16, 1)
+    mixed = models.resnet12(5, image_size=16, widths=(2, 2, 2, 2), dtype="mixed_bfloat16")
+    assert mixed.get_layer("block0_conv0").compute_dtype == "bfloat16"
+    assert mixed.get_layer("block3_shortcut_bn").compute_dtype == "bfloat16"
+    assert mixed.get_layer("logits").compute_dtype == "float32"
+    assert all(v.dtype == "float32" for v in mixed.variables)
+
+
+def test_network_arguments_are_checked():
+    with pytest.raises(ValueError, match="four positive integers"):
+        models.resnet12(5, widths=(64, 160, 320))
+    with pytest.raises(ValueError, match="four positive integers"):
+        models.resnet12(5, widths=(64, 0, 320, 640))
+    with pytest.raises(ValueError, match=">= 16, got 15"):
+        models.resnet12(5, image_size=15)
+    with pytest.raises(ValueError, match=">= 16, got 8"):
+        models.conv4(5, image_size=8, downsample="maxpool")
+    models.conv4(5, image_size=8, filters=2)  # strided: any size
+
+
+def test_omniglot_conv4_is_conv4_under_its_earlier_name(tmp_path):
+    old = models.omniglot_conv4(3, image_size=8, filters=4, seed=0)
+    new = models.conv4(3, image_size=8, filters=4, seed=0)
+    assert old.name == "omniglot_conv4" and new.name == "conv4"
+    assert [v.path for v in old.weights] == [v.path for v in new.weights]
+    for a, b in zip(old.weights, new.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    # A checkpoint written under the earlier name restores into the renamed network.
+    path = tf.train.Checkpoint(model=old).write(str(tmp_path / "ckpt"))
+    other = models.conv4(3, image_size=8, filters=4, seed=1)
+    tf.train.Checkpoint(model=other).read(path).assert_existing_objects_matched()
+    for a, b in zip(old.weights, other.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
 def test_sinusoid_mlp_and_logistic_regression_shapes():
     mlp = models.sinusoid_mlp()
     assert [w.shape for w in mlp.trainable_variables] == [
