@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from tfmeta import functional as F
-from tfmeta import losses, maml, models, reptile
+from tfmeta import layers, losses, maml, models, reptile
 from tfmeta.layers import BatchNorm
 
 
@@ -142,6 +142,108 @@ def test_omniglot_conv4_is_conv4_under_its_earlier_name(tmp_path):
     tf.train.Checkpoint(model=other).read(path).assert_existing_objects_matched()
     for a, b in zip(old.weights, other.weights):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+# ------------------------------------------- colour networks under every algorithm
+COLOUR_MODELS = {
+    "conv4": lambda: models.conv4(3, image_size=16, channels=3, filters=4, downsample="maxpool",
+                                  head="flatten", seed=0),
+    "resnet12": lambda: models.resnet12(3, image_size=16, widths=(4, 4, 8, 8), seed=0),
+}
+COLOUR_ALGORITHMS = {
+    "maml": lambda m, k: maml.MAML(m, inner_lr=0.1, inner_steps=1, tasks_in_parallel=k),
+    "fomaml": lambda m, k: maml.MAML(m, inner_lr=0.1, inner_steps=1, first_order=True,
+                                     tasks_in_parallel=k),
+    "mamlpp": lambda m, k: maml.MAMLpp(m, inner_lr=0.1, inner_steps=2, tasks_in_parallel=k),
+    "metasgd": lambda m, k: maml.MetaSGD(m, inner_lr=0.1, inner_steps=1, tasks_in_parallel=k),
+    "anil": lambda m, k: maml.ANIL(m, inner_lr=0.1, inner_steps=1, tasks_in_parallel=k),
+    "reptile": lambda m, k: reptile.Reptile(m, inner_lr=0.1, inner_steps=2, outer_step_size=0.5,
+                                            tasks_in_parallel=k),
+}
+# Every algorithm with each network, tasks computed together ("all") and one at a time (1). The
+# default suite runs one combination per algorithm, covering both networks and both paths, and
+# MAML++'s per-step batch norm and ANIL's head on ResNet-12; the rest is marked slow.
+DEFAULT_COLOUR_CASES = {("maml", "resnet12", "all"), ("mamlpp", "resnet12", "all"),
+                        ("anil", "resnet12", "all"), ("reptile", "resnet12", 1),
+                        ("fomaml", "conv4", 1), ("metasgd", "conv4", "all")}
+COLOUR_CASES = [
+    pytest.param(algorithm, name, k, id=f"{algorithm}-{name}-{k}",
+                 marks=[] if (algorithm, name, k) in DEFAULT_COLOUR_CASES else [pytest.mark.slow])
+    for algorithm in COLOUR_ALGORITHMS for name in COLOUR_MODELS for k in ("all", 1)]
+
+
+def colour_episodes(seed=0, tasks=2, ways=3, shots=1, queries=2, image=16):
+    """Noisy copies of one fixed colour image per class (labels shared by every task)."""
+    rng = np.random.default_rng(seed)
+    prototypes = np.random.default_rng(100).normal(size=(ways, image, image, 3))
+    support_y = np.tile(np.arange(ways), (tasks, shots))
+    query_y = np.tile(np.arange(ways), (tasks, queries))
+
+    def images(labels):
+        return (prototypes[labels] + rng.normal(size=(*labels.shape, image, image, 3))).astype(
+            "float32")
+
+    return {"support_x": tf.constant(images(support_y)), "support_y": tf.constant(support_y),
+            "query_x": tf.constant(images(query_y)), "query_y": tf.constant(query_y)}
+
+
+@pytest.mark.parametrize("algorithm, name, tasks_in_parallel", COLOUR_CASES)
+def test_colour_networks_meta_train_under_every_algorithm(algorithm, name, tasks_in_parallel):
+    model = COLOUR_MODELS[name]()
+    algo = COLOUR_ALGORITHMS[algorithm](model, tasks_in_parallel)
+    assert algo.group_size(2) == (2 if tasks_in_parallel == "all" else 1)
+    assert (algo.inner.batched is not None) == (tasks_in_parallel == "all")
+    batch = colour_episodes()
+    before = [v.numpy().copy() for v in algo.meta_variables]
+    if algorithm == "reptile":
+        # theta <- theta + eps * mean_i(phi_i - theta), phi_i adapted one task at a time through
+        # the public API (the meta-step may have computed the tasks together).
+        adapted = [algo.adapt(batch["support_x"][i], batch["support_y"][i]) for i in range(2)]
+        loss_pre = [float(algo.meta_update(batch)["loss_pre"])]
+        for theta, var, phi_0, phi_1 in zip(before, algo.meta_variables, *adapted):
+            want = theta + 0.5 * ((phi_0.numpy() + phi_1.numpy()) / 2 - theta)
+            np.testing.assert_allclose(var.numpy(), want, rtol=1e-5, atol=1e-6)
+        algo.meta_update(batch)
+        out = algo.adapt_and_predict(batch["support_x"], batch["support_y"], batch["query_x"],
+                                     steps=0)
+        after = float(tf.reduce_mean(algo.loss_fn(tf.reshape(batch["query_y"], [-1]),
+                                                  tf.reshape(out, [-1, 3]))))
+        # The initialisation moves towards weights that fit these tasks' support sets.
+        assert after < 0.9 * loss_pre[0], (loss_pre, after)
+    else:
+        optimizer = keras.optimizers.Adam(0.01)
+        losses = []
+        for _ in range(2):
+            step = algo.meta_step(batch)
+            optimizer.apply_gradients(zip(step.grads, algo.meta_variables))
+            F.assign_floating(algo.state_variables, step.non_trainable)
+            losses.append(float(step.metrics["loss"]))
+        after = float(np.mean(algo.evaluate(batch, steps=algo.inner_steps)["loss"]))
+        assert after < 0.9 * losses[0], (losses, after)
+    params = model.trainable_variables
+    inner = algo.inner.variables
+    # Exactly zero meta-gradients by construction: conv biases that batch norm cancels (conv4) and
+    # their learned rates, and the model's batch-norm weights where MAML++ uses per-step copies.
+    cancelled = layers.biases_cancelled_by_batch_norm(model)
+    fixed = {i for i, p in enumerate(params) if id(p) in cancelled or i in inner.step_params}
+    fixed |= {len(params) + j for i, j in inner.lr_index.items() if id(params[i]) in cancelled}
+    for i, (var, old) in enumerate(zip(algo.meta_variables, before)):
+        assert np.all(np.isfinite(var.numpy())), var.name
+        if i not in fixed:
+            assert not np.array_equal(var.numpy(), old), f"{var.name} did not change"
+    if algorithm == "anil":  # only the head adapts; the body is learned in the outer loop
+        assert [v.path for v, ok in zip(params, algo.inner.adapted) if ok] == [
+            "logits/kernel", "logits/bias"]
+    if algorithm == "mamlpp":  # per-step weights and statistics for every batch norm
+        norms = layers.batch_norm_layers(model)
+        assert len(norms) == {"conv4": 4, "resnet12": 16}[name]
+        assert len(inner.step_params) == len(inner.step_stats) == 2 * len(norms)
+        for var in inner.trainable[len(inner.lr_index):] + inner.non_trainable:
+            assert var.shape[0] == 2
+            assert not np.allclose(var[0].numpy(), var[1].numpy()), var.name
+    if algorithm == "metasgd":  # a learned rate per parameter
+        assert [tuple(inner.trainable[inner.lr_index[i]].shape) for i in range(len(params))] == [
+            tuple(p.shape) for p in params]
 
 
 def test_sinusoid_mlp_and_logistic_regression_shapes():
