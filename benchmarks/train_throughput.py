@@ -1,15 +1,22 @@
 """Meta-training throughput by number of tasks computed together, and the accelerator proxy.
 
-    python benchmarks/train_throughput.py [--seconds 10] [--workloads a,b,c,d]
-        [--tasks_in_parallel 1,4,all,auto] [--ops 8,16,32,64] [--rss] [--keras_fit]
+    python benchmarks/train_throughput.py [--seconds 10] [--workloads a,b,c,d,e]
+        [--tasks_in_parallel 1,4,all,auto] [--ops 8,16,32,64] [--ops_workload a] [--rss]
+        [--keras_fit]
 
-Workloads (second-order MAML on the 64-filter conv4 network, synthetic 28x28 episodes, as in
-the learn2learn comparison):
+Workloads (a)-(d): second-order MAML on the 64-filter conv4 network (stride-2 convolutions,
+spatial mean), synthetic 28x28x1 episodes, transductive batch norm, as in the learn2learn
+comparison:
 
-  a  5-way 1-shot, 1 query per class, meta-batch 32, 1 inner step
+  a  5-way 1-shot, 1 query per class, meta-batch 32, 1 inner step (inner lr 0.4)
   b  as (a) with 15 queries per class
-  c  20-way 1-shot, 1 query per class, meta-batch 16, 5 inner steps
+  c  20-way 1-shot, 1 query per class, meta-batch 16, 5 inner steps (inner lr 0.1)
   d  as (b), first order
+
+Workload (e) is MAML's mini-ImageNet 5-way 1-shot setup: synthetic 84x84x3 episodes, conv4 with
+32 filters, 2x2 max pooling and a flattened head, 15 queries per class, meta-batch 4, 5 inner
+steps (inner lr 0.01), second order, queries normalised with the support set's statistics
+(``bn_mode="support"``).
 
 Three measurements, each printed as JSON lines:
 
@@ -17,8 +24,8 @@ Three measurements, each printed as JSON lines:
   meta-iteration (meta-gradients + Adam update, 5 iterations per compiled call, as in the
   trainer), all measured in this run, interleaved in rounds; ``tasks_in_parallel=1`` (one task
   at a time, the loop) is the baseline every line carries as ``speedup_vs_loop``.
-* ``ops`` (``--ops``): the accelerator proxy. The meta-gradient step of workload (a) at
-  meta-batch B is compiled by XLA and its optimised HLO is read: each instruction counts once
+* ``ops`` (``--ops``): the accelerator proxy. The meta-gradient step of ``--ops_workload``
+  (default (a)) at meta-batch B is compiled by XLA and its optimised HLO is read: each instruction counts once
   (a fusion counts as one kernel), the instructions of a while loop's body count once per trip.
   On a GPU or TPU each is roughly one kernel launch, so this is what a meta-iteration costs in
   launches whatever the chip; with all tasks computed together it must not grow with B.
@@ -55,21 +62,34 @@ import tensorflow as tf  # noqa: E402
 from tfmeta import grouping, models  # noqa: E402
 from tfmeta.maml import MAML  # noqa: E402
 
+# The network, inputs and batch-norm mode of the Omniglot workloads (a)-(d).
+_OMNIGLOT = dict(image_size=28, channels=1, filters=64, downsample="stride", head="mean",
+                 bn_mode="transductive")
 WORKLOADS = {
-    "a": dict(ways=5, shots=1, queries=1, meta_batch=32, inner_steps=1, first_order=False),
-    "b": dict(ways=5, shots=1, queries=15, meta_batch=32, inner_steps=1, first_order=False),
-    "c": dict(ways=20, shots=1, queries=1, meta_batch=16, inner_steps=5, first_order=False),
-    "d": dict(ways=5, shots=1, queries=15, meta_batch=32, inner_steps=1, first_order=True),
+    "a": dict(ways=5, shots=1, queries=1, meta_batch=32, inner_steps=1, inner_lr=0.4,
+              first_order=False, **_OMNIGLOT),
+    "b": dict(ways=5, shots=1, queries=15, meta_batch=32, inner_steps=1, inner_lr=0.4,
+              first_order=False, **_OMNIGLOT),
+    "c": dict(ways=20, shots=1, queries=1, meta_batch=16, inner_steps=5, inner_lr=0.1,
+              first_order=False, **_OMNIGLOT),
+    "d": dict(ways=5, shots=1, queries=15, meta_batch=32, inner_steps=1, inner_lr=0.4,
+              first_order=True, **_OMNIGLOT),
+    # MAML's mini-ImageNet 5-way 1-shot setup (Finn et al. 2017).
+    "e": dict(ways=5, shots=1, queries=15, meta_batch=4, inner_steps=5, inner_lr=0.01,
+              first_order=False, image_size=84, channels=3, filters=32, downsample="maxpool",
+              head="flatten", bn_mode="support"),
 }
 
 
-def _batch(ways: int, shots: int, queries: int, meta_batch: int) -> dict[str, tf.Tensor]:
+def _batch(w: dict, meta_batch: int) -> dict[str, tf.Tensor]:
+    ways, shots, queries = w["ways"], w["shots"], w["queries"]
+    image = [w["image_size"], w["image_size"], w["channels"]]
     rng = tf.random.Generator.from_seed(0)
     labels = lambda n: tf.tile(tf.range(ways, dtype=tf.int32)[None, :, None], [meta_batch, 1, n])  # noqa: E731
     return {
-        "support_x": rng.uniform([meta_batch, ways * shots, 28, 28, 1]),
+        "support_x": rng.uniform([meta_batch, ways * shots, *image]),
         "support_y": tf.reshape(labels(shots), [meta_batch, ways * shots]),
-        "query_x": rng.uniform([meta_batch, ways * queries, 28, 28, 1]),
+        "query_x": rng.uniform([meta_batch, ways * queries, *image]),
         "query_y": tf.reshape(labels(queries), [meta_batch, ways * queries]),
     }
 
@@ -79,10 +99,11 @@ def _parse_k(text: str) -> int | str:
 
 
 def _learner(w: dict, k, meta_batch: int | None = None):
-    model = models.omniglot_conv4(w["ways"], seed=0)
-    maml = MAML(model, inner_lr=0.4 if w["ways"] == 5 else 0.1, inner_steps=w["inner_steps"],
-                first_order=w["first_order"], tasks_in_parallel=k)
-    batch = _batch(w["ways"], w["shots"], w["queries"], meta_batch or w["meta_batch"])
+    model = models.conv4(w["ways"], image_size=w["image_size"], channels=w["channels"],
+                         filters=w["filters"], downsample=w["downsample"], head=w["head"], seed=0)
+    maml = MAML(model, inner_lr=w["inner_lr"], inner_steps=w["inner_steps"],
+                first_order=w["first_order"], bn_mode=w["bn_mode"], tasks_in_parallel=k)
+    batch = _batch(w, meta_batch or w["meta_batch"])
     return model, maml, batch
 
 
@@ -330,14 +351,17 @@ def executed_instructions(hlo: str, trips: int = 1) -> int:
     return count(entry)
 
 
-def op_count(meta_batch: int, k) -> dict:
-    """Executed HLO instructions of workload (a)'s meta-gradient step at ``meta_batch``."""
-    model, maml, batch = _learner(WORKLOADS["a"], k, meta_batch)
+def op_count(meta_batch: int, k, workload: str = "a") -> dict:
+    """Executed HLO instructions of ``workload``'s meta-gradient step at ``meta_batch``."""
+    w = WORKLOADS[workload]
+    model, maml, batch = _learner(w, k, meta_batch)
     step = tf.function(lambda b: maml.meta_step(b, global_batch_size=meta_batch).grads,
                        jit_compile=True)
     hlo = step.experimental_get_compiler_ir(batch)(stage="optimized_hlo")
-    group = maml.group_size(meta_batch, 10)
-    return {"benchmark": "ops_per_meta_iteration", "workload": "a", "meta_batch": meta_batch,
+    group = maml.group_size(meta_batch, w["ways"] * (w["shots"] + w["queries"]),
+                            second_order=not w["first_order"])
+    return {"benchmark": "ops_per_meta_iteration", "workload": workload,
+            "meta_batch": meta_batch,
             "tasks_in_parallel": str(k), "tasks_computed_together": group,
             "executed_hlo_instructions": executed_instructions(hlo, trips=meta_batch // group),
             "hlo_instructions_in_module": sum(1 for line in hlo.splitlines() if " = " in line)}
@@ -369,6 +393,8 @@ def main() -> None:
     parser.add_argument("--workloads", default="a,b,c,d")
     parser.add_argument("--tasks_in_parallel", default="1,4,all,auto")
     parser.add_argument("--ops", default="", help="meta-batch sizes for the op count, e.g. 8,16")
+    parser.add_argument("--ops_workload", default="a", choices=sorted(WORKLOADS),
+                        help="the workload whose ops are counted")
     parser.add_argument("--rss", action="store_true", help="peak RSS of (c) for each setting")
     parser.add_argument("--keras_fit", action="store_true",
                         help="MetaModel.fit against the trainer's loop on workload (a)")
@@ -395,7 +421,7 @@ def main() -> None:
             print(json.dumps(r), flush=True)
     for meta_batch in [int(b) for b in args.ops.split(",") if b]:
         for k in (1, "all"):
-            print(json.dumps(op_count(meta_batch, k)), flush=True)
+            print(json.dumps(op_count(meta_batch, k, args.ops_workload)), flush=True)
     if args.keras_fit:
         for r in measure_keras_fit("a", args.seconds, args.steps_per_loop, args.rounds):
             print(json.dumps(r), flush=True)

@@ -15,11 +15,11 @@ import tensorflow as tf
 H = 1e-6  # float64 central differences: truncation ~H^2, round-off ~1e-16/H
 
 
-def classification_batch(rng, tasks, shots, queries, ways, image):
+def classification_batch(rng, tasks, shots, queries, ways, image, channels=1):
     return {
-        "support_x": rng.normal(size=(tasks, shots * ways, image, image, 1)),
+        "support_x": rng.normal(size=(tasks, shots * ways, image, image, channels)),
         "support_y": np.tile(np.arange(ways), (tasks, shots)),
-        "query_x": rng.normal(size=(tasks, queries, image, image, 1)),
+        "query_x": rng.normal(size=(tasks, queries, image, image, channels)),
         "query_y": rng.integers(0, ways, (tasks, queries)),
     }
 
@@ -51,7 +51,7 @@ def default_objective(algo, batch) -> Callable[[], tf.Tensor]:
 
 
 def fd_errors(algo, batch, *, objective=None, coords=24, seed=0, grads=None,
-              variables=None):
+              variables=None, h=H):
     """Relative errors of (a random direction, individual coordinates) against finite differences.
 
     Args:
@@ -61,6 +61,9 @@ def fd_errors(algo, batch, *, objective=None, coords=24, seed=0, grads=None,
       coords: how many individual coordinates to check besides the random direction.
       grads: analytic gradients aligned with ``variables`` (default: ``algo.meta_gradients``).
       variables: what to perturb (default: every meta-variable, learned inner ones included).
+      h: the finite-difference step. With piecewise-linear activations the inner gradient jumps
+        where a unit crosses its kink, so the MAML loss has small jumps; a smaller step crosses
+        fewer of them (at the price of more round-off).
 
     Returns:
       ``(errors, number of coordinates checked, grads)``.
@@ -82,7 +85,7 @@ def fd_errors(algo, batch, *, objective=None, coords=24, seed=0, grads=None,
 
     def fd(delta):
         try:
-            return (loss_at([H * d for d in delta]) - loss_at([-H * d for d in delta])) / (2 * H)
+            return (loss_at([h * d for d in delta]) - loss_at([-h * d for d in delta])) / (2 * h)
         finally:
             for var, t in zip(variables, theta):
                 var.assign(t)

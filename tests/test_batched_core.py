@@ -152,6 +152,69 @@ def test_batched_forward_equals_per_task_stateless_calls(name, conv, training):
             np.testing.assert_allclose(a[t], b, rtol=2e-5, atol=2e-6)
 
 
+def _colour_models():
+    """The networks for colour images, at a test size (the layers of the full-size ones)."""
+    return {
+        "conv4": models.conv4(3, image_size=16, channels=3, filters=4, downsample="maxpool",
+                              head="flatten", seed=5),
+        "resnet12": models.resnet12(3, image_size=16, widths=(3, 4, 5, 6), seed=5),
+    }
+
+
+@pytest.mark.parametrize("name, dtype, conv, rtol", [
+    ("resnet12", "float32", "grouped", 2e-5),
+    ("resnet12", "float64", "patches", 1e-10),
+    ("conv4", "float32", "grouped", 2e-5),
+    pytest.param("conv4", "float64", "patches", 1e-10, marks=pytest.mark.slow),
+])
+def test_colour_networks_batched_forward_and_gradients_equal_per_task_calls(
+        float64, name, dtype, conv, rtol):
+    """Outputs, batch statistics and parameter gradients of T tasks at once, against the loop."""
+    keras.config.set_floatx(dtype)
+    keras.config.set_dtype_policy(dtype)
+    model = _colour_models()[name]
+    assert batched.unsupported_layers(model) == []
+    used = {type(layer).__name__ for layer in model.layers}
+    if name == "resnet12":
+        assert {"Conv2D", "Add", "LeakyReLU", "MaxPooling2D", "GlobalAveragePooling2D"} <= used
+        assert {layer.kernel_size for layer in model.layers
+                if isinstance(layer, keras.layers.Conv2D)} == {(1, 1), (3, 3)}
+    rng = np.random.default_rng(6)
+    tasks = 3
+    params = [tf.constant(v.numpy() + 0.1 * rng.normal(size=(tasks, *v.shape)), dtype)
+              for v in model.trainable_variables]
+    nt = [tf.constant(np.stack([v.numpy()] * tasks)) for v in model.non_trainable_variables]
+    x = tf.constant(rng.normal(size=(tasks, 5, 16, 16, 3)), dtype)
+    weights = tf.constant(rng.normal(size=(tasks, 5, 3)), dtype)  # a loss-like scalar per task
+    with tf.GradientTape() as tape:
+        tape.watch(params)
+        out, nt_after = batched.BatchedModel(model, conv=conv)(params, nt, x, training=True)
+        total = tf.reduce_sum(out * weights)
+    grads = tape.gradient(total, params)
+    for t in range(tasks):
+        task_params = [p[t] for p in params]
+        with tf.GradientTape() as tape:
+            tape.watch(task_params)
+            want, want_nt = model.stateless_call(task_params, [v[t] for v in nt], x[t],
+                                                 training=True)
+            task_total = tf.reduce_sum(want * weights[t])
+        want_grads = tape.gradient(task_total, task_params)
+        np.testing.assert_allclose(out[t], want, rtol=rtol, atol=rtol)
+        for a, b in zip(nt_after, want_nt):
+            np.testing.assert_allclose(a[t], b, rtol=rtol, atol=rtol)
+        # Relative to the largest gradient: conv4's biases before batch norm have a true
+        # gradient of 0, so theirs is round-off.
+        scale = max(float(np.max(np.abs(g))) for g in want_grads)
+        for a, b in zip(grads, want_grads):
+            np.testing.assert_allclose(a[t], b, rtol=rtol, atol=rtol * scale)
+    # Inference mode (moving statistics) too.
+    out, _ = batched.BatchedModel(model, conv=conv)(params, nt, x, training=False)
+    for t in range(tasks):
+        want, _ = model.stateless_call([p[t] for p in params], [v[t] for v in nt], x[t],
+                                       training=False)
+        np.testing.assert_allclose(out[t], want, rtol=rtol, atol=rtol)
+
+
 def test_unbatchable_layer_falls_back_to_one_task_at_a_time_and_says_which(caplog):
     inp = keras.Input((6,))
     x = keras.layers.Dense(8)(inp)

@@ -39,6 +39,37 @@ def test_bad_configs_are_rejected_naming_the_field():
         config_lib.validate(c)
 
 
+def test_model_fields_belong_to_their_network():
+    from tfmeta import config as config_lib
+
+    def config(**fields):
+        c = config_lib.base_config()
+        c.update_from_flattened_dict(fields)
+        return c
+
+    config_lib.validate(config(**{"model.name": "resnet12", "data.image_size": 84}))
+    config_lib.validate(config(**{"model.name": "resnet12", "data.image_size": 32,
+                                  "model.widths": (8, 16, 32, 64)}))
+    config_lib.validate(config(**{"model.downsample": "maxpool", "data.image_size": 16}))
+    assert config_lib.base_config().model.widths == (64, 160, 320, 640)
+    for widths in [(64, 160, 320), (64, 0, 320, 640), (64, 160, 320, 2.5), (64, 160, True, 640)]:
+        with pytest.raises(config_lib.ConfigError, match="'model.widths'.*four positive"):
+            config_lib.validate(config(**{"model.name": "resnet12", "data.image_size": 84,
+                                          "model.widths": widths}))
+    with pytest.raises(config_lib.ConfigError, match="'model.widths' applies to model 'resnet12'"):
+        config_lib.validate(config(**{"model.widths": (8, 16, 32, 64)}))
+    with pytest.raises(config_lib.ConfigError,
+                       match=r"\['model.downsample', 'model.head'\] apply to model 'conv4'"):
+        config_lib.validate(config(**{"model.name": "resnet12", "data.image_size": 84,
+                                      "model.downsample": "maxpool", "model.head": "flatten"}))
+    for fields in ({"model.name": "resnet12", "data.image_size": 12},
+                   {"model.downsample": "maxpool", "data.image_size": 15}):
+        with pytest.raises(config_lib.ConfigError, match="'data.image_size'.*at least 16x16"):
+            config_lib.validate(config(**fields))
+    c = config(**{"model.name": "resnet12", "model.widths": (8, 16, 32, 64)})
+    assert config_lib.from_json(config_lib.to_json(c)).model.widths == (8, 16, 32, 64)
+
+
 def test_config_json_round_trip():
     from tfmeta import config as config_lib
 

@@ -8,6 +8,7 @@ passes.
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from tfmeta import maml, models
 
@@ -90,3 +91,38 @@ def test_keras_batchnorm_gives_wrong_second_order_gradient(float64):
     tfmeta_errors, _ = _fd_errors(tfmeta_algo, batch, coords=8)
     assert tfmeta_errors.max() < 1e-6
     assert keras_errors.max() > 1e-4, keras_errors
+
+
+def _resnet12_objective(algo, batch, steps):
+    """The query loss after ``steps`` inner steps, all tasks at once (public API, eager).
+
+    Eager because tracing ResNet-12's adaptation in float64 takes far longer than the few
+    evaluations the check needs; the analytic side differentiates through the inner loop.
+    """
+    t = {k: tf.constant(v) for k, v in batch.items()}
+
+    def objective():
+        out = algo.adapt_and_predict(t["support_x"], t["support_y"], t["query_x"], steps=steps)
+        return tf.reduce_mean(algo.loss_fn(tf.reshape(t["query_y"], [-1]),
+                                           tf.reshape(out, [-1, out.shape[-1]])))
+    return objective
+
+
+@pytest.mark.parametrize("steps, tasks_in_parallel, h, tol, coords", [
+    pytest.param(1, "all", 1e-6, 1e-6, 6, id="1step-batched"),
+    # Two inner steps cross more kinks of LeakyReLU and max pooling (the inner gradient jumps
+    # there): a smaller step, whose round-off sets the tolerance.
+    pytest.param(2, "all", 1e-7, 1e-5, 24, id="2steps-batched", marks=pytest.mark.slow),
+    pytest.param(2, 1, 1e-7, 1e-5, 24, id="2steps-one-at-a-time", marks=pytest.mark.slow),
+])
+def test_resnet12_second_order_matches_finite_differences(float64, steps, tasks_in_parallel, h,
+                                                          tol, coords):
+    """Residual sums, 1x1 shortcuts, LeakyReLU, max and average pooling, 16 batch norms."""
+    model = models.resnet12(3, image_size=16, channels=3, widths=(2, 3, 4, 4), seed=1)
+    algo = maml.MAML(model, inner_lr=0.1, inner_steps=steps, tasks_in_parallel=tasks_in_parallel)
+    batch = classification_batch(np.random.default_rng(1), tasks=2, shots=2, queries=4, ways=3,
+                                 image=16, channels=3)
+    errors, n, _ = fd_errors(algo, batch, objective=_resnet12_objective(algo, batch, steps),
+                             coords=coords, h=h)
+    assert n == coords
+    assert errors.max() < tol, errors

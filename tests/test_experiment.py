@@ -66,3 +66,31 @@ def test_mamlpp_switches_come_from_the_class_unless_the_config_turns_them_off():
     options = off.algorithm.inner.options
     assert (options.learned_lr, options.per_step_bn) == ("none", False)
     assert not off.algorithm.multi_step_loss
+
+
+@pytest.mark.parametrize("overrides, layer, shape", [
+    ({"model.name": "resnet12", "data.image_size": 16, "model.widths": (2, 3, 4, 5)},
+     "block3_pool", (None, 1, 1, 5)),
+    ({"model.downsample": "maxpool", "model.head": "flatten", "data.image_size": 16},
+     "flatten", (None, 4)),
+])
+def test_model_registry_builds_each_network_from_the_config(overrides, layer, shape):
+    exp = _build(**overrides)
+    # The input takes the source's channels (1 for Omniglot) and size.
+    assert exp.model.input_shape == (None, 16, 16, 1)
+    assert exp.model.get_layer(layer).output.shape == shape
+    assert exp.model.output_shape == (None, exp.config.data.ways)
+
+
+def test_conv4_builder_passes_the_source_channels():
+    from tfmeta import config as config_lib, experiment, tasks
+
+    source = tasks.TaskSource(make_dataset=None, num_outputs=5, input_shape=(32, 32, 3),
+                              classification=True)
+    config = config_lib.base_config()
+    model = experiment.MODELS["conv4"](config, source, seed=0)
+    assert model.input_shape == (None, 32, 32, 3) and model.output_shape == (None, 5)
+    config.model.name = "resnet12"
+    config.model.widths = (2, 2, 2, 2)
+    model = experiment.MODELS["resnet12"](config, source, seed=0)
+    assert model.input_shape == (None, 32, 32, 3) and model.output_shape == (None, 5)

@@ -112,6 +112,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.filters = 64
     c.model.downsample = "stride"  # conv4: stride-2 convs (MAML) | maxpool (2x2 pooling, MAML++)
     c.model.head = "mean"  # conv4: mean of the last feature map | flatten (Reptile reference)
+    c.model.widths = (64, 160, 320, 640)  # resnet12: the four residual blocks' filters
 
     c.inner = ml_collections.ConfigDict()
     c.inner.lr = 0.4
@@ -234,6 +235,31 @@ def tasks_in_parallel(config: ml_collections.ConfigDict) -> int | str:
     return int(text) if text.isdigit() else text
 
 
+def _check_model(config: ml_collections.ConfigDict) -> None:
+    """The fields of ``model`` that belong to one network, and their sizes."""
+    widths = config.model.widths
+    if (not isinstance(widths, (tuple, list)) or len(widths) != 4
+            or not all(isinstance(w, int) and not isinstance(w, bool) and w > 0
+                       for w in widths)):
+        raise ConfigError(f"config field 'model.widths' is {widths!r}; it must be four positive "
+                          "integers (the filters of ResNet-12's four blocks)")
+    defaults = base_config().model
+    if config.model.name != "resnet12" and tuple(widths) != tuple(defaults.widths):
+        raise ConfigError(f"config field 'model.widths' applies to model 'resnet12'; "
+                          f"'model.name' is {config.model.name!r}")
+    if config.model.name == "resnet12":
+        changed = [f"model.{k}" for k in ("downsample", "head") if config.model[k] != defaults[k]]
+        if changed:
+            raise ConfigError(f"config fields {changed} apply to model 'conv4'; ResNet-12 has "
+                              "max pooling and a spatial mean (its widths are model.widths)")
+    # Four 2x2 max poolings (ResNet-12, conv4 with maxpool) need at least 16x16 inputs.
+    if ((config.model.name == "resnet12" or config.model.downsample == "maxpool")
+            and config.task != "sinusoid" and config.data.image_size < 16):
+        raise ConfigError(f"config field 'data.image_size' is {config.data.image_size}; "
+                          f"{config.model.name} with 2x2 max pooling in each of its four blocks "
+                          "needs images of at least 16x16")
+
+
 def _check_mamlpp(config: ml_collections.ConfigDict) -> None:
     """MAML++ switches belong to algorithm 'mamlpp' and need what they act on."""
     defaults = base_config().mamlpp
@@ -300,6 +326,7 @@ def validate(config: ml_collections.ConfigDict, *, num_replicas: int = 1,
     _one_of("model.downsample", config.model.downsample, DOWNSAMPLING)
     _one_of("model.head", config.model.head, HEADS)
     _check_tasks_in_parallel(config.train.tasks_in_parallel)
+    _check_model(config)
     _check_mamlpp(config)
     for name in ("inner.lr", "outer.lr", "inner.steps", "inner.eval_steps",
                  "train.meta_batch_size", "train.iterations", "train.steps_per_loop",

@@ -43,11 +43,16 @@ class Experiment:
 
 def _conv4(config: ml_collections.ConfigDict, source: tasks.TaskSource,
            **kwargs: Any) -> keras.Model:
-    return models.omniglot_conv4(source.num_outputs, image_size=source.input_shape[0],
-                                 channels=source.input_shape[-1],
-                                 filters=config.model.filters,
-                                 downsample=config.model.downsample,
-                                 head=config.model.head, **kwargs)
+    return models.conv4(source.num_outputs, image_size=source.input_shape[0],
+                        channels=source.input_shape[-1], filters=config.model.filters,
+                        downsample=config.model.downsample, head=config.model.head, **kwargs)
+
+
+def _resnet12(config: ml_collections.ConfigDict, source: tasks.TaskSource,
+              **kwargs: Any) -> keras.Model:
+    return models.resnet12(source.num_outputs, image_size=source.input_shape[0],
+                           channels=source.input_shape[-1], widths=tuple(config.model.widths),
+                           **kwargs)
 
 
 def _mlp(config: ml_collections.ConfigDict, source: tasks.TaskSource,
@@ -56,7 +61,8 @@ def _mlp(config: ml_collections.ConfigDict, source: tasks.TaskSource,
 
 
 # config.model.name -> builder(config, source, seed=..., [dtype=...]) of a built Keras model.
-MODELS: dict[str, Callable[..., keras.Model]] = {"conv4": _conv4, "mlp": _mlp}
+MODELS: dict[str, Callable[..., keras.Model]] = {
+    "conv4": _conv4, "resnet12": _resnet12, "mlp": _mlp}
 
 
 def build_model(config: ml_collections.ConfigDict, source: tasks.TaskSource) -> keras.Model:
