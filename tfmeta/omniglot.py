@@ -22,16 +22,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import io
 import os
-from collections.abc import Iterator
 
 import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
 
-from tfmeta import omniglot_builder
+from tfmeta import class_store, omniglot_builder
 from tfmeta.choices import SPLIT_SCHEMES
 from tfmeta.omniglot_builder import (  # noqa: F401  (re-exported)
     DRAWINGS_PER_CHARACTER,
@@ -109,28 +107,6 @@ def builder(
     )
 
 
-@contextlib.contextmanager
-def _preparation_lock(dataset_dir: str) -> Iterator[None]:
-    """Serialises preparation between processes sharing a local data dir.
-
-    Several workers of one machine (e.g. ``launch/local_cluster.sh``) start at once; without the
-    lock they would all prepare the dataset and all but one fail to rename their copy into place.
-    The first prepares, the others wait and then reuse it. Remote data dirs (``gs://``) are not
-    locked: prepare them once before starting a cluster.
-    """
-    if "://" in dataset_dir:
-        yield
-        return
-    lock_path = os.path.normpath(dataset_dir) + ".lock"
-    os.makedirs(os.path.dirname(lock_path), exist_ok=True)
-    with open(lock_path, "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
 def load(
     data_dir: str | os.PathLike | None = None,
     archives_dir: str | os.PathLike | None = None,
@@ -156,7 +132,8 @@ def load(
         FileNotFoundError: ``archives_dir`` lacks a required archive.
         ValueError: Unknown subset or bad image size.
     """
-    with _preparation_lock(builder(data_dir, archives_dir, image_size, subset).data_dir):
+    with class_store.preparation_lock(
+            builder(data_dir, archives_dir, image_size, subset).data_dir):
         # Built under the lock: a builder made before another process finished preparing would
         # not see the prepared splits.
         dataset_builder = builder(data_dir, archives_dir, image_size, subset)
