@@ -151,17 +151,19 @@ def load_config(spec: str):
     return module.get_config(variant) if variant else module.get_config()
 
 
-def parse_generated(source: str) -> tuple[int, int]:
-    """``generated:CLASSESxIMAGES`` -> (classes, images per class)."""
+def parse_generated(source: str) -> tuple[int, int, int | None]:
+    """``generated:CLASSESxIMAGES[/RECORDS_PER_SHARD]`` -> (classes, images, records or None)."""
     text = source.partition(":")[2]
     try:
-        classes, images = (int(v) for v in text.lower().split("x"))
+        size, _, records = text.partition("/")
+        classes, images = (int(v) for v in size.lower().split("x"))
+        records_per_shard = int(records) if records else None
     except ValueError:
-        raise SystemExit(f"--source={source!r}: expected generated:CLASSESxIMAGES, "
-                         "e.g. generated:100x600") from None
-    if classes <= 0 or images <= 0:
-        raise SystemExit(f"--source={source!r}: classes and images must be positive")
-    return classes, images
+        raise SystemExit(f"--source={source!r}: expected generated:CLASSESxIMAGES"
+                         "[/RECORDS_PER_SHARD], e.g. generated:100x600") from None
+    if classes <= 0 or images <= 0 or (records_per_shard is not None and records_per_shard <= 0):
+        raise SystemExit(f"--source={source!r}: classes, images and records must be positive")
+    return classes, images, records_per_shard
 
 
 def _generated_image(item: tuple[int, int, int], *, name: str, size: int, channels: int,
@@ -175,23 +177,33 @@ def prepare_generated(source: str, root: str, *, image_size: int, channels: int,
 
     The listing's items are ``(seed, class, image)``; ``_generated_image`` turns each into its
     pixels while the class is written, so memory holds no more than the class being prepared.
+    Shards hold ``RECORDS_PER_SHARD`` images when the source names it, else what
+    ``tfmeta.class_store`` writes (about 256 KB per shard).
     """
     from tfmeta import class_store
     from tfmeta.class_listing import ClassImages, Listing
 
-    classes, images = parse_generated(source)
+    classes, images, records_per_shard = parse_generated(source)
     listing = Listing(
         {SPLIT: [ClassImages(f"g{c:05d}", [(seed, c, i) for i in range(images)],
                              [f"g{c:05d}[{i}]" for i in range(images)])
                  for c in range(classes)]},
         fingerprint=f"{source} seed {seed}", origin="generated: random pixels, every class in "
                                                     "train")
-    directory = os.path.join(root, f"generated-{classes}x{images}-"
-                                   f"{image_size}x{image_size}x{channels}")
+    name = f"generated-{classes}x{images}-{image_size}x{image_size}x{channels}"
+    if records_per_shard:
+        name += f"-{records_per_shard}-per-shard"
+    directory = os.path.join(root, name)
     if not os.path.exists(os.path.join(directory, class_store.SPEC_FILE)):
         print(f"Writing {classes} x {images} generated images to {directory}", file=sys.stderr)
-    return class_store.prepare(listing, directory, image_size=image_size, channels=channels,
-                               source=source, decode=_generated_image)
+    target = class_store.TARGET_SHARD_BYTES
+    if records_per_shard:
+        class_store.TARGET_SHARD_BYTES = records_per_shard * image_size * image_size * channels
+    try:
+        return class_store.prepare(listing, directory, image_size=image_size, channels=channels,
+                                   source=source, decode=_generated_image)
+    finally:
+        class_store.TARGET_SHARD_BYTES = target
 
 
 def prepare_source(source: str, config, prepared_dir: str):
@@ -276,7 +288,7 @@ def storage_child(args: argparse.Namespace) -> None:
     classes = _usable(prepared, spec.drawings_per_class)
     images = sum(prepared.classes[SPLIT][c].count for c in classes)
     print(json.dumps({
-        "source": prepared.source, "storage": args.storage_child, "split": SPLIT,
+        "source": args.source[0], "storage": args.storage_child, "split": SPLIT,
         "classes": len(classes), "images": images,
         "dataset_bytes": images * prepared.record_bytes,
         "image_shape": list(prepared.image_shape), "ways": spec.ways, "shots": spec.shots,
@@ -364,8 +376,8 @@ def memory_mode_fits(dataset_bytes: int) -> tuple[bool, dict]:
     return available is None or predicted <= MEMORY_FRACTION * available, facts
 
 
-def _run_child(args: argparse.Namespace, storage: str, directory: str) -> dict:
-    command = [sys.executable, os.path.abspath(__file__), f"--source={args.source}",
+def _run_child(args: argparse.Namespace, source: str, storage: str, directory: str) -> dict:
+    command = [sys.executable, os.path.abspath(__file__), f"--source={source}",
                f"--config={args.config}", f"--seconds={args.seconds}",
                f"--storage_child={storage}", f"--prepared_path={directory}"]
     if args.batch_size:
@@ -375,10 +387,30 @@ def _run_child(args: argparse.Namespace, storage: str, directory: str) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def _skipped_memory_mode(args: argparse.Namespace, config, source: str, prepared) -> dict | None:
+    """The line of a memory mode that would not fit (None if it fits or is not checked)."""
+    if not args.memory_check:
+        return None
+    needed = episode_spec(config).drawings_per_class
+    dataset_bytes = sum(prepared.classes[SPLIT][c].count
+                        for c in _usable(prepared, needed)) * prepared.record_bytes
+    fits, facts = memory_mode_fits(dataset_bytes)
+    if fits:
+        return None
+    return {"source": source, "storage": "memory", "split": SPLIT,
+            "dataset_bytes": dataset_bytes, "skipped": True,
+            "reason": f"predicted peak RSS {facts['predicted_peak_rss_mb']} MB "
+                      f"({MEMORY_MODE_PEAK_FACTOR}x the split's pixels + {MEMORY_MODE_BASE_MB} "
+                      f"MB) exceeds {MEMORY_FRACTION:.0%} of the {facts['mem_available_mb']} MB "
+                      "available",
+            **facts, "load_average": _load()}
+
+
 def source_benchmark(args: argparse.Namespace) -> None:
     config = load_config(args.config)
     config_name = os.path.relpath(args.config, REPO)
-    prepared = prepare_source(args.source, config, args.prepared_dir)
+    prepared = {source: prepare_source(source, config, args.prepared_dir)
+                for source in args.source}
     if args.training_tasks_per_second:
         training = {"training_tasks_per_second": args.training_tasks_per_second,
                     "training_measured": False}
@@ -387,44 +419,41 @@ def source_benchmark(args: argparse.Namespace) -> None:
                                        args.steps_per_loop), "training_measured": True}
     print(json.dumps({"benchmark": "training", "config": config_name, **training}),
           file=sys.stderr, flush=True)
-    common = {"config": config_name, "prepared_dir": prepared.directory,
-              "cpus": os.cpu_count(), **training}
-    storages, results = list(args.storage), {}
-    if "memory" in storages and args.memory_check:
-        needed = episode_spec(config).drawings_per_class
-        dataset_bytes = sum(prepared.classes[SPLIT][c].count
-                            for c in _usable(prepared, needed)) * prepared.record_bytes
-        fits, facts = memory_mode_fits(dataset_bytes)
-        if not fits:
-            storages.remove("memory")
-            results["memory"] = {
-                "source": args.source, "storage": "memory", "split": SPLIT,
-                "dataset_bytes": dataset_bytes, "skipped": True,
-                "reason": f"predicted peak RSS {facts['predicted_peak_rss_mb']} MB "
-                          f"({MEMORY_MODE_PEAK_FACTOR}x the split's pixels + "
-                          f"{MEMORY_MODE_BASE_MB} MB) exceeds {MEMORY_FRACTION:.0%} of the "
-                          f"{facts['mem_available_mb']} MB available",
-                **facts, "load_average": _load()}
-    # Rounds alternate the modes (each in a fresh process) so that the machine's drift in speed
-    # is shared between them.
-    runs: dict[str, list[dict]] = {storage: [] for storage in storages}
+    results: dict[tuple[str, str], dict] = {}
+    settings = []
+    for source in args.source:
+        for storage in args.storage:
+            skipped = (_skipped_memory_mode(args, config, source, prepared[source])
+                       if storage == "memory" else None)
+            if skipped:
+                results[(source, storage)] = skipped
+            else:
+                settings.append((source, storage))
+    # Rounds alternate the settings (each in a fresh process) so that the machine's drift in
+    # speed is shared between them.
+    runs: dict[tuple[str, str], list[dict]] = {setting: [] for setting in settings}
     for r in range(args.rounds):
-        for storage in storages[r % len(storages):] + storages[:r % len(storages)]:
-            runs[storage].append(_run_child(args, storage, prepared.directory))
-    for storage in storages:
-        record = dict(runs[storage][0])
-        rates = [run["episodes_per_second"] for run in runs[storage]]
+        shift = r % max(1, len(settings))
+        for source, storage in settings[shift:] + settings[:shift]:
+            runs[(source, storage)].append(
+                _run_child(args, source, storage, prepared[source].directory))
+    for setting in settings:
+        record = dict(runs[setting][0])
+        rates = [run["episodes_per_second"] for run in runs[setting]]
         record.update(
             episodes_per_second=round(sum(rates) / len(rates), 1),
             episodes_per_second_by_round=rates, rounds=args.rounds,
-            peak_rss_mb=max(run["peak_rss_mb"] for run in runs[storage]),
-            load_average=[run["load_average"] for run in runs[storage]])
+            peak_rss_mb=max(run["peak_rss_mb"] for run in runs[setting]),
+            load_average=[run["load_average"] for run in runs[setting]])
         ratio = record["episodes_per_second"] / training["training_tasks_per_second"]
         record.update(ratio=round(ratio, 2), required_ratio=args.required_ratio,
                       meets_required_ratio=ratio >= args.required_ratio)
-        results[storage] = record
-    for storage in args.storage:
-        print(json.dumps({**results[storage], **common}), flush=True)
+        results[setting] = record
+    for source in args.source:
+        for storage in args.storage:
+            print(json.dumps({**results[(source, storage)], "config": config_name,
+                              "prepared_dir": prepared[source].directory,
+                              "cpus": os.cpu_count(), **training}), flush=True)
 
 
 def main() -> None:
@@ -435,8 +464,9 @@ def main() -> None:
                              "for --source)")
     parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS))
     parser.add_argument("--no_baseline", action="store_true", help="skip the per-episode baseline")
-    parser.add_argument("--source", default="",
-                        help="a data.source string, or generated:CLASSESxIMAGES")
+    parser.add_argument("--source", nargs="+", default=[],
+                        help="data.source strings, or generated:CLASSESxIMAGES[/RECORDS_PER_SHARD]"
+                             " (several: measured in the same run)")
     parser.add_argument("--storage", nargs="+", default=list(STORAGES), choices=STORAGES)
     parser.add_argument("--config", default=DEFAULT_CONFIG,
                         help="config (path.py[:variant]) of the episodes and the training step")
@@ -463,6 +493,8 @@ def main() -> None:
     parser.add_argument("--prepared_path", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.storage_child:
+        if len(args.source) != 1:
+            parser.error("a storage mode is measured on one source")
         storage_child(args)
     elif args.source:
         source_benchmark(args)

@@ -76,3 +76,7 @@ def test_generated_sources_are_reproducible_and_reused(tmp_path):
     np.testing.assert_array_equal(again.read("train", [0, 1, 2]), images)
     with pytest.raises(SystemExit, match="CLASSESxIMAGES"):
         bench.parse_generated("generated:100")
+    small = bench.prepare_generated("generated:3x5/2", str(tmp_path), image_size=8, channels=3)
+    assert small.records_per_shard == 2
+    assert [len(c.shards) for c in small.classes["train"]] == [3, 3, 3]
+    assert small.directory != prepared.directory
