@@ -24,15 +24,17 @@ mix. ``--source`` is any ``data.source`` string (``folder:PATH``, ``tfds:NAME``,
 ``miniimagenet:PATH``, ...), prepared into ``--prepared_dir`` as training would, or
 ``generated:CLASSESxIMAGES`` (e.g. ``generated:100x600``, mini-ImageNet's size): that many classes,
 all in the train split, of random uint8 images at the config's size, written directly as prepared
-shards into ``--prepared_dir`` (reused when present). In the same run it measures the tasks/s of
-the config's meta-training steps (the trainer's compiled loop on a repeated synthetic batch of the
-config's shape) and prints one JSON line per storage mode with
-``ratio = episodes_per_second / training_tasks_per_second`` and whether it reaches
-``--required_ratio``.
+shards into ``--prepared_dir`` (reused when present); ``generated:CLASSESxIMAGES/N`` writes N
+images per shard. Several sources are measured in one run, their settings alternating over
+``--rounds``. In the same run it measures the tasks/s of the config's meta-training steps (the
+trainer's compiled loop on a repeated synthetic batch of the config's shape) and prints one JSON
+line per (source, storage mode) with ``ratio = episodes_per_second / training_tasks_per_second``
+and whether it reaches ``--required_ratio``. Memory mode is skipped, and its line says why, when
+its predicted peak does not fit in the memory available. Results: docs/performance.md.
 
 Usage:
     python benchmarks/episodes.py --seconds 10 --batch_size 32
-    python benchmarks/episodes.py --source=generated:100x600 --prepared_dir=/tmp/prepared
+    python benchmarks/episodes.py --source generated:100x600 generated:500x600 --rounds 2
 """
 
 from __future__ import annotations
