@@ -52,8 +52,8 @@ import time
 
 import numpy as np
 
-# TensorFlow is imported where it is used: preparing a source and starting the measurements of
-# each storage mode (fresh processes) need none in the parent process.
+# TensorFlow is imported where it is used: with --source the parent process only prepares the
+# sources, measures training and starts a fresh process per storage mode.
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKLOADS = {
     "5way1shot": dict(ways=5, shots=1, queries=15),
