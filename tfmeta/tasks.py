@@ -159,7 +159,8 @@ def _images(config: ml_collections.ConfigDict) -> TaskSource:
                 f"split {split!r} of {d.source!r} has no class with at least {needed} images "
                 "(shots + queries); see the data summary")
         if in_memory():
-            return episodes.ImagePool(p.read(split, classes), counts)
+            # One tensor, no NumPy copy kept beside it: the pool is the run's largest object.
+            return episodes.ImagePool(tf.convert_to_tensor(p.read(split, classes)), counts)
         files, first = p.files(split, classes)
         return episodes.ShardPool(files, first, counts, p.records_per_shard, p.image_shape)
 
