@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import json
 import os
 import resource
@@ -51,6 +50,8 @@ import tempfile
 import time
 
 import numpy as np
+
+from tfmeta.config import load_file as load_config
 
 # TensorFlow is imported where it is used: with --source the parent process only prepares the
 # sources, measures training and starts a fresh process per storage mode.
@@ -144,15 +145,6 @@ def omniglot_workloads(args: argparse.Namespace) -> None:
 
 
 # ------------------------------------------------------------------ prepared image sources
-def load_config(spec: str):
-    """Loads ``path.py[:variant]`` the way ``--config`` of the binaries does."""
-    path, _, variant = spec.partition(":")
-    module_spec = importlib.util.spec_from_file_location("tfmeta_benchmark_config", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module.get_config(variant) if variant else module.get_config()
-
-
 def parse_generated(source: str) -> tuple[int, int, int | None]:
     """``generated:CLASSESxIMAGES[/RECORDS_PER_SHARD]`` -> (classes, images, records or None)."""
     text = source.partition(":")[2]

@@ -22,7 +22,6 @@ by ``tfmeta.evaluate`` (see ``--print_trainer_commands``).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import sys
@@ -37,20 +36,12 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from tfmeta import evaluation, experiment, omniglot  # noqa: E402
+from tfmeta.config import load_file as load_config  # noqa: E402
 from tfmeta.keras import MetaModel  # noqa: E402
 
 STEPS_PER_EPOCH = 100
 VALIDATE_EVERY_EPOCHS = 5
 VALIDATION_EPISODES = 200
-
-
-def load_config(spec: str):
-    """Loads ``path.py[:variant]`` the way ``--config`` of the binaries does."""
-    path, _, variant = spec.partition(":")
-    module_spec = importlib.util.spec_from_file_location("tfmeta_benchmark_config", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module.get_config(variant) if variant else module.get_config()
 
 
 def main() -> None:

@@ -13,20 +13,12 @@ runs as its own process. With "dump", the trained model's variables are written 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 
 import numpy as np
 
-
-def load_config(spec: str):
-    """Loads ``path.py[:variant]`` the way ml_collections' config_flags does."""
-    path, _, variant = spec.partition(":")
-    module_spec = importlib.util.spec_from_file_location("tfmeta_test_config", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module.get_config(variant) if variant else module.get_config()
+from tfmeta.config import load_file as load_config
 
 
 def synthetic_omniglot(image_size: int, num_characters: int = 1623, seed: int = 0):

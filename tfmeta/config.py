@@ -505,20 +505,31 @@ def check_split_classes(config: ml_collections.ConfigDict,
                 f"only {classes} characters, so ways must be <= {classes}")
 
 
+def _load_module(path: str, name: str) -> Any:
+    """Executes a config file as a module (config files are loaded by path, not imported)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def sibling_config(config_file: str, name: str) -> Any:
     """Loads the config module ``name`` next to ``config_file`` (one config file reusing another).
 
     Config files are loaded by path (``--config=configs/x.py``), not imported as a package, so a
     config that extends another loads it the same way.
     """
-    import importlib.util
-    import os
-
     path = os.path.join(os.path.dirname(os.path.abspath(config_file)), name)
-    spec = importlib.util.spec_from_file_location(f"tfmeta_configs_{name[:-3]}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return _load_module(path, f"tfmeta_configs_{name[:-3]}")
+
+
+def load_file(spec: str) -> ml_collections.ConfigDict:
+    """Loads ``path.py[:variant]`` the way the binaries' ``--config`` flag does (scripts, tests)."""
+    path, _, variant = spec.partition(":")
+    module = _load_module(path, "tfmeta_loaded_config")
+    return module.get_config(variant) if variant else module.get_config()
 
 
 def to_json(config: ml_collections.ConfigDict) -> str:
