@@ -18,6 +18,8 @@ import tensorflow as tf
 
 from tfmeta import batched, layers, maml, models, reptile
 
+from tests.helpers import subprocess_env
+
 TASKS = 5  # groups of 2 and 3 leave an uneven last group
 
 
@@ -84,7 +86,8 @@ def test_grouped_under_tf_function_and_xla_equals_eager_loop(float64, mode):
 def test_grouped_convolution_float32_equals_one_task_at_a_time():
     """The accelerator formulation (grouped convolution) in float32, against the loop."""
     model = models.omniglot_conv4(5, image_size=12, filters=8, seed=2)
-    assert batched.conv_implementation(tf.float32) == "grouped"
+    expected = "grouped" if batched.cpu_grouped_conv_gradients() else "patches"
+    assert batched.conv_implementation(tf.float32) == expected
     batch = _batch(np.random.default_rng(2), dtype="float32", ways=5, shots=1, image=12)
     for name in ("maml", "fomaml", "reptile_sgd"):
         reference = ALGORITHMS[name](model, 1).meta_step(batch)
@@ -161,10 +164,11 @@ def _colour_models():
     }
 
 
+# "auto": grouped convolutions where this CPU can differentiate them (oneDNN), else im2col.
 @pytest.mark.parametrize("name, dtype, conv, rtol", [
-    ("resnet12", "float32", "grouped", 2e-5),
+    ("resnet12", "float32", "auto", 2e-5),
     ("resnet12", "float64", "patches", 1e-10),
-    ("conv4", "float32", "grouped", 2e-5),
+    ("conv4", "float32", "auto", 2e-5),
     pytest.param("conv4", "float64", "patches", 1e-10, marks=pytest.mark.slow),
 ])
 def test_colour_networks_batched_forward_and_gradients_equal_per_task_calls(
@@ -297,3 +301,44 @@ def test_mirrored_two_devices_batched_equals_one_device_loop(bn_mode):
     assert int(replicas) == 2
     assert float(err) < 1e-10 and float(err_nt) < 1e-10, line
     assert float(err_m) < 1e-6, line  # metrics are float32 by contract
+
+
+_ONEDNN = r"""
+import numpy as np, tensorflow as tf
+from tfmeta import batched, maml, models
+model = models.conv4(5, 12, 1, 8, seed=0)
+rng = np.random.default_rng(0)
+batch = {"support_x": tf.constant(rng.random((2, 5, 12, 12, 1)), tf.float32),
+         "support_y": tf.constant(np.tile(np.arange(5), (2, 1))),
+         "query_x": tf.constant(rng.random((2, 15, 12, 12, 1)), tf.float32),
+         "query_y": tf.constant(np.tile(np.arange(5), (2, 3)))}
+loop = maml.MAML(model, inner_lr=0.4, inner_steps=2, tasks_in_parallel=1).meta_step(batch)
+together = maml.MAML(model, inner_lr=0.4, inner_steps=2, tasks_in_parallel="all")
+got = tf.function(together.meta_step)(batch)
+scale = max(float(np.max(np.abs(g))) for g in loop.grads)
+err = max(float(np.max(np.abs(a - b))) for a, b in zip(got.grads, loop.grads)) / scale
+auto = maml.MAML(model, inner_lr=0.4, inner_steps=2).group_size(4, 10)
+print("PROBE", batched.cpu_grouped_conv_gradients(), batched.conv_implementation(tf.float32),
+      auto, err)
+"""
+
+
+@pytest.mark.parametrize("onednn", ["0", "1"])
+def test_tasks_together_with_and_without_onednn(onednn):
+    """TensorFlow's own CPU kernels have no grouped-convolution gradients, oneDNN's have.
+
+    Which one a machine gets depends on its CPU (TensorFlow enables oneDNN by default only on
+    some x86 CPUs): without it, tasks computed together fall back to im2col and "auto" computes
+    them one at a time; with it, grouped convolutions. Either way the meta-gradient is the loop's.
+    """
+    env = subprocess_env(TF_ENABLE_ONEDNN_OPTS=onednn)
+    result = subprocess.run([sys.executable, "-c", _ONEDNN], capture_output=True, text=True,
+                            timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    line = [s for s in result.stdout.splitlines() if s.startswith("PROBE")][0]
+    _, probe, implementation, auto, err = line.split()
+    if onednn == "0":
+        assert (probe, implementation, auto) == ("False", "patches", "1"), line
+    elif probe == "True":  # oneDNN is x86-only: elsewhere the flag changes nothing
+        assert (implementation, auto) == ("grouped", "4"), line
+    assert float(err) < 1e-4, line

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import tensorflow as tf
 
-from tfmeta import maml, models
+from tfmeta import batched, maml, models
 
 
 def test_all_needs_a_static_number_of_tasks():
@@ -28,11 +28,18 @@ def test_auto_rule_is_documented_and_bounded():
     assert grouping.auto_tasks_in_parallel(32, 2) == min(grouping.CPU_GROUP, 32)
     assert grouping.auto_tasks_in_parallel(16, 400) == 16
     assert grouping.auto_tasks_in_parallel(16, 4, second_order=False) == 1
+    assert grouping.auto_tasks_in_parallel(16, 400, grouped_conv=False) == 1
     algo = maml.MAML(models.omniglot_conv4(5, filters=4, seed=0), inner_lr=0.4, inner_steps=1)
     assert algo.tasks_in_parallel == "auto"
-    assert algo.group_size(3, examples_per_task=2) == 3
-    assert algo.group_size(32, examples_per_task=80) == 32
+    # A CPU build without grouped-convolution gradients (no oneDNN) computes conv tasks one at a
+    # time; models without convolutions are grouped either way.
+    grouped = batched.cpu_grouped_conv_gradients()
+    assert algo.group_size(3, examples_per_task=2) == (3 if grouped else 1)
+    assert algo.group_size(32, examples_per_task=80) == (32 if grouped else 1)
     assert algo.group_size(32, examples_per_task=80, second_order=False) == 1
+    mlp = maml.MAML(models.sinusoid_mlp(hidden=(4,), seed=0), inner_lr=0.1, inner_steps=1,
+                    loss="mse")
+    assert mlp.group_size(32, examples_per_task=80) == 32
 
 
 def test_group_size_is_decided_in_one_place():

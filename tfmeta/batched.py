@@ -7,8 +7,9 @@ model's layer graph with weights that carry a leading task axis ``T``:
 
 * ``Conv2D``: the tasks are folded into the channel axis, ``[N, H, W, T*C]``, and one grouped
   convolution (``feature_group_count = T``) applies task ``t``'s filters to task ``t``'s channels.
-  Where TensorFlow has no grouped-convolution gradient (float64 on CPU) an equivalent
-  im2col formulation (strided slices and one batched matmul) is used instead.
+  Where TensorFlow has no grouped-convolution gradient (float64 on CPU, and float32 on CPU
+  builds without oneDNN's kernels) an equivalent im2col formulation (strided slices and one
+  batched matmul) is used instead.
 * ``Dense``: one batched matmul ``[T, M, C] @ [T, C, F]``.
 * :class:`tfmeta.layers.BatchNorm`: moments per task, with the same formula as the layer.
 * Layers without weights (activations, pooling, flatten/reshape, merges, ...) run on the tasks
@@ -23,6 +24,8 @@ Activations between layers are kept either "task-major" ``[T, N, ...]`` or "chan
 
 from __future__ import annotations
 
+import concurrent.futures
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -190,12 +193,58 @@ def _conv_patches(x: tf.Tensor, kernel: tf.Tensor, layer: keras.layers.Conv2D) -
     return tf.reshape(y, [*lead, out_h, out_w, kernel.shape[-1]])
 
 
+@functools.lru_cache(maxsize=None)
+def cpu_grouped_conv_gradients() -> bool:
+    """Whether this CPU build of TensorFlow differentiates grouped convolutions (float32).
+
+    Only oneDNN's kernels do: TensorFlow's own ``Conv2DBackpropInput`` / ``Filter`` refuse groups
+    on CPU ("Gradients for grouped convolutions are not supported on CPU"), and TensorFlow turns
+    oneDNN on by default only on some x86 CPUs (those with AVX-512 neural-network extensions) or
+    with ``TF_ENABLE_ONEDNN_OPTS=1``. So it is probed once per process: a second-order gradient
+    of a two-group convolution, as the inner loop needs it. The probe runs eagerly in a thread of
+    its own, since it may be asked while a ``tf.function`` is traced (where ``tf.init_scope``
+    would pause the tapes it needs).
+    """
+    def probe() -> bool:
+        with tf.device("/CPU:0"):
+            x, w = tf.ones([1, 3, 3, 2]), tf.ones([2, 2, 1, 2])
+            try:
+                with tf.GradientTape() as outer:
+                    outer.watch([x, w])
+                    with tf.GradientTape() as inner:
+                        inner.watch([x, w])
+                        y = tf.reduce_sum(tf.square(tf.nn.conv2d(x, w, 1, "VALID")))
+                    gx, gw = inner.gradient(y, [x, w])
+                    z = tf.reduce_sum(gx * gx) + tf.reduce_sum(gw * gw)
+                for g in outer.gradient(z, [x, w]):
+                    g.numpy()
+            except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError):
+                return False
+        return True
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(probe).result()
+
+
 def conv_implementation(dtype: tf.DType) -> str:
-    """"grouped" convolutions, except for float64 on CPU where TensorFlow has no gradient."""
-    if tf.as_dtype(dtype) == tf.float64 and not (tf.config.list_logical_devices("GPU")
-                                                  or tf.config.list_logical_devices("TPU")):
+    """"grouped" convolutions where TensorFlow can differentiate them, else "patches".
+
+    On a GPU or TPU always "grouped". On CPU "patches" for float64 (no grouped-convolution
+    gradient in any CPU kernel) and for float32 where the build has none either
+    (:func:`cpu_grouped_conv_gradients`).
+    """
+    if tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU"):
+        return "grouped"
+    if tf.as_dtype(dtype) == tf.float64 or not cpu_grouped_conv_gradients():
         return "patches"
     return "grouped"
+
+
+def has_conv(model: keras.Layer) -> bool:
+    """Whether ``model`` (nested models included) has a ``Conv2D`` layer."""
+    return any(isinstance(layer, keras.layers.Conv2D)
+               or (isinstance(layer, keras.Model) and has_conv(layer))
+               for layer in _sublayers(model))
 
 
 class BatchedModel:

@@ -54,7 +54,7 @@ def on_accelerator() -> bool:
 
 
 def auto_tasks_in_parallel(num_tasks: int, examples_per_task: int, *,
-                           second_order: bool = True) -> int:
+                           second_order: bool = True, grouped_conv: bool = True) -> int:
     """The ``"auto"`` rule: how many tasks to compute together.
 
     On a GPU or TPU every task of the local meta-batch at once: there the loop over tasks is what
@@ -64,16 +64,21 @@ def auto_tasks_in_parallel(num_tasks: int, examples_per_task: int, *,
     * second-order meta-gradients: groups of :data:`CPU_GROUP` tasks when a task has at most
       :data:`CPU_GROUP_MAX_EXAMPLES` support + query examples, else all at once (larger tasks
       amortise the grouped convolutions' overhead);
-    * first order (first-order MAML, Reptile, evaluation): one task at a time.
+    * first order (first-order MAML, Reptile, evaluation): one task at a time;
+    * one task at a time, too, for a convolutional model on a CPU build that cannot differentiate
+      grouped convolutions (no oneDNN): the batched pass would then use im2col, measured 2-4x
+      slower than the loop.
 
     Args:
       num_tasks: tasks in the local meta-batch.
       examples_per_task: support plus query examples of one task.
       second_order: whether the computation differentiates through the inner loop.
+      grouped_conv: whether the batched pass runs the model's convolutions as grouped
+        convolutions (:func:`tfmeta.batched.conv_implementation`); True for models without any.
     """
     if on_accelerator():
         return num_tasks
-    if not second_order:
+    if not second_order or not grouped_conv:
         return 1
     if examples_per_task <= CPU_GROUP_MAX_EXAMPLES:
         return min(CPU_GROUP, num_tasks)
@@ -82,7 +87,8 @@ def auto_tasks_in_parallel(num_tasks: int, examples_per_task: int, *,
 
 def group_size(tasks_in_parallel: int | str, num_tasks: int | None,
                examples_per_task: int | None = None, *, batched: bool = True,
-               second_order: bool = True, serving: bool = False) -> int | None:
+               second_order: bool = True, serving: bool = False,
+               grouped_conv: bool = True) -> int | None:
     """Tasks computed together for a batch of ``num_tasks`` tasks (None: all, however many).
 
     Args:
@@ -93,6 +99,7 @@ def group_size(tasks_in_parallel: int | str, num_tasks: int | None,
       second_order: whether the computation differentiates through the inner loop.
       serving: adaptation for predictions (no meta-gradient, no metrics): a fixed integer
         setting is kept, anything else computes every task of the request together.
+      grouped_conv: see :func:`auto_tasks_in_parallel`.
 
     Raises:
       ValueError: ``"all"`` with a number of tasks unknown when the graph is built.
@@ -105,7 +112,8 @@ def group_size(tasks_in_parallel: int | str, num_tasks: int | None,
     if k == "auto":
         if num_tasks is None:
             return None if on_accelerator() else 1
-        k = auto_tasks_in_parallel(num_tasks, examples_per_task or 0, second_order=second_order)
+        k = auto_tasks_in_parallel(num_tasks, examples_per_task or 0, second_order=second_order,
+                                   grouped_conv=grouped_conv)
     if k == "all":
         if num_tasks is None:
             raise ValueError(

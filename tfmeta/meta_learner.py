@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 import keras
 import tensorflow as tf
 
-from tfmeta import grouping, inner_loop, task_batch
+from tfmeta import batched, grouping, inner_loop, task_batch
 from tfmeta.choices import BN_MODES
 from tfmeta.task_batch import positive_float, positive_int
 from tfmeta import functional as F
@@ -99,6 +99,9 @@ class MetaLearner:
                                batched_forward=self.tasks_in_parallel != 1)
         if self.inner.unsupported:
             inner_loop.log_fallback(model, self.inner.unsupported)
+        # Whether a task-batched pass can run grouped convolutions (the "auto" rule's input).
+        self._grouped_conv = (not batched.has_conv(model) or grouping.on_accelerator()
+                              or batched.cpu_grouped_conv_gradients())
         self.loss_name = self.inner.loss_name
         self.loss_fn = self.inner.loss_fn
         self.accuracy_fn = self.inner.accuracy_fn
@@ -140,7 +143,7 @@ class MetaLearner:
         """Tasks computed together for a batch of ``num_tasks`` (None: all, however many)."""
         return grouping.group_size(self.tasks_in_parallel, num_tasks, examples_per_task,
                                    batched=self.inner.batched is not None,
-                                   second_order=second_order)
+                                   second_order=second_order, grouped_conv=self._grouped_conv)
 
     # ----------------------------------------------------------------------- input checks
     def _check_batch(self, batch: Mapping[str, tf.Tensor]) -> Task:
