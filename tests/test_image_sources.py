@@ -100,8 +100,69 @@ def test_non_images_empty_folders_and_stray_files_are_skipped_and_recorded(tmp_p
     reasons = {os.path.basename(path): why for path, why in listing.skipped}
     assert reasons == {"notes.txt": "not an image file (by its extension)",
                        "README.md": "a file outside any class folder",
-                       "empty": "empty class folder (no image files)"}
+                       "empty": "empty class folder (no image files)",
+                       ".hidden": image_sources.HIDDEN_FOLDER}
     assert [len(c.items) for c in listing.splits["train"]] == [3, 3]
+
+
+def test_hidden_files_and_folders_are_recorded_not_read(tmp_path):
+    root = write_class_folders(tmp_path / "p", [3, 3])
+    (tmp_path / "p" / "class00" / ".DS_Store").write_bytes(b"x")
+    write_class_folders(tmp_path / "p" / "class01" / ".thumbnails", [1])
+    listing = image_sources.folder_listing(root, fractions=(1.0, 0.0, 0.0))
+    assert sorted(listing.skipped) == [
+        (str(tmp_path / "p" / "class00" / ".DS_Store"), image_sources.HIDDEN_FILE),
+        (str(tmp_path / "p" / "class01" / ".thumbnails"), image_sources.HIDDEN_FOLDER)]
+    assert [len(c.items) for c in listing.splits["train"]] == [3, 3]
+
+
+def test_symlinked_subfolders_are_followed_once_and_cycles_recorded(tmp_path):
+    root = write_class_folders(tmp_path / "p", [2, 2])
+    write_class_folders(tmp_path / "elsewhere", [3])
+    os.symlink(tmp_path / "elsewhere" / "class00", tmp_path / "p" / "class00" / "more")
+    # The same folder twice in one class, and a link back up: kept once, not looped.
+    os.symlink(tmp_path / "elsewhere" / "class00", tmp_path / "p" / "class00" / "again")
+    os.symlink(tmp_path / "p" / "class01", tmp_path / "p" / "class01" / "loop")
+    listing = image_sources.folder_listing(root, fractions=(1.0, 0.0, 0.0))
+    counts = {c.name: len(c.items) for c in listing.splits["train"]}
+    assert counts == {"class00": 5, "class01": 2}
+    reasons = sorted(why.split(" ")[0:3] for _, why in listing.skipped)
+    assert reasons == [["a", "link", "back"]] + [["the", "same", "file"]] * 3
+    # The fingerprint sees the linked files too, so a change there prepares anew.
+    before = image_sources._stat_fingerprint(root)
+    (tmp_path / "elsewhere" / "class00" / "000.png").write_bytes(b"changed")
+    assert image_sources._stat_fingerprint(root) != before
+
+
+def test_a_symlinked_class_folder_in_two_splits_is_refused(tmp_path):
+    write_class_folders(tmp_path / "d" / "train", [2, 2])
+    os.makedirs(tmp_path / "d" / "val")
+    os.makedirs(tmp_path / "d" / "test")
+    os.symlink(tmp_path / "d" / "train" / "class01", tmp_path / "d" / "val" / "birds")
+    os.symlink(tmp_path / "d" / "train" / "class01", tmp_path / "d" / "test" / "birds2")
+    with pytest.raises(DataError, match="class folders .*class01' and .*/birds' are the same "
+                                        "folder .* remove one of them"):
+        image_sources.folder_listing(str(tmp_path / "d"))
+    os.remove(tmp_path / "d" / "test" / "birds2")
+    os.symlink(tmp_path / "d" / "train" / "class01" / "000.png",
+               tmp_path / "d" / "train" / "class00" / "x.png")
+    with pytest.raises(DataError, match="are the same file .* an image must belong to one class"):
+        image_sources.folder_listing(str(tmp_path / "d"))
+
+
+def test_an_unreadable_class_folder_is_named_not_called_empty(tmp_path, monkeypatch):
+    root = write_class_folders(tmp_path / "p", [2, 2])
+    scandir = os.scandir
+
+    def denied(path):  # chmod 0 is not enough: tests may run as root
+        if str(path).endswith("class01"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", denied)
+    with pytest.raises(DataError, match=r"cannot read folder .*class01' of the source: "
+                                        "Permission denied; make it readable"):
+        image_sources.folder_listing(root)
 
 
 def test_missing_folder_and_no_classes_are_errors(tmp_path):
