@@ -266,3 +266,36 @@ def test_image_episodes_from_python_match_the_config_path(tmp_path):
         np.testing.assert_array_equal(got[key].numpy(), expected[key].numpy())
     with pytest.raises(config_lib.ConfigError, match="data.storage"):
         tfmeta.image_episodes(f"folder:{root}", storage="disk", **kwargs)
+
+
+def test_prepared_data_is_used_when_the_source_folder_is_gone(tmp_path, monkeypatch):
+    root = write_class_folders(tmp_path / "p", [3, 3, 3, 3])
+    kwargs = dict(image_size=8, channels=3, prepared_dir=str(tmp_path / "prep"),
+                  fractions=(0.5, 0.25, 0.25))
+    first = image_sources.prepare(f"folder:{root}", **kwargs)
+    os.rename(root, tmp_path / "moved")
+    again = image_sources.prepare(f"folder:{root}/", **kwargs)
+    assert again.directory == first.directory and again.classes == first.classes
+    # Other settings were never prepared: the source is needed, and its absence is named.
+    with pytest.raises(DataError, match="does not exist"):
+        image_sources.prepare(f"folder:{root}", **{**kwargs, "split_seed": 2})
+    # A damaged shard is still refused without the source.
+    shard = os.path.join(first.directory, first.classes["train"][0].shards[0]["file"])
+    with open(shard, "r+b") as f:
+        f.write(b"\x00\x01\x02")
+    with pytest.raises(DataError, match="does not match its checksum"):
+        image_sources.prepare(f"folder:{root}", **kwargs)
+
+
+def test_a_prepared_dir_that_is_a_file_is_refused_before_listing(tmp_path, monkeypatch):
+    root = write_class_folders(tmp_path / "p", [3, 3])
+    (tmp_path / "prep").write_text("not a directory")
+    monkeypatch.setattr(image_sources, "listing", lambda *a, **k: pytest.fail("listed"))
+    with pytest.raises(DataError, match=r"data.prepared_dir '.*prep' is a file, not a "
+                                        "directory; set data.prepared_dir to a directory"):
+        image_sources.prepare(f"folder:{root}", image_size=8, channels=3,
+                              prepared_dir=str(tmp_path / "prep"))
+    with pytest.raises(DataError, match=r"cannot write the prepared data in .*: a part of the "
+                                        "path is a file"):
+        image_sources.prepare(f"folder:{root}", image_size=8, channels=3,
+                              prepared_dir=str(tmp_path / "prep" / "below"))

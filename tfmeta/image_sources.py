@@ -356,22 +356,66 @@ def prepare(source: str, *, image_size: int, channels: int, resize: str = "stret
             class_lists: str = "") -> class_store.Prepared:
     """Prepared data of a source at a size, prepared on first use (see the module docstring).
 
+    When the source's files are gone (a folder or benchmark path that no longer exists), the
+    newest data prepared from that path with the same settings is used, with a warning: its
+    shards are checked on load, so an evaluation or a resume needs no source.
+
     Raises:
-      DataError: the source cannot be read (the message names the file or class).
+      DataError: the source cannot be read (the message names the file or class), or
+        ``data.prepared_dir`` is a file.
+      class_store.PreparedWriteError: the prepared directory cannot be written.
     """
     kind, arg = parse(source)
+    root = prepared_root(prepared_dir, data_dir)
+    if os.path.exists(root) and not os.path.isdir(root):
+        raise DataError(f"data.prepared_dir {root!r} is a file, not a directory; set "
+                        "data.prepared_dir to a directory (or leave it empty for the default)")
+    settings = _settings(kind, arg, resize=resize, min_side=min_side, fractions=fractions,
+                         split_seed=split_seed, class_lists=class_lists)
+    if kind in _NEEDS_PATH + ("cub",) and arg and not os.path.exists(settings["path"]):
+        found = _prepared_without_source(root, kind, image_size, channels, settings)
+        if found is not None:
+            logging.warning("The source %s is gone; using the data prepared from it in %s.",
+                            source, found)
+            return class_store.load(found)
     digest = fingerprint(kind, arg, data_dir=data_dir or None, fractions=fractions,
                          split_seed=split_seed, class_lists=class_lists)
     key = class_store.cache_key(digest, image_size=image_size, channels=channels, resize=resize,
                                 min_side=min_side)
-    directory = os.path.join(prepared_root(prepared_dir, data_dir),
-                             f"{kind}-{image_size}x{image_size}x{channels}-{key}")
+    directory = os.path.join(root, f"{kind}-{image_size}x{image_size}x{channels}-{key}")
     if os.path.exists(os.path.join(directory, class_store.SPEC_FILE)):
         return class_store.load(directory)
+    with class_store.writing(directory):  # before listing: fail at once, not after
+        os.makedirs(directory, exist_ok=True)
     logging.info("Preparing %s at %dx%dx%d in %s; later runs reuse it.", source, image_size,
                  image_size, channels, directory)
     found = listing(source, data_dir=data_dir or None, fractions=fractions,
                     split_seed=split_seed, class_lists=class_lists)
     found.fingerprint = digest
     return class_store.prepare(found, directory, image_size=image_size, channels=channels,
-                               resize=resize, min_side=min_side, source=source)
+                               resize=resize, min_side=min_side, source=source,
+                               settings=settings)
+
+
+def _settings(kind: str, arg: str, **settings: Any) -> dict[str, Any]:
+    """What a prepared directory was made from besides its size: recorded in its spec."""
+    path = os.path.abspath(os.path.expanduser(arg)) if arg and kind != "tfds" else arg
+    return json.loads(json.dumps({"kind": kind, "path": path, **settings}))  # JSON's types
+
+
+def _prepared_without_source(root: str, kind: str, image_size: int, channels: int,
+                             settings: dict[str, Any]) -> str | None:
+    """The newest complete prepared directory of ``root`` made with ``settings``, or None."""
+    prefix = f"{kind}-{image_size}x{image_size}x{channels}-"
+    candidates = []
+    for name in (os.listdir(root) if os.path.isdir(root) else ()):
+        spec_path = os.path.join(root, name, class_store.SPEC_FILE)
+        if not name.startswith(prefix) or not os.path.isfile(spec_path):
+            continue
+        try:
+            spec = class_store.read_spec(os.path.join(root, name))
+        except DataError:
+            continue  # damaged: not this one
+        if isinstance(spec, dict) and spec.get("settings") == settings:
+            candidates.append((os.path.getmtime(spec_path), os.path.join(root, name)))
+    return max(candidates)[1] if candidates else None
