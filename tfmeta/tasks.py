@@ -43,6 +43,10 @@ class TaskSource:
         tasks that are not images.
       data_summary: returns the run's data summary (per split: the classes and images used, and
         what was skipped and why), a JSON-able dict; None when there is nothing to report.
+      examples_per_class: ``split -> (limit, what)``: the most examples (shots + queries) a
+        class of an episode of ``split`` can give, and what the limit is, in words, for
+        messages (Omniglot: its 20 drawings; an image source: the images of its classes); None
+        for tasks without classes.
     """
 
     make_dataset: Callable[..., tf.data.Dataset]
@@ -52,6 +56,7 @@ class TaskSource:
     split_classes: Callable[[], Mapping[str, int]] | None = None
     input_transform: Callable[[], InputTransform] | None = None
     data_summary: Callable[[], dict] | None = None
+    examples_per_class: Callable[[str], tuple[int, str]] | None = None
 
 
 def build(config: ml_collections.ConfigDict, *, data=None) -> TaskSource:
@@ -111,11 +116,15 @@ def _omniglot(config: ml_collections.ConfigDict, data) -> TaskSource:
         return episodes.episode_dataset(pools()[split], spec, seed=seed, pipeline_id=pipeline_id,
                                         start_index=start_index, batch_size=batch_size)
 
+    def examples_per_class(split: str) -> tuple[int, str]:
+        return int(pools()[split].shape[1]), "drawings of an Omniglot character"
+
     size = config.data.image_size
     return TaskSource(make_dataset, num_outputs=config.data.ways, input_shape=(size, size, 1),
                       classification=True,
                       split_classes=lambda: {k: int(v.shape[0]) for k, v in pools().items()},
-                      input_transform=lambda: input_transform_of(config))
+                      input_transform=lambda: input_transform_of(config),
+                      examples_per_class=examples_per_class)
 
 
 def _needed(config: ml_collections.ConfigDict, split: str, queries: int | None = None) -> int:
@@ -191,10 +200,18 @@ def _images(config: ml_collections.ConfigDict) -> TaskSource:
     def summary() -> dict:
         return data_summary(prepared(), config, in_memory=in_memory(), transform=transform())
 
+    def examples_per_class(split: str) -> tuple[int, str]:
+        # An episode takes `ways` classes: the limit is the ways-th largest class.
+        counts = sorted((c.count for c in prepared().classes[split]), reverse=True)
+        limit = counts[d.ways - 1] if len(counts) >= d.ways else 0
+        return limit, (f"images that {d.ways} classes (data.ways) of split {split!r} of "
+                       f"{d.source!r} have (see the data summary for each class's count)")
+
     size = d.image_size
     return TaskSource(make_dataset, num_outputs=d.ways, input_shape=(size, size, d.channels),
                       classification=True, split_classes=split_classes,
-                      input_transform=transform, data_summary=summary)
+                      input_transform=transform, data_summary=summary,
+                      examples_per_class=examples_per_class)
 
 
 def image_episodes(source: str, split: str = "train", *, ways: int = 5, shots: int = 1,
