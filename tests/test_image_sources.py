@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -217,6 +218,8 @@ def test_images_task_episodes_summary_and_left_out_classes(tmp_path):
     assert source.split_classes() == {"train": 4, "validation": 0, "test": 0}
     summary = source.data_summary()
     assert summary["splits"]["train"]["classes_left_out"] == {"class02": 2, "class05": 1}
+    assert summary["splits"]["train"]["images_used"]["class01"] == [
+        os.path.join(root, "class01", f"{i:03d}.png") for i in range(5)]
     assert summary["storage"] == "memory"
     transform = source.input_transform()
     assert len(transform.mean) == 3 and all(s > 0 for s in transform.std)
@@ -228,8 +231,13 @@ def test_images_task_episodes_summary_and_left_out_classes(tmp_path):
     assert abs(float(x.mean())) < 0.5 and 0.5 < float(x.std()) < 1.5
     c.data.ways = 5
     with pytest.raises(config_lib.ConfigError, match=r"'train' split .* has only 4 usable "
-                                                     r"classes"):
+                                                     r"classes .* 2 classes are left out for fewer "
+                                                     r"images, e.g. 'class02' \(2\), 'class05' "
+                                                     r"\(1\): .* every class and image is listed in "
+                                                     r".*data_summary.json"):
         config_lib.check_split_classes(c, source.split_classes())
+    written = json.loads(open(os.path.join(summary["prepared_dir"], "data_summary.json")).read())
+    assert written["splits"]["train"]["images_used"] == summary["splits"]["train"]["images_used"]
 
 
 def test_stream_and_memory_storage_give_the_same_batches(tmp_path):

@@ -63,21 +63,25 @@ class ClassRecord:
       count: images kept.
       shards: ``{"file": path relative to the directory, "count": n, "sha256": hex}`` each.
       skipped: ``[item name, reason]`` of each image left out.
+      images: the item name of each image kept, in record order (empty in data prepared before
+        the names were recorded).
     """
 
     name: str
     count: int
     shards: tuple[dict, ...]
     skipped: tuple[tuple[str, str], ...] = ()
+    images: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "count": self.count, "shards": list(self.shards),
-                "skipped": [list(s) for s in self.skipped]}
+                "skipped": [list(s) for s in self.skipped], "images": list(self.images)}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ClassRecord":
-        return cls(d["name"], int(d["count"]), tuple(d["shards"]),
-                   tuple(tuple(s) for s in d.get("skipped", ())))
+        return cls(str(d["name"]), int(d["count"]), tuple(d["shards"]),
+                   tuple((str(a), str(b)) for a, b in d.get("skipped", ())),
+                   tuple(str(n) for n in d.get("images", ())))
 
 
 @dataclasses.dataclass
@@ -312,7 +316,7 @@ def _prepare_class(directory: str, split: str, index: int, cls: ClassImages,
     """Decodes one class into its shards; returns its record and its pixel sums."""
     with writing(directory):
         tf.io.gfile.makedirs(_join(directory, split))
-    shards, skipped, buffer = [], [], []
+    shards, skipped, buffer, kept = [], [], [], []
     channel_sum = np.zeros(geometry.channels)
     channel_sq = np.zeros(geometry.channels)
     count = 0
@@ -334,6 +338,7 @@ def _prepare_class(directory: str, split: str, index: int, cls: ClassImages,
         channel_sum += x.sum(axis=0)
         channel_sq += (x * x).sum(axis=0)
         buffer.append(pixels)
+        kept.append(name)
         count += 1
         if len(buffer) == geometry.records_per_shard:
             flush()
@@ -341,7 +346,7 @@ def _prepare_class(directory: str, split: str, index: int, cls: ClassImages,
         flush()
     stats = {"sum": channel_sum.tolist(), "sum_sq": channel_sq.tolist(),
              "pixels": count * geometry.image_size**2}
-    return ClassRecord(cls.name, count, tuple(shards), tuple(skipped)), stats
+    return ClassRecord(cls.name, count, tuple(shards), tuple(skipped), tuple(kept)), stats
 
 
 class _Progress:

@@ -37,7 +37,9 @@ class TaskSource:
       input_shape: shape of one example (without batch dimension).
       classification: whether the labels are classes (accuracy is reported) or real values.
       split_classes: returns the classes available in each split, for validating ``ways``; loads
-        the data on first call (None: the tasks have no classes).
+        the data on first call (None: the tasks have no classes). Task 'images' raises itself
+        when a split has fewer usable classes than ways, after writing the data summary beside
+        the prepared data (the run stops before its work directory is written).
       input_transform: returns how the model's input images are made from pixels (size, channels,
         inversion, normalisation; may load the data to measure the normalisation); None for
         tasks that are not images.
@@ -194,8 +196,13 @@ def _images(config: ml_collections.ConfigDict) -> TaskSource:
             normalization=(t.mean, t.std) if t.normalizes else None)
 
     def split_classes() -> dict[str, int]:
-        return {split: len(usable(split, _needed(config, split)))
-                for split in prepared().classes}
+        counts = {split: len(usable(split, _needed(config, split)))
+                  for split in prepared().classes}
+        for split, classes in counts.items():
+            # A split without any usable class is an error only where it is used.
+            if 0 < classes < d.ways:
+                raise _too_few_classes(config, split, classes, summary())
+        return counts
 
     def summary() -> dict:
         return data_summary(prepared(), config, in_memory=in_memory(), transform=transform())
@@ -212,6 +219,41 @@ def _images(config: ml_collections.ConfigDict) -> TaskSource:
                       classification=True, split_classes=split_classes,
                       input_transform=transform, data_summary=summary,
                       examples_per_class=examples_per_class)
+
+
+SUMMARY_OF_REFUSED_RUN = "data_summary.json"
+
+
+def _too_few_classes(config: ml_collections.ConfigDict, split: str, classes: int,
+                     summary: dict) -> config_lib.ConfigError:
+    """The error of a split with fewer usable classes than ways, after writing the summary.
+
+    The run stops before its work directory is touched, so the data summary (every class with
+    its count, the classes left out, every image) is written beside the prepared data, and the
+    message names it.
+    """
+    import json
+    import os
+
+    facts = summary["splits"][split]
+    left_out = facts["classes_left_out"]
+    examples = ", ".join(f"{name!r} ({count})" for name, count in list(left_out.items())[:5])
+    path = os.path.join(summary["prepared_dir"], SUMMARY_OF_REFUSED_RUN)
+    try:
+        with tf.io.gfile.GFile(path + ".tmp", "w") as f:
+            f.write(json.dumps(summary, indent=1) + "\n")
+        tf.io.gfile.rename(path + ".tmp", path, overwrite=True)
+        where = f"every class and image is listed in {path}"
+    except (OSError, tf.errors.OpError) as e:
+        where = f"the data summary could not be written to {path} ({e})"
+    return config_lib.ConfigError(
+        f"config field 'data.ways' is {config.data.ways}; the {split!r} split of "
+        f"{config.data.source!r} has only {classes} usable classes (with at least "
+        f"{facts['images_needed_per_class']} images each, shots + queries), so ways must be <= "
+        f"{classes}; {len(left_out)} classes are left out for fewer images"
+        f"{', e.g. ' + examples if examples else ''}: lower data.ways, data.shots or "
+        "data.queries, or give the split more classes (data.split_fractions, data.class_lists); "
+        f"{where}")
 
 
 def image_episodes(source: str, split: str = "train", *, ways: int = 5, shots: int = 1,
@@ -257,8 +299,9 @@ def image_episodes(source: str, split: str = "train", *, ways: int = 5, shots: i
 
 def data_summary(prepared, config: ml_collections.ConfigDict, *, in_memory: bool,
                  transform: InputTransform) -> dict:
-    """What a run uses of its prepared data: per split the classes and images used, the classes
-    left out (too few images for shots + queries) and the images skipped, with the reasons."""
+    """What a run uses of its prepared data: per split the classes used with every image (its
+    file or item name, in the prepared order), the classes left out (too few images for shots +
+    queries) and the images skipped, with the reasons; and the files skipped while listing."""
     splits = {}
     for split, records in prepared.classes.items():
         needed = _needed(config, split)
@@ -268,6 +311,7 @@ def data_summary(prepared, config: ml_collections.ConfigDict, *, in_memory: bool
             "classes": len(used), "images": sum(r.count for r in used),
             "images_needed_per_class": needed,
             "class_images": {r.name: r.count for r in used},
+            "images_used": {r.name: list(r.images) for r in used},
             "classes_left_out": {r.name: r.count for r in records if r.count < needed},
             "images_skipped": len(skipped), "skipped": skipped,
         }
