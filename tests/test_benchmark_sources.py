@@ -79,7 +79,7 @@ def test_mini_imagenet_pickle_caches(tmp_path, caplog):
     assert warnings[0].startswith(f"mini-ImageNet in {tmp_path}: 100 image counts differ from "
                                   "the benchmark's (n01532829: 2 images; mini-ImageNet has 600 "
                                   "per class; ")
-    assert warnings[0].endswith("; and 95 more); the images are used as they are")
+    assert warnings[0].endswith("; and 95 more); this is not the benchmark")
     assert "Ravi & Larochelle 2017" in listing.origin
     assert "https://github.com/twitter/meta-learning-lstm/blob/" in listing.origin
     assert "mini-ImageNet pickle caches" in listing.origin
@@ -530,3 +530,45 @@ def test_listing_dispatches_by_name(tmp_path, tfds_dir):
         benchmark_sources.listing("tieredimagenet", None, tfds_dir)
     with pytest.raises(DataError, match=r"'cifarfs' reads TFDS cifar100 .* takes no path"):
         benchmark_sources.listing("cifarfs", str(tmp_path), tfds_dir)
+
+
+def test_a_benchmark_short_of_images_is_refused_unless_allowed_then_marked(tmp_path):
+    from tfmeta import config as config_lib
+    from tfmeta import tasks
+
+    counts = {split: {name: 600 for name in MINI.splits[split]} for split in SPLITS}
+    assert benchmark_sources.check_complete("miniimagenet", counts, where="x",
+                                            allow_partial=False) == ""
+    counts["test"][MINI.splits["test"][0]] = 412
+    with pytest.raises(DataError, match=rf"x is not the whole mini-ImageNet benchmark: 1 image "
+                                        rf"counts differ from the published ones \("
+                                        rf"{MINI.splits['test'][0]}: 412 images; mini-ImageNet "
+                                        rf"has 600 per class\); repair the data .* set "
+                                        rf"data.allow_partial_benchmark=True"):
+        benchmark_sources.check_complete("miniimagenet", counts, where="x", allow_partial=False)
+
+    write_mini_caches(tmp_path)  # 2 images per class, not 600
+    c = config_lib.base_config()
+    c.task, c.data.source = "images", f"miniimagenet:{tmp_path}"
+    c.data.image_size, c.data.channels, c.data.rotate = 8, 3, False
+    c.data.ways, c.data.shots, c.data.queries = 2, 1, 1
+    c.data.prepared_dir = str(tmp_path / "prepared")
+    config_lib.validate(c)
+    with pytest.raises(DataError, match="is not the whole mini-ImageNet benchmark: 100 image "
+                                        "counts differ"):
+        tasks.build(c).split_classes()
+    c.data.allow_partial_benchmark = True
+    source = tasks.build(c)
+    assert source.split_classes()["test"] == 20
+    assert source.result_note().startswith("not mini-ImageNet: 100 image counts differ")
+    assert source.data_summary()["not_the_benchmark"] == source.result_note()
+    assert tasks.build(config_lib.base_config()).result_note is None  # Omniglot: nothing to say
+
+
+def test_the_results_table_marks_a_result_that_is_not_the_benchmark():
+    from tfmeta import reporting
+
+    result = {"metric": "accuracy", "accuracy": 0.5, "ci95": 0.01,
+              "not_the_benchmark": "not CIFAR-FS: 13 image counts differ"}
+    assert reporting._format_result(result) == "50.00 ± 1.00 % (not CIFAR-FS: 13 image counts " \
+                                               "differ)"

@@ -542,44 +542,99 @@ def _origin(benchmark: BenchmarkSplit, read: str) -> str:
 
 def _warn_image_counts(benchmark: BenchmarkSplit, splits: Mapping[str, Sequence[ClassImages]],
                        where: str) -> list[tuple[str, str]]:
-    """Logs one warning when image counts differ from the benchmark's; returns the differences."""
+    """Logs one warning when image counts differ from the benchmark's; returns the differences.
+
+    Counts are checked again on the prepared data, after unreadable images are skipped (see
+    :func:`check_complete`), where a difference is refused unless explicitly allowed.
+    """
     differences = image_counts(benchmark, splits)
     if differences:
         shown = "; ".join(f"{name}: {text}" for name, text in differences[:5])
         more = f"; and {len(differences) - 5} more" if len(differences) > 5 else ""
-        logging.warning("%s in %s: %d image counts differ from the benchmark's (%s%s); the "
-                        "images are used as they are", benchmark.title, where, len(differences),
-                        shown, more)
+        logging.warning("%s in %s: %d image counts differ from the benchmark's (%s%s); this is "
+                        "not the benchmark", benchmark.title, where, len(differences), shown,
+                        more)
     return differences
 
 
 def image_counts(benchmark: BenchmarkSplit,
                  splits: Mapping[str, Sequence[ClassImages]]) -> list[tuple[str, str]]:
+    """``(name, what differs)`` for every image count of a listing that differs from the
+    benchmark's (see :func:`count_differences`)."""
+    return count_differences(benchmark, {split: {c.name: len(c.items) for c in splits[split]}
+                                         for split in SPLITS})
+
+
+def count_differences(benchmark: BenchmarkSplit,
+                      counts: Mapping[str, Mapping[str, int]]) -> list[tuple[str, str]]:
     """``(name, what differs)`` for every image count that differs from the benchmark's.
 
     The name is a class's where the benchmark has a fixed number per class (mini-ImageNet,
     CIFAR-FS, FC100), a split's for tiered-ImageNet, the benchmark's (in total) for CUB.
+
+    Args:
+      benchmark: the published split.
+      counts: ``{split: {class: images}}``.
     """
     report = []
     per_class = benchmark.info.get("images_per_class")
     if per_class:
         for split in SPLITS:
-            for cls in splits[split]:
-                if len(cls.items) != per_class:
-                    report.append((cls.name, f"{len(cls.items)} images; {benchmark.title} has "
-                                             f"{per_class} per class"))
+            for name, count in counts.get(split, {}).items():
+                if count != per_class:
+                    report.append((name, f"{count} images; {benchmark.title} has {per_class} "
+                                         "per class"))
     per_split = benchmark.info.get("images")
     if isinstance(per_split, dict):
         for split in SPLITS:
-            count = sum(len(c.items) for c in splits[split])
+            count = sum(counts.get(split, {}).values())
             if count != per_split[split]:
                 report.append((split, f"{count} images; {benchmark.title} has "
                                       f"{per_split[split]} in this split"))
     elif isinstance(per_split, int):
-        count = sum(len(c.items) for classes in splits.values() for c in classes)
+        count = sum(n for classes in counts.values() for n in classes.values())
         if count != per_split:
             report.append((benchmark.name, f"{count} images; {benchmark.title} has {per_split}"))
     return report
+
+
+def check_complete(name: str, counts: Mapping[str, Mapping[str, int]], *, where: str,
+                   allow_partial: bool) -> str:
+    """Checks that prepared data holds the whole benchmark ``name``, image by image.
+
+    The rule: a named benchmark is only the benchmark when every published class has exactly
+    the published number of images after preparation (unreadable images skipped). Missing
+    classes are refused by the readers; this refuses short (or overfull) classes too, unless
+    ``allow_partial``, when the data is used and every result is marked as not the benchmark.
+
+    Args:
+      name: the benchmark (one of :data:`NAMES`).
+      counts: ``{split: {class: images kept}}`` of the prepared data.
+      where: what was prepared, for the message.
+      allow_partial: ``data.allow_partial_benchmark``.
+
+    Returns:
+      "" for the whole benchmark, else the note every result carries ("not CIFAR-FS: ...").
+
+    Raises:
+      DataError: counts differ and ``allow_partial`` is False (one line: the classes, found vs
+        published, and the two repairs).
+    """
+    benchmark = benchmark_splits.load(name)
+    differences = count_differences(benchmark, counts)
+    if not differences:
+        return ""
+    shown = "; ".join(f"{n}: {text}" for n, text in differences[:5])
+    more = f"; and {len(differences) - 5} more" if len(differences) > 5 else ""
+    summary = f"{len(differences)} image counts differ from the published ones ({shown}{more})"
+    if not allow_partial:
+        raise DataError(f"{where} is not the whole {benchmark.title} benchmark: {summary}; "
+                        f"repair the data (a complete copy), or set "
+                        f"data.allow_partial_benchmark=True to use it anyway (every result is "
+                        f"then marked as not {benchmark.title})")
+    note = f"not {benchmark.title}: {summary}"
+    logging.warning("%s; data.allow_partial_benchmark=True: results are marked as such.", note)
+    return note
 
 
 def _load_pickle(file: str):

@@ -109,6 +109,9 @@ def evaluate(exp: Experiment, split: str, *, episodes: int, inner_steps: int | N
         "transductive": bn_mode == "transductive" and layers.has_batch_norm(exp.model),
         "seed": int(seed),
     }
+    note = exp.source.result_note() if exp.source.result_note is not None else ""
+    if note:  # e.g. a benchmark with classes short of images: the number is not comparable
+        result["not_the_benchmark"] = note
     if classification:
         result.update(ways=config.data.ways, shots=config.data.shots, queries=int(queries),
                       split_scheme=config.data.split_scheme)

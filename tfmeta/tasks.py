@@ -59,6 +59,7 @@ class TaskSource:
     input_transform: Callable[[], InputTransform] | None = None
     data_summary: Callable[[], dict] | None = None
     examples_per_class: Callable[[str], tuple[int, str]] | None = None
+    result_note: Callable[[], str] | None = None
 
 
 def build(config: ml_collections.ConfigDict, *, data=None) -> TaskSource:
@@ -150,7 +151,13 @@ def _images(config: ml_collections.ConfigDict) -> TaskSource:
             fractions=tuple(d.split_fractions), split_seed=d.split_seed,
             class_lists=d.class_lists)
 
+    @functools.cache
+    def benchmark_note() -> str:
+        # Checked on the prepared data (after unreadable images were skipped), on first use.
+        return benchmark_note_of(prepared(), allow_partial=d.allow_partial_benchmark)
+
     def usable(split: str, needed: int) -> list[int]:
+        benchmark_note()  # a partial benchmark is refused before any episode
         return [i for i, c in enumerate(prepared().classes[split]) if c.count >= needed]
 
     @functools.cache
@@ -205,7 +212,8 @@ def _images(config: ml_collections.ConfigDict) -> TaskSource:
         return counts
 
     def summary() -> dict:
-        return data_summary(prepared(), config, in_memory=in_memory(), transform=transform())
+        return {**data_summary(prepared(), config, in_memory=in_memory(), transform=transform()),
+                "not_the_benchmark": benchmark_note()}
 
     def examples_per_class(split: str) -> tuple[int, str]:
         # An episode takes `ways` classes: the limit is the ways-th largest class.
@@ -218,10 +226,28 @@ def _images(config: ml_collections.ConfigDict) -> TaskSource:
     return TaskSource(make_dataset, num_outputs=d.ways, input_shape=(size, size, d.channels),
                       classification=True, split_classes=split_classes,
                       input_transform=transform, data_summary=summary,
-                      examples_per_class=examples_per_class)
+                      examples_per_class=examples_per_class, result_note=benchmark_note)
 
 
 SUMMARY_OF_REFUSED_RUN = "data_summary.json"
+
+
+def benchmark_note_of(prepared, *, allow_partial: bool) -> str:
+    """"" unless ``prepared`` is a named benchmark with other image counts than published.
+
+    Raises:
+      DataError: such a benchmark, unless ``allow_partial`` (then the note results carry).
+    """
+    from tfmeta import benchmark_sources, image_sources
+
+    kind, _ = image_sources.parse(prepared.source)
+    if kind not in benchmark_sources.NAMES:
+        return ""
+    counts = {split: {r.name: r.count for r in records}
+              for split, records in prepared.classes.items()}
+    return benchmark_sources.check_complete(
+        kind, counts, where=f"{prepared.source!r} (prepared in {prepared.directory})",
+        allow_partial=allow_partial)
 
 
 def _too_few_classes(config: ml_collections.ConfigDict, split: str, classes: int,
