@@ -307,3 +307,23 @@ def test_a_prepared_dir_that_is_a_file_is_refused_before_listing(tmp_path, monke
                                         "path is a file"):
         image_sources.prepare(f"folder:{root}", image_size=8, channels=3,
                               prepared_dir=str(tmp_path / "prep" / "below"))
+
+
+def test_class_lists_that_are_not_utf8_or_not_a_directory_are_named(tmp_path):
+    from tfmeta import class_listing
+
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    (lists / "train.txt").write_bytes("caf\u00e9\n".encode("latin-1"))
+    with pytest.raises(DataError, match=r"class list '.*train.txt' is not UTF-8 text \(byte 0xe9 "
+                                        r"at offset 3 is not UTF-8\); save it as UTF-8"):
+        class_listing.read_class_lists(str(lists))
+    (lists / "train.txt").write_bytes("\ufeffcaf\u00e9\n".encode("utf-8"))  # a BOM is fine
+    assert class_listing.read_class_lists(str(lists))["train"] == ["caf\u00e9"]
+    with pytest.raises(DataError, match=r"data.class_lists '.*train.txt' is a file, not a "
+                                        "directory; give the directory that holds train.txt"):
+        class_listing.read_class_lists(str(lists / "train.txt"))
+    (lists / "test.txt").mkdir()
+    with pytest.raises(DataError, match=r"class list '.*test.txt' is a directory; it must be a "
+                                        "text file"):
+        class_listing.read_class_lists(str(lists))

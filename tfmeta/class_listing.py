@@ -130,12 +130,16 @@ def read_class_lists(directory: str) -> dict[str, list[str]]:
     """
     import os
 
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        raise DataError(f"data.class_lists {directory!r} is a file, not a directory; give the "
+                        "directory that holds train.txt, validation.txt (or val.txt) and "
+                        "test.txt")
     if not os.path.isdir(directory):
         raise DataError(f"class-list directory {directory!r} does not exist; it must hold "
                         "train.txt, validation.txt (or val.txt) and test.txt")
     lists: dict[str, list[str]] = {}
     for split, candidates in CLASS_LIST_FILES.items():
-        found = [f for f in candidates if os.path.isfile(os.path.join(directory, f))]
+        found = [f for f in candidates if os.path.lexists(os.path.join(directory, f))]
         if len(found) > 1:
             raise DataError(f"class-list directory {directory!r} has both {found}; keep one")
         if not found:
@@ -143,8 +147,8 @@ def read_class_lists(directory: str) -> dict[str, list[str]]:
                 raise DataError(f"class-list directory {directory!r} has no train.txt")
             lists[split] = []
             continue
-        with open(os.path.join(directory, found[0]), encoding="utf-8") as f:
-            lines = [line.strip() for line in f]
+        lines = _read_class_list(os.path.join(directory, found[0])).splitlines()
+        lines = [line.strip() for line in lines]
         lists[split] = [line for line in lines if line and not line.startswith("#")]
     where: dict[str, str] = {}
     for split, names in lists.items():
@@ -154,6 +158,31 @@ def read_class_lists(directory: str) -> dict[str, list[str]]:
                                 f"of {directory!r}; a class must belong to exactly one split")
             where[name] = split
     return lists
+
+
+def _read_class_list(path: str) -> str:
+    """The text of a class-list file (UTF-8, with or without a byte-order mark).
+
+    Raises:
+      DataError: not a regular file, unreadable, or not UTF-8 (naming the byte offset).
+    """
+    import os
+
+    if not os.path.isfile(path):
+        kind = "a directory" if os.path.isdir(path) else "not a regular file (or a broken link)"
+        raise DataError(f"class list {path!r} is {kind}; it must be a text file, one class name "
+                        "per line")
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise DataError(f"cannot read class list {path!r}: {e.strerror or e}; make it "
+                        "readable") from e
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise DataError(f"class list {path!r} is not UTF-8 text (byte 0x{data[e.start]:02x} at "
+                        f"offset {e.start} is not UTF-8); save it as UTF-8") from e
 
 
 def assign_classes(classes: Sequence[ClassImages], lists: dict[str, Sequence[str]],
