@@ -355,3 +355,14 @@ def test_offline_and_not_prepared_fails_before_tfds_downloads(tmp_path, monkeypa
     monkeypatch.undo()
     monkeypatch.setattr(requests.sessions.Session, "request", unreachable)
     assert tfds_source.read("tfmeta_test_download", data_dir=str(tmp_path)).classes
+
+
+def test_the_cifar_fs_config_names_the_archive_tfds_reads():
+    import tensorflow_datasets as tfds
+
+    builder = tfds.builder("cifar100", data_dir=None)
+    files = sorted(tfds_source.registered_files(builder))
+    with open(os.path.join(os.path.dirname(__file__), "..", "configs", "cifarfs_maml.py")) as f:
+        text = f.read()
+    assert files == ["cifar-100-binary.tar.gz"]
+    assert "``cifar-100-binary.tar.gz``" in text and "cifar-100-python.tar.gz" not in text
