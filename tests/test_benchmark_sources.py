@@ -572,3 +572,17 @@ def test_the_results_table_marks_a_result_that_is_not_the_benchmark():
               "not_the_benchmark": "not CIFAR-FS: 13 image counts differ"}
     assert reporting._format_result(result) == "50.00 ± 1.00 % (not CIFAR-FS: 13 image counts " \
                                                "differ)"
+
+
+def test_a_mini_imagenet_cache_with_four_channels_is_refused(tmp_path):
+    write_mini_caches(tmp_path)
+    with open(tmp_path / "mini-imagenet-cache-val.pkl", "rb") as f:
+        data = pickle.load(f)
+    data["image_data"] = np.concatenate(
+        [data["image_data"], np.full(data["image_data"].shape[:3] + (1,), 7, np.uint8)], axis=3)
+    with open(tmp_path / "mini-imagenet-cache-val.pkl", "wb") as f:
+        pickle.dump(data, f)
+    with pytest.raises(DataError, match=r"mini-imagenet-cache-val.pkl: 'image_data' is uint8 "
+                                        r"\[32, 84, 84, 4\], 4 channels; mini-ImageNet's caches "
+                                        r"hold RGB images .* convert the cache to RGB"):
+        benchmark_sources.miniimagenet(str(tmp_path))

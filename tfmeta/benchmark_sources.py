@@ -150,6 +150,13 @@ def _mini_pickles(benchmark: BenchmarkSplit, path: str, caches: dict[str, str]) 
                 f"{file} is not a mini-ImageNet cache: expected 'image_data' (uint8 "
                 "[N, 84, 84, 3]) and 'class_dict' ({wnid: [indices]}), found keys "
                 f"{sorted(data)} ('image_data': {_describe(images)})")
+        if images.shape[3] != 3:
+            # A 4th channel may be alpha or anything else: guessing would change every pixel.
+            raise DataError(
+                f"{file}: 'image_data' is uint8 {list(images.shape)}, {images.shape[3]} channels; "
+                "mini-ImageNet's caches hold RGB images [N, 84, 84, 3]: convert the cache to RGB "
+                "(e.g. keep image_data[..., :3] if the 4th channel is alpha) or use the image "
+                "files (their transparency is composited onto white)")
         name = os.path.basename(file)
         classes = []
         for wnid, indices in class_dict.items():
