@@ -327,3 +327,21 @@ def test_class_lists_that_are_not_utf8_or_not_a_directory_are_named(tmp_path):
     with pytest.raises(DataError, match=r"class list '.*test.txt' is a directory; it must be a "
                                         "text file"):
         class_listing.read_class_lists(str(lists))
+
+
+def test_every_image_too_small_names_min_image_side_not_the_normalisation(tmp_path):
+    root = write_class_folders(tmp_path / "p", [3, 3, 3], size=(6, 6))
+    c = images_config(f"folder:{root}", split_fractions=(1.0, 0.0, 0.0), normalize=True,
+                      prepared_dir=str(tmp_path / "prep"))  # min_image_side 8 > 6
+    source = tasks.build(c)
+    with pytest.raises(DataError, match=r"split 'train' .* has no image to measure the "
+                                        r"normalisation on: all its 9 images were skipped, 9 of "
+                                        r"them smaller than data.min_image_side allows \(e.g. "
+                                        r"image .* 6x6 pixels, its shorter side 6 is below the "
+                                        r"minimum of 8\): lower data.min_image_side"):
+        source.input_transform()
+    c.data.normalize = False
+    with pytest.raises(config_lib.ConfigError, match=r"has no class with at least 3 images "
+                                                     r"\(shots \+ queries\): all its 9 images "
+                                                     r"were skipped, 9 of them smaller"):
+        tasks.build(c).make_dataset("train", 0, 1, 0, 0)

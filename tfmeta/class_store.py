@@ -49,6 +49,8 @@ PROGRESS_FILE = "progress.jsonl"
 # spec: loading hashes again only the shards changed since (see :func:`load`).
 VERIFIED_FILE = "verified.json"
 TMP_SUFFIX = ".tmp"
+# How the reason of an image skipped for its size starts (in the spec and the data summary).
+TOO_SMALL = "too small:"
 # Shard size: large enough that a class has few files, small enough that reading one image (a
 # whole shard, then a substring) costs little.
 TARGET_SHARD_BYTES = 256 * 1024
@@ -122,13 +124,30 @@ class Prepared:
         """Per-channel mean and standard deviation of a split's pixels / 255."""
         stats = self.stats[split]
         if not stats["pixels"]:
-            raise DataError(f"split {split!r} of {self.source!r} has no images to measure the "
-                            "normalisation on; give data.mean and data.std")
+            raise DataError(f"split {split!r} of {self.source!r} has no image to measure the "
+                            f"normalisation on: {self.why_empty(split)}")
         mean = np.asarray(stats["sum"]) / stats["pixels"]
         var = np.maximum(np.asarray(stats["sum_sq"]) / stats["pixels"] - mean**2, 0.0)
         # A constant channel would divide by zero; 1/255 keeps it finite and harmless.
         std = np.maximum(np.sqrt(var), 1.0 / 255.0)
         return tuple(float(v) for v in mean), tuple(float(v) for v in std)
+
+    def why_empty(self, split: str) -> str:
+        """Why a split has no image, in words, with the repair (for messages)."""
+        skipped = [reason for record in self.classes[split] for _, reason in record.skipped]
+        if not skipped:
+            return (f"it has {len(self.classes[split])} classes and no image file; give it "
+                    "classes (data.split_fractions, data.class_lists)")
+        small = [r for r in skipped if r.startswith(TOO_SMALL)]
+        text = f"all its {len(skipped)} images were skipped"
+        if small:
+            text += (f", {len(small)} of them smaller than data.min_image_side allows (e.g. "
+                     f"{small[0][len(TOO_SMALL):].strip()}): lower data.min_image_side (0 keeps "
+                     "every image) or use larger images")
+        if len(small) < len(skipped):
+            text += (f"; {len(skipped) - len(small)} unreadable, e.g. "
+                     f"{next(r for r in skipped if not r.startswith(TOO_SMALL))}")
+        return text + f" (each is listed in {self.directory}/{SPEC_FILE})"
 
     def files(self, split: str, classes: Sequence[int]) -> tuple[list[str], np.ndarray]:
         """Absolute shard paths of some classes of a split, class-major, and each first index."""
@@ -298,7 +317,7 @@ def _decode_all(cls: ClassImages, geometry: _Geometry, decode: Decoder,
                             channels=geometry.channels, resize=geometry.resize,
                             min_side=geometry.min_side)
         except too_small as e:
-            return name, None, f"too small: {e}"
+            return name, None, f"{TOO_SMALL} {e}"
         except DataError as e:
             return name, None, f"unreadable: {e}"
         if pixels.shape != geometry.shape or pixels.dtype != np.uint8:

@@ -173,9 +173,11 @@ def _images(config: ml_collections.ConfigDict) -> TaskSource:
         p, classes = prepared(), usable(split, needed)
         counts = [p.classes[split][c].count for c in classes]
         if not classes:
+            empty = not any(c.count for c in p.classes[split])
             raise config_lib.ConfigError(
                 f"split {split!r} of {d.source!r} has no class with at least {needed} images "
-                "(shots + queries); see the data summary")
+                "(shots + queries)" + (f": {p.why_empty(split)}" if empty else
+                                       "; see the data summary"))
         if in_memory():
             # One tensor, no NumPy copy kept beside it: the pool is the run's largest object.
             return episodes.ImagePool(tf.convert_to_tensor(p.read(split, classes)), counts)
