@@ -16,8 +16,10 @@ substring). Fixed-length records are also what ``tf.data.FixedLengthRecordDatase
 Preparation is resumable: each finished class is appended to ``progress.jsonl`` (after its shards
 are renamed into place), and a restarted preparation verifies the checksums of the classes already
 done and continues with the next one. ``spec.json`` is written last, atomically; its presence means
-the directory is complete. Loading checks every shard's size against the spec; :func:`verify`
-recomputes the checksums.
+the directory is complete. Loading checks the spec, every shard's size, and (locally) the SHA-256
+of every shard changed since the last check, recorded in ``verified.json`` (see :func:`load`);
+:func:`verify` recomputes every checksum. A failed write (full disk, read-only directory) is one
+:class:`PreparedWriteError`; nothing half-written is ever trusted.
 
 Files go through ``tf.io.gfile``, so the prepared directory may be on any file system TensorFlow
 reads (``gs://`` for a TPU pod, whose workers then read only the shards they sample).
