@@ -586,3 +586,23 @@ def test_a_mini_imagenet_cache_with_four_channels_is_refused(tmp_path):
                                         r"\[32, 84, 84, 4\], 4 channels; mini-ImageNet's caches "
                                         r"hold RGB images .* convert the cache to RGB"):
         benchmark_sources.miniimagenet(str(tmp_path))
+
+
+def test_benchmark_class_folders_are_read_as_folder_sources_read_them(tmp_path):
+    """Subfolders and links are read, hidden entries recorded, linked duplicates refused."""
+    from tfmeta import class_listing
+
+    write_split_folders(tmp_path, MINI)
+    wnid, other = MINI.splits["train"][5], MINI.splits["train"][6]
+    (tmp_path / "train" / wnid / ".DS_Store").write_bytes(b"")
+    os.makedirs(tmp_path / "extra")
+    (tmp_path / "extra" / "more.JPEG").write_bytes(encoded(9))
+    os.symlink(tmp_path / "extra", tmp_path / "train" / wnid / "sub")
+    listing = benchmark_sources.miniimagenet(str(tmp_path))
+    assert listing.splits["train"][5].items[-1] == str(tmp_path / "train" / wnid / "sub" /
+                                                       "more.JPEG")
+    assert (str(tmp_path / "train" / wnid / ".DS_Store"), class_listing.HIDDEN_FILE) \
+        in listing.skipped
+    os.symlink(tmp_path / "extra", tmp_path / "train" / other / "sub")
+    with pytest.raises(DataError, match="are the same file .* an image must belong to one class"):
+        benchmark_sources.miniimagenet(str(tmp_path))

@@ -54,12 +54,11 @@ from typing import Any
 
 from absl import logging
 
-from tfmeta import benchmark_splits, tfds_source
+from tfmeta import benchmark_splits, class_listing, tfds_source
 from tfmeta.benchmark_splits import BenchmarkSplit
 from tfmeta.class_listing import SPLITS, ClassImages, DataError, Listing
 
 NAMES = benchmark_splits.NAMES
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 # Folder (or file) names of each split, in the order they are looked for.
 SPLIT_NAMES = {"train": ("train",), "validation": ("val", "validation"), "test": ("test",)}
 _WNID = re.compile(r"^n\d{8}$")
@@ -409,14 +408,9 @@ def cub(path: str | None = None, data_dir: str | None = None) -> Listing:
         return _from_tfds(benchmark, "caltech_birds2011", data_dir,
                           rename=functools.partial(_cub_folder_names, benchmark))
     images = _cub_images_folder(path)
-    classes, skipped, files = [], [], []
-    for entry in sorted(os.scandir(images), key=lambda e: e.name):
-        if entry.is_dir():
-            cls, more_skipped, more_files = _scan_class(entry.path, entry.name, images)
-            skipped += more_skipped
-            files += more_files
-            if cls is not None:
-                classes.append(cls)
+    skipped: list[tuple[str, str]] = []
+    classes = class_listing.class_folders(images, skipped, {}, {})
+    files = _file_stats({"all": classes}, images)
     benchmark_splits.check_pool(benchmark, [c.name for c in classes], where=images)
     by_name = {c.name: c for c in classes}
     listed = set(benchmark.split_of())
@@ -487,41 +481,27 @@ def _from_split_folders(benchmark: BenchmarkSplit, path: str,
                         folders: dict[str, str]) -> Listing:
     found: dict[str, list[ClassImages]] = {}
     skipped: list[tuple[str, str]] = []
-    files: list[tuple[str, int, int]] = []
+    seen: dict[str, tuple[str, str]] = {}
+    real_folders: dict[str, str] = {}
     for split, folder in folders.items():
-        classes = []
-        for entry in sorted(os.scandir(folder), key=lambda e: e.name):
-            if entry.name.startswith("."):
-                continue
-            if not entry.is_dir():
-                skipped.append((entry.path, "a file among the class folders"))
-                continue
-            cls, more_skipped, more_files = _scan_class(entry.path, entry.name, path)
-            skipped += more_skipped
-            files += more_files
-            if cls is not None:
-                classes.append(cls)
-        found[split] = classes
+        found[split] = class_listing.class_folders(folder, skipped, seen, real_folders)
     return _finish(benchmark, found, where=path, read="split folders of class folders",
-                   files=files, skipped=skipped)
+                   files=_file_stats(found, path), skipped=skipped)
 
 
-def _scan_class(folder: str, name: str, root: str):
-    """A class folder's images (sorted), what was skipped and the files' stats."""
-    items, skipped, files = [], [], []
-    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
-        if entry.name.startswith(".") or not entry.is_file():
-            continue
-        if not entry.name.lower().endswith(IMAGE_EXTENSIONS):
-            skipped.append((entry.path, "not an image file (by its extension)"))
-            continue
-        items.append(entry.path)
-        stat = entry.stat()
-        files.append((os.path.relpath(entry.path, root), stat.st_size, stat.st_mtime_ns))
-    if not items:
-        skipped.append((folder, "class folder without images"))
-        return None, skipped, files
-    return ClassImages(name=name, items=items, item_names=list(items)), skipped, files
+def _file_stats(found: Mapping[str, Sequence[ClassImages]],
+                root: str) -> list[tuple[str, int, int]]:
+    """(path under ``root``, size, modification time) of every image file listed."""
+    result = []
+    for classes in found.values():
+        for cls in classes:
+            for item in cls.items:
+                try:
+                    stat = os.stat(item)
+                except OSError:
+                    continue  # a broken link: reported when it is decoded
+                result.append((os.path.relpath(item, root), stat.st_size, stat.st_mtime_ns))
+    return result
 
 
 def _finish(benchmark: BenchmarkSplit, found: dict[str, list[ClassImages]], *, where: str,

@@ -22,28 +22,25 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from absl import logging
 
-from tfmeta import class_store
-from tfmeta.class_listing import (ClassImages, DataError, Listing, assign_classes,
-                                  read_class_lists, split_by_fractions)
+from tfmeta import class_listing, class_store
+from tfmeta.class_listing import (DataError, Listing, assign_classes, class_folders,
+                                  read_class_lists, split_by_fractions, walk)
 
 KINDS = ("folder", "tfds", "miniimagenet", "tieredimagenet", "cifarfs", "fc100", "cub",
          "omniglot")
 # Kinds that need a path, and those that take none (read through TFDS).
 _NEEDS_PATH = ("folder", "tfds", "miniimagenet", "tieredimagenet")
 _NO_PATH = ("cifarfs", "fc100", "omniglot")
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm",
-                    ".pgm", ".pbm")
+IMAGE_EXTENSIONS = class_listing.IMAGE_EXTENSIONS
 # Names of split folders, as most mini-ImageNet copies have them.
 SPLIT_FOLDERS = {"train": ("train",), "validation": ("val", "validation"), "test": ("test",)}
 PREPARED_SUBDIR = "tfmeta_prepared"
-# Reasons recorded for hidden entries (names starting with "."), which are never read.
-HIDDEN_FILE = "hidden file (name starts with '.'): not read"
-HIDDEN_FOLDER = "hidden folder (name starts with '.'): not read"
+HIDDEN_FILE, HIDDEN_FOLDER = class_listing.HIDDEN_FILE, class_listing.HIDDEN_FOLDER
 
 
 def parse(source: str) -> tuple[str, str]:
@@ -66,139 +63,11 @@ def parse(source: str) -> tuple[str, str]:
     return kind, arg
 
 
-def _is_hidden(name: str) -> bool:
-    return name.startswith(".")
-
-
 def _listdir(path: str) -> list[str]:
     try:
         return sorted(os.listdir(path))
     except OSError as e:
         raise DataError(f"cannot list {path!r}: {e.strerror or e}") from e
-
-
-def _scandir(path: str) -> list[os.DirEntry]:
-    """The entries of a folder inside the source, sorted by name.
-
-    Raises:
-      DataError: the folder cannot be read (permission denied, ...): its images would be lost.
-    """
-    try:
-        with os.scandir(path) as entries:
-            return sorted(entries, key=lambda e: e.name)
-    except OSError as e:
-        raise DataError(f"cannot read folder {path!r} of the source: {e.strerror or e}; make it "
-                        "readable (chmod) or move it out of the source folder") from e
-
-
-def _is_dir(entry: os.DirEntry) -> bool:
-    try:
-        return entry.is_dir()  # follows a symbolic link
-    except OSError:
-        return False
-
-
-def _walk(path: str, real: str, ancestors: frozenset[str], skipped: list[tuple[str, str]]
-          ) -> Iterator[tuple[str, str]]:
-    """``(path, real path)`` of every non-hidden file under ``path``, in sorted order.
-
-    Symbolic links to folders are followed (as :mod:`tfmeta.image_folders` does for
-    ``tfmeta.adapt``), except a link back to a folder the walk is inside, which would loop
-    forever; it is recorded in ``skipped``, as is every hidden file and folder (never read).
-
-    Args:
-      path: the folder.
-      real: its resolved path.
-      ancestors: resolved paths of the folders above it, and of it.
-      skipped: where left-out entries are recorded, ``(path, reason)``.
-    """
-    for entry in _scandir(path):
-        if _is_hidden(entry.name):
-            skipped.append((entry.path, HIDDEN_FOLDER if _is_dir(entry) else HIDDEN_FILE))
-            continue
-        # Resolving only links keeps listing to one system call per entry.
-        resolved = (os.path.realpath(entry.path) if entry.is_symlink()
-                    else os.path.join(real, entry.name))
-        if not _is_dir(entry):
-            yield entry.path, resolved
-        elif resolved in ancestors:
-            skipped.append((entry.path, f"a link back to {resolved}, a folder it is inside "
-                                        "(a cycle): not followed"))
-        else:
-            yield from _walk(entry.path, resolved, ancestors | {resolved}, skipped)
-
-
-def _class_folder(path: str, name: str, skipped: list[tuple[str, str]],
-                  seen: dict[str, tuple[str, str]]) -> ClassImages | None:
-    """A class folder's images (recursively, sorted); None, recorded as skipped, if it has none.
-
-    Args:
-      path: the class folder.
-      name: the class name.
-      skipped: where left-out files are recorded.
-      seen: ``{real path: (path, class)}`` of the files of the classes listed so far; a file
-        reached twice in one class (through a link) is kept once, and recorded.
-
-    Raises:
-      DataError: a file of this class is also a file of another class (through a link).
-    """
-    real = os.path.realpath(path)
-    files = []
-    for full, resolved in _walk(path, real, frozenset({real}), skipped):
-        if os.path.splitext(full)[1].lower() not in IMAGE_EXTENSIONS:
-            skipped.append((full, "not an image file (by its extension)"))
-            continue
-        if resolved in seen:
-            first, owner = seen[resolved]
-            if owner != name:
-                raise DataError(
-                    f"{full!r} (class {name!r}) and {first!r} (class {owner!r}) are the same file "
-                    f"{resolved!r} (through a symbolic link): an image must belong to one class; "
-                    "remove the link or the copy")
-            skipped.append((full, f"the same file as {first} (a symbolic link): kept once"))
-            continue
-        seen[resolved] = (full, name)
-        files.append(full)
-    if not files:
-        skipped.append((path, "empty class folder (no image files)"))
-        return None
-    return ClassImages(name, files, files)
-
-
-def _class_folders(path: str, skipped: list[tuple[str, str]],
-                   seen: dict[str, tuple[str, str]], folders: dict[str, str]
-                   ) -> list[ClassImages]:
-    """The class folders of ``path`` (a source or split folder).
-
-    Args:
-      path: the folder holding the class folders.
-      skipped: where left-out entries are recorded.
-      seen: the files of the classes listed so far (see :func:`_class_folder`).
-      folders: ``{real path: class folder}`` of the class folders listed so far.
-
-    Raises:
-      DataError: two class folders are the same folder (a symbolic link), which would put the
-        same images in two classes (and possibly in two splits).
-    """
-    classes = []
-    for entry in _scandir(path):
-        full = entry.path
-        if _is_hidden(entry.name):
-            skipped.append((full, HIDDEN_FOLDER if _is_dir(entry) else HIDDEN_FILE))
-            continue
-        if not _is_dir(entry):
-            skipped.append((full, "a file outside any class folder"))
-            continue
-        real = os.path.realpath(full)
-        if real in folders:
-            raise DataError(f"class folders {folders[real]!r} and {full!r} are the same folder "
-                            f"{real!r} (through a symbolic link): the same images would be two "
-                            "classes, in two splits; remove one of them")
-        folders[real] = full
-        cls = _class_folder(full, entry.name, skipped, seen)
-        if cls is not None:
-            classes.append(cls)
-    return classes
 
 
 def _split_folders(path: str) -> dict[str, str] | None:
@@ -242,11 +111,11 @@ def folder_listing(path: str, *, fractions: Sequence[float] = (0.64, 0.16, 0.20)
         if class_lists:
             raise DataError(f"{path!r} has split folders; data.class_lists would split it a second "
                             "way: leave data.class_lists empty")
-        splits = {split: _class_folders(folder, skipped, seen, folders)
+        splits = {split: class_folders(folder, skipped, seen, folders)
                   for split, folder in layout.items()}
         origin = f"split folders of {path}"
     else:
-        classes = _class_folders(path, skipped, seen, folders)
+        classes = class_folders(path, skipped, seen, folders)
         if class_lists:
             lists = read_class_lists(class_lists)
             splits = assign_classes(classes, lists, f"folder {path!r}")
@@ -289,7 +158,7 @@ def _stat_fingerprint(path: str) -> list[Any]:
     entries = []
     if os.path.isdir(path):
         real = os.path.realpath(path)
-        for full, _ in _walk(path, real, frozenset({real}), []):
+        for full, _ in walk(path, real, frozenset({real}), []):
             try:
                 st = os.stat(full)
             except OSError:
