@@ -254,8 +254,8 @@ def prepare(source: str, *, image_size: int, channels: int, resize: str = "stret
     directory = os.path.join(root, f"{kind}-{image_size}x{image_size}x{channels}-{key}")
     if os.path.exists(os.path.join(directory, class_store.SPEC_FILE)):
         return class_store.load(directory)
-    with class_store.writing(directory):  # before listing: fail at once, not after
-        os.makedirs(directory, exist_ok=True)
+    with class_store.writing(root):  # before listing: fail at once, not after
+        os.makedirs(root, exist_ok=True)
     logging.info("Preparing %s at %dx%dx%d in %s; later runs reuse it.", source, image_size,
                  image_size, channels, directory)
     found = listing(source, data_dir=data_dir or None, fractions=fractions,
