@@ -120,8 +120,8 @@ def _is_dir(entry: os.DirEntry) -> bool:
         return False
 
 
-def walk(path: str, real: str, ancestors: frozenset[str], skipped: list[tuple[str, str]]
-          ) -> Iterator[tuple[str, str]]:
+def walk(path: str, real: str, ancestors: frozenset[str],
+         skipped: list[tuple[str, str]]) -> Iterator[tuple[str, str]]:
     """``(path, real path)`` of every non-hidden file under ``path``, in sorted order.
 
     Symbolic links to folders are followed (as :mod:`tfmeta.image_folders` does for
