@@ -49,6 +49,9 @@ class TaskSource:
         class of an episode of ``split`` can give, and what the limit is, in words, for
         messages (Omniglot: its 20 drawings; an image source: the images of its classes); None
         for tasks without classes.
+      result_note: returns what every result of this data must say about it ("" for nothing):
+        a named benchmark used with other image counts than published is "not <benchmark>: ..."
+        (see :func:`tfmeta.benchmark_sources.check_complete`); None when there is nothing.
     """
 
     make_dataset: Callable[..., tf.data.Dataset]
