@@ -345,3 +345,13 @@ def test_every_image_too_small_names_min_image_side_not_the_normalisation(tmp_pa
                                                      r"\(shots \+ queries\): all its 9 images "
                                                      r"were skipped, 9 of them smaller"):
         tasks.build(c).make_dataset("train", 0, 1, 0, 0)
+
+
+def test_episodes_are_drawn_from_the_prepared_data_once_the_folder_is_gone(tmp_path):
+    root = write_class_folders(tmp_path / "p", [3, 3, 3, 3])
+    c = images_config(f"folder:{root}", split_fractions=(1.0, 0.0, 0.0),
+                      prepared_dir=str(tmp_path / "prep"))
+    before = next(iter(tasks.build(c).make_dataset("train", 0, 2, 0, 0)))
+    os.rename(root, tmp_path / "moved")
+    after = next(iter(tasks.build(c).make_dataset("train", 0, 2, 0, 0)))
+    np.testing.assert_array_equal(before["query_x"], after["query_x"])
