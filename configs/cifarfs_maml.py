@@ -7,7 +7,8 @@ Variants (``--config=configs/cifarfs_maml.py:VARIANT``): ``5way1shot`` (meta-bat
 
 CIFAR-FS is CIFAR-100 with Bertinetto et al.'s class split (64 / 16 / 20 classes of 600 images),
 shipped with tfmeta; the images are read through TFDS's ``cifar100`` (prepared once; offline, put
-``cifar-100-python.tar.gz`` where docs/data.md says). Everything else is the MAML paper's
+``cifar-100-binary.tar.gz``, the binary version TFDS reads, not the python one, in
+``<data_dir>/downloads/manual/``, see docs/data.md). Everything else is the MAML paper's
 mini-ImageNet setup (configs/miniimagenet_maml.py): conv4 with 32 filters, 2x2 max pooling and a
 flattened head (2x2x32 = 128 features), inner lr 0.01, 5 inner steps (10 at evaluation), 15 queries
 per class, Adam 1e-3, 60,000 iterations. Bertinetto et al. report MAML at 58.9 +- 1.9 % (1-shot)

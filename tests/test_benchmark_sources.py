@@ -79,7 +79,7 @@ def test_mini_imagenet_pickle_caches(tmp_path, caplog):
     assert warnings[0].startswith(f"mini-ImageNet in {tmp_path}: 100 image counts differ from "
                                   "the benchmark's (n01532829: 2 images; mini-ImageNet has 600 "
                                   "per class; ")
-    assert warnings[0].endswith("; and 95 more); the images are used as they are")
+    assert warnings[0].endswith("; and 95 more); this is not the benchmark")
     assert "Ravi & Larochelle 2017" in listing.origin
     assert "https://github.com/twitter/meta-learning-lstm/blob/" in listing.origin
     assert "mini-ImageNet pickle caches" in listing.origin
@@ -530,3 +530,101 @@ def test_listing_dispatches_by_name(tmp_path, tfds_dir):
         benchmark_sources.listing("tieredimagenet", None, tfds_dir)
     with pytest.raises(DataError, match=r"'cifarfs' reads TFDS cifar100 .* takes no path"):
         benchmark_sources.listing("cifarfs", str(tmp_path), tfds_dir)
+
+
+def test_a_benchmark_short_of_images_is_refused_unless_allowed_then_marked(tmp_path):
+    from tfmeta import config as config_lib
+    from tfmeta import tasks
+
+    counts = {split: {name: 600 for name in MINI.splits[split]} for split in SPLITS}
+    assert benchmark_sources.check_complete("miniimagenet", counts, where="x",
+                                            allow_partial=False) == ""
+    counts["test"][MINI.splits["test"][0]] = 412
+    with pytest.raises(DataError, match=rf"x is not the whole mini-ImageNet benchmark: 1 image "
+                                        rf"counts differ from the published ones \("
+                                        rf"{MINI.splits['test'][0]}: 412 images; mini-ImageNet "
+                                        rf"has 600 per class\); repair the data .* set "
+                                        rf"data.allow_partial_benchmark=True"):
+        benchmark_sources.check_complete("miniimagenet", counts, where="x", allow_partial=False)
+
+    write_mini_caches(tmp_path)  # 2 images per class, not 600
+    c = config_lib.base_config()
+    c.task, c.data.source = "images", f"miniimagenet:{tmp_path}"
+    c.data.image_size, c.data.channels, c.data.rotate = 8, 3, False
+    c.data.ways, c.data.shots, c.data.queries = 2, 1, 1
+    c.data.prepared_dir = str(tmp_path / "prepared")
+    config_lib.validate(c)
+    with pytest.raises(DataError, match="is not the whole mini-ImageNet benchmark: 100 image "
+                                        "counts differ"):
+        tasks.build(c).split_classes()
+    c.data.allow_partial_benchmark = True
+    source = tasks.build(c)
+    assert source.split_classes()["test"] == 20
+    assert source.result_note().startswith("not mini-ImageNet: 100 image counts differ")
+    assert source.data_summary()["not_the_benchmark"] == source.result_note()
+    assert tasks.build(config_lib.base_config()).result_note is None  # Omniglot: nothing to say
+
+
+def test_the_results_table_marks_a_result_that_is_not_the_benchmark():
+    from tfmeta import reporting
+
+    result = {"metric": "accuracy", "accuracy": 0.5, "ci95": 0.01,
+              "not_the_benchmark": "not CIFAR-FS: 13 image counts differ"}
+    assert reporting._format_result(result) == "50.00 ± 1.00 % (not CIFAR-FS: 13 image counts " \
+                                               "differ)"
+
+
+def test_a_mini_imagenet_cache_with_four_channels_is_refused(tmp_path):
+    write_mini_caches(tmp_path)
+    with open(tmp_path / "mini-imagenet-cache-val.pkl", "rb") as f:
+        data = pickle.load(f)
+    data["image_data"] = np.concatenate(
+        [data["image_data"], np.full(data["image_data"].shape[:3] + (1,), 7, np.uint8)], axis=3)
+    with open(tmp_path / "mini-imagenet-cache-val.pkl", "wb") as f:
+        pickle.dump(data, f)
+    with pytest.raises(DataError, match=r"mini-imagenet-cache-val.pkl: 'image_data' is uint8 "
+                                        r"\[32, 84, 84, 4\], 4 channels; mini-ImageNet's caches "
+                                        r"hold RGB images .* convert the cache to RGB"):
+        benchmark_sources.miniimagenet(str(tmp_path))
+
+
+def test_benchmark_class_folders_are_read_as_folder_sources_read_them(tmp_path):
+    """Subfolders and links are read, hidden entries recorded, linked duplicates refused."""
+    from tfmeta import class_listing
+
+    write_split_folders(tmp_path, MINI)
+    wnid, other = MINI.splits["train"][5], MINI.splits["train"][6]
+    (tmp_path / "train" / wnid / ".DS_Store").write_bytes(b"")
+    os.makedirs(tmp_path / "extra")
+    (tmp_path / "extra" / "more.JPEG").write_bytes(encoded(9))
+    os.symlink(tmp_path / "extra", tmp_path / "train" / wnid / "sub")
+    listing = benchmark_sources.miniimagenet(str(tmp_path))
+    assert listing.splits["train"][5].items[-1] == str(tmp_path / "train" / wnid / "sub" /
+                                                       "more.JPEG")
+    assert (str(tmp_path / "train" / wnid / ".DS_Store"), class_listing.HIDDEN_FILE) \
+        in listing.skipped
+    os.symlink(tmp_path / "extra", tmp_path / "train" / other / "sub")
+    with pytest.raises(DataError, match="are the same file .* an image must belong to one class"):
+        benchmark_sources.miniimagenet(str(tmp_path))
+
+
+def test_training_on_a_partial_benchmark_exits_2_with_one_line_writing_nothing(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.helpers import REPO, subprocess_env
+
+    write_mini_caches(tmp_path)
+    workdir = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "tfmeta.train",
+         f"--config={REPO}/configs/miniimagenet_maml.py:smoke",
+         f"--config.data.source=miniimagenet:{tmp_path}", f"--workdir={workdir}",
+         f"--config.data.prepared_dir={tmp_path / 'prepared'}"],
+        capture_output=True, text=True, timeout=600, env=subprocess_env(), cwd=REPO)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert "is not the whole mini-ImageNet benchmark: 100 image counts differ" in errors[0]
+    assert "data.allow_partial_benchmark=True" in errors[0]
+    assert not workdir.exists() or not os.listdir(workdir)  # nothing written in it

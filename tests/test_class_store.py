@@ -159,3 +159,148 @@ def test_prepared_directory_on_another_file_system(tmp_path):
     np.testing.assert_array_equal(again.read("train", [0, 1]),
                                   np.concatenate([data["class0"], data["class3"]]))
     assert all(f.startswith("ram://") for f in prepared.files("train", [0])[0])
+
+
+def _shard_path(prepared, split, c=0, s=0):
+    return os.path.join(prepared.directory, prepared.classes[split][c].shards[s]["file"])
+
+
+@pytest.mark.parametrize("damage", ["byte", "swap", "spec"])
+def test_a_changed_shard_is_refused_on_load(tmp_path, monkeypatch, damage):
+    monkeypatch.setattr(class_store, "TARGET_SHARD_BYTES", 2 * 27)  # 2 records per shard
+    listing, _ = _listing()
+    prepared = _prepare(listing, tmp_path / "p")
+    first, second = _shard_path(prepared, "train", 0, 0), _shard_path(prepared, "train", 0, 1)
+    if damage == "byte":
+        with open(first, "r+b") as f:
+            f.seek(30)
+            f.write(bytes([f.read(1)[0] ^ 1]))
+    elif damage == "swap":  # two shards of the same size, exchanged
+        os.rename(first, first + ".x")
+        os.rename(second, first)
+        os.rename(first + ".x", second)
+    else:
+        spec = json.loads((tmp_path / "p" / class_store.SPEC_FILE).read_text())
+        spec["classes"]["train"][0]["shards"][0]["sha256"] = "0" * 64
+        (tmp_path / "p" / class_store.SPEC_FILE).write_text(json.dumps(spec))
+    with pytest.raises(DataError, match=r"prepared shard .*c00000_000\d.rec' of class 'class0' "
+                                        r"does not match its checksum in spec.json: the prepared "
+                                        r"data is damaged; delete .* and rerun"):
+        class_store.load(prepared.directory)
+
+
+def test_checksums_are_recomputed_only_for_changed_shards(tmp_path, monkeypatch):
+    listing, _ = _listing()
+    prepared = _prepare(listing, tmp_path / "p")  # checked once, recorded
+    assert (tmp_path / "p" / class_store.VERIFIED_FILE).exists()
+    hashed = []
+    real = class_store._sha256
+    monkeypatch.setattr(class_store, "_sha256", lambda p: hashed.append(p) or real(p))
+    class_store.load(prepared.directory)
+    assert hashed == []
+    shard = _shard_path(prepared, "test")
+    os.utime(shard, ns=(1, 1))  # touched: checked again, found intact
+    class_store.load(prepared.directory)
+    assert hashed == [shard]
+    (tmp_path / "p" / class_store.VERIFIED_FILE).write_text("{damaged")
+    class_store.load(prepared.directory)
+    assert len(hashed) == 1 + sum(len(c.shards) for cs in prepared.classes.values() for c in cs)
+
+
+@pytest.mark.parametrize("damage, message", [
+    (b"\xff\xfe not json", "not JSON"),
+    (b"[1, 2]", "a JSON list, not an object"),
+    (json.dumps({"format": 1, "source": "x"}).encode(), "the key 'image_shape' is missing"),
+    ("image_shape", "a value of the wrong type"),
+    ("shards", "a value of the wrong type"),
+])
+def test_a_damaged_spec_is_one_error_naming_it(tmp_path, damage, message):
+    listing, _ = _listing()
+    prepared = _prepare(listing, tmp_path / "p")
+    path = tmp_path / "p" / class_store.SPEC_FILE
+    if isinstance(damage, bytes):
+        path.write_bytes(damage)
+    else:
+        spec = json.loads(path.read_text())
+        if damage == "image_shape":
+            spec["image_shape"] = "3x3x3"
+        else:
+            spec["classes"]["train"][0]["shards"] = [7]
+        path.write_text(json.dumps(spec))
+    with pytest.raises(DataError, match=rf"spec.json' is damaged \({message}.*\); delete "
+                                        rf"'{prepared.directory}' and rerun to prepare"):
+        class_store.load(prepared.directory)
+
+
+def test_a_full_disk_mid_shard_leaves_nothing_a_rerun_trusts(tmp_path, monkeypatch):
+    import errno
+
+    monkeypatch.setattr(class_store, "TARGET_SHARD_BYTES", 2 * 27)
+    listing, data = _listing(counts=(5, 3, 4, 2))
+    real = class_store.tf.io.gfile.GFile
+    writes = {"n": 0}
+
+    class FillingFile:
+        """Writes half of a shard, then the disk is full."""
+
+        def __init__(self, path, mode="r"):
+            self._f = real(path, mode)
+            self._path = path
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self._f.close()
+
+        def write(self, data):
+            if self._path.endswith(".rec" + class_store.TMP_SUFFIX):
+                writes["n"] += 1
+                if writes["n"] == 4:
+                    self._f.write(data[:len(data) // 2])
+                    raise OSError(errno.ENOSPC, "No space left on device")
+            return self._f.write(data)
+
+        def read(self, *args):
+            return self._f.read(*args)
+
+    monkeypatch.setattr(class_store.tf.io.gfile, "GFile", FillingFile)
+    with pytest.raises(class_store.PreparedWriteError,
+                       match=r"cannot write the prepared data in .*p': the disk is full \(no space "
+                             r"left on device\); free space .* then rerun"):
+        _prepare(listing, tmp_path / "p")
+    left = sorted(os.listdir(tmp_path / "p" / "train"))
+    assert not [f for f in left if f.endswith(class_store.TMP_SUFFIX)]
+    assert not (tmp_path / "p" / class_store.SPEC_FILE).exists()
+    monkeypatch.setattr(class_store.tf.io.gfile, "GFile", real)
+    prepared = _prepare(listing, tmp_path / "p")  # the rerun completes, from verified classes
+    np.testing.assert_array_equal(prepared.read("train", [0, 1]),
+                                  np.concatenate([data["class0"], data["class3"]]))
+
+
+def test_a_prepared_directory_under_a_file_or_unwritable_is_one_error(tmp_path, monkeypatch):
+    listing, _ = _listing()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(class_store.PreparedWriteError,
+                       match=r"in .*file/p': a part of the path is a file, not a directory"):
+        _prepare(listing, tmp_path / "file" / "p")
+
+    def denied(*args, **kwargs):  # a read-only directory (tests may run as root)
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(class_store.tf.io.gfile, "makedirs", denied)
+    with pytest.raises(class_store.PreparedWriteError, match=r"p2': permission denied; free "):
+        _prepare(listing, tmp_path / "p2")
+
+
+def test_a_complete_read_only_store_loads_and_checks_every_time(tmp_path, monkeypatch):
+    listing, _ = _listing()
+    prepared = _prepare(listing, tmp_path / "p")
+    os.remove(tmp_path / "p" / class_store.VERIFIED_FILE)
+
+    def read_only(*args, **kwargs):
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(class_store, "_write_atomically", read_only)
+    assert class_store.load(prepared.directory).classes == prepared.classes
+    assert not (tmp_path / "p" / class_store.VERIFIED_FILE).exists()

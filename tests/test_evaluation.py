@@ -20,3 +20,26 @@ def test_training_that_ends_at_chance_accuracy_is_warned(caplog):
     assert not evaluation.warn_if_chance(dict(result, accuracy=0.3, ci95=0.05), config)
     assert evaluation.warn_if_chance(dict(result, accuracy=0.23, ci95=0.05), config)
     assert not evaluation.warn_if_chance({"metric": "mse", "mse": 1.0, "ci95": 0.1}, config)
+
+
+def test_the_limit_on_shots_plus_queries_is_the_data_sources(tmp_path):
+    """A folder's classes hold 30 images: 10 shots + 15 queries evaluate (not Omniglot's 20)."""
+    import pytest
+    import tensorflow as tf
+
+    from tfmeta import config as config_lib
+    from tfmeta import evaluation, experiment
+    from tests.test_image_sources import images_config, write_class_folders
+
+    root = write_class_folders(tmp_path / "photos", [30] * 6, size=(8, 8))
+    config = images_config(f"folder:{root}", shots=10, queries=15, split_fractions=(0.34, 0.33, 0.33),
+                           prepared_dir=str(tmp_path / "prepared"))
+    config.model.filters = 4
+    config.eval.batch_size = 1
+    exp = experiment.build_experiment(config, tf.distribute.get_strategy())
+    result = evaluation.evaluate(exp, "validation", episodes=1, inner_steps=1)
+    assert result["shots"] == 10 and result["queries"] == 15
+    with pytest.raises(config_lib.ConfigError,
+                       match=r"21 queries per class \+ 10 shots = 31 exceed the 30 images that 2 "
+                             r"classes \(data.ways\) of split 'validation'"):
+        evaluation.evaluate(exp, "validation", episodes=1, inner_steps=1, queries=21)

@@ -81,12 +81,16 @@ def test_miniimagenet_smoke_config_reads_the_pickle_caches(tmp_path):
     workdir = tmp_path / "run"
     _run("tfmeta.train", f"--config={REPO}/configs/miniimagenet_maml.py:smoke",
          f"--config.data.source=miniimagenet:{caches}", f"--workdir={workdir}",
-         f"--config.data.prepared_dir={tmp_path / 'prepared'}", *_SHORT)
+         f"--config.data.prepared_dir={tmp_path / 'prepared'}",
+         "--config.data.allow_partial_benchmark=True", *_SHORT)  # a few images per class
     with open(workdir / "data_summary.json") as f:
         summary = json.load(f)
     assert [summary["splits"][s]["classes"] for s in ("train", "validation", "test")] == \
         [64, 16, 20]
     assert "Ravi" in summary["split_origin"]
+    assert summary["not_the_benchmark"].startswith("not mini-ImageNet: 100 image counts differ")
+    [result] = workdir.glob("eval_*.json")
+    assert json.loads(result.read_text())["not_the_benchmark"] == summary["not_the_benchmark"]
     assert (workdir / "export" / "saved_model.pb").exists()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -100,8 +101,69 @@ def test_non_images_empty_folders_and_stray_files_are_skipped_and_recorded(tmp_p
     reasons = {os.path.basename(path): why for path, why in listing.skipped}
     assert reasons == {"notes.txt": "not an image file (by its extension)",
                        "README.md": "a file outside any class folder",
-                       "empty": "empty class folder (no image files)"}
+                       "empty": "empty class folder (no image files)",
+                       ".hidden": image_sources.HIDDEN_FOLDER}
     assert [len(c.items) for c in listing.splits["train"]] == [3, 3]
+
+
+def test_hidden_files_and_folders_are_recorded_not_read(tmp_path):
+    root = write_class_folders(tmp_path / "p", [3, 3])
+    (tmp_path / "p" / "class00" / ".DS_Store").write_bytes(b"x")
+    write_class_folders(tmp_path / "p" / "class01" / ".thumbnails", [1])
+    listing = image_sources.folder_listing(root, fractions=(1.0, 0.0, 0.0))
+    assert sorted(listing.skipped) == [
+        (str(tmp_path / "p" / "class00" / ".DS_Store"), image_sources.HIDDEN_FILE),
+        (str(tmp_path / "p" / "class01" / ".thumbnails"), image_sources.HIDDEN_FOLDER)]
+    assert [len(c.items) for c in listing.splits["train"]] == [3, 3]
+
+
+def test_symlinked_subfolders_are_followed_once_and_cycles_recorded(tmp_path):
+    root = write_class_folders(tmp_path / "p", [2, 2])
+    write_class_folders(tmp_path / "elsewhere", [3])
+    os.symlink(tmp_path / "elsewhere" / "class00", tmp_path / "p" / "class00" / "more")
+    # The same folder twice in one class, and a link back up: kept once, not looped.
+    os.symlink(tmp_path / "elsewhere" / "class00", tmp_path / "p" / "class00" / "again")
+    os.symlink(tmp_path / "p" / "class01", tmp_path / "p" / "class01" / "loop")
+    listing = image_sources.folder_listing(root, fractions=(1.0, 0.0, 0.0))
+    counts = {c.name: len(c.items) for c in listing.splits["train"]}
+    assert counts == {"class00": 5, "class01": 2}
+    reasons = sorted(why.split(" ")[0:3] for _, why in listing.skipped)
+    assert reasons == [["a", "link", "back"]] + [["the", "same", "file"]] * 3
+    # The fingerprint sees the linked files too, so a change there prepares anew.
+    before = image_sources._stat_fingerprint(root)
+    (tmp_path / "elsewhere" / "class00" / "000.png").write_bytes(b"changed")
+    assert image_sources._stat_fingerprint(root) != before
+
+
+def test_a_symlinked_class_folder_in_two_splits_is_refused(tmp_path):
+    write_class_folders(tmp_path / "d" / "train", [2, 2])
+    os.makedirs(tmp_path / "d" / "val")
+    os.makedirs(tmp_path / "d" / "test")
+    os.symlink(tmp_path / "d" / "train" / "class01", tmp_path / "d" / "val" / "birds")
+    os.symlink(tmp_path / "d" / "train" / "class01", tmp_path / "d" / "test" / "birds2")
+    with pytest.raises(DataError, match="class folders .*class01' and .*/birds' are the same "
+                                        "folder .* remove one of them"):
+        image_sources.folder_listing(str(tmp_path / "d"))
+    os.remove(tmp_path / "d" / "test" / "birds2")
+    os.symlink(tmp_path / "d" / "train" / "class01" / "000.png",
+               tmp_path / "d" / "train" / "class00" / "x.png")
+    with pytest.raises(DataError, match="are the same file .* an image must belong to one class"):
+        image_sources.folder_listing(str(tmp_path / "d"))
+
+
+def test_an_unreadable_class_folder_is_named_not_called_empty(tmp_path, monkeypatch):
+    root = write_class_folders(tmp_path / "p", [2, 2])
+    scandir = os.scandir
+
+    def denied(path):  # chmod 0 is not enough: tests may run as root
+        if str(path).endswith("class01"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", denied)
+    with pytest.raises(DataError, match=r"cannot read folder .*class01' of the source: "
+                                        "Permission denied; make it readable"):
+        image_sources.folder_listing(root)
 
 
 def test_missing_folder_and_no_classes_are_errors(tmp_path):
@@ -156,6 +218,8 @@ def test_images_task_episodes_summary_and_left_out_classes(tmp_path):
     assert source.split_classes() == {"train": 4, "validation": 0, "test": 0}
     summary = source.data_summary()
     assert summary["splits"]["train"]["classes_left_out"] == {"class02": 2, "class05": 1}
+    assert summary["splits"]["train"]["images_used"]["class01"] == [
+        os.path.join(root, "class01", f"{i:03d}.png") for i in range(5)]
     assert summary["storage"] == "memory"
     transform = source.input_transform()
     assert len(transform.mean) == 3 and all(s > 0 for s in transform.std)
@@ -167,8 +231,13 @@ def test_images_task_episodes_summary_and_left_out_classes(tmp_path):
     assert abs(float(x.mean())) < 0.5 and 0.5 < float(x.std()) < 1.5
     c.data.ways = 5
     with pytest.raises(config_lib.ConfigError, match=r"'train' split .* has only 4 usable "
-                                                     r"classes"):
+                                                     r"classes .* 2 classes are left out for fewer "
+                                                     r"images, e.g. 'class02' \(2\), 'class05' "
+                                                     r"\(1\): .* every class and image is listed in "
+                                                     r".*data_summary.json"):
         config_lib.check_split_classes(c, source.split_classes())
+    written = json.loads(open(os.path.join(summary["prepared_dir"], "data_summary.json")).read())
+    assert written["splits"]["train"]["images_used"] == summary["splits"]["train"]["images_used"]
 
 
 def test_stream_and_memory_storage_give_the_same_batches(tmp_path):
@@ -205,3 +274,84 @@ def test_image_episodes_from_python_match_the_config_path(tmp_path):
         np.testing.assert_array_equal(got[key].numpy(), expected[key].numpy())
     with pytest.raises(config_lib.ConfigError, match="data.storage"):
         tfmeta.image_episodes(f"folder:{root}", storage="disk", **kwargs)
+
+
+def test_prepared_data_is_used_when_the_source_folder_is_gone(tmp_path, monkeypatch):
+    root = write_class_folders(tmp_path / "p", [3, 3, 3, 3])
+    kwargs = dict(image_size=8, channels=3, prepared_dir=str(tmp_path / "prep"),
+                  fractions=(0.5, 0.25, 0.25))
+    first = image_sources.prepare(f"folder:{root}", **kwargs)
+    os.rename(root, tmp_path / "moved")
+    again = image_sources.prepare(f"folder:{root}/", **kwargs)
+    assert again.directory == first.directory and again.classes == first.classes
+    # Other settings were never prepared: the source is needed, and its absence is named.
+    with pytest.raises(DataError, match="does not exist"):
+        image_sources.prepare(f"folder:{root}", **{**kwargs, "split_seed": 2})
+    # A damaged shard is still refused without the source.
+    shard = os.path.join(first.directory, first.classes["train"][0].shards[0]["file"])
+    with open(shard, "r+b") as f:
+        f.write(b"\x00\x01\x02")
+    with pytest.raises(DataError, match="does not match its checksum"):
+        image_sources.prepare(f"folder:{root}", **kwargs)
+
+
+def test_a_prepared_dir_that_is_a_file_is_refused_before_listing(tmp_path, monkeypatch):
+    root = write_class_folders(tmp_path / "p", [3, 3])
+    (tmp_path / "prep").write_text("not a directory")
+    monkeypatch.setattr(image_sources, "listing", lambda *a, **k: pytest.fail("listed"))
+    with pytest.raises(DataError, match=r"data.prepared_dir '.*prep' is a file, not a "
+                                        "directory; set data.prepared_dir to a directory"):
+        image_sources.prepare(f"folder:{root}", image_size=8, channels=3,
+                              prepared_dir=str(tmp_path / "prep"))
+    with pytest.raises(DataError, match=r"cannot write the prepared data in .*: a part of the "
+                                        "path is a file"):
+        image_sources.prepare(f"folder:{root}", image_size=8, channels=3,
+                              prepared_dir=str(tmp_path / "prep" / "below"))
+
+
+def test_class_lists_that_are_not_utf8_or_not_a_directory_are_named(tmp_path):
+    from tfmeta import class_listing
+
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    (lists / "train.txt").write_bytes("caf\u00e9\n".encode("latin-1"))
+    with pytest.raises(DataError, match=r"class list '.*train.txt' is not UTF-8 text \(byte 0xe9 "
+                                        r"at offset 3 is not UTF-8\); save it as UTF-8"):
+        class_listing.read_class_lists(str(lists))
+    (lists / "train.txt").write_bytes("\ufeffcaf\u00e9\n".encode("utf-8"))  # a BOM is fine
+    assert class_listing.read_class_lists(str(lists))["train"] == ["caf\u00e9"]
+    with pytest.raises(DataError, match=r"data.class_lists '.*train.txt' is a file, not a "
+                                        "directory; give the directory that holds train.txt"):
+        class_listing.read_class_lists(str(lists / "train.txt"))
+    (lists / "test.txt").mkdir()
+    with pytest.raises(DataError, match=r"class list '.*test.txt' is a directory; it must be a "
+                                        "text file"):
+        class_listing.read_class_lists(str(lists))
+
+
+def test_every_image_too_small_names_min_image_side_not_the_normalisation(tmp_path):
+    root = write_class_folders(tmp_path / "p", [3, 3, 3], size=(6, 6))
+    c = images_config(f"folder:{root}", split_fractions=(1.0, 0.0, 0.0), normalize=True,
+                      prepared_dir=str(tmp_path / "prep"))  # min_image_side 8 > 6
+    source = tasks.build(c)
+    with pytest.raises(DataError, match=r"split 'train' .* has no image to measure the "
+                                        r"normalisation on: all its 9 images were skipped, 9 of "
+                                        r"them smaller than data.min_image_side allows \(e.g. "
+                                        r"image .* 6x6 pixels, its shorter side 6 is below the "
+                                        r"minimum of 8\): lower data.min_image_side"):
+        source.input_transform()
+    c.data.normalize = False
+    with pytest.raises(config_lib.ConfigError, match=r"has no class with at least 3 images "
+                                                     r"\(shots \+ queries\): all its 9 images "
+                                                     r"were skipped, 9 of them smaller"):
+        tasks.build(c).make_dataset("train", 0, 1, 0, 0)
+
+
+def test_episodes_are_drawn_from_the_prepared_data_once_the_folder_is_gone(tmp_path):
+    root = write_class_folders(tmp_path / "p", [3, 3, 3, 3])
+    c = images_config(f"folder:{root}", split_fractions=(1.0, 0.0, 0.0),
+                      prepared_dir=str(tmp_path / "prep"))
+    before = next(iter(tasks.build(c).make_dataset("train", 0, 2, 0, 0)))
+    os.rename(root, tmp_path / "moved")
+    after = next(iter(tasks.build(c).make_dataset("train", 0, 2, 0, 0)))
+    np.testing.assert_array_equal(before["query_x"], after["query_x"])

@@ -326,3 +326,43 @@ def test_cifar100_offline_names_its_archive_and_the_manual_directory(tmp_path, o
     manual = os.path.join(str(tmp_path), "downloads", "manual")
     assert (f"put cifar-100-binary.tar.gz (from https://www.cs.toronto.edu/~kriz/"
             f"cifar-100-binary.tar.gz) in {manual}") in str(error.value)
+
+
+def test_offline_and_not_prepared_fails_before_tfds_downloads(tmp_path, monkeypatch):
+    import time
+
+    import requests
+
+    def unreachable(self, method, url, *args, **kwargs):
+        raise requests.exceptions.ConnectionError(f"{method} {url}: NameResolutionError")
+
+    def download(*args, **kwargs):
+        raise AssertionError("TFDS was left to download (and retry for minutes)")
+
+    monkeypatch.setattr(requests.sessions.Session, "request", unreachable)
+    monkeypatch.setattr(tfds.download.DownloadManager, "download", download)
+    start = time.monotonic()
+    with pytest.raises(DataError) as error:
+        tfds_source.read("tfmeta_test_download", data_dir=str(tmp_path))
+    assert time.monotonic() - start < 10
+    manual = os.path.join(str(tmp_path), "downloads", "manual")
+    assert "cannot be downloaded (ConnectionError" in str(error.value)
+    assert f"put tiny_birds.zip (from {DOWNLOAD_URL}) in {manual}" in str(error.value)
+    # With the file in the manual directory, nothing is requested and TFDS prepares it.
+    os.makedirs(manual)
+    with open(os.path.join(manual, "tiny_birds.zip"), "wb") as f:
+        f.write(ZIP)
+    monkeypatch.undo()
+    monkeypatch.setattr(requests.sessions.Session, "request", unreachable)
+    assert tfds_source.read("tfmeta_test_download", data_dir=str(tmp_path)).classes
+
+
+def test_the_cifar_fs_config_names_the_archive_tfds_reads():
+    import tensorflow_datasets as tfds
+
+    builder = tfds.builder("cifar100", data_dir=None)
+    files = sorted(tfds_source.registered_files(builder))
+    with open(os.path.join(os.path.dirname(__file__), "..", "configs", "cifarfs_maml.py")) as f:
+        text = f.read()
+    assert files == ["cifar-100-binary.tar.gz"]
+    assert "``cifar-100-binary.tar.gz``" in text and "cifar-100-python.tar.gz" not in text

@@ -54,12 +54,11 @@ from typing import Any
 
 from absl import logging
 
-from tfmeta import benchmark_splits, tfds_source
+from tfmeta import benchmark_splits, class_listing, tfds_source
 from tfmeta.benchmark_splits import BenchmarkSplit
 from tfmeta.class_listing import SPLITS, ClassImages, DataError, Listing
 
 NAMES = benchmark_splits.NAMES
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 # Folder (or file) names of each split, in the order they are looked for.
 SPLIT_NAMES = {"train": ("train",), "validation": ("val", "validation"), "test": ("test",)}
 _WNID = re.compile(r"^n\d{8}$")
@@ -150,6 +149,13 @@ def _mini_pickles(benchmark: BenchmarkSplit, path: str, caches: dict[str, str]) 
                 f"{file} is not a mini-ImageNet cache: expected 'image_data' (uint8 "
                 "[N, 84, 84, 3]) and 'class_dict' ({wnid: [indices]}), found keys "
                 f"{sorted(data)} ('image_data': {_describe(images)})")
+        if images.shape[3] != 3:
+            # A 4th channel may be alpha or anything else: guessing would change every pixel.
+            raise DataError(
+                f"{file}: 'image_data' is uint8 {list(images.shape)}, {images.shape[3]} channels; "
+                "mini-ImageNet's caches hold RGB images [N, 84, 84, 3]: convert the cache to RGB "
+                "(e.g. keep image_data[..., :3] if the 4th channel is alpha) or use the image "
+                "files (their transparency is composited onto white)")
         name = os.path.basename(file)
         classes = []
         for wnid, indices in class_dict.items():
@@ -402,14 +408,9 @@ def cub(path: str | None = None, data_dir: str | None = None) -> Listing:
         return _from_tfds(benchmark, "caltech_birds2011", data_dir,
                           rename=functools.partial(_cub_folder_names, benchmark))
     images = _cub_images_folder(path)
-    classes, skipped, files = [], [], []
-    for entry in sorted(os.scandir(images), key=lambda e: e.name):
-        if entry.is_dir():
-            cls, more_skipped, more_files = _scan_class(entry.path, entry.name, images)
-            skipped += more_skipped
-            files += more_files
-            if cls is not None:
-                classes.append(cls)
+    skipped: list[tuple[str, str]] = []
+    classes = class_listing.class_folders(images, skipped, {}, {})
+    files = _file_stats({"all": classes}, images)
     benchmark_splits.check_pool(benchmark, [c.name for c in classes], where=images)
     by_name = {c.name: c for c in classes}
     listed = set(benchmark.split_of())
@@ -480,41 +481,27 @@ def _from_split_folders(benchmark: BenchmarkSplit, path: str,
                         folders: dict[str, str]) -> Listing:
     found: dict[str, list[ClassImages]] = {}
     skipped: list[tuple[str, str]] = []
-    files: list[tuple[str, int, int]] = []
+    seen: dict[str, tuple[str, str]] = {}
+    real_folders: dict[str, str] = {}
     for split, folder in folders.items():
-        classes = []
-        for entry in sorted(os.scandir(folder), key=lambda e: e.name):
-            if entry.name.startswith("."):
-                continue
-            if not entry.is_dir():
-                skipped.append((entry.path, "a file among the class folders"))
-                continue
-            cls, more_skipped, more_files = _scan_class(entry.path, entry.name, path)
-            skipped += more_skipped
-            files += more_files
-            if cls is not None:
-                classes.append(cls)
-        found[split] = classes
+        found[split] = class_listing.class_folders(folder, skipped, seen, real_folders)
     return _finish(benchmark, found, where=path, read="split folders of class folders",
-                   files=files, skipped=skipped)
+                   files=_file_stats(found, path), skipped=skipped)
 
 
-def _scan_class(folder: str, name: str, root: str):
-    """A class folder's images (sorted), what was skipped and the files' stats."""
-    items, skipped, files = [], [], []
-    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
-        if entry.name.startswith(".") or not entry.is_file():
-            continue
-        if not entry.name.lower().endswith(IMAGE_EXTENSIONS):
-            skipped.append((entry.path, "not an image file (by its extension)"))
-            continue
-        items.append(entry.path)
-        stat = entry.stat()
-        files.append((os.path.relpath(entry.path, root), stat.st_size, stat.st_mtime_ns))
-    if not items:
-        skipped.append((folder, "class folder without images"))
-        return None, skipped, files
-    return ClassImages(name=name, items=items, item_names=list(items)), skipped, files
+def _file_stats(found: Mapping[str, Sequence[ClassImages]],
+                root: str) -> list[tuple[str, int, int]]:
+    """(path under ``root``, size, modification time) of every image file listed."""
+    result = []
+    for classes in found.values():
+        for cls in classes:
+            for item in cls.items:
+                try:
+                    stat = os.stat(item)
+                except OSError:
+                    continue  # a broken link: reported when it is decoded
+                result.append((os.path.relpath(item, root), stat.st_size, stat.st_mtime_ns))
+    return result
 
 
 def _finish(benchmark: BenchmarkSplit, found: dict[str, list[ClassImages]], *, where: str,
@@ -542,44 +529,99 @@ def _origin(benchmark: BenchmarkSplit, read: str) -> str:
 
 def _warn_image_counts(benchmark: BenchmarkSplit, splits: Mapping[str, Sequence[ClassImages]],
                        where: str) -> list[tuple[str, str]]:
-    """Logs one warning when image counts differ from the benchmark's; returns the differences."""
+    """Logs one warning when image counts differ from the benchmark's; returns the differences.
+
+    Counts are checked again on the prepared data, after unreadable images are skipped (see
+    :func:`check_complete`), where a difference is refused unless explicitly allowed.
+    """
     differences = image_counts(benchmark, splits)
     if differences:
         shown = "; ".join(f"{name}: {text}" for name, text in differences[:5])
         more = f"; and {len(differences) - 5} more" if len(differences) > 5 else ""
-        logging.warning("%s in %s: %d image counts differ from the benchmark's (%s%s); the "
-                        "images are used as they are", benchmark.title, where, len(differences),
-                        shown, more)
+        logging.warning("%s in %s: %d image counts differ from the benchmark's (%s%s); this is "
+                        "not the benchmark", benchmark.title, where, len(differences), shown,
+                        more)
     return differences
 
 
 def image_counts(benchmark: BenchmarkSplit,
                  splits: Mapping[str, Sequence[ClassImages]]) -> list[tuple[str, str]]:
+    """``(name, what differs)`` for every image count of a listing that differs from the
+    benchmark's (see :func:`count_differences`)."""
+    return count_differences(benchmark, {split: {c.name: len(c.items) for c in splits[split]}
+                                         for split in SPLITS})
+
+
+def count_differences(benchmark: BenchmarkSplit,
+                      counts: Mapping[str, Mapping[str, int]]) -> list[tuple[str, str]]:
     """``(name, what differs)`` for every image count that differs from the benchmark's.
 
     The name is a class's where the benchmark has a fixed number per class (mini-ImageNet,
     CIFAR-FS, FC100), a split's for tiered-ImageNet, the benchmark's (in total) for CUB.
+
+    Args:
+      benchmark: the published split.
+      counts: ``{split: {class: images}}``.
     """
     report = []
     per_class = benchmark.info.get("images_per_class")
     if per_class:
         for split in SPLITS:
-            for cls in splits[split]:
-                if len(cls.items) != per_class:
-                    report.append((cls.name, f"{len(cls.items)} images; {benchmark.title} has "
-                                             f"{per_class} per class"))
+            for name, count in counts.get(split, {}).items():
+                if count != per_class:
+                    report.append((name, f"{count} images; {benchmark.title} has {per_class} "
+                                         "per class"))
     per_split = benchmark.info.get("images")
     if isinstance(per_split, dict):
         for split in SPLITS:
-            count = sum(len(c.items) for c in splits[split])
+            count = sum(counts.get(split, {}).values())
             if count != per_split[split]:
                 report.append((split, f"{count} images; {benchmark.title} has "
                                       f"{per_split[split]} in this split"))
     elif isinstance(per_split, int):
-        count = sum(len(c.items) for classes in splits.values() for c in classes)
+        count = sum(n for classes in counts.values() for n in classes.values())
         if count != per_split:
             report.append((benchmark.name, f"{count} images; {benchmark.title} has {per_split}"))
     return report
+
+
+def check_complete(name: str, counts: Mapping[str, Mapping[str, int]], *, where: str,
+                   allow_partial: bool) -> str:
+    """Checks that prepared data holds the whole benchmark ``name``, image by image.
+
+    The rule: a named benchmark is only the benchmark when every published class has exactly
+    the published number of images after preparation (unreadable images skipped). Missing
+    classes are refused by the readers; this refuses short (or overfull) classes too, unless
+    ``allow_partial``, when the data is used and every result is marked as not the benchmark.
+
+    Args:
+      name: the benchmark (one of :data:`NAMES`).
+      counts: ``{split: {class: images kept}}`` of the prepared data.
+      where: what was prepared, for the message.
+      allow_partial: ``data.allow_partial_benchmark``.
+
+    Returns:
+      "" for the whole benchmark, else the note every result carries ("not CIFAR-FS: ...").
+
+    Raises:
+      DataError: counts differ and ``allow_partial`` is False (one line: the classes, found vs
+        published, and the two repairs).
+    """
+    benchmark = benchmark_splits.load(name)
+    differences = count_differences(benchmark, counts)
+    if not differences:
+        return ""
+    shown = "; ".join(f"{n}: {text}" for n, text in differences[:5])
+    more = f"; and {len(differences) - 5} more" if len(differences) > 5 else ""
+    summary = f"{len(differences)} image counts differ from the published ones ({shown}{more})"
+    if not allow_partial:
+        raise DataError(f"{where} is not the whole {benchmark.title} benchmark: {summary}; "
+                        f"repair the data (a complete copy), or set "
+                        f"data.allow_partial_benchmark=True to use it anyway (every result is "
+                        f"then marked as not {benchmark.title})")
+    note = f"not {benchmark.title}: {summary}"
+    logging.warning("%s; data.allow_partial_benchmark=True: results are marked as such.", note)
+    return note
 
 
 def _load_pickle(file: str):

@@ -16,8 +16,10 @@ substring). Fixed-length records are also what ``tf.data.FixedLengthRecordDatase
 Preparation is resumable: each finished class is appended to ``progress.jsonl`` (after its shards
 are renamed into place), and a restarted preparation verifies the checksums of the classes already
 done and continues with the next one. ``spec.json`` is written last, atomically; its presence means
-the directory is complete. Loading checks every shard's size against the spec; :func:`verify`
-recomputes the checksums.
+the directory is complete. Loading checks the spec, every shard's size, and (locally) the SHA-256
+of every shard changed since the last check, recorded in ``verified.json`` (see :func:`load`);
+:func:`verify` recomputes every checksum. A failed write (full disk, read-only directory) is one
+:class:`PreparedWriteError`; nothing half-written is ever trusted.
 
 Files go through ``tf.io.gfile``, so the prepared directory may be on any file system TensorFlow
 reads (``gs://`` for a TPU pod, whose workers then read only the shards they sample).
@@ -28,6 +30,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import dataclasses
+import errno
 import fcntl
 import hashlib
 import json
@@ -44,6 +47,12 @@ from tfmeta.class_listing import SPLITS, ClassImages, DataError, Listing
 FORMAT_VERSION = 1
 SPEC_FILE = "spec.json"
 PROGRESS_FILE = "progress.jsonl"
+# Which shards' SHA-256 were checked, when (size, modification time, inode) and against which
+# spec: loading hashes again only the shards changed since (see :func:`load`).
+VERIFIED_FILE = "verified.json"
+TMP_SUFFIX = ".tmp"
+# How the reason of an image skipped for its size starts (in the spec and the data summary).
+TOO_SMALL = "too small:"
 # Shard size: large enough that a class has few files, small enough that reading one image (a
 # whole shard, then a substring) costs little.
 TARGET_SHARD_BYTES = 256 * 1024
@@ -58,21 +67,25 @@ class ClassRecord:
       count: images kept.
       shards: ``{"file": path relative to the directory, "count": n, "sha256": hex}`` each.
       skipped: ``[item name, reason]`` of each image left out.
+      images: the item name of each image kept, in record order (empty in data prepared before
+        the names were recorded).
     """
 
     name: str
     count: int
     shards: tuple[dict, ...]
     skipped: tuple[tuple[str, str], ...] = ()
+    images: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "count": self.count, "shards": list(self.shards),
-                "skipped": [list(s) for s in self.skipped]}
+                "skipped": [list(s) for s in self.skipped], "images": list(self.images)}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ClassRecord":
-        return cls(d["name"], int(d["count"]), tuple(d["shards"]),
-                   tuple(tuple(s) for s in d.get("skipped", ())))
+        return cls(str(d["name"]), int(d["count"]), tuple(d["shards"]),
+                   tuple((str(a), str(b)) for a, b in d.get("skipped", ())),
+                   tuple(str(n) for n in d.get("images", ())))
 
 
 @dataclasses.dataclass
@@ -113,13 +126,30 @@ class Prepared:
         """Per-channel mean and standard deviation of a split's pixels / 255."""
         stats = self.stats[split]
         if not stats["pixels"]:
-            raise DataError(f"split {split!r} of {self.source!r} has no images to measure the "
-                            "normalisation on; give data.mean and data.std")
+            raise DataError(f"split {split!r} of {self.source!r} has no image to measure the "
+                            f"normalisation on: {self.why_empty(split)}")
         mean = np.asarray(stats["sum"]) / stats["pixels"]
         var = np.maximum(np.asarray(stats["sum_sq"]) / stats["pixels"] - mean**2, 0.0)
         # A constant channel would divide by zero; 1/255 keeps it finite and harmless.
         std = np.maximum(np.sqrt(var), 1.0 / 255.0)
         return tuple(float(v) for v in mean), tuple(float(v) for v in std)
+
+    def why_empty(self, split: str) -> str:
+        """Why a split has no image, in words, with the repair (for messages)."""
+        skipped = [reason for record in self.classes[split] for _, reason in record.skipped]
+        if not skipped:
+            return (f"it has {len(self.classes[split])} classes and no image file; give it "
+                    "classes (data.split_fractions, data.class_lists)")
+        small = [r for r in skipped if r.startswith(TOO_SMALL)]
+        text = f"all its {len(skipped)} images were skipped"
+        if small:
+            text += (f", {len(small)} of them smaller than data.min_image_side allows (e.g. "
+                     f"{small[0][len(TOO_SMALL):].strip()}): lower data.min_image_side (0 keeps "
+                     "every image) or use larger images")
+        if len(small) < len(skipped):
+            text += (f"; {len(skipped) - len(small)} unreadable, e.g. "
+                     f"{next(r for r in skipped if not r.startswith(TOO_SMALL))}")
+        return text + f" (each is listed in {self.directory}/{SPEC_FILE})"
 
     def files(self, split: str, classes: Sequence[int]) -> tuple[list[str], np.ndarray]:
         """Absolute shard paths of some classes of a split, class-major, and each first index."""
@@ -167,8 +197,10 @@ def preparation_lock(directory: str) -> Iterator[None]:
         yield
         return
     lock_path = os.path.normpath(directory) + ".lock"
-    os.makedirs(os.path.dirname(lock_path) or ".", exist_ok=True)
-    with open(lock_path, "a") as lock:
+    with writing(directory):
+        os.makedirs(os.path.dirname(lock_path) or ".", exist_ok=True)
+        lock = open(lock_path, "a")
+    with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             yield
@@ -183,17 +215,64 @@ def _join(directory: str, name: str) -> str:
 
 def _sha256(path: str) -> str:
     digest = hashlib.sha256()
-    with tf.io.gfile.GFile(path, "rb") as f:
+    with (open(path, "rb") if "://" not in path else tf.io.gfile.GFile(path, "rb")) as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
 
 
 def _write_atomically(path: str, data: bytes) -> None:
-    tmp = path + ".tmp"
-    with tf.io.gfile.GFile(tmp, "wb") as f:
-        f.write(data)
-    tf.io.gfile.rename(tmp, path, overwrite=True)
+    """Writes through a temporary file renamed into place: a reader never sees half a file.
+
+    A failed write (a full disk) removes its temporary file, so nothing half-written is left.
+    """
+    tmp = path + TMP_SUFFIX
+    try:
+        with tf.io.gfile.GFile(tmp, "wb") as f:
+            f.write(data)
+        tf.io.gfile.rename(tmp, path, overwrite=True)
+    except BaseException:
+        with contextlib.suppress(OSError, tf.errors.OpError):
+            tf.io.gfile.remove(tmp)
+        raise
+
+
+def _os_reason(error: BaseException) -> str:
+    """What a failed file operation means, in words (TensorFlow's errors carry no errno)."""
+    number = getattr(error, "errno", None)
+    text = str(getattr(error, "strerror", None) or getattr(error, "message", None) or error)
+    lowered = text.lower()
+    if number == errno.ENOSPC or "no space left" in lowered:
+        return "the disk is full (no space left on device)"
+    if number == errno.EDQUOT or "quota" in lowered:
+        return "the disk quota is exceeded"
+    if number == errno.EROFS or "read-only file system" in lowered:
+        return "the file system is read-only"
+    if number in (errno.EACCES, errno.EPERM) or "permission denied" in lowered:
+        return "permission denied"
+    if number in (errno.ENOTDIR, errno.EEXIST) or "not a directory" in lowered:
+        return "a part of the path is a file, not a directory"
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+class PreparedWriteError(DataError):
+    """The prepared directory cannot be written (full disk, read-only, a file in the way)."""
+
+
+@contextlib.contextmanager
+def writing(directory: str) -> Iterator[None]:
+    """Turns a failed write into one :class:`PreparedWriteError` naming the directory and repair.
+
+    Shards are renamed into place whole and a class is recorded as done only after all its
+    shards are (see :func:`prepare`), so what a failed write leaves is never trusted by a rerun.
+    """
+    try:
+        yield
+    except (OSError, tf.errors.OpError) as e:
+        raise PreparedWriteError(
+            f"cannot write the prepared data in {directory!r}: {_os_reason(e)}; free space or "
+            "make it writable, or set data.prepared_dir to a writable directory, then rerun (the "
+            "classes already prepared there are kept and checked)") from e
 
 
 Decoder = Callable[..., np.ndarray]
@@ -240,7 +319,7 @@ def _decode_all(cls: ClassImages, geometry: _Geometry, decode: Decoder,
                             channels=geometry.channels, resize=geometry.resize,
                             min_side=geometry.min_side)
         except too_small as e:
-            return name, None, f"too small: {e}"
+            return name, None, f"{TOO_SMALL} {e}"
         except DataError as e:
             return name, None, f"unreadable: {e}"
         if pixels.shape != geometry.shape or pixels.dtype != np.uint8:
@@ -256,8 +335,9 @@ def _prepare_class(directory: str, split: str, index: int, cls: ClassImages,
                    geometry: _Geometry, decode: Decoder,
                    pool: concurrent.futures.Executor) -> tuple[ClassRecord, dict[str, Any]]:
     """Decodes one class into its shards; returns its record and its pixel sums."""
-    tf.io.gfile.makedirs(_join(directory, split))
-    shards, skipped, buffer = [], [], []
+    with writing(directory):
+        tf.io.gfile.makedirs(_join(directory, split))
+    shards, skipped, buffer, kept = [], [], [], []
     channel_sum = np.zeros(geometry.channels)
     channel_sq = np.zeros(geometry.channels)
     count = 0
@@ -265,7 +345,8 @@ def _prepare_class(directory: str, split: str, index: int, cls: ClassImages,
     def flush() -> None:
         name = f"{split}/c{index:05d}_{len(shards):04d}.rec"
         data = b"".join(a.tobytes() for a in buffer)
-        _write_atomically(_join(directory, name), data)
+        with writing(directory):
+            _write_atomically(_join(directory, name), data)
         shards.append({"file": name, "count": len(buffer),
                        "sha256": hashlib.sha256(data).hexdigest()})
         buffer.clear()
@@ -278,6 +359,7 @@ def _prepare_class(directory: str, split: str, index: int, cls: ClassImages,
         channel_sum += x.sum(axis=0)
         channel_sq += (x * x).sum(axis=0)
         buffer.append(pixels)
+        kept.append(name)
         count += 1
         if len(buffer) == geometry.records_per_shard:
             flush()
@@ -285,7 +367,7 @@ def _prepare_class(directory: str, split: str, index: int, cls: ClassImages,
         flush()
     stats = {"sum": channel_sum.tolist(), "sum_sq": channel_sq.tolist(),
              "pixels": count * geometry.image_size**2}
-    return ClassRecord(cls.name, count, tuple(shards), tuple(skipped)), stats
+    return ClassRecord(cls.name, count, tuple(shards), tuple(skipped), tuple(kept)), stats
 
 
 class _Progress:
@@ -299,8 +381,8 @@ class _Progress:
         self._path = path
         self._text = ""
         if tf.io.gfile.exists(path):
-            with tf.io.gfile.GFile(path) as f:
-                self._text = f.read()
+            with tf.io.gfile.GFile(path, "rb") as f:
+                self._text = f.read().decode("utf-8", errors="replace")
             if self._text and not self._text.endswith("\n"):  # a line cut by an interruption
                 self._text = self._text[:self._text.rfind("\n") + 1]
         _write_atomically(path, self._text.encode())
@@ -328,27 +410,31 @@ def _read_progress(directory: str, listing: Listing) -> dict[tuple[str, int], di
     if not tf.io.gfile.exists(path):
         return {}
     done = {}
-    with tf.io.gfile.GFile(path) as f:
-        for line in f.read().splitlines():
-            try:
-                entry = json.loads(line)
-            except json.JSONDecodeError:
-                break  # a line cut by the interruption: its class is prepared again
-            split, index = entry["split"], entry["index"]
-            classes = listing.splits.get(split, [])
-            if index >= len(classes) or classes[index].name != entry["record"]["name"]:
-                continue  # the listing changed under the same key: prepare the class again
+    with tf.io.gfile.GFile(path, "rb") as f:
+        text = f.read().decode("utf-8", errors="replace")
+    for line in text.splitlines():
+        try:
+            entry = json.loads(line)
+            split, index = str(entry["split"]), int(entry["index"])
             record = ClassRecord.from_dict(entry["record"])
-            if all(tf.io.gfile.exists(_join(directory, s["file"]))
-                   and _sha256(_join(directory, s["file"])) == s["sha256"]
-                   for s in record.shards):
-                done[(split, index)] = entry
+            files = [_join(directory, s["file"]) for s in record.shards]
+            sums = [s["sha256"] for s in record.shards]
+            [float(v) for key in ("sum", "sum_sq") for v in entry["stats"][key]]
+            int(entry["stats"]["pixels"])
+        except (ValueError, KeyError, TypeError, AttributeError):
+            continue  # a line cut by the interruption or damaged: its class is prepared again
+        classes = listing.splits.get(split, [])
+        if not 0 <= index < len(classes) or classes[index].name != record.name:
+            continue  # the listing changed under the same key: prepare the class again
+        if all(tf.io.gfile.exists(f) and _sha256(f) == h for f, h in zip(files, sums)):
+            done[(split, index)] = entry
     return done
 
 
 def prepare(listing: Listing, directory: str, *, image_size: int, channels: int,
             resize: str = "stretch", min_side: int = 0, source: str = "",
-            decode: Decoder | None = None, workers: int | None = None) -> Prepared:
+            settings: dict[str, Any] | None = None, decode: Decoder | None = None,
+            workers: int | None = None) -> Prepared:
     """Prepares a listing into ``directory`` (or reuses it), resuming an interrupted preparation.
 
     Items that cannot be decoded, or whose shorter side is below ``min_side``, are skipped and
@@ -364,6 +450,8 @@ def prepare(listing: Listing, directory: str, *, image_size: int, channels: int,
       resize: ``"stretch"`` or ``"crop"`` (see :func:`tfmeta.image_decode.decode`).
       min_side: smallest shorter side accepted.
       source: the source string, recorded in the spec.
+      settings: the listing's settings (class split, ...), recorded in the spec, so that the
+        prepared data can be found again when the source is gone.
       decode: decoding function (default :func:`tfmeta.image_decode.decode`).
       workers: decoding threads (default: the CPU count).
 
@@ -373,10 +461,13 @@ def prepare(listing: Listing, directory: str, *, image_size: int, channels: int,
     Raises:
       DataError: the directory holds a spec of something else, or a decoder error that is not
         about one image.
+      PreparedWriteError: the directory cannot be written (full disk, read-only, a file in the
+        way); what was written is either complete and recorded, or never trusted.
     """
     decode = decode or _default_decoder()
     geometry = _Geometry(image_size, channels, resize, min_side)
-    tf.io.gfile.makedirs(directory)
+    with writing(directory):
+        tf.io.gfile.makedirs(directory)
     with preparation_lock(directory):
         if tf.io.gfile.exists(_join(directory, SPEC_FILE)):
             prepared = load(directory)
@@ -385,10 +476,14 @@ def prepare(listing: Listing, directory: str, *, image_size: int, channels: int,
                                 f"or image shape differ); delete it or choose another")
             return prepared
         done = _read_progress(directory, listing)
+        with writing(directory):
+            _remove_temporary_files(directory)
         if done:
             logging.info("Resuming the preparation in %s: %d classes already done.", directory,
                          len(done))
-        with _Progress(_join(directory, PROGRESS_FILE)) as progress, \
+        with writing(directory):
+            progress = _Progress(_join(directory, PROGRESS_FILE))
+        with progress, \
                 concurrent.futures.ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
             total = sum(len(v) for v in listing.splits.values())
             for split in SPLITS:
@@ -399,19 +494,31 @@ def prepare(listing: Listing, directory: str, *, image_size: int, channels: int,
                                                    decode, pool)
                     entry = {"split": split, "index": index, "record": record.to_dict(),
                              "stats": stats}
-                    progress.append(json.dumps(entry) + "\n")
+                    with writing(directory):
+                        progress.append(json.dumps(entry) + "\n")
                     done[(split, index)] = entry
                     if len(done) % 50 == 0:
                         logging.info("Prepared %d of %d classes in %s.", len(done), total,
                                      directory)
-        spec = _spec(listing, done, geometry, source)
-        _write_atomically(_join(directory, SPEC_FILE), (json.dumps(spec, indent=1) + "\n").encode())
-        tf.io.gfile.remove(_join(directory, PROGRESS_FILE))
+        spec = _spec(listing, done, geometry, source, settings)
+        with writing(directory):
+            _write_atomically(_join(directory, SPEC_FILE),
+                              (json.dumps(spec, indent=1) + "\n").encode())
+            tf.io.gfile.remove(_join(directory, PROGRESS_FILE))
     return load(directory)
 
 
+def _remove_temporary_files(directory: str) -> None:
+    """Removes the temporary files a killed preparation left (never anything else)."""
+    for folder in [directory] + [_join(directory, split) for split in SPLITS]:
+        if tf.io.gfile.isdir(folder):
+            for name in tf.io.gfile.listdir(folder):
+                if name.endswith(TMP_SUFFIX):
+                    tf.io.gfile.remove(_join(folder, name))
+
+
 def _spec(listing: Listing, done: dict[tuple[str, int], dict[str, Any]], geometry: _Geometry,
-          source: str) -> dict[str, Any]:
+          source: str, settings: dict[str, Any] | None) -> dict[str, Any]:
     classes, stats = {}, {}
     for split in SPLITS:
         entries = [done[(split, i)] for i in range(len(listing.splits[split]))]
@@ -426,38 +533,84 @@ def _spec(listing: Listing, done: dict[tuple[str, int], dict[str, Any]], geometr
     return {"format": FORMAT_VERSION, "source": source, "origin": listing.origin,
             "fingerprint": listing.fingerprint, "image_shape": list(geometry.shape),
             "records_per_shard": geometry.records_per_shard, "classes": classes, "stats": stats,
-            "skipped": [list(s) for s in listing.skipped]}
+            "skipped": [list(s) for s in listing.skipped], "settings": settings or {}}
 
 
-def load(directory: str) -> Prepared:
-    """Reads a prepared directory's spec and checks that every shard has its recorded size.
+def _damaged(path: str, directory: str, what: str) -> DataError:
+    return DataError(f"{path!r} is damaged ({what}); delete {directory!r} and rerun to prepare "
+                     "the data again")
 
-    Raises:
-      DataError: no spec, another format version, or a missing or wrongly sized shard (naming it).
-    """
+
+def _parse_spec(spec: Any, directory: str, path: str) -> Prepared:
+    """The :class:`Prepared` a spec describes; DataError naming the file if it is malformed."""
+    if not isinstance(spec, dict):
+        raise _damaged(path, directory, f"a JSON {type(spec).__name__}, not an object")
+    if spec.get("format") != FORMAT_VERSION:
+        raise DataError(f"{path!r} has format {spec.get('format')!r}; this tfmeta reads format "
+                        f"{FORMAT_VERSION}: delete {directory!r} to prepare it again")
+    try:
+        shape = tuple(int(v) for v in spec["image_shape"])
+        if len(shape) != 3 or min(shape) < 1:
+            raise ValueError(f"image_shape {list(shape)}")
+        classes = {s: [ClassRecord.from_dict(c) for c in spec["classes"][s]] for s in SPLITS}
+        for records in classes.values():
+            for record in records:
+                for shard in record.shards:
+                    if not (isinstance(shard["file"], str) and isinstance(shard["sha256"], str)
+                            and isinstance(shard["count"], int)):
+                        raise TypeError(f"shard {shard!r} of class {record.name!r}")
+        prepared = Prepared(
+            directory=directory, image_shape=shape,
+            records_per_shard=int(spec["records_per_shard"]), classes=classes,
+            source=str(spec["source"]), origin=str(spec["origin"]),
+            fingerprint=str(spec["fingerprint"]),
+            skipped=[(str(a), str(b)) for a, b in spec["skipped"]],
+            stats={s: {"sum": [float(v) for v in spec["stats"][s]["sum"]],
+                       "sum_sq": [float(v) for v in spec["stats"][s]["sum_sq"]],
+                       "pixels": int(spec["stats"][s]["pixels"])} for s in SPLITS})
+    except KeyError as e:
+        raise _damaged(path, directory, f"the key {e.args[0]!r} is missing") from e
+    except (TypeError, ValueError, AttributeError) as e:
+        raise _damaged(path, directory, f"a value of the wrong type or shape: {e}") from e
+    return prepared
+
+
+def read_spec(directory: str) -> dict[str, Any]:
+    """The raw ``spec.json`` of a prepared directory (DataError naming it if unreadable)."""
     path = _join(directory, SPEC_FILE)
     if not tf.io.gfile.exists(path):
         raise DataError(f"{directory!r} is not prepared data: it has no {SPEC_FILE}")
     try:
-        with tf.io.gfile.GFile(path) as f:
-            spec = json.loads(f.read())
-    except (OSError, tf.errors.OpError, json.JSONDecodeError) as e:
-        raise DataError(f"cannot read {path!r}: {e}; delete {directory!r} to prepare it again") \
-            from e
-    if spec.get("format") != FORMAT_VERSION:
-        raise DataError(f"{path!r} has format {spec.get('format')!r}; this tfmeta reads format "
-                        f"{FORMAT_VERSION}: delete {directory!r} to prepare it again")
-    prepared = Prepared(
-        directory=directory, image_shape=tuple(spec["image_shape"]),
-        records_per_shard=int(spec["records_per_shard"]),
-        classes={s: [ClassRecord.from_dict(c) for c in spec["classes"][s]] for s in SPLITS},
-        source=spec["source"], origin=spec["origin"], fingerprint=spec["fingerprint"],
-        skipped=[tuple(s) for s in spec["skipped"]], stats=spec["stats"])
+        with tf.io.gfile.GFile(path, "rb") as f:
+            return json.loads(f.read().decode("utf-8"))
+    except (OSError, tf.errors.OpError) as e:
+        raise DataError(f"cannot read {path!r}: {_os_reason(e)}; make it readable, or delete "
+                        f"{directory!r} to prepare it again") from e
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise _damaged(path, directory, f"not JSON: {e}") from e
+
+
+def load(directory: str) -> Prepared:
+    """Reads a prepared directory's spec and checks its shards: sizes, and their SHA-256.
+
+    Every shard's size is checked on every load. Each shard's SHA-256 is recomputed on the
+    first load, and then again only for the shards whose size, modification time or inode
+    changed since (a corrupted, replaced or swapped shard), or all of them when the spec changed;
+    what was checked is recorded in ``verified.json`` (not written when the directory is
+    read-only; then every load recomputes every checksum). On a remote file system (``gs://``)
+    only the sizes are checked on load; :func:`verify` recomputes every checksum anywhere.
+
+    Raises:
+      DataError: no spec, another format version, a damaged spec, or a missing, wrongly sized or
+        changed shard (naming it and the repair).
+    """
+    path = _join(directory, SPEC_FILE)
+    prepared = _parse_spec(read_spec(directory), directory, path)
     for split in SPLITS:
         for record in prepared.classes[split]:
             if sum(s["count"] for s in record.shards) != record.count:
-                raise DataError(f"{path!r}: class {record.name!r} has {record.count} images but "
-                                "its shards hold a different number; delete the directory")
+                raise _damaged(path, directory, f"class {record.name!r} has {record.count} images "
+                                                "but its shards hold a different number")
             for shard in record.shards:
                 file = _join(directory, shard["file"])
                 expected = shard["count"] * prepared.record_bytes
@@ -466,8 +619,65 @@ def load(directory: str) -> Prepared:
                     raise DataError(
                         f"prepared shard {file!r} of class {record.name!r} is "
                         f"{'missing' if size is None else f'{size} bytes'}; its spec says "
-                        f"{expected} bytes: delete {directory!r} to prepare it again")
+                        f"{expected} bytes: delete {directory!r} and rerun to prepare it again")
+    if "://" not in directory:
+        _check_changed_shards(prepared)
     return prepared
+
+
+def _shard_state(file: str) -> list[int]:
+    st = os.stat(file)
+    return [st.st_size, st.st_mtime_ns, st.st_ino]
+
+
+def _spec_digest(directory: str) -> str:
+    with open(_join(directory, SPEC_FILE), "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def _read_verified(directory: str, spec_digest: str) -> dict[str, list[int]]:
+    """``{shard: state}`` of the shards checked against this spec (empty if none or damaged)."""
+    try:
+        with open(_join(directory, VERIFIED_FILE), encoding="utf-8") as f:
+            verified = json.load(f)
+        if verified["spec_sha256"] != spec_digest:
+            return {}
+        return {str(k): list(v) for k, v in verified["shards"].items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}  # never written, unreadable or damaged: check every shard again
+
+
+def _check_changed_shards(prepared: Prepared) -> None:
+    """Recomputes the SHA-256 of the shards changed since they were last checked (local)."""
+    directory = prepared.directory
+    digest = _spec_digest(directory)
+    verified = _read_verified(directory, digest)
+    shards = [(record, shard) for split in SPLITS for record in prepared.classes[split]
+              for shard in record.shards]
+    states = {shard["file"]: _shard_state(_join(directory, shard["file"]))
+              for _, shard in shards}
+    todo = [(r, s) for r, s in shards if verified.get(s["file"]) != states[s["file"]]]
+    if not todo:
+        return
+    with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+        # hashlib releases the GIL on large buffers: the threads use every core.
+        actual = list(pool.map(lambda rs: _sha256(_join(directory, rs[1]["file"])), todo))
+    for (record, shard), sha in zip(todo, actual):
+        if sha != shard["sha256"]:
+            raise _changed_shard(prepared, record, shard)
+    try:
+        _write_atomically(_join(directory, VERIFIED_FILE),
+                          json.dumps({"spec_sha256": digest, "shards": states}).encode())
+    except (OSError, tf.errors.OpError) as e:  # a read-only store: check again next time
+        logging.info("Prepared data in %s checked; cannot record it (%s), so the next run checks "
+                     "it again.", directory, _os_reason(e))
+
+
+def _changed_shard(prepared: Prepared, record: ClassRecord, shard: dict) -> DataError:
+    return DataError(f"prepared shard {_join(prepared.directory, shard['file'])!r} of class "
+                     f"{record.name!r} does not match its checksum in {SPEC_FILE}: the prepared "
+                     f"data is damaged; delete {prepared.directory!r} and rerun to prepare it "
+                     "again")
 
 
 def verify(prepared: Prepared) -> None:
@@ -481,6 +691,4 @@ def verify(prepared: Prepared) -> None:
             for shard in record.shards:
                 file = _join(prepared.directory, shard["file"])
                 if _sha256(file) != shard["sha256"]:
-                    raise DataError(f"prepared shard {file!r} of class {record.name!r} does not "
-                                    f"match its checksum; delete {prepared.directory!r} to "
-                                    "prepare it again")
+                    raise _changed_shard(prepared, record, shard)

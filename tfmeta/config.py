@@ -98,6 +98,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.storage = "auto"  # auto (memory when it fits memory_limit_mb) | memory | stream
     c.data.memory_limit_mb = 2048
     c.data.prepared_dir = ""  # prepared per-class shards; "" = <TFDS data dir>/tfmeta_prepared
+    # A named benchmark with other image counts than published is refused; True uses it, and
+    # every result is marked as not the benchmark.
+    c.data.allow_partial_benchmark = False
     # Per-channel normalisation: mean/std given, or () = measured on the meta-train split.
     c.data.normalize = False
     c.data.mean = ()
@@ -453,7 +456,7 @@ def _check_images(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(
             f"config field 'data.split_fractions' is {d.split_fractions!r}; it must be three "
             "non-negative fractions (train, validation, test) summing to 1, train > 0")
-    for name in ("normalize", "augment"):
+    for name in ("normalize", "augment", "allow_partial_benchmark"):
         if not isinstance(d[name], bool):
             raise ConfigError(f"config field 'data.{name}' is {d[name]!r}; allowed values: "
                               "True, False")

@@ -58,7 +58,8 @@ def evaluate(exp: Experiment, split: str, *, episodes: int, inner_steps: int | N
       ``transductive``.
 
     Raises:
-      config_lib.ConfigError: ``queries`` too large for Omniglot, or an unknown ``bn_mode``.
+      config_lib.ConfigError: shots + ``queries`` more than the data source's classes have (20
+        for Omniglot), or an unknown ``bn_mode``.
     """
     config = exp.config
     inner_steps = inner_steps or config.inner.eval_steps
@@ -69,10 +70,14 @@ def evaluate(exp: Experiment, split: str, *, episodes: int, inner_steps: int | N
                                      f"{list(BN_MODES)}")
     classification = exp.source.classification
     queries = queries or (config.data.queries if classification else config.data.k_query)
-    if classification and config.data.shots + queries > config_lib.DRAWINGS_PER_CHARACTER:
-        raise config_lib.ConfigError(
-            f"{queries} queries per class + {config.data.shots} shots exceed the "
-            f"{config_lib.DRAWINGS_PER_CHARACTER} drawings of an Omniglot character")
+    if classification and exp.source.examples_per_class is not None:
+        # The data source owns its limit: Omniglot's 20 drawings are not a folder's.
+        limit, what = exp.source.examples_per_class(split)
+        if config.data.shots + queries > limit:
+            raise config_lib.ConfigError(
+                f"{queries} queries per class + {config.data.shots} shots = "
+                f"{config.data.shots + queries} exceed the {limit} {what}; evaluate with fewer "
+                "queries")
     global_batch = config.eval.batch_size * exp.strategy.num_replicas_in_sync
     dataset = tasks.distributed_dataset(exp.strategy, exp.source, split,
                                         global_batch_size=global_batch, seed=seed,
@@ -104,6 +109,9 @@ def evaluate(exp: Experiment, split: str, *, episodes: int, inner_steps: int | N
         "transductive": bn_mode == "transductive" and layers.has_batch_norm(exp.model),
         "seed": int(seed),
     }
+    note = exp.source.result_note() if exp.source.result_note is not None else ""
+    if note:  # e.g. a benchmark with classes short of images: the number is not comparable
+        result["not_the_benchmark"] = note
     if classification:
         result.update(ways=config.data.ways, shots=config.data.shots, queries=int(queries),
                       split_scheme=config.data.split_scheme)

@@ -27,20 +27,20 @@ from typing import Any
 
 from absl import logging
 
-from tfmeta import class_store
-from tfmeta.class_listing import (ClassImages, DataError, Listing, assign_classes,
-                                  read_class_lists, split_by_fractions)
+from tfmeta import class_listing, class_store
+from tfmeta.class_listing import (DataError, Listing, assign_classes, class_folders,
+                                  read_class_lists, split_by_fractions, walk)
 
 KINDS = ("folder", "tfds", "miniimagenet", "tieredimagenet", "cifarfs", "fc100", "cub",
          "omniglot")
 # Kinds that need a path, and those that take none (read through TFDS).
 _NEEDS_PATH = ("folder", "tfds", "miniimagenet", "tieredimagenet")
 _NO_PATH = ("cifarfs", "fc100", "omniglot")
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm",
-                    ".pgm", ".pbm")
+IMAGE_EXTENSIONS = class_listing.IMAGE_EXTENSIONS
 # Names of split folders, as most mini-ImageNet copies have them.
 SPLIT_FOLDERS = {"train": ("train",), "validation": ("val", "validation"), "test": ("test",)}
 PREPARED_SUBDIR = "tfmeta_prepared"
+HIDDEN_FILE, HIDDEN_FOLDER = class_listing.HIDDEN_FILE, class_listing.HIDDEN_FOLDER
 
 
 def parse(source: str) -> tuple[str, str]:
@@ -63,49 +63,11 @@ def parse(source: str) -> tuple[str, str]:
     return kind, arg
 
 
-def _is_hidden(name: str) -> bool:
-    return name.startswith(".")
-
-
 def _listdir(path: str) -> list[str]:
     try:
         return sorted(os.listdir(path))
     except OSError as e:
         raise DataError(f"cannot list {path!r}: {e.strerror or e}") from e
-
-
-def _class_folder(path: str, name: str, skipped: list[tuple[str, str]]) -> ClassImages | None:
-    """A class folder's images (recursively, sorted); None, recorded as skipped, if it has none."""
-    files = []
-    for root, dirs, names in os.walk(path):
-        dirs[:] = sorted(d for d in dirs if not _is_hidden(d))
-        for file in sorted(names):
-            full = os.path.join(root, file)
-            if _is_hidden(file):
-                continue
-            if os.path.splitext(file)[1].lower() not in IMAGE_EXTENSIONS:
-                skipped.append((full, "not an image file (by its extension)"))
-            else:
-                files.append(full)
-    if not files:
-        skipped.append((path, "empty class folder (no image files)"))
-        return None
-    return ClassImages(name, files, files)
-
-
-def _class_folders(path: str, skipped: list[tuple[str, str]]) -> list[ClassImages]:
-    classes = []
-    for name in _listdir(path):
-        full = os.path.join(path, name)
-        if _is_hidden(name):
-            continue
-        if not os.path.isdir(full):
-            skipped.append((full, "a file outside any class folder"))
-            continue
-        cls = _class_folder(full, name, skipped)
-        if cls is not None:
-            classes.append(cls)
-    return classes
 
 
 def _split_folders(path: str) -> dict[str, str] | None:
@@ -128,26 +90,32 @@ def folder_listing(path: str, *, fractions: Sequence[float] = (0.64, 0.16, 0.20)
     """Lists a directory of class folders (see the module docstring).
 
     Without split folders the classes are split by the class-list files in ``class_lists`` or by
-    ``fractions`` (seeded by ``split_seed``). Hidden files and folders are ignored; non-image
-    files, files outside class folders and class folders without images are skipped and recorded.
+    ``fractions`` (seeded by ``split_seed``). Hidden files and folders (never read), non-image
+    files, files outside class folders, class folders without images, link cycles and files
+    reached twice in a class through links are skipped and recorded (:attr:`Listing.skipped`).
+    Links to folders are followed.
 
     Raises:
-      DataError: no such directory, no class folders, a class in two splits, a listed class
-        missing.
+      DataError: no such directory, an unreadable folder, no class folders, a class in two
+        splits, a listed class missing, two class folders (or two classes' files) that are the
+        same through a symbolic link.
     """
     path = os.path.abspath(os.path.expanduser(path))
     if not os.path.isdir(path):
         raise DataError(f"data.source folder {path!r} does not exist or is not a directory")
     skipped: list[tuple[str, str]] = []
+    seen: dict[str, tuple[str, str]] = {}
+    folders: dict[str, str] = {}
     layout = _split_folders(path)
     if layout is not None:
         if class_lists:
             raise DataError(f"{path!r} has split folders; data.class_lists would split it a second "
                             "way: leave data.class_lists empty")
-        splits = {split: _class_folders(folder, skipped) for split, folder in layout.items()}
+        splits = {split: class_folders(folder, skipped, seen, folders)
+                  for split, folder in layout.items()}
         origin = f"split folders of {path}"
     else:
-        classes = _class_folders(path, skipped)
+        classes = class_folders(path, skipped, seen, folders)
         if class_lists:
             lists = read_class_lists(class_lists)
             splits = assign_classes(classes, lists, f"folder {path!r}")
@@ -164,24 +132,37 @@ def folder_listing(path: str, *, fractions: Sequence[float] = (0.64, 0.16, 0.20)
     if not any(splits.values()):
         raise DataError(f"data.source folder {path!r} has no class folders with images; expected "
                         f"{path}/<class>/<image> or {path}/train/<class>/<image>")
+    _log_skipped(path, skipped)
     return Listing(splits, fingerprint="", origin=origin, skipped=skipped)
 
 
+def _log_skipped(path: str, skipped: Sequence[tuple[str, str]]) -> None:
+    """One log line: how many entries of the source were left out, hidden ones apart."""
+    hidden = sum(reason in (HIDDEN_FILE, HIDDEN_FOLDER) for _, reason in skipped)
+    if skipped:
+        logging.info("Listing %s: %d hidden files and folders not read, %d other entries skipped "
+                     "(non-image files, empty class folders, ...); each is listed with its reason "
+                     "in the run's data_summary.json (files_skipped_while_listing).", path,
+                     hidden, len(skipped) - hidden)
+
+
 def _stat_fingerprint(path: str) -> list[Any]:
-    """Names, sizes and modification times of every file under ``path`` (or of the file)."""
+    """Names, sizes and modification times of every file under ``path`` (or of the file).
+
+    Walked as the listing walks (links followed, hidden entries left out: they are never read).
+    """
     path = os.path.abspath(os.path.expanduser(path))
     if os.path.isfile(path):
         st = os.stat(path)
         return [[path, st.st_size, st.st_mtime_ns]]
     entries = []
-    for root, dirs, names in os.walk(path):
-        dirs.sort()
-        for name in sorted(names):
-            full = os.path.join(root, name)
+    if os.path.isdir(path):
+        real = os.path.realpath(path)
+        for full, _ in walk(path, real, frozenset({real}), []):
             try:
                 st = os.stat(full)
             except OSError:
-                continue
+                continue  # a broken link: the listing reports it
             entries.append([os.path.relpath(full, path), st.st_size, st.st_mtime_ns])
     return [path, entries]
 
@@ -244,22 +225,66 @@ def prepare(source: str, *, image_size: int, channels: int, resize: str = "stret
             class_lists: str = "") -> class_store.Prepared:
     """Prepared data of a source at a size, prepared on first use (see the module docstring).
 
+    When the source's files are gone (a folder or benchmark path that no longer exists), the
+    newest data prepared from that path with the same settings is used, with a warning: its
+    shards are checked on load, so an evaluation or a resume needs no source.
+
     Raises:
-      DataError: the source cannot be read (the message names the file or class).
+      DataError: the source cannot be read (the message names the file or class), or
+        ``data.prepared_dir`` is a file.
+      class_store.PreparedWriteError: the prepared directory cannot be written.
     """
     kind, arg = parse(source)
+    root = prepared_root(prepared_dir, data_dir)
+    if os.path.exists(root) and not os.path.isdir(root):
+        raise DataError(f"data.prepared_dir {root!r} is a file, not a directory; set "
+                        "data.prepared_dir to a directory (or leave it empty for the default)")
+    settings = _settings(kind, arg, resize=resize, min_side=min_side, fractions=fractions,
+                         split_seed=split_seed, class_lists=class_lists)
+    if kind in _NEEDS_PATH + ("cub",) and arg and not os.path.exists(settings["path"]):
+        found = _prepared_without_source(root, kind, image_size, channels, settings)
+        if found is not None:
+            logging.warning("The source %s is gone; using the data prepared from it in %s.",
+                            source, found)
+            return class_store.load(found)
     digest = fingerprint(kind, arg, data_dir=data_dir or None, fractions=fractions,
                          split_seed=split_seed, class_lists=class_lists)
     key = class_store.cache_key(digest, image_size=image_size, channels=channels, resize=resize,
                                 min_side=min_side)
-    directory = os.path.join(prepared_root(prepared_dir, data_dir),
-                             f"{kind}-{image_size}x{image_size}x{channels}-{key}")
+    directory = os.path.join(root, f"{kind}-{image_size}x{image_size}x{channels}-{key}")
     if os.path.exists(os.path.join(directory, class_store.SPEC_FILE)):
         return class_store.load(directory)
+    with class_store.writing(root):  # before listing: fail at once, not after
+        os.makedirs(root, exist_ok=True)
     logging.info("Preparing %s at %dx%dx%d in %s; later runs reuse it.", source, image_size,
                  image_size, channels, directory)
     found = listing(source, data_dir=data_dir or None, fractions=fractions,
                     split_seed=split_seed, class_lists=class_lists)
     found.fingerprint = digest
     return class_store.prepare(found, directory, image_size=image_size, channels=channels,
-                               resize=resize, min_side=min_side, source=source)
+                               resize=resize, min_side=min_side, source=source,
+                               settings=settings)
+
+
+def _settings(kind: str, arg: str, **settings: Any) -> dict[str, Any]:
+    """What a prepared directory was made from besides its size: recorded in its spec."""
+    path = os.path.abspath(os.path.expanduser(arg)) if arg and kind != "tfds" else arg
+    return json.loads(json.dumps({"kind": kind, "path": path, **settings}))  # JSON's types
+
+
+def _prepared_without_source(root: str, kind: str, image_size: int, channels: int,
+                             settings: dict[str, Any]) -> str | None:
+    """The newest complete prepared directory of ``root`` made with ``settings``, or None."""
+    prefix = f"{kind}-{image_size}x{image_size}x{channels}-"
+    candidates = []
+    for name in (os.listdir(root) if os.path.isdir(root) else ()):
+        spec_path = os.path.join(root, name, class_store.SPEC_FILE)
+        if not name.startswith(prefix) or not os.path.isfile(spec_path):
+            continue
+        try:
+            spec = class_store.read_spec(os.path.join(root, name))
+        except DataError:
+            continue  # damaged: not this one
+        if isinstance(spec, dict) and spec.get("settings") == settings:
+            candidates.append((os.path.getmtime(spec_path), os.path.join(root, name)))
+    return max(candidates)[1] if candidates else None

@@ -37,12 +37,21 @@ class TaskSource:
       input_shape: shape of one example (without batch dimension).
       classification: whether the labels are classes (accuracy is reported) or real values.
       split_classes: returns the classes available in each split, for validating ``ways``; loads
-        the data on first call (None: the tasks have no classes).
+        the data on first call (None: the tasks have no classes). Task 'images' raises itself
+        when a split has fewer usable classes than ways, after writing the data summary beside
+        the prepared data (the run stops before its work directory is written).
       input_transform: returns how the model's input images are made from pixels (size, channels,
         inversion, normalisation; may load the data to measure the normalisation); None for
         tasks that are not images.
       data_summary: returns the run's data summary (per split: the classes and images used, and
         what was skipped and why), a JSON-able dict; None when there is nothing to report.
+      examples_per_class: ``split -> (limit, what)``: the most examples (shots + queries) a
+        class of an episode of ``split`` can give, and what the limit is, in words, for
+        messages (Omniglot: its 20 drawings; an image source: the images of its classes); None
+        for tasks without classes.
+      result_note: returns what every result of this data must say about it ("" for nothing):
+        a named benchmark used with other image counts than published is "not <benchmark>: ..."
+        (see :func:`tfmeta.benchmark_sources.check_complete`); None when there is nothing.
     """
 
     make_dataset: Callable[..., tf.data.Dataset]
@@ -52,6 +61,8 @@ class TaskSource:
     split_classes: Callable[[], Mapping[str, int]] | None = None
     input_transform: Callable[[], InputTransform] | None = None
     data_summary: Callable[[], dict] | None = None
+    examples_per_class: Callable[[str], tuple[int, str]] | None = None
+    result_note: Callable[[], str] | None = None
 
 
 def build(config: ml_collections.ConfigDict, *, data=None) -> TaskSource:
@@ -111,11 +122,15 @@ def _omniglot(config: ml_collections.ConfigDict, data) -> TaskSource:
         return episodes.episode_dataset(pools()[split], spec, seed=seed, pipeline_id=pipeline_id,
                                         start_index=start_index, batch_size=batch_size)
 
+    def examples_per_class(split: str) -> tuple[int, str]:
+        return int(pools()[split].shape[1]), "drawings of an Omniglot character"
+
     size = config.data.image_size
     return TaskSource(make_dataset, num_outputs=config.data.ways, input_shape=(size, size, 1),
                       classification=True,
                       split_classes=lambda: {k: int(v.shape[0]) for k, v in pools().items()},
-                      input_transform=lambda: input_transform_of(config))
+                      input_transform=lambda: input_transform_of(config),
+                      examples_per_class=examples_per_class)
 
 
 def _needed(config: ml_collections.ConfigDict, split: str, queries: int | None = None) -> int:
@@ -139,7 +154,13 @@ def _images(config: ml_collections.ConfigDict) -> TaskSource:
             fractions=tuple(d.split_fractions), split_seed=d.split_seed,
             class_lists=d.class_lists)
 
+    @functools.cache
+    def benchmark_note() -> str:
+        # Checked on the prepared data (after unreadable images were skipped), on first use.
+        return benchmark_note_of(prepared(), allow_partial=d.allow_partial_benchmark)
+
     def usable(split: str, needed: int) -> list[int]:
+        benchmark_note()  # a partial benchmark is refused before any episode
         return [i for i, c in enumerate(prepared().classes[split]) if c.count >= needed]
 
     @functools.cache
@@ -155,9 +176,11 @@ def _images(config: ml_collections.ConfigDict) -> TaskSource:
         p, classes = prepared(), usable(split, needed)
         counts = [p.classes[split][c].count for c in classes]
         if not classes:
+            empty = not any(c.count for c in p.classes[split])
             raise config_lib.ConfigError(
                 f"split {split!r} of {d.source!r} has no class with at least {needed} images "
-                "(shots + queries); see the data summary")
+                "(shots + queries)" + (f": {p.why_empty(split)}" if empty else
+                                       "; see the data summary"))
         if in_memory():
             # One tensor, no NumPy copy kept beside it: the pool is the run's largest object.
             return episodes.ImagePool(tf.convert_to_tensor(p.read(split, classes)), counts)
@@ -185,16 +208,83 @@ def _images(config: ml_collections.ConfigDict) -> TaskSource:
             normalization=(t.mean, t.std) if t.normalizes else None)
 
     def split_classes() -> dict[str, int]:
-        return {split: len(usable(split, _needed(config, split)))
-                for split in prepared().classes}
+        counts = {split: len(usable(split, _needed(config, split)))
+                  for split in prepared().classes}
+        for split, classes in counts.items():
+            # A split without any usable class is an error only where it is used.
+            if 0 < classes < d.ways:
+                raise _too_few_classes(config, split, classes, summary())
+        return counts
 
     def summary() -> dict:
-        return data_summary(prepared(), config, in_memory=in_memory(), transform=transform())
+        return {**data_summary(prepared(), config, in_memory=in_memory(), transform=transform()),
+                "not_the_benchmark": benchmark_note()}
+
+    def examples_per_class(split: str) -> tuple[int, str]:
+        # An episode takes `ways` classes: the limit is the ways-th largest class.
+        counts = sorted((c.count for c in prepared().classes[split]), reverse=True)
+        limit = counts[d.ways - 1] if len(counts) >= d.ways else 0
+        return limit, (f"images that {d.ways} classes (data.ways) of split {split!r} of "
+                       f"{d.source!r} have (see the data summary for each class's count)")
 
     size = d.image_size
     return TaskSource(make_dataset, num_outputs=d.ways, input_shape=(size, size, d.channels),
                       classification=True, split_classes=split_classes,
-                      input_transform=transform, data_summary=summary)
+                      input_transform=transform, data_summary=summary,
+                      examples_per_class=examples_per_class, result_note=benchmark_note)
+
+
+SUMMARY_OF_REFUSED_RUN = "data_summary.json"
+
+
+def benchmark_note_of(prepared, *, allow_partial: bool) -> str:
+    """"" unless ``prepared`` is a named benchmark with other image counts than published.
+
+    Raises:
+      DataError: such a benchmark, unless ``allow_partial`` (then the note results carry).
+    """
+    from tfmeta import benchmark_sources, image_sources
+
+    kind, _ = image_sources.parse(prepared.source)
+    if kind not in benchmark_sources.NAMES:
+        return ""
+    counts = {split: {r.name: r.count for r in records}
+              for split, records in prepared.classes.items()}
+    return benchmark_sources.check_complete(
+        kind, counts, where=f"{prepared.source!r} (prepared in {prepared.directory})",
+        allow_partial=allow_partial)
+
+
+def _too_few_classes(config: ml_collections.ConfigDict, split: str, classes: int,
+                     summary: dict) -> config_lib.ConfigError:
+    """The error of a split with fewer usable classes than ways, after writing the summary.
+
+    The run stops before its work directory is touched, so the data summary (every class with
+    its count, the classes left out, every image) is written beside the prepared data, and the
+    message names it.
+    """
+    import json
+    import os
+
+    facts = summary["splits"][split]
+    left_out = facts["classes_left_out"]
+    examples = ", ".join(f"{name!r} ({count})" for name, count in list(left_out.items())[:5])
+    path = os.path.join(summary["prepared_dir"], SUMMARY_OF_REFUSED_RUN)
+    try:
+        with tf.io.gfile.GFile(path + ".tmp", "w") as f:
+            f.write(json.dumps(summary, indent=1) + "\n")
+        tf.io.gfile.rename(path + ".tmp", path, overwrite=True)
+        where = f"every class and image is listed in {path}"
+    except (OSError, tf.errors.OpError) as e:
+        where = f"the data summary could not be written to {path} ({e})"
+    return config_lib.ConfigError(
+        f"config field 'data.ways' is {config.data.ways}; the {split!r} split of "
+        f"{config.data.source!r} has only {classes} usable classes (with at least "
+        f"{facts['images_needed_per_class']} images each, shots + queries), so ways must be <= "
+        f"{classes}; {len(left_out)} classes are left out for fewer images"
+        f"{', e.g. ' + examples if examples else ''}: lower data.ways, data.shots or "
+        "data.queries, or give the split more classes (data.split_fractions, data.class_lists); "
+        f"{where}")
 
 
 def image_episodes(source: str, split: str = "train", *, ways: int = 5, shots: int = 1,
@@ -240,8 +330,9 @@ def image_episodes(source: str, split: str = "train", *, ways: int = 5, shots: i
 
 def data_summary(prepared, config: ml_collections.ConfigDict, *, in_memory: bool,
                  transform: InputTransform) -> dict:
-    """What a run uses of its prepared data: per split the classes and images used, the classes
-    left out (too few images for shots + queries) and the images skipped, with the reasons."""
+    """What a run uses of its prepared data: per split the classes used with every image (its
+    file or item name, in the prepared order), the classes left out (too few images for shots +
+    queries) and the images skipped, with the reasons; and the files skipped while listing."""
     splits = {}
     for split, records in prepared.classes.items():
         needed = _needed(config, split)
@@ -251,6 +342,7 @@ def data_summary(prepared, config: ml_collections.ConfigDict, *, in_memory: bool
             "classes": len(used), "images": sum(r.count for r in used),
             "images_needed_per_class": needed,
             "class_images": {r.name: r.count for r in used},
+            "images_used": {r.name: list(r.images) for r in used},
             "classes_left_out": {r.name: r.count for r in records if r.count < needed},
             "images_skipped": len(skipped), "skipped": skipped,
         }

@@ -223,6 +223,7 @@ def prepare(spec: str, *, data_dir: str | None):
     except (tfds.core.registered.DatasetNotFoundError, ValueError, AssertionError) as e:
         raise DataError(f"TFDS dataset {spec!r}: {_first_line(e)}") from e
     manual = manual_dir(builder)
+    _fail_fast_offline(builder, manual)
     try:
         builder.download_and_prepare(
             download_config=tfds.download.DownloadConfig(manual_dir=manual))
@@ -257,6 +258,15 @@ def registered_files(builder) -> dict[str, str]:
     These are the names TFDS looks for in the manual directory; empty when the dataset registers
     none (TFDS then cannot use a manual directory for it).
     """
+    files: dict[str, str] = {}
+    for url, info in _url_infos(builder).items():
+        if info.filename:
+            files.setdefault(info.filename, url)
+    return files
+
+
+def _url_infos(builder) -> dict:
+    """``{URL: UrlInfo}`` registered for a TFDS dataset (empty when it registers none)."""
     import inspect
 
     import tensorflow_datasets as tfds
@@ -275,11 +285,36 @@ def registered_files(builder) -> dict[str, str]:
             if os.path.isfile(os.fspath(path)):
                 infos = tfds.core.download.checksums.load_url_infos(path)
                 break
-    files: dict[str, str] = {}
-    for url, info in (infos or {}).items():
-        if info.filename:
-            files.setdefault(info.filename, url)
-    return files
+    return dict(infos or {})
+
+
+def _fail_fast_offline(builder, manual: str) -> None:
+    """Refuses at once when a file TFDS must download is absent and its server unreachable.
+
+    Offline, TFDS retries each download for minutes before it fails. When the dataset is not
+    prepared and a registered file is neither in the manual directory nor in TFDS's download
+    cache, one request (through any configured proxy, 20 s at most) tells whether its server
+    can be reached; if not, the error is the one a failed download gives, at once.
+
+    Raises:
+      DataError: naming the files to put in the manual directory and where.
+    """
+    import requests  # a dependency of tensorflow-datasets
+    from tensorflow_datasets.core.download import resource
+
+    if builder.is_prepared():
+        return
+    downloads = os.path.join(os.fspath(builder.data_dir_root), "downloads")
+    absent = [url for url, info in _url_infos(builder).items()
+              if not (info.filename and os.path.exists(os.path.join(manual, info.filename)))
+              and not os.path.exists(os.path.join(downloads,
+                                                  resource.get_dl_fname(url, info.checksum)))]
+    if not absent:
+        return
+    try:
+        requests.head(absent[0], timeout=20, allow_redirects=True)
+    except requests.exceptions.RequestException as e:
+        raise DataError(_cannot_download(builder, manual, e)) from e
 
 
 def _download_errors() -> tuple[type[BaseException], ...]:
