@@ -13,12 +13,13 @@ CPU; on a GPU also ``gpu_peak_mb`` from ``tf.config.experimental.get_memory_info
 ``peak_vs_none`` against the ``"none"`` setting of the same network, steps and grouping measured
 in this run (absent where ``"none"`` did not fit).
 
-Networks (synthetic 84x84x3 episodes, second-order MAML, transductive batch norm):
+Networks (synthetic episodes, second-order MAML, transductive batch norm):
 
-  conv4     MAML's mini-ImageNet network: 32 filters, 2x2 max pooling, flattened head;
+  conv4     MAML's mini-ImageNet network at 84x84x3: 32 filters, 2x2 max pooling, flattened head;
             5-way 1-shot, 15 queries per class, meta-batch 2, inner lr 0.01
-  resnet12  ResNet-12 (tfmeta.models.resnet12); 5-way 5-shot, 5 queries per class,
-            meta-batch 2, inner lr 0.01
+  resnet12  ResNet-12 (tfmeta.models.resnet12) at 84x84x3; 5-way 5-shot, 5 queries per
+            class, meta-batch 2, inner lr 0.01
+  omniglot  MAML's Omniglot conv4 (64 filters, 28x28x1), as conv4 otherwise (the tests use it)
 
 A setting whose peak would pass ``--limit_gb`` is stopped (a watchdog samples the child's RSS),
 reported with ``"stopped": true`` and the RSS it had reached; larger step counts of the same
@@ -39,8 +40,10 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 NETWORKS = {
-    "conv4": dict(ways=5, shots=1, queries=15, tasks=2),
-    "resnet12": dict(ways=5, shots=5, queries=5, tasks=2),
+    "conv4": dict(ways=5, shots=1, queries=15, tasks=2, image=84, channels=3),
+    "resnet12": dict(ways=5, shots=5, queries=5, tasks=2, image=84, channels=3),
+    # MAML's Omniglot network (28x28x1, 64 filters): small enough for a test of the mechanism.
+    "omniglot": dict(ways=5, shots=1, queries=15, tasks=2, image=28, channels=1),
 }
 
 
@@ -57,8 +60,12 @@ def child(network: str, steps: int, remat: str, tasks_in_parallel: str) -> dict:
     from tfmeta import maml, models
 
     spec = NETWORKS[network]
+    size, channels = spec["image"], spec["channels"]
     if network == "conv4":
-        model = models.conv4(spec["ways"], 84, 3, 32, downsample="maxpool", head="flatten")
+        model = models.conv4(spec["ways"], size, channels, 32, downsample="maxpool",
+                             head="flatten")
+    elif network == "omniglot":
+        model = models.conv4(spec["ways"], size, channels, 64)
     else:
         model = models.resnet12(spec["ways"])
     tip = tasks_in_parallel if tasks_in_parallel in ("all", "auto") else int(tasks_in_parallel)
@@ -67,9 +74,9 @@ def child(network: str, steps: int, remat: str, tasks_in_parallel: str) -> dict:
     t, w = spec["tasks"], spec["ways"]
     s, q = w * spec["shots"], w * spec["queries"]
     batch = {
-        "support_x": tf.constant(rng.random((t, s, 84, 84, 3), np.float32)),
+        "support_x": tf.constant(rng.random((t, s, size, size, channels), np.float32)),
         "support_y": tf.constant(np.tile(np.arange(w), (t, spec["shots"])).astype(np.int32)),
-        "query_x": tf.constant(rng.random((t, q, 84, 84, 3), np.float32)),
+        "query_x": tf.constant(rng.random((t, q, size, size, channels), np.float32)),
         "query_y": tf.constant(np.tile(np.arange(w), (t, spec["queries"])).astype(np.int32)),
     }
     step = tf.function(lambda b: algo.meta_gradients(b)[0])
@@ -123,6 +130,7 @@ def main() -> None:
     parser.add_argument("--tasks_in_parallel", default="1,all")
     parser.add_argument("--conv4_steps", default="1,5,10,25,50,100")
     parser.add_argument("--resnet12_steps", default="1,3,5,10")
+    parser.add_argument("--omniglot_steps", default="1,5,25")
     parser.add_argument("--limit_gb", type=float, default=18.0)
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
