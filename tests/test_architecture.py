@@ -21,7 +21,7 @@ LAYERS = [
     ["config", "layers", "distribute", "omniglot_builder", "sinusoid", "cli", "class_listing"],
     ["workdir", "batched", "grouping", "image_decode", "benchmark_splits"],
     ["task_batch", "inner_loop", "class_store", "tfds_source"],
-    ["meta_learner", "benchmark_sources"],
+    ["meta_learner", "remat", "benchmark_sources"],
     ["maml", "reptile", "image_sources"],
     ["models", "omniglot", "episodes"],
     ["tasks", "image_folders", "demo_data"],

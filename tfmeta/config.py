@@ -16,7 +16,8 @@ from typing import Any, Mapping
 import ml_collections
 
 from tfmeta import errors
-from tfmeta.choices import ALGORITHMS, BN_MODES, INNER_OPTIMIZERS, MAML_FAMILY, SPLIT_SCHEMES
+from tfmeta.choices import (ALGORITHMS, BN_MODES, INNER_OPTIMIZERS, MAML_FAMILY, REMAT,
+                             SPLIT_SCHEMES)
 
 TASKS = ("omniglot", "sinusoid", "images")
 MODELS = ("conv4", "mlp", "resnet12")
@@ -131,6 +132,9 @@ def base_config() -> ml_collections.ConfigDict:
     # mean over a meta-batch), as in the reference code, instead of restarting at zero per task.
     c.inner.carry_optimizer_state = False
     c.inner.bn_mode = "transductive"  # transductive | support | running
+    # MAML family: "steps" keeps only each inner step's fast weights for the meta-gradient's
+    # backward pass and re-runs the step there (memory bounded in inner steps; same gradients).
+    c.inner.remat = "none"  # none | steps
 
     # MAML++ (algorithm 'mamlpp'; Antoniou et al. 2019): each of its changes to MAML is a switch.
     # The cosine meta learning rate is outer.schedule = 'cosine' (with outer.min_lr).
@@ -326,6 +330,10 @@ def validate(config: ml_collections.ConfigDict, *, num_replicas: int = 1,
     _one_of("outer.schedule", config.outer.schedule, SCHEDULES)
     _one_of("inner.optimizer", config.inner.optimizer, INNER_OPTIMIZERS)
     _one_of("inner.bn_mode", config.inner.bn_mode, BN_MODES)
+    _one_of("inner.remat", config.inner.remat, REMAT)
+    if config.inner.remat != "none" and config.algorithm not in MAML_FAMILY:
+        raise ConfigError(f"config field 'inner.remat' is {config.inner.remat!r}; it is a MAML-family "
+                          f"option (algorithm is {config.algorithm!r}: set inner.remat='none')")
     _one_of("model.downsample", config.model.downsample, DOWNSAMPLING)
     _one_of("model.head", config.model.head, HEADS)
     _check_tasks_in_parallel(config.train.tasks_in_parallel)

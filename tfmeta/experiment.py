@@ -77,7 +77,7 @@ def build_model(config: ml_collections.ConfigDict, source: tasks.TaskSource) -> 
 def _maml_family(cls: type[maml.MAML], **fixed: Any) -> Callable[..., MetaLearner]:
     def build(config: ml_collections.ConfigDict, model: keras.Model,
               common: dict[str, Any]) -> MetaLearner:
-        return cls(model, **fixed, **common)
+        return cls(model, **fixed, remat=config.inner.remat, **common)
     return build
 
 
@@ -90,7 +90,7 @@ def _mamlpp(config: ml_collections.ConfigDict, model: keras.Model,
         msl_epochs=pp.msl_epochs, iterations_per_epoch=pp.iterations_per_epoch)
     if not pp.learned_lr:
         switches["learned_lr"] = "none"
-    return maml.MAMLpp(model, **switches, **common)
+    return maml.MAMLpp(model, **switches, remat=config.inner.remat, **common)
 
 
 def _reptile(config: ml_collections.ConfigDict, model: keras.Model,

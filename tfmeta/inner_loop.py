@@ -692,6 +692,12 @@ class InnerLoop:
                                         training=training)
 
             _, loop = tf.while_loop(lambda t, _: t < steps, body, (tf.constant(0), loop))
+        return self.result(loop, carried=bool(carried))
+
+    @staticmethod
+    def result(loop: LoopState, *, carried: bool) -> Adapted:
+        """The :class:`Adapted` result of a final loop state (``carried``: the optimiser state is
+        carried from task to task, so it is part of the state after adaptation)."""
         carried_after = tf.nest.flatten(loop.optimizer_state) if carried else []
         return Adapted(loop.fast, loop.batch_norm_stats,
                        [*loop.step_batch_norm_stats, *carried_after])

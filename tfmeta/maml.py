@@ -22,6 +22,7 @@ import keras
 import tensorflow as tf
 
 from tfmeta import choices, inner_loop
+from tfmeta import remat as tfm_remat
 from tfmeta.inner_loop import InnerOptions
 from tfmeta.meta_learner import MetaLearner, MetaStep  # noqa: F401  (MetaStep: re-exported)
 from tfmeta.task_batch import positive_int
@@ -73,6 +74,10 @@ class MAML(MetaLearner):
         every inner step (:func:`multi_step_loss_weights`), while the trainer says it is on.
       msl_epochs: epochs over which the multi-step weights anneal towards the last step.
       iterations_per_epoch: meta-iterations per epoch (MAML++ counts 500).
+      remat: ``"none"`` (the meta-gradient's backward pass keeps every inner step's activations)
+        or ``"steps"`` (it keeps only each step's fast weights and statistics and re-runs a step
+        when it reaches it: memory bounded in the inner steps for about one more forward and
+        inner backward per step; :mod:`tfmeta.remat`). The gradients are the same.
 
     Raises:
       ValueError: unbuilt model, non-positive ``inner_lr`` / steps / clip, unknown loss,
@@ -99,7 +104,10 @@ class MAML(MetaLearner):
         multi_step_loss: bool = False,
         msl_epochs: int = 10,
         iterations_per_epoch: int = 500,
+        remat: str = "none",
     ):
+        if remat not in choices.REMAT:
+            raise ValueError(f"unknown remat {remat!r}; allowed: {list(choices.REMAT)}")
         if learned_lr not in choices.LEARNED_LR:
             raise ValueError(f"unknown learned_lr {learned_lr!r}; allowed: "
                              f"{list(choices.LEARNED_LR)}")
@@ -116,6 +124,7 @@ class MAML(MetaLearner):
         self.multi_step_loss = bool(multi_step_loss)
         self.msl_epochs = positive_int("msl_epochs", msl_epochs)
         self.iterations_per_epoch = positive_int("iterations_per_epoch", iterations_per_epoch)
+        self.remat = remat
 
     def _second_order(self, *, first_order=None, **unused) -> bool:
         return not (self.first_order if first_order is None else first_order)
@@ -127,6 +136,9 @@ class MAML(MetaLearner):
         msl = self.multi_step_loss if multi_step_loss is None else multi_step_loss
         msl = msl and self.inner_steps > 1
         sx, sy, qx, qy = (task[k] for k in ("support_x", "support_y", "query_x", "query_y"))
+        if self.remat == "steps":
+            return self._rematerialised(theta, state, task, iteration=iteration,
+                                        first_order=first_order, msl=msl)
         step_outputs: list[tf.Tensor] = []
 
         def after_step(t: int, loop: inner_loop.LoopState) -> None:
@@ -143,14 +155,41 @@ class MAML(MetaLearner):
             loss_post = inner.task_loss(qy, out_q)
             objective = loss_post
             if msl:
-                epoch = 0 if iteration is None else iteration // self.iterations_per_epoch
-                weights = multi_step_loss_weights(self.inner_steps, epoch, self.msl_epochs)
+                weights = self._msl_weights(iteration)
                 objective = tf.add_n([tf.cast(weights[t], loss_post.dtype) * inner.task_loss(qy, o)
                                       for t, o in enumerate(step_outputs)])
             total = tf.reduce_sum(objective)
         grads = tape.gradient(total, theta, unconnected_gradients=tf.UnconnectedGradients.ZERO)
         metrics = self._metrics(theta, state, adapted.fast, task, out_post=out_q,
                                 loss_post=loss_post)
+        return grads, metrics, [*adapted.batch_norm_stats, *adapted.inner_state]
+
+    def _msl_weights(self, iteration: Any) -> tf.Tensor:
+        epoch = 0 if iteration is None else iteration // self.iterations_per_epoch
+        return multi_step_loss_weights(self.inner_steps, epoch, self.msl_epochs)
+
+    def _rematerialised(self, theta, state, task, *, iteration, first_order: bool, msl: bool):
+        """:meth:`_group_contribution` with ``remat="steps"`` (:func:`tfmeta.remat.meta_gradients`)."""
+        inner = self.inner
+        sx, sy, qx = task["support_x"], task["support_y"], task["query_x"]
+        qy = inner.check_labels(task["query_y"], self._output_spec(qx), "query")
+        weights = self._msl_weights(iteration) if msl else None
+
+        def objective(k, th, loop: inner_loop.LoopState) -> tf.Tensor:
+            out = inner.predict(th, state, loop.fast, qx, support_x=sx, steps_taken=k)
+            loss = inner.task_loss(qy, out)
+            if weights is not None:
+                loss = tf.cast(tf.gather(weights, k - 1), loss.dtype) * loss
+            return tf.reduce_sum(loss)
+
+        grads, final = tfm_remat.meta_gradients(inner, theta, state, sx, sy, self.inner_steps,
+                                            first_order=first_order, objective=objective,
+                                            every_step=msl)
+        carried = bool(inner.split_state(state).inner[inner.variables.num_step_stats:])
+        adapted = inner.result(final, carried=carried)
+        out_q = inner.predict(theta, state, adapted.fast, qx, support_x=sx,
+                              steps_taken=self.inner_steps)
+        metrics = self._metrics(theta, state, adapted.fast, task, out_post=out_q)
         return grads, metrics, [*adapted.batch_norm_stats, *adapted.inner_state]
 
     def meta_step(self, batch: Mapping[str, tf.Tensor], *, global_batch_size: int | None = None,
