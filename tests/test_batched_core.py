@@ -270,7 +270,8 @@ batch = {"support_x": rng.normal(size=(6, 6, 8, 8, 1)), "support_y": np.tile(np.
 mode = "BN_MODE"
 expected = maml.MAML(model, inner_lr=0.4, inner_steps=2, tasks_in_parallel=1,
                      bn_mode=mode).meta_step(batch)
-algo = maml.MAML(model, inner_lr=0.4, inner_steps=2, tasks_in_parallel="all", bn_mode=mode)
+algo = maml.MAML(model, inner_lr=0.4, inner_steps=2, tasks_in_parallel="all", bn_mode=mode,
+                 remat="REMAT")
 local = strategy.experimental_distribute_values_from_function(
     lambda ctx: {k: v[3 * ctx.replica_id_in_sync_group:3 * ctx.replica_id_in_sync_group + 3]
                  for k, v in batch.items()})
@@ -291,9 +292,12 @@ print("REPLICAS", strategy.num_replicas_in_sync, "ERR", err, err_m, err_nt)
 """
 
 
-@pytest.mark.parametrize("bn_mode", ["transductive", "support"])
-def test_mirrored_two_devices_batched_equals_one_device_loop(bn_mode):
-    result = subprocess.run([sys.executable, "-c", _MIRRORED.replace("BN_MODE", bn_mode)],
+@pytest.mark.parametrize("bn_mode,remat", [("transductive", "none"), ("support", "none"),
+                                           ("transductive", "steps")])
+def test_mirrored_two_devices_batched_equals_one_device_loop(bn_mode, remat):
+    """Also the rematerialised meta-gradient (remat="steps") under the strategy."""
+    script = _MIRRORED.replace("BN_MODE", bn_mode).replace("REMAT", remat)
+    result = subprocess.run([sys.executable, "-c", script],
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     line = [s for s in result.stdout.splitlines() if s.startswith("REPLICAS")][0]
