@@ -163,12 +163,20 @@ def test_every_numeric_field_has_its_range_checked():
                                match=f"config field '{name}' is .*; it must be") as e:
                 config_lib.validate(c)
             if allowed.high is not None:
-                assert f"to {allowed.high}" in str(e.value)
+                # MAML (the default) unrolls its inner steps: their bound is lower.
+                high = config_lib.MAX_UNROLLED_INNER_STEPS if name == "inner.steps" else \
+                    allowed.high
+                assert f"to {high}" in str(e.value), str(e.value)
     for name, value, bound in [("model.filters", 0, ">= 1"), ("model.filters", -3, ">= 1"),
                                ("data.split_seed", -1, "from 0 to 2147483647"),
-                               ("data.ways", 1, ">= 2 (an episode tells at least two classes")]:
+                               ("data.ways", 1, ">= 2 (an episode tells at least two classes"),
+                               ("inner.steps", 51, "from 1 to 50 (for algorithm 'maml'")]:
         with pytest.raises(config_lib.ConfigError, match=rf"'{name}' is {value}; .*{re.escape(bound)}"):
             config_lib.validate(_config(**{name: value}))
+    with pytest.raises(config_lib.ConfigError, match=r"'inner.steps' is 1001; it must be an "
+                                                     r"integer from 1 to 1000 \(for algorithm "
+                                                     r"'reptile'"):
+        config_lib.validate(_config("omniglot_reptile.py:smoke", **{"inner.steps": 1001}))
 
 
 @pytest.mark.parametrize("spec, fields, expected", [

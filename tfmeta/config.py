@@ -310,9 +310,19 @@ def _check_range(name: str, value: Any, allowed: _Range) -> None:
 
 
 def _check_ranges(config: ml_collections.ConfigDict) -> None:
-    """Every numeric field against :data:`RANGES`."""
+    """Every numeric field against :data:`RANGES` (``inner.steps`` against its algorithm's)."""
     for name, allowed in RANGES.items():
+        if name == "inner.steps":
+            allowed = _inner_steps_range(config.algorithm)
         _check_range(name, _get(config, name), allowed)
+
+
+def _inner_steps_range(algorithm: str) -> _Range:
+    if algorithm in MAML_FAMILY:
+        return _Range(1, MAX_UNROLLED_INNER_STEPS, why=f"for algorithm {algorithm!r}: every "
+                      "MAML-family inner step is unrolled into the training graph")
+    return _Range(1, MAX_INNER_STEPS, why=f"for algorithm {algorithm!r}: the bound on one "
+                  "adaptation's length")
 
 
 def _get(config: ml_collections.ConfigDict, name: str) -> Any:
@@ -553,13 +563,6 @@ def validate(config: ml_collections.ConfigDict, *, num_replicas: int = 1,
     _check_read(config)
     _check_model(config)
     _check_mamlpp(config)
-    steps_limit = (MAX_UNROLLED_INNER_STEPS if config.algorithm in MAML_FAMILY
-                   else MAX_INNER_STEPS)
-    if config.inner.steps > steps_limit:
-        why = ("every MAML-family inner step is unrolled into the training graph"
-               if config.algorithm in MAML_FAMILY else "the bound on one adaptation's length")
-        raise ConfigError(f"config field 'inner.steps' is {config.inner.steps}; it must be <= "
-                          f"{steps_limit} for algorithm {config.algorithm!r} ({why})")
     if config.export.max_inner_steps < config.inner.eval_steps:
         raise ConfigError(
             f"config field 'export.max_inner_steps' is {config.export.max_inner_steps}; it must be "
