@@ -196,8 +196,8 @@ def test_every_numeric_field_has_its_range_checked():
     ("sinusoid_maml.py:smoke", {"data.rotate": False}, "'data.rotate' is False, but task"),
     ("images_maml.py:smoke", {"data.split_scheme": "lake"}, "these are Omniglot options"),
     ("images_maml.py:smoke", {"data.subset": "full"}, None),  # the default: nothing to refuse
-    ("images_maml.py:smoke", {"data.augment": False}, "'data.crop_padding' is 2, but "
-                                                      "data.augment=False does not read it"),
+    ("images_maml.py:smoke", {"data.augment": False, "data.crop_padding": 3},
+     "'data.crop_padding' is 3, but data.augment=False does not read it"),
     ("images_maml.py:smoke", {"data.storage": "memory", "data.memory_limit_mb": 10},
      "data.storage='memory' does not read it"),
     ("miniimagenet_maml.py:smoke", {"data.split_seed": 3},
@@ -237,6 +237,23 @@ def test_the_readme_resnet12_switch_works_on_every_colour_config(spec):
                                   classification=True)
         model = experiment.build_model(config, source)
         assert model.get_layer("block3_pool").output.shape == (None, 2, 2, 2)
+
+
+def test_a_switched_task_resets_only_the_config_files_unread_fields():
+    from tfmeta import config as config_lib
+
+    # The documented Omniglot-as-a-folder run: the smoke config's data.subset='small' is not read.
+    config = _config(**{"task": "images", "data.source": "folder:/photos"})
+    config_lib.validate(config)
+    assert config.data.subset == "full" and config.model.filters == 16
+    # Without the switch, or for a field the user gave, the refusal stands.
+    switched_by_hand = _config()
+    switched_by_hand.task, switched_by_hand.data.source = "images", "folder:/photos"
+    with pytest.raises(config_lib.ConfigError, match="'data.subset' is 'small'"):
+        config_lib.validate(switched_by_hand)
+    with pytest.raises(config_lib.ConfigError, match="'data.subset' is 'small', but task 'images'"):
+        config_lib.validate(_config(**{"task": "images", "data.source": "folder:/photos",
+                                       "data.subset": "small"}))
 
 
 def test_a_broken_config_file_is_named_with_its_line(tmp_path):

@@ -724,9 +724,9 @@ def load_file(spec: str, overrides: Mapping[str, Any] | None = None) -> ml_colle
 
     Args:
       spec: the config file, optionally with a variant.
-      overrides: ``{"field": value}`` as ``--config.field=value`` flags give them; a switch of
-        ``model.name`` drops the config file's fields of the other network (see
-        :func:`settle_model_fields`), as in the binaries.
+      overrides: ``{"field": value}`` as ``--config.field=value`` flags give them; a switch
+        (``task``, ``model.name``, ...) resets the config file's fields that are no longer read
+        (see :func:`settle_fields`), as in the binaries.
 
     Raises:
       ConfigError: the file cannot be loaded (naming the file and line) or an override is not a
@@ -740,7 +740,7 @@ def load_file(spec: str, overrides: Mapping[str, Any] | None = None) -> ml_colle
                 config.update_from_flattened_dict({key: value})
             except (KeyError, AttributeError) as e:
                 raise ConfigError(f"unknown config field {key!r}") from e
-        settle_model_fields(config, overrides)
+        settle_fields(config, overrides)
     return config
 
 
@@ -807,13 +807,21 @@ def user_fields(argv: Sequence[str], flag_name: str = "config") -> list[str]:
     return found
 
 
-def settle_model_fields(config: ml_collections.ConfigDict,
-                        set_by_user: Sequence[str] | Mapping[str, Any]) -> dict[str, Any]:
-    """After the user switches ``model.name``, resets the config file's fields of the old network.
+# Fields that choose what a run reads: switching one on the command line makes some of the
+# config file's other fields inapplicable (see settle_fields).
+SWITCHES = ("task", "algorithm", "model.name", "data.source", "data.augment", "data.storage",
+            "outer.schedule")
+
+
+def settle_fields(config: ml_collections.ConfigDict,
+                  set_by_user: Sequence[str] | Mapping[str, Any]) -> dict[str, Any]:
+    """After the user switches what a run reads, resets the config file's fields it no longer reads.
 
     ``--config.model.name=resnet12`` on a colour config would otherwise be refused for the conv4
-    fields the config file set (filters, max pooling, flattened head), which ResNet-12 does not
-    read. Fields the user set on the command line are kept, so that those are still refused.
+    fields the config file set (filters, max pooling, flattened head), and
+    ``--config.task=images`` on an Omniglot smoke config for its ``data.subset``. Only fields the
+    config file set are reset (each is logged); a field the user set on the command line that
+    the run does not read is still refused by :func:`validate`.
 
     Args:
       config: the config, after the overrides were applied.
@@ -822,19 +830,20 @@ def settle_model_fields(config: ml_collections.ConfigDict,
     Returns:
       ``{field: the config file's value}`` for every field reset to its default.
     """
-    if "model.name" not in set_by_user:
+    if not any(name in set_by_user for name in SWITCHES):
         return {}
     defaults = base_config()
     dropped = {name: _get(config, name) for name in unread_fields(config)
-               if name in CONV4_FIELDS + RESNET12_FIELDS and name not in set_by_user}
+               if name not in set_by_user}
     for name in dropped:
         config.update_from_flattened_dict({name: _get(defaults, name)})
     if dropped:
         from absl import logging
 
-        logging.info("model.name=%s: the config file's %s belong to another network and are not "
-                     "used.", config.model.name,
-                     ", ".join(f"{k}={v!r}" for k, v in dropped.items()))
+        logging.info("The config file's %s are not read with the fields set on the command line "
+                     "(%s), so they are left at their defaults.",
+                     ", ".join(f"{k}={v!r}" for k, v in dropped.items()),
+                     ", ".join(n for n in SWITCHES if n in set_by_user))
     return dropped
 
 

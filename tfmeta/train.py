@@ -51,8 +51,8 @@ def main(argv: list[str]) -> int:
     if _DETERMINISTIC.value:
         tf.config.experimental.enable_op_determinism()
     config = _CONFIG.value
-    # A --config.model.name switch drops the config file's fields of the other network.
-    config_lib.settle_model_fields(config, config_lib.user_fields(sys.argv))
+    # A switch such as --config.model.name resets the config file's fields it makes unread.
+    config_lib.settle_fields(config, config_lib.user_fields(sys.argv))
     # Fail on a bad config or an unusable work directory before any device or data is touched.
     config_lib.validate(config)
     workdir.check_workdir(_WORKDIR.value, config)
