@@ -29,6 +29,8 @@ TIMEOUT = 600
 def _env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # The driver runs as a script: this checkout's tfmeta, not an installed one.
+    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
     env.update(extra)
     return env
 
