@@ -99,7 +99,8 @@ def test_shipped_configs_are_valid():
         for variant in variants:
             config = load_config(os.path.join(REPO, "configs", f"{name}.py:{variant}"))
             config_lib.validate(config)
-    with pytest.raises(ValueError, match=r"get_config\('3way'\) raised ValueError: unknown variant"):
+    with pytest.raises(ValueError,
+                       match=r"get_config\('3way'\) raised ValueError: unknown variant"):
         load_config(os.path.join(REPO, "configs", "omniglot_maml.py:3way"))
 
 
@@ -171,7 +172,8 @@ def test_every_numeric_field_has_its_range_checked():
                                ("data.split_seed", -1, "from 0 to 2147483647"),
                                ("data.ways", 1, ">= 2 (an episode tells at least two classes"),
                                ("inner.steps", 51, "from 1 to 50 (for algorithm 'maml'")]:
-        with pytest.raises(config_lib.ConfigError, match=rf"'{name}' is {value}; .*{re.escape(bound)}"):
+        with pytest.raises(config_lib.ConfigError,
+                           match=rf"'{name}' is {value}; .*{re.escape(bound)}"):
             config_lib.validate(_config(**{name: value}))
     with pytest.raises(config_lib.ConfigError, match=r"'inner.steps' is 1001; it must be an "
                                                      r"integer from 1 to 1000 \(for algorithm "
@@ -181,7 +183,8 @@ def test_every_numeric_field_has_its_range_checked():
 
 @pytest.mark.parametrize("spec, fields, expected", [
     ("omniglot_maml.py:smoke", {"data.source": "folder:/x"},
-     "'data.source' is 'folder:/x', but task 'omniglot' does not read it: .* configs/images_maml.py"),
+     "'data.source' is 'folder:/x', but task 'omniglot' does not read it: .* "
+     "configs/images_maml.py"),
     ("omniglot_maml.py:smoke", {"data.channels": 3},
      "'data.channels' is 3, but task 'omniglot' does not read it: Omniglot is read as 1-channel"),
     ("omniglot_maml.py:smoke", {"data.normalize": True}, "'data.normalize' is True, but task"),

@@ -16,7 +16,7 @@ from typing import Any, Mapping
 
 import ml_collections
 
-from tfmeta import errors
+from tfmeta import errors, signatures
 from tfmeta.choices import ALGORITHMS, BN_MODES, INNER_OPTIMIZERS, MAML_FAMILY, SPLIT_SCHEMES
 
 TASKS = ("omniglot", "sinusoid", "images")
@@ -230,7 +230,6 @@ def tasks_in_parallel(config: ml_collections.ConfigDict) -> int | str:
 # ------------------------------------------------------------------------- numeric ranges
 # Largest seed: seeds go to NumPy, Keras initialisers and TensorFlow's stateless ops as int32.
 MAX_SEED = 2**31 - 1
-_NO_LIMIT = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -238,7 +237,7 @@ class _Range:
     """The values a numeric field may hold: ``low <= value <= high`` (``high`` None: no limit)."""
 
     low: float
-    high: int | None = _NO_LIMIT
+    high: int | None = None
     integer: bool = True
     low_exclusive: bool = False  # for floats: value > low
     why: str = ""
@@ -251,9 +250,9 @@ class _Range:
         return f"{kind} from {self.low:g} to {self.high:d}"
 
 
-# Every numeric field of the schema and its range, checked in one place (:func:`_check_ranges`).
-# Bounds that depend on other fields (inner.steps by algorithm, export.max_inner_steps >=
-# inner.eval_steps, shots + queries on Omniglot) are checked after these.
+# Every numeric field of the schema and its range, checked in one place (:func:`_check_ranges`;
+# inner.steps against its algorithm's bound there). Bounds between fields (export.max_inner_steps
+# >= inner.eval_steps, shots + queries on Omniglot) are checked after these.
 RANGES: dict[str, _Range] = {
     "seed": _Range(0, MAX_SEED),
     "data.ways": _Range(2, why="an episode tells at least two classes apart"),
@@ -291,7 +290,7 @@ RANGES: dict[str, _Range] = {
     "eval.batch_size": _Range(1),
     "eval.seed": _Range(0, MAX_SEED),
     # The exported graph takes a client's inner_steps as an int32.
-    "export.max_inner_steps": _Range(1, 2**31 - 1),
+    "export.max_inner_steps": _Range(1, signatures.MAX_INNER_STEPS),
 }
 
 
