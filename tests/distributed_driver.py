@@ -56,8 +56,7 @@ def main() -> None:
         tf.config.experimental.enable_op_determinism()
     from tfmeta import distribute, experiment, trainer
 
-    config = load_config(spec["config"])
-    config.update_from_flattened_dict(spec.get("overrides", {}))
+    config = load_config(spec["config"], spec.get("overrides", {}))
     data = None
     if "synthetic_omniglot" in spec:
         data = synthetic_omniglot(**spec["synthetic_omniglot"])

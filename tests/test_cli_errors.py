@@ -37,8 +37,10 @@ def _one_error(proc: subprocess.CompletedProcess) -> str:
     ("--config.train.tasks_in_parallel=0", "'train.tasks_in_parallel' is '0'"),
     ("--config.train.iterations=abc", "--config.train.iterations=abc"),
     # Bounded before anything is traced: MAML unrolls every inner step into the training graph.
-    ("--config.inner.steps=2000", "'inner.steps' is 2000; it must be <= 50"),
-    ("--config.inner.eval_steps=1000000", "'inner.eval_steps' is 1000000; it must be <= 1000"),
+    ("--config.inner.steps=2000", "'inner.steps' is 2000; it must be an integer from 1 to 50"),
+    ("--config.inner.eval_steps=1000000",
+     "'inner.eval_steps' is 1000000; it must be an integer from 1 to 1000"),
+    ("--config.model.filters=0", "'model.filters' is 0; it must be an integer >= 1"),
 ])
 def test_bad_config_values_are_one_line(tmp_path, override, expected):
     error = _one_error(_run("tfmeta.train", f"--config={SINE}:smoke",
@@ -46,7 +48,7 @@ def test_bad_config_values_are_one_line(tmp_path, override, expected):
     assert expected in error, error
     if "train.foo" in expected:
         assert "allowed fields in 'train'" in error and "iterations" in error
-    assert not (tmp_path / "run" / "checkpoints").exists()
+    assert not (tmp_path / "run").exists(), "nothing may be created before the refusal"
 
 
 def test_damaged_archive_is_one_line_naming_the_file(tmp_path):
@@ -140,3 +142,12 @@ def test_evaluation_inner_steps_are_bounded(tmp_path):
     error = _one_error(_run("tfmeta.evaluate", f"--workdir={tmp_path / 'run'}",
                             "--inner_steps=1000000"))
     assert "--inner_steps=1000000" in error and "range [1, 1000]" in error, error
+
+
+def test_demo_refuses_a_broken_config_file_before_any_work(tmp_path):
+    broken = tmp_path / "broken.py"
+    broken.write_text("def get_config():\n    return base_config(\n")
+    error = _one_error(_run("tfmeta.demo", f"--workdir={tmp_path / 'demo'}",
+                            f"--config={broken}"))
+    assert f"config file '{broken}' line" in error and "SyntaxError" in error, error
+    assert not (tmp_path / "demo").exists()

@@ -20,6 +20,9 @@ def test_training_that_ends_at_chance_accuracy_is_warned(caplog):
     assert not evaluation.warn_if_chance(dict(result, accuracy=0.3, ci95=0.05), config)
     assert evaluation.warn_if_chance(dict(result, accuracy=0.23, ci95=0.05), config)
     assert not evaluation.warn_if_chance({"metric": "mse", "mse": 1.0, "ci95": 0.1}, config)
+    # A perfect model is never called untrained (1 way: chance is 100 %; refused by validate).
+    assert not evaluation.warn_if_chance(dict(result, accuracy=1.0, ways=1), config)
+    assert not evaluation.warn_if_chance(dict(result, accuracy=1.0, ways=2), config)
 
 
 def test_the_limit_on_shots_plus_queries_is_the_data_sources(tmp_path):

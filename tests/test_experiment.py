@@ -21,8 +21,8 @@ def _build(**overrides):
 
     from tfmeta import experiment
 
-    config = load_config(f"{OMNIGLOT_MAML}:smoke")
-    config.update_from_flattened_dict({"data.image_size": 12, "model.filters": 4, **overrides})
+    narrow = {} if overrides.get("model.name") == "resnet12" else {"model.filters": 4}
+    config = load_config(f"{OMNIGLOT_MAML}:smoke", {"data.image_size": 12, **narrow, **overrides})
     data = synthetic_omniglot(config.data.image_size, num_characters=300)
     return experiment.build_experiment(config, tf.distribute.get_strategy(), data=data)
 

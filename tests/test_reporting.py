@@ -201,7 +201,7 @@ def test_importing_defines_no_flags():
 
 @pytest.mark.parametrize("case", ["missing", "not_a_dir", "empty", "labels", "no_workdirs",
                                   "mixed", "bad_history", "bad_eval", "eval_no_metric",
-                                  "output_is_a_file"])
+                                  "binary_config", "output_is_a_file"])
 def test_mistakes_in_the_input_raise_an_error_naming_them(case, tmp_path):
     good = _maml(tmp_path)
     out = str(tmp_path / "out")
@@ -224,6 +224,11 @@ def test_mistakes_in_the_input_raise_an_error_naming_them(case, tmp_path):
     elif case == "bad_eval":
         workdirs = [_workdir(tmp_path, "bad", evals={"eval_test.json": "{not json"})]
         expected = "eval_test.json"
+    elif case == "binary_config":
+        workdirs = [_workdir(tmp_path, "bad", history=[_point(1, 0.5)])]
+        with open(os.path.join(workdirs[0], "config.json"), "wb") as f:
+            f.write(bytes(range(256)))
+        expected = "config.json' is not text"
     elif case == "eval_no_metric":
         workdirs = [_workdir(tmp_path, "bad", evals={"eval_x.json": {"metric": "accuracy"}})]
         expected = "eval_x.json"

@@ -221,6 +221,10 @@ def test_inner_steps_above_the_exports_bound_is_refused(random_export, tmp_path)
     with pytest.raises(serving_client.AdaptError,
                        match="inner_steps must be between 0 and 100, got 101"):
         serving_client.classify(random_export["path"], support, [query], inner_steps=101)
+    # Not an integer: refused before the model is loaded, without quoting the int32 limit.
+    with pytest.raises(serving_client.AdaptError,
+                       match=r"an integer between 0 and the export's max_inner_steps, got 2.5"):
+        serving_client.classify(random_export["path"], support, [query], inner_steps=2.5)
 
 
 def test_faint_16_bit_ink_is_classified_like_its_8_bit_equivalent(random_export, tmp_path,

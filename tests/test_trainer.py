@@ -29,6 +29,8 @@ TIMEOUT = 600
 def _env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # The driver runs as a script: this checkout's tfmeta, not an installed one.
+    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
     env.update(extra)
     return env
 
@@ -502,6 +504,24 @@ def test_multiworker_without_a_usable_tf_config_is_a_clear_error(monkeypatch, tm
         monkeypatch.setenv("TF_CONFIG", bad)
         with pytest.raises(distribute.ClusterConfigError, match="TF_CONFIG"):
             distribute.make_strategy("multiworker")
+    cluster = {"worker": ["localhost:12345", "localhost:12346"]}
+    for bad_spec, expected in [
+            ({"cluster": cluster, "task": {"type": "worker", "index": 2}},
+             "task index is 2; the cluster's job 'worker' has 2 task(s), so it must be an "
+             "integer from 0 to 1"),
+            ({"cluster": cluster, "task": {"type": "worker", "index": -1}}, "index is -1"),
+            ({"cluster": cluster, "task": {"type": "worker", "index": "0"}}, "index is '0'"),
+            ({"cluster": cluster, "task": {"type": "worker"}}, "index is None"),
+            ({"cluster": cluster, "task": {"type": "ps", "index": 0}},
+             "task type is 'ps', which is not a job of its cluster ['worker']"),
+            ({"cluster": {"ps": ["h:1"]}, "task": {"type": "ps", "index": 0}},
+             "cluster has the job 'ps'"),
+            ({"cluster": {"worker": "h:1"}, "task": {"type": "worker", "index": 0}},
+             "job 'worker' is 'h:1'; it must be a non-empty list")]:
+        monkeypatch.setenv("TF_CONFIG", json.dumps(bad_spec))
+        with pytest.raises(distribute.ClusterConfigError) as info:
+            distribute.make_strategy("multiworker")
+        assert expected in str(info.value) and '"cluster"' in str(info.value), str(info.value)
     assert issubclass(distribute.ClusterConfigError, cli.user_errors())
     env = _env()
     env.pop("TF_CONFIG", None)
@@ -518,3 +538,36 @@ def test_tpu_strategy_without_a_tpu_is_a_clear_error():
 
     with pytest.raises(distribute.TPUUnavailableError, match="--tpu=local on a TPU VM"):
         distribute.make_strategy("tpu", tpu="")
+
+
+def test_time_budget_stops_within_one_iteration_of_it(tmp_path, monkeypatch):
+    """A fake clock at one second per meta-iteration: a 30-second budget ends at iteration 30,
+    not at the end of the 100-iteration compiled loop it falls in."""
+    import tensorflow as tf
+
+    from tests.distributed_driver import load_config
+    from tfmeta import experiment, trainer
+
+    config = load_config(f"{SINE}:smoke", {
+        "train.iterations": 1000, "train.steps_per_loop": 100, "train.log_every": 100,
+        "train.checkpoint_every": 1000, "train.eval_every": 0, "train.eval_episodes": 0,
+        "train.max_minutes": 0.5})
+    exp = experiment.build_experiment(config, tf.distribute.get_strategy())
+    clock = [0.0]
+    make_loop = trainer._make_train_loop
+
+    def timed_loop(exp, phase_kwargs):
+        loop = make_loop(exp, phase_kwargs)
+
+        def call(iterator, num_steps):
+            clock[0] += float(num_steps)  # one second per meta-iteration
+            return loop(iterator, num_steps)
+        return call
+
+    monkeypatch.setattr(trainer, "_make_train_loop", timed_loop)
+    summary = trainer.run(exp, str(tmp_path / "run"), final_evaluation=False,
+                          now=lambda: clock[0])
+    assert summary["step"] == 30 and clock[0] == 30.0
+    assert trainer.steps_within_budget(10.0, None, 100) == 1  # first call: measure one
+    assert trainer.steps_within_budget(0.5, 1.0, 100) == 1  # at least one
+    assert trainer.steps_within_budget(1e6, 1.0, 100) == 100

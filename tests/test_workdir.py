@@ -331,6 +331,8 @@ def test_checkpoints_without_config_json_are_refused_before_anything_is_written(
     assert workdir.check_state(str(other)) is None
 
 
+_RANDOM_BYTES = bytes(np.random.default_rng(0).integers(0, 256, 300, dtype=np.uint8))
+
 _DAMAGE = {
     "truncated config.json": (workdir.CONFIG_FILE, lambda text: text[: len(text) // 2],
                               "not valid JSON"),
@@ -346,6 +348,10 @@ _DAMAGE = {
                                       lambda text: text[: len(text) // 2], "not valid JSON"),
     "config_changes.json holding an object": (workdir.CONFIG_CHANGES_FILE,
                                               lambda text: "{}", "not a list"),
+    "random bytes in config.json": (workdir.CONFIG_FILE, lambda text: _RANDOM_BYTES,
+                                    "is not text (byte"),
+    "random bytes in config_changes.json": (workdir.CONFIG_CHANGES_FILE,
+                                            lambda text: _RANDOM_BYTES, "is not text (byte"),
     "wrong change": (workdir.CONFIG_CHANGES_FILE,
                      lambda text: text.replace("[\n        6,\n        9\n      ]", '"9"'),
                      "not a [saved, new] pair"),
@@ -370,8 +376,8 @@ def _damaged_copy(resumed_run: str, dest, case: str) -> str:
     path = os.path.join(run_dir, name)
     with open(path) as f:
         damaged = damage(f.read())
-    with open(path, "w") as f:
-        f.write(damaged)
+    with open(path, "wb") as f:
+        f.write(damaged if isinstance(damaged, bytes) else damaged.encode())
     return run_dir
 
 
@@ -390,7 +396,7 @@ def test_damaged_workdir_json_names_the_file(tmp_path, resumed_run, case):
 
 
 @pytest.mark.parametrize("binary,case", [
-    ("train", "truncated config.json"), ("evaluate", "config.json holding a list"),
+    ("train", "truncated config.json"), ("evaluate", "random bytes in config.json"),
     ("export", "truncated config_changes.json")])
 def test_damaged_workdir_json_is_one_line_exit_2_in_every_binary(tmp_path, resumed_run, binary,
                                                                  case):
@@ -403,3 +409,101 @@ def test_damaged_workdir_json_is_one_line_exit_2_in_every_binary(tmp_path, resum
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert len(_errors(proc)) == 1
     assert os.path.join(run_dir, name) in _errors(proc)[0] and expected in _errors(proc)[0]
+
+
+# Files only a training run reads: damaged, each is refused before anything is written.
+_TRAINING_FILES = {
+    "lock pid of the wrong type": (workdir.LOCK_FILE, {"pid": "1234", "host": "h"},
+                                   "the field 'pid' holds '1234' (a string) where an integer"),
+    "lock heartbeat of the wrong type": (workdir.LOCK_FILE, {"pid": 1, "heartbeat": [1]},
+                                         "the field 'heartbeat' holds [1]"),
+    "lock holding a list": (workdir.LOCK_FILE, [1, 2], "holds a list, not a lock record"),
+    "history line not JSON": (workdir.HISTORY_FILE, '{"step": 3}\n{"step": 6,\n',
+                              "line 2 is not valid JSON"),
+    "history in random bytes": (workdir.HISTORY_FILE, _RANDOM_BYTES, "is not text"),
+    "input transform not JSON": ("input_transform.json", "{", "not valid JSON"),
+    "input transform without a size": ("input_transform.json", {"channels": 1},
+                                       "lacks the field 'image_size'"),
+    "input transform of the wrong type": ("input_transform.json",
+                                          {"image_size": "28", "channels": 1},
+                                          "the field 'image_size' holds '28'"),
+    "input transform with a bad std": ("input_transform.json",
+                                       {"image_size": 28, "channels": 1, "mean": [0.5],
+                                        "std": [0.0]}, "not a valid input transform"),
+}
+
+
+def _write(path: str, content) -> None:
+    if not isinstance(content, (str, bytes)):
+        content = json.dumps(content)
+    with open(path, "wb") as f:
+        f.write(content if isinstance(content, bytes) else content.encode())
+
+
+@pytest.mark.parametrize("case", sorted(_TRAINING_FILES))
+def test_damaged_training_files_are_refused_before_anything_is_written(tmp_path, resumed_run,
+                                                                       case):
+    import shutil
+
+    name, content, expected = _TRAINING_FILES[case]
+    run_dir = str(tmp_path / "run")
+    shutil.copytree(resumed_run, run_dir)
+    _write(os.path.join(run_dir, name), content)
+    before = file_tree(run_dir)
+    for call in (lambda: workdir.check_workdir(run_dir, _config(**{"train.iterations": 12})),
+                 lambda: trainer.train(_config(**{"train.iterations": 12}), run_dir)):
+        with pytest.raises(workdir.WorkdirStateError) as info:
+            call()
+        message = str(info.value)
+        assert os.path.join(run_dir, name) in message and expected in message, message
+        assert "\n" not in message
+        assert file_tree(run_dir) == before, "nothing may be written before the refusal"
+
+
+def test_lock_cut_short_while_written_is_still_taken_over(tmp_path):
+    _write(os.path.join(tmp_path, workdir.LOCK_FILE), '{"pid": 12')
+    workdir.check_lock_file(str(tmp_path))
+    workdir.WorkdirLock(str(tmp_path)).acquire().release()
+    _write(os.path.join(tmp_path, workdir.LOCK_FILE), {"pid": "x"})
+    with pytest.raises(workdir.WorkdirStateError, match="the field 'pid' holds 'x'"):
+        workdir.WorkdirLock(str(tmp_path)).acquire()
+
+
+def test_damaged_input_transform_stops_a_resume_and_an_export_before_writing(tmp_path):
+    from tests.distributed_driver import load_config, synthetic_omniglot
+    from tfmeta import exporter
+
+    def omniglot(**fields):
+        return load_config(os.path.join(REPO, "configs", "omniglot_maml.py:smoke"),
+                           {"data.image_size": 12, "model.filters": 4, **_SMALL, **fields})
+
+    # A run's directory as training leaves it: config, input transform, a checkpoint.
+    data = synthetic_omniglot(12, num_characters=300)
+    run_dir = str(tmp_path / "run")
+    exp = experiment.build_experiment(omniglot(), tf.distribute.get_strategy(), data=data)
+    workdir.check_writable(run_dir)
+    workdir.record_config(run_dir, exp.config)
+    experiment.checkpoint(exp).write(os.path.join(run_dir, workdir.CHECKPOINT_DIR, "ckpt-6"))
+    path = os.path.join(run_dir, "input_transform.json")
+    _write(path, {"image_size": 12, "channels": 1, "invert": "yes"})
+    before = file_tree(run_dir)
+    for call in (lambda: trainer.train(omniglot(**{"train.iterations": 9}), run_dir, data=data),
+                 lambda: exporter.export_from_workdir(run_dir)):
+        with pytest.raises(workdir.WorkdirStateError,
+                           match=f"{path}: the field 'invert' holds 'yes'"):
+            call()
+        assert file_tree(run_dir) == before  # no config_changes.json, no export
+    # A transform of another size belongs to another run.
+    _write(path, {"image_size": 28, "channels": 1, "invert": True})
+    with pytest.raises(workdir.WorkdirStateError, match="has image_size 28 but the run's config "
+                                                        "has 12"):
+        trainer.train(omniglot(**{"train.iterations": 9}), run_dir, data=data)
+
+
+def test_a_refused_run_creates_no_work_directory(tmp_path):
+    run_dir = tmp_path / "new" / "run"
+    assert workdir.check_workdir(str(run_dir), _config()) == str(run_dir)
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(workdir.WorkdirError, match="is a file, not a directory"):
+        workdir.check_workdir(str(tmp_path / "file" / "run"))

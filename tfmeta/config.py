@@ -7,15 +7,16 @@ typo in a config file or on the command line fails before training instead of be
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Mapping
 
 import ml_collections
 
-from tfmeta import errors
+from tfmeta import errors, signatures
 from tfmeta.choices import (ALGORITHMS, BN_MODES, INNER_OPTIMIZERS, MAML_FAMILY, REMAT,
                              SPLIT_SCHEMES)
 
@@ -219,15 +220,6 @@ def _one_of(name: str, value: Any, allowed: tuple[str, ...]) -> None:
         raise ConfigError(f"config field '{name}' is {value!r}; allowed values: {list(allowed)}")
 
 
-def _positive(name: str, value: Any, *, allow_zero: bool = False) -> None:
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ConfigError(f"config field '{name}' is {value!r}; it must be a finite number")
-    ok = value >= 0 if allow_zero else value > 0
-    if not ok:
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ConfigError(f"config field '{name}' is {value!r}; it must be {bound}")
-
-
 def _check_tasks_in_parallel(value: Any) -> None:
     text = str(value)
     if text in ("auto", "all") or (text.isdigit() and int(text) >= 1):
@@ -242,23 +234,260 @@ def tasks_in_parallel(config: ml_collections.ConfigDict) -> int | str:
     return int(text) if text.isdigit() else text
 
 
+# ------------------------------------------------------------------------- numeric ranges
+# Largest seed: seeds go to NumPy, Keras initialisers and TensorFlow's stateless ops as int32.
+MAX_SEED = 2**31 - 1
+
+
+@dataclasses.dataclass(frozen=True)
+class _Range:
+    """The values a numeric field may hold: ``low <= value <= high`` (``high`` None: no limit)."""
+
+    low: float
+    high: int | None = None
+    integer: bool = True
+    low_exclusive: bool = False  # for floats: value > low
+    why: str = ""
+
+    def describe(self) -> str:
+        kind = "an integer" if self.integer else "a finite number"
+        low = f"> {self.low:g}" if self.low_exclusive else f">= {self.low:g}"
+        if self.high is None:
+            return f"{kind} {low}"
+        return f"{kind} from {self.low:g} to {self.high:d}"
+
+
+# Every numeric field of the schema and its range, checked in one place (:func:`_check_ranges`;
+# inner.steps against its algorithm's bound there). Bounds between fields (export.max_inner_steps
+# >= inner.eval_steps, shots + queries on Omniglot) are checked after these.
+RANGES: dict[str, _Range] = {
+    "seed": _Range(0, MAX_SEED),
+    "data.ways": _Range(2, why="an episode tells at least two classes apart"),
+    "data.shots": _Range(1),
+    "data.train_shots": _Range(0, why="0 = data.shots"),
+    "data.queries": _Range(1),
+    "data.image_size": _Range(1),
+    "data.min_image_side": _Range(0),
+    "data.split_seed": _Range(0, MAX_SEED),
+    "data.memory_limit_mb": _Range(0),
+    "data.crop_padding": _Range(0),
+    "data.k_support": _Range(1),
+    "data.k_query": _Range(1),
+    "model.filters": _Range(1),
+    "inner.lr": _Range(0, integer=False, low_exclusive=True),
+    "inner.steps": _Range(1, MAX_INNER_STEPS),
+    "inner.eval_steps": _Range(1, MAX_INNER_STEPS),
+    "inner.grad_clip": _Range(0, integer=False, why="0 = no clipping"),
+    "inner.batch_size": _Range(0, why="0 = the whole support set"),
+    "mamlpp.msl_epochs": _Range(1),
+    "mamlpp.iterations_per_epoch": _Range(1),
+    "mamlpp.first_order_iterations": _Range(0),
+    "outer.lr": _Range(0, integer=False, low_exclusive=True),
+    "outer.min_lr": _Range(0, integer=False),
+    "train.meta_batch_size": _Range(1),
+    "train.iterations": _Range(1),
+    "train.steps_per_loop": _Range(1),
+    "train.log_every": _Range(1),
+    "train.checkpoint_every": _Range(1),
+    "train.keep_checkpoints": _Range(1),
+    "train.eval_every": _Range(0, why="0 = only at the end"),
+    "train.eval_episodes": _Range(0, why="0 = no validation"),
+    "train.max_minutes": _Range(0, integer=False, why="0 = no budget"),
+    "eval.episodes": _Range(1),
+    "eval.batch_size": _Range(1),
+    "eval.seed": _Range(0, MAX_SEED),
+    # The exported graph takes a client's inner_steps as an int32.
+    "export.max_inner_steps": _Range(1, signatures.MAX_INNER_STEPS),
+}
+
+
+def _check_range(name: str, value: Any, allowed: _Range) -> None:
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    ok = is_number and (not allowed.integer or isinstance(value, int))
+    if ok and isinstance(value, float):
+        ok = math.isfinite(value)
+    if ok:
+        above = value > allowed.low if allowed.low_exclusive else value >= allowed.low
+        ok = above and (allowed.high is None or value <= allowed.high)
+    if not ok:
+        why = f" ({allowed.why})" if allowed.why else ""
+        raise ConfigError(f"config field '{name}' is {value!r}; it must be "
+                          f"{allowed.describe()}{why}")
+
+
+def _check_ranges(config: ml_collections.ConfigDict) -> None:
+    """Every numeric field against :data:`RANGES` (``inner.steps`` against its algorithm's)."""
+    for name, allowed in RANGES.items():
+        if name == "inner.steps":
+            allowed = _inner_steps_range(config.algorithm)
+        _check_range(name, _get(config, name), allowed)
+
+
+def _inner_steps_range(algorithm: str) -> _Range:
+    if algorithm in MAML_FAMILY:
+        return _Range(1, MAX_UNROLLED_INNER_STEPS, why=f"for algorithm {algorithm!r}: every "
+                      "MAML-family inner step is unrolled into the training graph")
+    return _Range(1, MAX_INNER_STEPS, why=f"for algorithm {algorithm!r}: the bound on one "
+                  "adaptation's length")
+
+
+def _get(config: ml_collections.ConfigDict, name: str) -> Any:
+    """The value of the dotted field ``name``."""
+    value = config
+    for part in name.split("."):
+        value = value[part]
+    return value
+
+
+# -------------------------------------------------------------- fields a run does not read
+def _data_kind(config: ml_collections.ConfigDict) -> str:
+    """Which reader a config's data goes through: 'omniglot', 'images' or 'sinusoid'."""
+    if config.task == "images" and str(config.data.source).strip() != "omniglot":
+        return "images"
+    return "sinusoid" if config.task == "sinusoid" else "omniglot"
+
+
+def _data_reader(config: ml_collections.ConfigDict) -> str:
+    if config.task == "images" and _data_kind(config) == "omniglot":
+        return "task 'images' with data.source 'omniglot' (read like task 'omniglot')"
+    if config.task == "images":
+        return f"task 'images' with data.source {config.data.source!r}"
+    return f"task {config.task!r}"
+
+
+_IMAGES_REPAIR = ("for your own images or another image source use configs/images_maml.py "
+                  "(task 'images', e.g. --config.data.source=folder:PATH)")
+_EPISODE_FIELDS = ("data.ways", "data.shots", "data.train_shots", "data.queries", "data.rotate",
+                   "data.image_size", "data.data_dir")
+_IMAGES_FIELDS = ("data.channels", "data.resize", "data.min_image_side", "data.split_fractions",
+                  "data.split_seed", "data.class_lists", "data.storage", "data.memory_limit_mb",
+                  "data.prepared_dir", "data.normalize", "data.mean", "data.std", "data.augment",
+                  "data.crop_padding")
+_OMNIGLOT_FIELDS = ("data.split_scheme", "data.subset", "data.archives_dir",
+                    "data.rotation_classes")
+# Image sources with a published class split of their own.
+_BENCHMARK_SOURCES = ("miniimagenet", "tieredimagenet", "cifarfs", "fc100", "cub")
+CONV4_FIELDS = ("model.filters", "model.downsample", "model.head")
+RESNET12_FIELDS = ("model.widths",)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Scope:
+    """Fields that only some configs read.
+
+    Attributes:
+      fields: the dotted field names.
+      reads: whether ``config`` reads them.
+      reader: who ignores them, for the message (``config -> text``).
+      repair: what to do instead (``config -> text``).
+    """
+
+    fields: tuple[str, ...]
+    reads: Callable[[ml_collections.ConfigDict], bool]
+    reader: Callable[[ml_collections.ConfigDict], str]
+    repair: Callable[[ml_collections.ConfigDict], str]
+
+
+def _benchmark(config: ml_collections.ConfigDict) -> str:
+    return str(config.data.source).partition(":")[0].strip()
+
+
+_SCOPES = (
+    _Scope(("data.source",), lambda c: c.task == "images", _data_reader,
+           lambda c: f"task {c.task!r} reads its own data; {_IMAGES_REPAIR}"),
+    _Scope(_IMAGES_FIELDS, lambda c: _data_kind(c) == "images", _data_reader,
+           lambda c: ("these options apply to task 'images' only" if c.task == "sinusoid" else
+                      f"Omniglot is read as 1-channel {c.data.image_size}x{c.data.image_size} "
+                      f"drawings, in memory; {_IMAGES_REPAIR}")),
+    _Scope(_OMNIGLOT_FIELDS, lambda c: _data_kind(c) == "omniglot", _data_reader,
+           lambda c: "these are Omniglot options (task 'omniglot')"
+           + ("; an image source is split by its split folders, data.class_lists or "
+              "data.split_fractions" if c.task == "images" else "")),
+    _Scope(_EPISODE_FIELDS, lambda c: c.task != "sinusoid", _data_reader,
+           lambda c: "sinusoid tasks have data.k_support and data.k_query points"),
+    _Scope(("data.k_support", "data.k_query"), lambda c: c.task == "sinusoid", _data_reader,
+           lambda c: "these are sinusoid options; episodes of classes have data.ways, data.shots "
+                     "and data.queries"),
+    _Scope(("data.split_fractions", "data.split_seed", "data.class_lists"),
+           lambda c: _data_kind(c) != "images" or _benchmark(c) not in _BENCHMARK_SOURCES,
+           lambda c: f"data.source {c.data.source!r}",
+           lambda c: (f"{_benchmark(c)} has its published class split; these options split "
+                      "the classes of folder: and tfds: sources")),
+    _Scope(("data.crop_padding",), lambda c: bool(c.data.augment),
+           lambda c: "data.augment=False", lambda c: "set data.augment=True to augment"),
+    _Scope(("data.memory_limit_mb",), lambda c: c.data.storage == "auto",
+           lambda c: f"data.storage={c.data.storage!r}",
+           lambda c: "the limit chooses memory or stream for data.storage='auto' only"),
+    _Scope(CONV4_FIELDS, lambda c: c.model.name == "conv4",
+           lambda c: f"model {c.model.name!r}",
+           lambda c: ("they apply to model 'conv4'" + (
+               " (ResNet-12 has max pooling, a spatial mean and model.widths)"
+               if c.model.name == "resnet12" else ""))),
+    _Scope(RESNET12_FIELDS, lambda c: c.model.name == "resnet12",
+           lambda c: f"model {c.model.name!r}", lambda c: "it applies to model 'resnet12'"),
+    _Scope(("inner.batch_size",), lambda c: c.algorithm == "reptile",
+           lambda c: f"algorithm {c.algorithm!r}",
+           lambda c: "support minibatches are a Reptile option (MAML adapts on the whole "
+                     "support set)"),
+    _Scope(("outer.min_lr",), lambda c: c.outer.schedule == "cosine",
+           lambda c: f"outer.schedule={c.outer.schedule!r}",
+           lambda c: "it is the final learning rate of outer.schedule='cosine'"),
+)
+
+
+def _is_default(value: Any, default: Any) -> bool:
+    if isinstance(value, (list, tuple)) and isinstance(default, (list, tuple)):
+        return tuple(value) == tuple(default)
+    return value == default and type(value) is type(default)
+
+
+def unread_fields(config: ml_collections.ConfigDict) -> dict[str, str]:
+    """Fields set to a non-default value that ``config``'s task, model or algorithm ignores.
+
+    Returns:
+      ``{field: why it is not read, and what to do instead}``, in schema order.
+    """
+    defaults = base_config()
+    found: dict[str, str] = {}
+    for scope in _SCOPES:
+        if scope.reads(config):
+            continue
+        for name in scope.fields:
+            if name not in found and not _is_default(_get(config, name), _get(defaults, name)):
+                found[name] = f"{scope.reader(config)} does not read it: {scope.repair(config)}"
+    return found
+
+
+def _check_read(config: ml_collections.ConfigDict) -> None:
+    """Refuses a field that would be ignored in silence, naming it, who ignores it and why."""
+    unread = unread_fields(config)
+    if not unread:
+        return
+    name, why = next(iter(unread.items()))
+    same = [n for n, w in unread.items() if w == why]
+    listed = ", ".join(f"'{n}' is {_get(config, n)!r}" for n in same)
+    reset = " ".join(f"--config.{n}={_flag_value(_get(base_config(), n))}" for n in same)
+    raise ConfigError(f"config field {listed}, but {why}; or leave "
+                      f"{'it' if len(same) == 1 else 'them'} at the default ({reset})")
+
+
+def _flag_value(value: Any) -> str:
+    """``value`` as a ``--config.field=VALUE`` flag takes it."""
+    if isinstance(value, (tuple, list)):
+        return "'(" + ",".join(str(v) for v in value) + ("," if len(value) == 1 else "") + ")'"
+    if isinstance(value, str):
+        return value or "''"
+    return str(value)
+
+
 def _check_model(config: ml_collections.ConfigDict) -> None:
-    """The fields of ``model`` that belong to one network, and their sizes."""
+    """The sizes of the network's fields (which network reads which field: :data:`_SCOPES`)."""
     widths = config.model.widths
     if (not isinstance(widths, (tuple, list)) or len(widths) != 4
             or not all(isinstance(w, int) and not isinstance(w, bool) and w > 0
                        for w in widths)):
         raise ConfigError(f"config field 'model.widths' is {widths!r}; it must be four positive "
                           "integers (the filters of ResNet-12's four blocks)")
-    defaults = base_config().model
-    if config.model.name != "resnet12" and tuple(widths) != tuple(defaults.widths):
-        raise ConfigError(f"config field 'model.widths' applies to model 'resnet12'; "
-                          f"'model.name' is {config.model.name!r}")
-    if config.model.name == "resnet12":
-        changed = [f"model.{k}" for k in ("downsample", "head") if config.model[k] != defaults[k]]
-        if changed:
-            raise ConfigError(f"config fields {changed} apply to model 'conv4'; ResNet-12 has "
-                              "max pooling and a spatial mean (its widths are model.widths)")
     # Four 2x2 max poolings (ResNet-12, conv4 with maxpool) need at least 16x16 inputs.
     if ((config.model.name == "resnet12" or config.model.downsample == "maxpool")
             and config.task != "sinusoid" and config.data.image_size < 16):
@@ -337,30 +566,13 @@ def validate(config: ml_collections.ConfigDict, *, num_replicas: int = 1,
     _one_of("model.downsample", config.model.downsample, DOWNSAMPLING)
     _one_of("model.head", config.model.head, HEADS)
     _check_tasks_in_parallel(config.train.tasks_in_parallel)
+    # The network each task takes, before the fields that belong to one network are checked.
+    _one_of("model.name", config.model.name,
+            ("mlp",) if config.task == "sinusoid" else ("conv4", "resnet12"))
+    _check_ranges(config)
+    _check_read(config)
     _check_model(config)
     _check_mamlpp(config)
-    for name in ("inner.lr", "outer.lr", "inner.steps", "inner.eval_steps",
-                 "train.meta_batch_size", "train.iterations", "train.steps_per_loop",
-                 "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
-                 "eval.episodes", "eval.batch_size", "data.image_size",
-                 "export.max_inner_steps", "mamlpp.msl_epochs", "mamlpp.iterations_per_epoch"):
-        group, field = name.split(".")
-        _positive(name, config[group][field])
-    for name in ("inner.grad_clip", "inner.batch_size", "train.eval_every",
-                 "train.eval_episodes", "data.train_shots", "train.max_minutes",
-                 "outer.min_lr", "mamlpp.first_order_iterations"):
-        group, field = name.split(".")
-        _positive(name, config[group][field], allow_zero=True)
-    steps_limit = (MAX_UNROLLED_INNER_STEPS if config.algorithm in MAML_FAMILY
-                   else MAX_INNER_STEPS)
-    if config.inner.steps > steps_limit:
-        why = ("every MAML-family inner step is unrolled into the training graph"
-               if config.algorithm in MAML_FAMILY else "the bound on one adaptation's length")
-        raise ConfigError(f"config field 'inner.steps' is {config.inner.steps}; it must be <= "
-                          f"{steps_limit} for algorithm {config.algorithm!r} ({why})")
-    if config.inner.eval_steps > MAX_INNER_STEPS:
-        raise ConfigError(f"config field 'inner.eval_steps' is {config.inner.eval_steps}; it must "
-                          f"be <= {MAX_INNER_STEPS}")
     if config.export.max_inner_steps < config.inner.eval_steps:
         raise ConfigError(
             f"config field 'export.max_inner_steps' is {config.export.max_inner_steps}; it must be "
@@ -397,9 +609,6 @@ def validate(config: ml_collections.ConfigDict, *, num_replicas: int = 1,
         _one_of("data.split_scheme", config.data.split_scheme, SPLIT_SCHEMES)
         _one_of("data.subset", config.data.subset, SUBSETS)
         _one_of("eval.split", config.eval.split, ("train", "validation", "test"))
-        _one_of("model.name", config.model.name, ("conv4", "resnet12"))
-        for name in ("data.ways", "data.shots", "data.queries"):
-            _positive(name, config.data[name.split(".")[1]])
         shots = max(train_shots(config), config.data.shots)
         if (config.task == "omniglot"
                 and shots + config.data.queries > DRAWINGS_PER_CHARACTER):
@@ -426,19 +635,9 @@ def validate(config: ml_collections.ConfigDict, *, num_replicas: int = 1,
                                   "'reptile' has no validation split: use 'test' or 'train'")
         if split_classes is not None:
             check_split_classes(config, split_classes)
-    else:
-        _one_of("model.name", config.model.name, ("mlp",))
-        _positive("data.k_support", config.data.k_support)
-        _positive("data.k_query", config.data.k_query)
-        if config.inner.bn_mode != "transductive":
-            raise ConfigError("config field 'inner.bn_mode' must be 'transductive' for the "
-                              "sinusoid MLP, which has no batch norm")
-        if config.model.downsample != "stride":
-            raise ConfigError("config field 'model.downsample' applies to the conv4 network; "
-                              "the sinusoid MLP has none")
-        if config.model.head != "mean":
-            raise ConfigError("config field 'model.head' applies to the conv4 network; "
-                              "the sinusoid MLP has none")
+    elif config.inner.bn_mode != "transductive":
+        raise ConfigError("config field 'inner.bn_mode' must be 'transductive' for the "
+                          "sinusoid MLP, which has no batch norm")
 
 
 def _check_images(config: ml_collections.ConfigDict) -> None:
@@ -454,9 +653,6 @@ def _check_images(config: ml_collections.ConfigDict) -> None:
                           f"{list(CHANNELS)}")
     _one_of("data.storage", d.storage, STORAGE)
     _one_of("data.resize", d.resize, RESIZE)
-    _positive("data.memory_limit_mb", d.memory_limit_mb, allow_zero=True)
-    _positive("data.min_image_side", d.min_image_side, allow_zero=True)
-    _positive("data.crop_padding", d.crop_padding, allow_zero=True)
     fractions = tuple(d.split_fractions)
     if (len(fractions) != 3 or any(not isinstance(f, (int, float)) or isinstance(f, bool)
                                    or not math.isfinite(f) or f < 0 for f in fractions)
@@ -484,9 +680,6 @@ def _check_images(config: ml_collections.ConfigDict) -> None:
                                   f"{d.channels} finite numbers, one per channel")
         if any(v <= 0 for v in std):
             raise ConfigError(f"config field 'data.std' is {std}; every value must be > 0")
-    if d.rotation_classes:
-        raise ConfigError("config field 'data.rotation_classes' is an Omniglot option (the "
-                          "Reptile reference's rotated characters); task 'images' has none")
 
 
 def check_split_classes(config: ml_collections.ConfigDict,
@@ -536,11 +729,132 @@ def sibling_config(config_file: str, name: str) -> Any:
     return _load_module(path, f"tfmeta_configs_{name[:-3]}")
 
 
-def load_file(spec: str) -> ml_collections.ConfigDict:
-    """Loads ``path.py[:variant]`` the way the binaries' ``--config`` flag does (scripts, tests)."""
+def load_file(spec: str, overrides: Mapping[str, Any] | None = None) -> ml_collections.ConfigDict:
+    """Loads ``path.py[:variant]`` the way the binaries' ``--config`` flag does (scripts, tests).
+
+    Args:
+      spec: the config file, optionally with a variant.
+      overrides: ``{"field": value}`` as ``--config.field=value`` flags give them; a switch
+        (``task``, ``model.name``, ...) resets the config file's fields that are no longer read
+        (see :func:`settle_fields`), as in the binaries.
+
+    Raises:
+      ConfigError: the file cannot be loaded (naming the file and line) or an override is not a
+        config field.
+    """
     path, _, variant = spec.partition(":")
-    module = _load_module(path, "tfmeta_loaded_config")
-    return module.get_config(variant) if variant else module.get_config()
+    config = _call_config_file(path, variant)
+    if overrides:
+        for key, value in overrides.items():
+            try:
+                config.update_from_flattened_dict({key: value})
+            except (KeyError, AttributeError) as e:
+                raise ConfigError(f"unknown config field {key!r}") from e
+        settle_fields(config, overrides)
+    return config
+
+
+def _call_config_file(path: str, variant: str) -> ml_collections.ConfigDict:
+    """Runs ``get_config([variant])`` of the config file at ``path``.
+
+    Raises:
+      ConfigError: the file has a syntax error, raises while loading or in ``get_config``, or
+        returns something else than a config; the message names the file and the line.
+    """
+    # Any error of a user's file is reported as one line naming the file and the line.
+    try:
+        module = _load_module(path, "tfmeta_loaded_config")
+        if not callable(getattr(module, "get_config", None)):
+            raise ConfigError(f"config file {path!r} has no get_config() function; a config "
+                              "file defines get_config([variant]) returning the config")
+    except ConfigError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        raise ConfigError(f"config file {path!r}{_line_of(e, path)}: {type(e).__name__}: "
+                          f"{_message(e)}; fix the config file") from e
+    try:
+        config = module.get_config(variant) if variant else module.get_config()
+    except Exception as e:  # noqa: BLE001
+        call = f"get_config({variant!r})" if variant else "get_config()"
+        raise ConfigError(f"config file {path!r}{_line_of(e, path)}: {call} raised "
+                          f"{type(e).__name__}: {_message(e)}") from e
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise ConfigError(f"config file {path!r}: get_config() returned "
+                          f"{type(config).__name__}, not a ConfigDict; build it on "
+                          "tfmeta.config.base_config()")
+    return config
+
+
+def _message(error: BaseException) -> str:
+    if isinstance(error, SyntaxError):
+        return error.msg
+    return errors.first_line(str(error)).strip() or "(no message)"
+
+
+def _line_of(error: BaseException, path: str) -> str:
+    """`` line N`` of ``path`` where ``error`` was raised (or passed through), else ``""``."""
+    if isinstance(error, SyntaxError) and error.lineno:
+        where = "" if os.path.abspath(error.filename or path) == os.path.abspath(path) else (
+            f" (in {error.filename})")
+        return f" line {error.lineno}{where}"
+    import traceback
+
+    target = os.path.abspath(path)
+    lines = [frame.lineno for frame in traceback.extract_tb(error.__traceback__)
+             if os.path.abspath(frame.filename) == target]
+    return f" line {lines[-1]}" if lines else ""
+
+
+def user_fields(argv: Sequence[str], flag_name: str = "config") -> list[str]:
+    """The fields that ``--NAME.field=value`` flags in ``argv`` set."""
+    prefix = f"--{flag_name}."
+    found = []
+    for arg in argv[1:]:
+        if arg == "--":
+            break
+        if arg.startswith(prefix):
+            found.append(arg[len(prefix):].split("=", 1)[0])
+    return found
+
+
+# Fields that choose what a run reads: switching one on the command line makes some of the
+# config file's other fields inapplicable (see settle_fields).
+SWITCHES = ("task", "algorithm", "model.name", "data.source", "data.augment", "data.storage",
+            "outer.schedule")
+
+
+def settle_fields(config: ml_collections.ConfigDict,
+                  set_by_user: Sequence[str] | Mapping[str, Any]) -> dict[str, Any]:
+    """After the user switches what a run reads, resets the config file's fields it no longer reads.
+
+    ``--config.model.name=resnet12`` on a colour config would otherwise be refused for the conv4
+    fields the config file set (filters, max pooling, flattened head), and
+    ``--config.task=images`` on an Omniglot smoke config for its ``data.subset``. Only fields the
+    config file set are reset (each is logged); a field the user set on the command line that
+    the run does not read is still refused by :func:`validate`.
+
+    Args:
+      config: the config, after the overrides were applied.
+      set_by_user: the fields the user set (command-line overrides).
+
+    Returns:
+      ``{field: the config file's value}`` for every field reset to its default.
+    """
+    if not any(name in set_by_user for name in SWITCHES):
+        return {}
+    defaults = base_config()
+    dropped = {name: _get(config, name) for name in unread_fields(config)
+               if name not in set_by_user}
+    for name in dropped:
+        config.update_from_flattened_dict({name: _get(defaults, name)})
+    if dropped:
+        from absl import logging
+
+        logging.info("The config file's %s are not read with the fields set on the command line "
+                     "(%s), so they are left at their defaults.",
+                     ", ".join(f"{k}={v!r}" for k, v in dropped.items()),
+                     ", ".join(n for n in SWITCHES if n in set_by_user))
+    return dropped
 
 
 def to_json(config: ml_collections.ConfigDict) -> str:
@@ -618,15 +932,16 @@ def _config_arg(argv: Sequence[str], flag_name: str) -> str | None:
 
 
 def _check_config_file(argv: Sequence[str], flag_name: str) -> None:
-    """Names a config file that does not exist, before ml_collections fails on it lazily.
+    """Names a config file that does not exist or cannot be loaded, before ml_collections does.
 
     ml_collections defers a missing file's error to the first use of the config, which then
-    surfaces as a traceback from deep inside the binary.
+    surfaces as a traceback from deep inside the binary, and lets a syntax error or an exception
+    in ``get_config`` through as a traceback.
     """
     value = _config_arg(argv, flag_name)
     if value is None:
         return
-    path = value.split(":", 1)[0]
+    path, _, variant = value.partition(":")
     if not path:
         raise ConfigError(f"--{flag_name} is empty; pass a config file such as "
                           f"--{flag_name}=configs/omniglot_maml.py:5way1shot")
@@ -635,6 +950,7 @@ def _check_config_file(argv: Sequence[str], flag_name: str) -> None:
                  else f" (relative to the current directory {os.getcwd()!r})")
         raise ConfigError(f"config file {path!r} not found{where}; "
                           f"pass --{flag_name}=PATH_TO/configs/NAME.py[:variant]")
+    _call_config_file(path, variant)
 
 
 def check_config_loaded(value: Any, flag_name: str) -> None:

@@ -23,6 +23,7 @@ import time
 from absl import app, flags
 
 from tfmeta import cli
+from tfmeta import config as config_lib
 
 _WORKDIR = flags.DEFINE_string("workdir", "/tmp/tfmeta-demo", "Where everything is written.")
 _CONFIG = flags.DEFINE_string(
@@ -47,6 +48,8 @@ def _run(args: list[str], *, capture: bool = False) -> str:
                             stdout=subprocess.PIPE if capture else None)
     if capture:
         print(result.stdout, end="", flush=True)
+    if result.returncode == 2:
+        sys.exit(2)  # a user error: the step printed its one `error:` line
     if result.returncode:
         sys.exit(f"step failed with exit code {result.returncode}: {' '.join(args)}")
     return result.stdout or ""
@@ -61,6 +64,9 @@ def main(argv: list[str]) -> int:
     workdir = workdir_lib.normalize(_WORKDIR.value)  # '~' and relative paths, as in train
     config = _CONFIG.value or _default_config()
     data_dir = _DATA_DIR.value
+    overrides = [f"--config.{o}" for o in _OVERRIDES.value]
+    # The config file and the override names, before minutes of data preparation.
+    config_lib.check_config_argv(["tfmeta.train", f"--config={config}", *overrides])
     print("== 1. Omniglot through tensorflow-datasets, episodes, pipeline throughput")
     t0 = time.perf_counter()
     try:
@@ -72,7 +78,6 @@ def main(argv: list[str]) -> int:
     print("\n" + demo_data.describe_throughput(data))
 
     run_dir = os.path.join(workdir, "run")
-    overrides = [f"--config.{o}" for o in _OVERRIDES.value]
     if data_dir:
         overrides.append(f"--config.data.data_dir={data_dir}")
     print("\n== 2. Meta-train (resumes if the work directory already has checkpoints)")

@@ -33,6 +33,10 @@ _TF_CONFIG_HELP = (
     "--strategy")
 
 
+# The jobs of a MultiWorkerMirroredStrategy cluster.
+_JOBS = ("chief", "worker")
+
+
 def _check_tf_config() -> None:
     """Checks ``TF_CONFIG`` before TensorFlow silently falls back to a one-worker 'cluster'."""
     import json
@@ -50,6 +54,38 @@ def _check_tf_config() -> None:
             and spec["cluster"] and isinstance(spec.get("task"), dict)):
         raise ClusterConfigError(f"TF_CONFIG={text!r} lacks a \"cluster\" or \"task\"; "
                                  f"{_TF_CONFIG_HELP}")
+    _check_cluster(spec["cluster"])
+    _check_task(spec["task"], spec["cluster"])
+
+
+def _check_cluster(cluster: dict) -> None:
+    """Each job of the cluster is a known job with a non-empty list of "host:port" addresses."""
+    for job, addresses in cluster.items():
+        if job not in _JOBS:
+            raise ClusterConfigError(f"TF_CONFIG's cluster has the job {job!r}; "
+                                     f"--strategy=multiworker takes {list(_JOBS)}; "
+                                     f"{_TF_CONFIG_HELP}")
+        if (not isinstance(addresses, list) or not addresses
+                or not all(isinstance(a, str) and ":" in a for a in addresses)):
+            raise ClusterConfigError(f"TF_CONFIG's cluster job {job!r} is {addresses!r}; it must "
+                                     f"be a non-empty list of \"host:port\" strings; "
+                                     f"{_TF_CONFIG_HELP}")
+    if len(cluster.get("chief", [])) > 1:
+        raise ClusterConfigError(f"TF_CONFIG's cluster has {len(cluster['chief'])} chiefs; at "
+                                 f"most one; {_TF_CONFIG_HELP}")
+
+
+def _check_task(task: dict, cluster: dict) -> None:
+    """The task names a job of the cluster and an index of one of its addresses."""
+    kind, index = task.get("type"), task.get("index")
+    if kind not in cluster:
+        raise ClusterConfigError(f"TF_CONFIG's task type is {kind!r}, which is not a job of its "
+                                 f"cluster {sorted(cluster)}; {_TF_CONFIG_HELP}")
+    size = len(cluster[kind])
+    if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < size:
+        raise ClusterConfigError(f"TF_CONFIG's task index is {index!r}; the cluster's job "
+                                 f"{kind!r} has {size} task(s), so it must be an integer from 0 "
+                                 f"to {size - 1}; {_TF_CONFIG_HELP}")
 
 
 def make_strategy(name: str, *, tpu: str = "") -> tf.distribute.Strategy:

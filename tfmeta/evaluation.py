@@ -127,7 +127,8 @@ def warn_if_chance(result: dict[str, Any], config: ml_collections.ConfigDict) ->
     does that): the final number alone looks like a result unless someone compares it with
     1 / ways.
     """
-    if result.get("metric") != "accuracy" or not result.get("ways"):
+    # One way has nothing to learn: every answer is right (and chance is 100 %).
+    if result.get("metric") != "accuracy" or not result.get("ways") or result["ways"] < 2:
         return False
     chance = 1.0 / result["ways"]
     if result["accuracy"] - result["ci95"] > chance:

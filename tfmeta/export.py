@@ -19,6 +19,7 @@ import json
 from absl import flags
 
 from tfmeta import cli
+from tfmeta import config as config_lib
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Work directory of a tfmeta.train run.")
 _OUTPUT = flags.DEFINE_string("output", None, "SavedModel directory (default: WORKDIR/export).")
@@ -27,7 +28,8 @@ _REPLACE = flags.DEFINE_bool(
     "the default WORKDIR/export is replaced without it).")
 _MAX_INNER_STEPS = flags.DEFINE_integer(
     "max_inner_steps", None, "Largest inner_steps a client may ask the SavedModel for (default: "
-    "the config's export.max_inner_steps).", lower_bound=1)
+    "the config's export.max_inner_steps).", lower_bound=1,
+    upper_bound=config_lib.RANGES["export.max_inner_steps"].high)
 flags.mark_flags_as_required(["workdir"])
 
 

@@ -89,10 +89,15 @@ def _read_text(path: str) -> str:
     import tensorflow as tf
 
     try:
-        with tf.io.gfile.GFile(path, "r") as f:
-            return f.read()
+        with tf.io.gfile.GFile(path, "rb") as f:
+            data = f.read()
     except (OSError, tf.errors.OpError) as e:
         raise ReportError(f"cannot read {path!r}: {e}") from e
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ReportError(f"{path!r} is not text (not UTF-8: overwritten or corrupted?); "
+                          "restore it from a backup or leave that work directory out") from None
 
 
 def _read_json_object(path: str) -> dict[str, Any]:

@@ -327,12 +327,16 @@ def _check_inner_steps(inner_steps: Any, bound: int = signatures.MAX_INNER_STEPS
     if inner_steps is None:
         return
     # Checked as a Python integer: the int32 conversion would truncate 2.5 and wrap 2**32 + 3.
+    # Before the export's metadata is read its own bound is not known: the message says so
+    # rather than quoting the int32 limit of the signature's input.
+    limit = ("the export's max_inner_steps" if bound == signatures.MAX_INNER_STEPS
+             else str(bound))
     if isinstance(inner_steps, (bool, np.bool_)) or not isinstance(inner_steps,
                                                                    (int, np.integer)):
-        raise AdaptError(f"inner_steps must be an integer between 0 and {bound}, got "
+        raise AdaptError(f"inner_steps must be an integer between 0 and {limit}, got "
                          f"{inner_steps!r}")
     if not 0 <= inner_steps <= bound:
-        raise AdaptError(f"inner_steps must be between 0 and {bound}, got {inner_steps}")
+        raise AdaptError(f"inner_steps must be between 0 and {limit}, got {inner_steps}")
 
 
 def _open_export(saved_model: Any) -> tuple[Any, dict[str, Any]]:

@@ -370,7 +370,9 @@ def input_transform_of(config: ml_collections.ConfigDict,
     if config.task == "sinusoid":
         return None
     if workdir:
-        recorded = input_transform_lib.read(workdir)
+        from tfmeta import workdir as workdir_lib
+
+        recorded = workdir_lib.read_input_transform(workdir, config)
         if recorded is not None:
             return recorded
     if config.task == "omniglot":

@@ -12,6 +12,8 @@ At the end the model is evaluated on the config's evaluation split and exported 
 
 from __future__ import annotations
 
+import sys
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -49,6 +51,8 @@ def main(argv: list[str]) -> int:
     if _DETERMINISTIC.value:
         tf.config.experimental.enable_op_determinism()
     config = _CONFIG.value
+    # A switch such as --config.model.name resets the config file's fields it makes unread.
+    config_lib.settle_fields(config, config_lib.user_fields(sys.argv))
     # Fail on a bad config or an unusable work directory before any device or data is touched.
     config_lib.validate(config)
     workdir.check_workdir(_WORKDIR.value, config)

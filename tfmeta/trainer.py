@@ -179,15 +179,20 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
 
 
 def run(exp: Experiment, workdir: str, *, should_stop: Callable[[], bool] = lambda: False,
-        final_evaluation: bool = True) -> dict[str, Any]:
+        final_evaluation: bool = True,
+        now: Callable[[], float] = time.perf_counter) -> dict[str, Any]:
     """Runs (or resumes) meta-training of a built experiment; see :func:`train`.
 
     The chief holds the work directory's lock for the whole run, so a second training on the same
-    directory fails at once instead of interleaving checkpoints and configs.
+    directory fails at once instead of interleaving checkpoints and configs. ``now`` is the clock
+    (seconds) that measures the run's time and ``train.max_minutes``.
     """
     workdir = workdir_lib.normalize(workdir)
     if distribute.is_chief(exp.strategy):
-        workdir_lib.check_state(workdir)  # before the lock file is written
+        # Everything the directory holds, and the data's input transform against the recorded
+        # one, is checked before the lock file (or anything else) is written.
+        workdir_lib.check_state(workdir)
+        check_data(exp, workdir)
     lock = workdir_lib.WorkdirLock(workdir) if distribute.is_chief(exp.strategy) else None
     if lock is not None:
         lock.acquire()
@@ -202,14 +207,14 @@ def run(exp: Experiment, workdir: str, *, should_stop: Callable[[], bool] = lamb
                     "same command") from e
             record_data(exp, workdir)
         return _run_locked(exp, workdir, should_stop=should_stop,
-                           final_evaluation=final_evaluation)
+                           final_evaluation=final_evaluation, now=now)
     finally:
         if lock is not None:
             lock.release()
 
 
-def record_data(exp: Experiment, workdir: str) -> None:
-    """Writes what the run's data is: ``input_transform.json`` and ``data_summary.json``.
+def check_data(exp: Experiment, workdir: str) -> None:
+    """Checks that the data's input transform is the one recorded in ``workdir``, if any.
 
     The input transform (size, channels, normalisation measured on the meta-train split) is what
     an export needs without the data; a resumed run must find the same one, or its model would
@@ -217,19 +222,29 @@ def record_data(exp: Experiment, workdir: str) -> None:
 
     Raises:
       ConfigError: the recorded transform differs from the data's (the data changed).
+      WorkdirStateError: ``input_transform.json`` is damaged.
     """
-    source = exp.source
-    if source.input_transform is None:
+    if exp.source.input_transform is None:
         return
-    transform = source.input_transform()
-    recorded = input_transform_lib.read(workdir)
+    transform = exp.source.input_transform()
+    recorded = workdir_lib.read_input_transform(workdir, exp.config)
     if recorded is not None and recorded != transform:
         raise config_lib.ConfigError(
             f"the data's input transform {transform.to_dict()} differs from the one this run was "
             f"trained with, {recorded.to_dict()} (in {workdir}/{input_transform_lib.FILE_NAME}); "
             "the data changed: train in a new work directory")
-    if recorded is None:
-        input_transform_lib.write(workdir, transform)
+
+
+def record_data(exp: Experiment, workdir: str) -> None:
+    """Writes what the run's data is: ``input_transform.json`` and ``data_summary.json``.
+
+    Call :func:`check_data` first, before anything is written.
+    """
+    source = exp.source
+    if source.input_transform is None:
+        return
+    if workdir_lib.read_input_transform(workdir) is None:
+        input_transform_lib.write(workdir, source.input_transform())
     if source.data_summary is None:
         return
     summary = source.data_summary()
@@ -258,8 +273,42 @@ def _append_history(workdir: str, entry: dict[str, Any]) -> None:
     tf.io.gfile.rename(tmp, path, overwrite=True)
 
 
+def steps_within_budget(seconds_left: float, seconds_per_step: float | None,
+                        planned: int) -> int:
+    """Meta-iterations of the next compiled call under a wall-clock budget.
+
+    The compiled loop cannot look at the clock between its iterations (no host round trip inside
+    it), so the host gives the last call(s) fewer iterations: as many as fit in what is left,
+    from the measured time per iteration, and at least one, so a run ends within about one
+    iteration of its budget rather than a whole ``train.steps_per_loop`` after it.
+
+    Args:
+      seconds_left: the budget left.
+      seconds_per_step: measured seconds per meta-iteration; None before any measurement, when a
+        single iteration is run (the first call also traces the loop).
+      planned: the iterations the call would run without a budget.
+
+    Returns:
+      Between 1 and ``planned``.
+    """
+    if seconds_per_step is None:
+        return 1
+    fits = int(seconds_left // max(seconds_per_step, 1e-9))
+    return max(1, min(planned, fits))
+
+
+def _agree(strategy: tf.distribute.Strategy, steps: int) -> int:
+    """The same iteration count on every worker (their mean, rounded down): the loops are
+    collective, so workers whose clocks differ slightly must still run the same calls."""
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        value = strategy.run(lambda x: x, args=(tf.constant(float(steps)),))
+        return max(1, int(strategy.reduce(tf.distribute.ReduceOp.MEAN, value, axis=None)))
+    return steps
+
+
 def _run_locked(exp: Experiment, workdir: str, *, should_stop: Callable[[], bool],
-                final_evaluation: bool) -> dict[str, Any]:
+                final_evaluation: bool,
+                now: Callable[[], float] = time.perf_counter) -> dict[str, Any]:
     config, strategy = exp.config, exp.strategy
     chief = distribute.is_chief(strategy)
     tf.io.gfile.makedirs(workdir)
@@ -319,14 +368,15 @@ def _run_locked(exp: Experiment, workdir: str, *, should_stop: Callable[[], bool
     train_loops: dict[tuple, Callable] = {}
     clock = _Clock(config.train.meta_batch_size)
     summary: dict[str, Any] = {"preempted": False, "train": {}, "validation": None, "test": None}
-    wall_at_start, t_start = float(exp.wall_seconds.numpy()), time.perf_counter()
+    wall_at_start, t_start = float(exp.wall_seconds.numpy()), now()
 
     def tick() -> float:
         """Updates the persistent wall clock; returns the run's wall-clock seconds."""
-        exp.wall_seconds.assign(wall_at_start + time.perf_counter() - t_start)
+        exp.wall_seconds.assign(wall_at_start + now() - t_start)
         return float(exp.wall_seconds.numpy())
 
     step = start
+    seconds_per_step: float | None = None
     out_of_time = bool(budget) and wall_at_start >= budget
     while step < total and not out_of_time:
         boundaries = [total]
@@ -338,15 +388,22 @@ def _run_locked(exp: Experiment, workdir: str, *, should_stop: Callable[[], bool
         boundaries.append(next_switch)
         num_steps = min(boundaries) - step
         key = tuple(sorted(phase_kwargs.items()))
-        if key not in train_loops:
+        traced = key in train_loops
+        if not traced:
             if train_loops:
                 logging.info("From iteration %d: %s.", step,
                              ", ".join(f"{k}={v}" for k, v in key))
             train_loops[key] = _make_train_loop(exp, phase_kwargs)
-        t0 = time.perf_counter()
+        if budget:
+            # The count is a tensor argument: a shorter last call does not retrace the loop.
+            num_steps = _agree(strategy, steps_within_budget(
+                budget - tick(), seconds_per_step if traced else None, num_steps))
+        t0 = now()
         metrics, bad = train_loops[key](iterator, tf.constant(num_steps, tf.int64))
         metrics = {k: float(v) for k, v in metrics.items()}
-        seconds = time.perf_counter() - t0
+        seconds = now() - t0
+        if traced:  # a first call also traces (and compiles) the loop
+            seconds_per_step = seconds / num_steps
         clock.add(num_steps, seconds)
         exp.train_seconds.assign_add(seconds)
         step = int(exp.step.numpy())

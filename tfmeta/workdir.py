@@ -145,14 +145,42 @@ def check_workdir(workdir: str, config: ml_collections.ConfigDict | None = None)
     Raises:
       WorkdirError: the path is empty, the directory's state is not understood
         (:func:`check_state`), the config cannot resume it (:class:`IncompatibleConfigError`), or
-        it cannot be written to; in the first three cases nothing has been written.
+        it cannot be written to (or created); nothing has been written (a missing directory is
+        not created here, see :func:`check_creatable`).
     """
     path = normalize(workdir)
     saved = check_state(path)
     if saved is not None and config is not None:
         check_resumable(saved, config)
-    check_writable(path)
+    if tf.io.gfile.isdir(path):
+        check_writable(path)
+    else:
+        check_creatable(path)
     return path
+
+
+def check_creatable(workdir: str) -> None:
+    """Checks, creating nothing, that the missing directory ``workdir`` can be created.
+
+    A run checks its config and data before it creates its work directory, so that a refused run
+    leaves nothing behind; the directory is created when the run takes its lock. Only local paths
+    are checked (an object store has no directories to create).
+
+    Raises:
+      WorkdirError: naming the directory and why it cannot be created.
+    """
+    if not _is_local(workdir):
+        return
+    parent = os.path.dirname(workdir.rstrip(os.sep)) or os.sep
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise WorkdirError(f"cannot create the work directory {workdir!r}: {parent!r} is a file, "
+                           "not a directory; choose another --workdir")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise WorkdirError(f"cannot create the work directory {workdir!r}: {parent!r} is not "
+                           "writable (permission denied or a read-only file system); choose "
+                           "another --workdir")
 
 
 # ------------------------------------------------------------------------------------- lock
@@ -218,7 +246,7 @@ class WorkdirLock:
                 return json.loads(f.read())
         except tf.errors.NotFoundError:
             return None
-        except (json.JSONDecodeError, tf.errors.OpError):
+        except (json.JSONDecodeError, UnicodeDecodeError, tf.errors.OpError):
             return {}  # half-written or damaged: treated as stale below
 
     def _is_stale(self, holder: dict[str, Any]) -> bool:
@@ -258,6 +286,8 @@ class WorkdirLock:
             holder = self._read()
             if holder is None:
                 continue  # released meanwhile: try again
+            if holder:
+                check_lock_record(self.path, holder)
             if not self._is_stale(holder):
                 raise WorkdirLockedError(
                     f"the work directory {self.workdir!r} is in use by another training run "
@@ -316,17 +346,31 @@ def _read_json(path: str) -> Any:
     Raises:
       WorkdirStateError: the file cannot be read or is not valid JSON (naming the file).
     """
-    try:
-        with tf.io.gfile.GFile(path) as f:
-            text = f.read()
-    except (tf.errors.OpError, OSError) as e:
-        raise WorkdirStateError(f"cannot read {path}: {os_reason(e)}") from e
+    text = _read_text(path)
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
         what = "is empty" if not text.strip() else (
             f"is not valid JSON ({e.msg} at line {e.lineno} column {e.colno}; truncated?)")
         raise WorkdirStateError(f"{path} {what}; {_REPAIR}") from e
+
+
+def _read_text(path: str) -> str:
+    """The UTF-8 text of the work-directory file ``path``.
+
+    Raises:
+      WorkdirStateError: the file cannot be read or is not UTF-8 text (naming the file).
+    """
+    try:
+        with tf.io.gfile.GFile(path, "rb") as f:
+            data = f.read()
+    except (tf.errors.OpError, OSError) as e:
+        raise WorkdirStateError(f"cannot read {path}: {os_reason(e)}") from e
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise WorkdirStateError(f"{path} is not text (byte {e.start} is not UTF-8: overwritten "
+                                f"or corrupted?); {_REPAIR}") from e
 
 
 def _json_kind(value: Any) -> str:
@@ -395,6 +439,127 @@ def _apply_changes(path: str, config: ml_collections.ConfigDict, history: Any) -
                                         f"{repair}") from e
 
 
+def read_input_transform(workdir: str, config: ml_collections.ConfigDict | None = None):
+    """The input transform recorded in ``workdir`` (``input_transform.json``), checked.
+
+    Args:
+      workdir: a normalised work-directory path.
+      config: the run's config; when given, the transform must have its image size (and, for
+        task 'images', its channels).
+
+    Returns:
+      The :class:`~tfmeta.input_transform.InputTransform`, or None when there is no such file.
+
+    Raises:
+      WorkdirStateError: the file is damaged (not JSON, missing or wrong-typed fields, values
+        that no transform has, or another size than the config's), naming it and the repair.
+    """
+    from tfmeta import input_transform as input_transform_lib
+
+    path = os.path.join(workdir, input_transform_lib.FILE_NAME)
+    if not tf.io.gfile.exists(path):
+        return None
+    value = _read_json(path)
+    repair = ("it is written when training starts: restore it from a backup, or start afresh "
+              "with a new --workdir")
+    if not isinstance(value, dict):
+        raise WorkdirStateError(f"{path} holds {_json_kind(value)}, not an object; {repair}")
+    for key, kinds, what in (("image_size", (int,), "an integer"),
+                             ("channels", (int,), "an integer"),
+                             ("invert", (bool,), "a boolean"), ("mean", (list,), "a list"),
+                             ("std", (list,), "a list")):
+        field = value.get(key)
+        if key in ("image_size", "channels") and key not in value:
+            raise WorkdirStateError(f"{path} lacks the field {key!r}; {repair}")
+        if key in value and (not isinstance(field, kinds) or (bool not in kinds
+                                                              and isinstance(field, bool))):
+            raise WorkdirStateError(f"{path}: the field {key!r} holds {field!r} "
+                                    f"({_json_kind(field)}) where {what} belongs; {repair}")
+    try:
+        transform = input_transform_lib.InputTransform.from_dict(value)
+    except (TypeError, ValueError) as e:
+        raise WorkdirStateError(f"{path} is not a valid input transform ({e}); {repair}") from e
+    if config is not None and config.task != "sinusoid":
+        expected = {"image_size": int(config.data.image_size)}
+        if config.task == "images" and config.data.source != "omniglot":
+            expected["channels"] = int(config.data.channels)
+        for key, want in expected.items():
+            if getattr(transform, key) != want:
+                raise WorkdirStateError(
+                    f"{path} has {key} {getattr(transform, key)} but the run's config has "
+                    f"{want}; it belongs to another run: {repair}")
+    return transform
+
+
+def read_history(workdir: str) -> list[dict[str, Any]]:
+    """The validation points in ``history.jsonl`` (empty when there is none), checked.
+
+    Raises:
+      WorkdirStateError: a line is not a JSON object (naming the file, the line and the repair).
+    """
+    path = os.path.join(workdir, HISTORY_FILE)
+    if not tf.io.gfile.exists(path):
+        return []
+    points = []
+    repair = ("it holds only the validation curve: repair or remove the line (or the file) and "
+              "rerun")
+    for number, line in enumerate(_read_text(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            point = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise WorkdirStateError(f"{path} line {number} is not valid JSON ({e.msg}); "
+                                    f"{repair}") from e
+        if not isinstance(point, dict):
+            raise WorkdirStateError(f"{path} line {number} holds {_json_kind(point)}, not an "
+                                    f"object; {repair}")
+        points.append(point)
+    return points
+
+
+# The fields of a lock record and the JSON kinds they hold.
+_LOCK_FIELDS = {"token": (str,), "host": (str,), "pid": (int,), "pid_start_time": (str, type(None)),
+                "started": (int, float), "heartbeat": (int, float), "command": (str,)}
+
+
+def check_lock_record(path: str, holder: Any) -> None:
+    """Refuses a lock record that is valid JSON but not a lock tfmeta wrote.
+
+    A record that is not JSON at all was cut short by a run that died while writing it, and is
+    taken over as stale; one with a field of the wrong kind was written by something else, and
+    taking it over could let two runs write the same directory.
+
+    Raises:
+      WorkdirStateError: naming the file, the field and the repair.
+    """
+    repair = (f"if no training run is using this work directory, delete {path} and rerun the "
+              "same command")
+    if not isinstance(holder, dict):
+        raise WorkdirStateError(f"{path} holds {_json_kind(holder)}, not a lock record; {repair}")
+    for key, kinds in _LOCK_FIELDS.items():
+        if key not in holder:
+            continue
+        value = holder[key]
+        if not isinstance(value, kinds) or (bool not in kinds and isinstance(value, bool)):
+            wanted = " or ".join(_json_kind(k()) if k is not type(None) else "null"
+                                 for k in kinds)
+            raise WorkdirStateError(f"{path}: the field {key!r} holds {value!r} "
+                                    f"({_json_kind(value)}) where {wanted} belongs; {repair}")
+
+
+def check_lock_file(workdir: str) -> None:
+    """Checks ``lock.json`` if there is one (see :func:`check_lock_record`)."""
+    path = os.path.join(workdir, LOCK_FILE)
+    if not tf.io.gfile.exists(path):
+        return
+    try:
+        holder = json.loads(_read_text(path))
+    except (json.JSONDecodeError, WorkdirStateError):
+        return  # cut short while being written: stale, taken over by the next run
+    check_lock_record(path, holder)
+
+
 def check_state(workdir: str) -> ml_collections.ConfigDict | None:
     """Checks that tfmeta understands what ``workdir`` holds, before anything is written to it.
 
@@ -407,10 +572,17 @@ def check_state(workdir: str) -> ml_collections.ConfigDict | None:
 
     Raises:
       WorkdirStateError: ``workdir`` holds checkpoints or other tfmeta state but no
-        ``config.json``, or one of its JSON files is damaged (naming the file and the repair).
+        ``config.json``, or one of the files a training run reads (``config.json``,
+        ``config_changes.json``, ``input_transform.json``, ``history.jsonl``, ``lock.json``) is
+        damaged (naming the file and the repair).
     """
     if tf.io.gfile.exists(os.path.join(workdir, CONFIG_FILE)):
-        return load_config(workdir)
+        config = load_config(workdir)
+        # Every other file a training run reads, before it writes anything.
+        read_input_transform(workdir, config)
+        read_history(workdir)
+        check_lock_file(workdir)
+        return config
     markers = state_markers(workdir)
     if markers:
         raise WorkdirStateError(
