@@ -1156,28 +1156,107 @@ def algorithm_name(algorithm: MetaLearner) -> str:
     return type(algorithm).__name__.lower()
 
 
-def export_metadata(algorithm: MetaLearner, *, step: int = 0, shots: int | None = None,
-                    queries: int | None = None, max_inner_steps: int | None = None,
-                    **extra: Any) -> dict[str, Any]:
+# The input transforms export() knows by name (besides an InputTransform or its dict).
+TRANSFORM_PRESETS = {
+    "omniglot": "grayscale, inverted (1 - p), not normalised: tfmeta's Omniglot episodes",
+    "pixels": "pixels / 255 as they are: not inverted, not normalised",
+}
+
+
+def _allowed_transforms() -> str:
+    presets = " or ".join(f"{name!r} ({about})" for name, about in TRANSFORM_PRESETS.items())
+    return ("a tfmeta.input_transform.InputTransform(image_size, channels, invert, mean, std) "
+            f"as the training data was made, its dict, or {presets}")
+
+
+def input_transform_for(model: keras.Model, input_transform: Any) -> InputTransform:
+    """The input transform an image model is exported with, from what the caller gives.
+
+    A model does not know what its training data were made from (Omniglot's inverted strokes,
+    photos normalised with measured means, plain pixels), so the caller states it; it is checked
+    against the network's input shape.
+
+    Args:
+      model: the image network (input ``[B, S, S, C]``).
+      input_transform: an :class:`~tfmeta.input_transform.InputTransform`, its dict
+        (``to_dict()``, e.g. the ``input_transform`` of a run's data summary), or a name of
+        :data:`TRANSFORM_PRESETS` (the network's size and channels).
+
+    Raises:
+      tfmeta.exporter.ExportError: none given, an unknown name, an invalid dict, or a transform
+        for other images than the network takes (one line each, naming what is allowed).
+    """
+    shape = tuple(model.input_shape)
+    if input_transform is None:
+        raise exporter.ExportError(
+            f"export: the image model {model.name!r} (input {shape}) needs input_transform=, "
+            f"how served pixels (decode_png / 255, in [0, 1]) become its inputs: "
+            f"{_allowed_transforms()}")
+    size, width, channels = shape[1:]
+    if isinstance(input_transform, str):
+        if input_transform not in TRANSFORM_PRESETS:
+            raise exporter.ExportError(
+                f"export: input_transform={input_transform!r} is not a known name; allowed: "
+                f"{_allowed_transforms()}")
+        if input_transform == "omniglot" and channels != 1:
+            raise exporter.ExportError(
+                f"export: input_transform='omniglot' is grayscale, but the network "
+                f"{model.name!r} takes {channels} channels (input {shape}); give the transform "
+                "of its training data")
+        input_transform = InputTransform(int(size), int(channels),
+                                         invert=input_transform == "omniglot")
+    elif isinstance(input_transform, Mapping):
+        try:
+            input_transform = InputTransform.from_dict(dict(input_transform))
+        except (ValueError, TypeError, KeyError) as e:
+            raise exporter.ExportError(f"export: input_transform {_describe(input_transform)} is "
+                                       f"not a valid transform ({_first_line(e)})") from None
+    elif not isinstance(input_transform, InputTransform):
+        raise exporter.ExportError(f"export: input_transform is {_describe(input_transform)}; "
+                                   f"allowed: {_allowed_transforms()}")
+    t = input_transform
+    if (t.image_size, t.image_size, t.channels) != (size, width, channels):
+        raise exporter.ExportError(
+            f"export: input_transform is for [{t.image_size}, {t.image_size}, {t.channels}] "
+            f"images, but the network {model.name!r} takes {[size, width, channels]} (input "
+            f"{shape}); give the transform of the data it was trained on")
+    return t
+
+
+def export_metadata(algorithm: MetaLearner, *, input_transform: Any = None, step: int = 0,
+                    shots: int | None = None, queries: int | None = None,
+                    max_inner_steps: int | None = None, **extra: Any) -> dict[str, Any]:
     """The SavedModel's metadata, from the algorithm (as the trainer writes it from a config).
 
     The same fields as :func:`tfmeta.exporter.metadata_from_config` where the algorithm knows
-    them; ``shots`` / ``queries`` (data facts a model does not hold) when given.
+    them (the classifier's fields by the same builder, :func:`tfmeta.exporter.classifier_metadata`);
+    ``shots`` / ``queries`` (data facts a model does not hold) when given.
 
     Args:
       algorithm: the trained meta-learner.
+      input_transform: image classifiers: how served pixels become the model's inputs
+        (:func:`input_transform_for`); must be None for other models.
       step: meta-iterations the parameters were trained for.
       shots: support examples per class the model was trained for (classification).
       queries: query examples per class (classification).
       max_inner_steps: bound on a client's ``inner_steps`` (default: the exporter's).
       **extra: more JSON-ready fields (e.g. ``split_scheme``), stored as given.
+
+    Raises:
+      tfmeta.exporter.ExportError: an image classifier without a valid ``input_transform``, or
+        another model with one.
     """
     model = algorithm.model
     reptile = isinstance(algorithm, Reptile)
     classification = _is_image_classifier(algorithm)
+    if not classification and input_transform is not None:
+        raise exporter.ExportError(
+            f"export: input_transform is for image classifiers; {model.name!r} (input "
+            f"{tuple(model.input_shape)}) is exported with its inputs as they are: leave it out")
     meta: dict[str, Any] = {
         **exporter.versions_and_time(step),
-        "task": "omniglot" if classification else "sinusoid",
+        "task": ("omniglot" if input_transform == "omniglot" else "images") if classification
+        else "sinusoid",
         "algorithm": algorithm_name(algorithm),
         "inner_lr": float(algorithm.inner_lr),
         "inner_steps": int(algorithm.eval_inner_steps),
@@ -1193,12 +1272,10 @@ def export_metadata(algorithm: MetaLearner, *, step: int = 0, shots: int | None 
         "trained_with": "keras_fit",
     }
     if classification:
-        ways, size = int(model.output_shape[-1]), int(model.input_shape[1])
-        meta.update(ways=ways, image_size=size, inputs=exporter.input_descriptions(ways))
-        if shots is not None:
-            meta.update(shots=int(shots), train_shots=int(shots))
-        if queries is not None:
-            meta["queries"] = int(queries)
+        transform = input_transform_for(model, input_transform)
+        meta.update(exporter.classifier_metadata(int(model.output_shape[-1]), transform,
+                                                 shots=shots, train_shots=shots,
+                                                 queries=queries))
     else:
         meta["inputs"] = exporter.input_descriptions(None)
     meta.update(extra)
@@ -1210,7 +1287,7 @@ def _is_image_classifier(algorithm: MetaLearner) -> bool:
 
 
 def export(model_or_algorithm: MetaModel | MetaLearner, output: str, *,
-           shots: int | None = None, queries: int | None = None,
+           input_transform: Any = None, shots: int | None = None, queries: int | None = None,
            max_inner_steps: int | None = None, replace: bool = False,
            step: int | None = None, **extra: Any) -> str:
     """Exports a trained model as the fast-adaptation SavedModel ``tfmeta.train`` writes.
@@ -1221,10 +1298,19 @@ def export(model_or_algorithm: MetaModel | MetaLearner, output: str, *,
     tfmeta or Keras; atomic, never overwriting anything but a previous tfmeta SavedModel
     (with ``replace``).
 
+    An image classifier is served pixels (``decode_png / 255``, in [0, 1], any size) and the
+    graph makes its inputs from them as the training data were made: ``input_transform`` says
+    how (size, channels, inversion, normalisation), and is required, since ``fit`` cannot know
+    what its episodes were made from.
+
     Args:
       model_or_algorithm: a :class:`MetaModel` or the tfmeta algorithm it wraps.
       output: the SavedModel directory (local or gs://); must not exist, or be a previous tfmeta
         export with ``replace=True``.
+      input_transform: image classifiers only: an
+        :class:`~tfmeta.input_transform.InputTransform`, its dict, or ``"omniglot"``
+        (grayscale, inverted: tfmeta's Omniglot episodes) or ``"pixels"`` (pixels / 255 as they
+        are); see :func:`input_transform_for`.
       shots: support examples per class the model was trained for (recorded in the metadata).
       queries: query examples per class (recorded in the metadata).
       max_inner_steps: the largest ``inner_steps`` a client may ask for (default 100).
@@ -1237,9 +1323,10 @@ def export(model_or_algorithm: MetaModel | MetaLearner, output: str, *,
 
     Raises:
       AlgorithmTypeError: neither a MetaModel nor a tfmeta algorithm.
-      tfmeta.exporter.ExportError: the model does not fit the signature contract (images
-        ``[H, W, 1]`` to ``[ways]`` logits, or ``[1]`` to ``[1]`` regression), or ``output`` may
-        not be written.
+      tfmeta.exporter.ExportError: an image classifier without a valid ``input_transform`` (or
+        another model with one), a model that does not fit the signature contract (square
+        images ``[S, S, C]`` to ``[ways]`` logits, or ``[1]`` to ``[1]`` regression), or an
+        ``output`` that may not be written.
     """
     if isinstance(model_or_algorithm, MetaModel):
         algorithm = model_or_algorithm.algorithm
@@ -1250,12 +1337,15 @@ def export(model_or_algorithm: MetaModel | MetaLearner, output: str, *,
         raise AlgorithmTypeError(f"export takes a MetaModel or a tfmeta algorithm; got "
                                  f"{type(model_or_algorithm).__name__} "
                                  f"{_describe(model_or_algorithm)}")
-    metadata = export_metadata(algorithm, step=step or 0, shots=shots, queries=queries,
-                               max_inner_steps=max_inner_steps, **extra)
+    metadata = export_metadata(algorithm, input_transform=input_transform, step=step or 0,
+                               shots=shots, queries=queries, max_inner_steps=max_inner_steps,
+                               **extra)
     return exporter.export(algorithm.model, algorithm, output, metadata=metadata,
                            classification=_is_image_classifier(algorithm),
                            max_inner_steps=max_inner_steps, replace=replace)
 
 
 __all__ = ["AlgorithmTypeError", "EpisodeError", "MetaModel", "MetaModelError",
-           "algorithm_name", "check_episode_structure", "export", "export_metadata"]
+           "TRANSFORM_PRESETS", "WeightsFileError", "algorithm_name", "check_episode_inputs",
+           "check_episode_structure", "export", "export_metadata", "input_transform_for",
+           "write_atomically"]
