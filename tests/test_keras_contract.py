@@ -275,7 +275,7 @@ def test_a_damaged_weights_file_loads_nothing_and_is_one_line(tmp_path, damage):
     with open(path, "wb") as f:
         f.write(data)
     meta = _meta(1)
-    meta.fit(_episodes(InputTransform(SIZE, 1)), verbose=0)
+    meta.set_weights([w + 1 for w in meta.get_weights()])  # other values than the file's
     before = [np.array(w) for w in meta.get_weights()]
     with pytest.raises((WeightsFileError, MetaModelError), match=re.escape(repr(path))) as e:
         meta.load_weights(path)
@@ -323,13 +323,16 @@ def _sine_fit(meta: MetaModel, backup_dir, **backup) -> keras.callbacks.History:
     return meta.fit(stream, epochs=3, steps_per_epoch=6, verbose=0, callbacks=[callback])
 
 
-def _interrupt_a_save(monkeypatch, at: int) -> None:
-    """Keras' weights writer, stopped halfway through its ``at``-th file (as SIGKILL would)."""
-    write, calls = keras.Model.save_weights, [0]
+def _interrupt_a_save(monkeypatch, at: int) -> list[int]:
+    """Keras' weights writer, stopped halfway through its ``at``-th file (as SIGKILL would);
+    returns the list of the meta-iterations of the files it wrote whole."""
+    write, calls, complete = keras.Model.save_weights, [0], []
 
     def half_written(self, filepath, *args, **kwargs):
         write(self, filepath, *args, **kwargs)
         calls[0] += 1
+        if calls[0] < at:
+            complete.append(self.meta_iteration)
         if calls[0] == at:
             data = open(filepath, "rb").read()
             with open(filepath, "wb") as f:
@@ -337,6 +340,7 @@ def _interrupt_a_save(monkeypatch, at: int) -> None:
             raise _Interrupt
 
     monkeypatch.setattr(keras.Model, "save_weights", half_written)
+    return complete
 
 
 @pytest.fixture(scope="module")
@@ -351,14 +355,13 @@ def test_a_backup_interrupted_while_written_resumes_from_the_last_complete_one(
         tmp_path, monkeypatch, uninterrupted):
     backup = tmp_path / "backup"
     with monkeypatch.context() as patch:
-        _interrupt_a_save(patch, at=4)  # the backups after steps 2, 4, 6 are complete
+        complete = _interrupt_a_save(patch, at=4)  # in the second epoch
         with pytest.raises(_Interrupt):
             _sine_fit(_sine_meta(), backup)
     probe = _sine_meta()
     probe.load_weights(str(backup / "latest.weights.h5"))  # whole, not half-written
-    assert probe.meta_iteration == 6
-    # Written at the end of step 6, before the epoch ended.
-    assert json.loads((backup / "training_metadata.json").read_text())["epoch"] == 0
+    assert len(complete) == 3 and probe.meta_iteration == complete[-1] > 6
+    assert json.loads((backup / "training_metadata.json").read_text())["epoch"] == 1
     resumed = _sine_meta()
     _sine_fit(resumed, backup)
     assert resumed.meta_iteration == 18
