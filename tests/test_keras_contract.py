@@ -257,9 +257,24 @@ def test_save_and_load_weights_refusals_are_one_line(trained, tmp_path):
     with pytest.raises(MetaModelError, match="exists; pass overwrite=True"):
         meta.save_weights(path, overwrite=False)
     assert os.listdir(tmp_path) == ["w.weights.h5"]  # no temporary left
+    meta.save_weights(path)  # replaced atomically
+    assert os.listdir(tmp_path) == ["w.weights.h5"]
     with pytest.raises(WeightsFileError, match="does not exist") as e:
         meta.load_weights(str(tmp_path / "nothing.weights.h5"))
     _one_line(e.value)
+    with pytest.raises(WeightsFileError, match="directory .* does not exist; create it"):
+        meta.save_weights(str(tmp_path / "no" / "w.weights.h5"))
+    (tmp_path / "m.keras").write_text("x")
+    with pytest.raises(MetaModelError, match="is not a .weights.h5 file"):
+        meta.load_weights(str(tmp_path / "m.keras"))
+    os.chmod(tmp_path, 0o500)
+    try:
+        if not os.access(tmp_path, os.W_OK):  # (root may write anyway)
+            with pytest.raises(WeightsFileError, match="cannot write .* unchanged") as e:
+                meta.save_weights(path)
+            _one_line(e.value)
+    finally:
+        os.chmod(tmp_path, 0o700)
 
 
 @pytest.mark.parametrize("damage", ["truncated", "zeroed"])

@@ -9,7 +9,7 @@
     meta.compile(optimizer=keras.optimizers.Adam(1e-3), steps_per_execution=10)
     meta.fit(episodes, epochs=20, steps_per_epoch=100, validation_data=val_episodes,
              validation_steps=25, callbacks=[keras.callbacks.BackupAndRestore("/tmp/backup")])
-    meta.export("/tmp/maml_export")        # the same SavedModel as ``tfmeta.train`` writes
+    meta.export("/tmp/maml_export", input_transform="omniglot")  # as ``tfmeta.train`` writes
 
 Data: any dataset whose elements are episode batches, dicts with ``support_x [tasks, S, ...]``,
 ``support_y [tasks, S]``, ``query_x [tasks, Q, ...]`` and ``query_y [tasks, Q]`` (the leading
@@ -39,6 +39,13 @@ Weights. ``trainable_weights`` are exactly ``algorithm.meta_variables`` and
 optimizer, ``get_weights``/``set_weights`` (EarlyStopping's ``restore_best_weights``) and
 ``save_weights``/``load_weights`` (ModelCheckpoint, BackupAndRestore) cover the learned inner
 learning rates, per-step batch norm and carried optimizer state too.
+
+Refused with one line before anything runs or is written (docs/keras.md, "What is refused"):
+examples of another shape than the network takes, integer pixels, empty datasets (the counters
+stay unchanged), networks built under a mixed-precision policy, damaged or missing weights files
+(loading is all or nothing), an image export without its input transform. ``save_weights`` and
+``BackupAndRestore``'s files are written atomically: a process killed while writing leaves the
+previous complete file.
 
 The native ``.keras`` format is not supported: it rebuilds a model from a JSON config, and a
 tfmeta algorithm (its inner-loop options, learned-rate layout, Reptile's minibatch schedule) is
@@ -665,6 +672,8 @@ class MetaModel(keras.Model):
         Raises:
           MetaModelError: ``filepath`` does not end in ``.weights.h5``, or exists and
             ``overwrite`` is False.
+          WeightsFileError: its directory does not exist, or it cannot be written (the previous
+            file is left whole).
         """
         path = os.fspath(filepath)
         if max_shard_size is not None or not _is_local(path):
@@ -676,7 +685,16 @@ class MetaModel(keras.Model):
         if not overwrite and os.path.exists(path):
             raise MetaModelError(f"save_weights: {path!r} exists; pass overwrite=True to "
                                  "replace it")
-        write_atomically(path, lambda tmp: keras.Model.save_weights(self, tmp, overwrite=True))
+        directory = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(directory):
+            raise WeightsFileError(f"save_weights: the directory {directory!r} of {path!r} does "
+                                   "not exist; create it first")
+        try:
+            write_atomically(path, lambda tmp: keras.Model.save_weights(self, tmp,
+                                                                        overwrite=True))
+        except OSError as e:  # unwritable, or the disk is full: the previous file is whole
+            raise WeightsFileError(f"save_weights: cannot write {path!r} ({_first_line(e)}); "
+                                   "any previous file there is unchanged") from None
 
     def load_weights(self, filepath: str, *args: Any, **kwargs: Any) -> None:
         """``keras.Model.load_weights``, all or nothing, with one-line errors.
@@ -686,12 +704,16 @@ class MetaModel(keras.Model):
         Raises:
           WeightsFileError: the file does not exist, or is damaged (not a complete HDF5 file,
             e.g. written by a process that was killed; or unreadable).
-          MetaModelError: the file was saved from a MetaModel with another algorithm or other
-            inner-loop options, or from another network.
+          MetaModelError: not a ``.weights.h5`` file; or saved from a MetaModel with another
+            algorithm or other inner-loop options, or from another network.
         """
         path = os.fspath(filepath)
         if _is_local(path) and not os.path.exists(path):
             raise WeightsFileError(f"load_weights: the weights file {path!r} does not exist")
+        if not path.endswith((".weights.h5", ".weights.json")):
+            raise MetaModelError(f"load_weights: {path!r} is not a .weights.h5 file; a MetaModel "
+                                 "loads what its save_weights wrote (ModelCheckpoint with "
+                                 "save_weights_only=True, BackupAndRestore)")
         self._load_error = None
         # Keras loads layer by layer: a failure halfway would leave some weights loaded.
         variables = [*self.weights, *(self.optimizer.variables if self.optimizer else [])]
