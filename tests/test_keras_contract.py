@@ -22,7 +22,7 @@ from tests import keras_driver
 from tfmeta import config as config_lib
 from tfmeta import errors, exporter
 from tfmeta.input_transform import InputTransform
-from tfmeta.keras import (EpisodeError, MetaModel, MetaModelError, WeightsFileError,
+from tfmeta.keras import (EpisodeError, MetaModel, MetaModelError, WeightsFileError, export,
                           export_metadata, write_atomically)
 
 TASKS, WAYS, SHOTS, QUERIES, SIZE = (keras_driver.TASKS, keras_driver.WAYS, keras_driver.SHOTS,
@@ -205,6 +205,37 @@ def test_fit_on_examples_the_network_does_not_take_is_one_line(kind, pattern):
     for call in (meta.evaluate, meta.predict):
         with pytest.raises(EpisodeError, match=pattern.replace("fit", call.__name__)):
             call(data, verbose=0)
+
+
+def test_missing_data_and_bad_counts_are_one_line(trained, tmp_path):
+    meta = _meta(1)
+    data = _episodes(InputTransform(SIZE, 1))
+    for call in (meta.fit, meta.evaluate, meta.predict):
+        with pytest.raises(EpisodeError, match=rf"{call.__name__}: no data given") as e:
+            call(None, verbose=0)
+        _one_line(e.value)
+    # Keras would take steps_per_epoch=0 as "until the data runs out": forever on a stream.
+    with pytest.raises(MetaModelError, match=r"steps_per_epoch=0; it must be a positive"):
+        meta.fit(data.repeat(), steps_per_epoch=0, verbose=0)
+    with pytest.raises(MetaModelError, match=r"epochs=-1; it must be a positive integer"):
+        meta.fit(data, epochs=-1, verbose=0)
+    with pytest.raises(MetaModelError, match=r"evaluate: steps=2.5"):
+        meta.evaluate(data, steps=2.5, verbose=0)
+    batch = next(iter(data))
+    wrong = {**batch, "support_x": tf.zeros([TASKS, WAYS * SHOTS, SIZE + 2, SIZE + 2, 1])}
+    with pytest.raises(EpisodeError, match=r"call: support_x holds .* \[14, 14, 1\]") as e:
+        meta(wrong)
+    _one_line(e.value)
+    assert meta.meta_iteration == 0
+    for kwargs, pattern in (({"output": None}, r"output is None; give the path"),
+                            ({"shots": "1"}, r"shots='1'; it must be an integer >= 1"),
+                            ({"max_inner_steps": 0}, r"max_inner_steps=0"),
+                            ({"step": -1}, r"step=-1; it must be an integer >= 0")):
+        kwargs = {"output": str(tmp_path / "e"), "input_transform": "pixels", **kwargs}
+        with pytest.raises(exporter.ExportError, match=pattern) as e:
+            export(trained[1], **kwargs)
+        _one_line(e.value)
+    assert os.listdir(tmp_path) == []
 
 
 @pytest.mark.parametrize("empty", ["take", "filter"])

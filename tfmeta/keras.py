@@ -978,6 +978,16 @@ class MetaModel(keras.Model):
         """Each episode's query outputs after adapting to its support set: ``[tasks, Q, ...]``."""
         return self._adapt_and_predict(self._episodes(data, need_query_y=False))
 
+    def __call__(self, inputs: Any, *args: Any, **kwargs: Any) -> Any:
+        """``meta_model(episodes)``, with the episodes checked first.
+
+        Keras rewrites errors raised inside ``call`` into a message of several lines; checking
+        here keeps a bad batch one line.
+        """
+        if isinstance(inputs, Mapping):
+            self._check_data(inputs, "call", need_query_y=False)
+        return super().__call__(inputs, *args, **kwargs)
+
     def call(self, inputs: Mapping[str, Any], training: bool = False) -> tf.Tensor:
         """``meta_model(episodes)``: the adapted query outputs, as :meth:`predict_step`."""
         del training  # the inner loop always adapts in training mode, queries as bn_mode says
@@ -1016,7 +1026,8 @@ class MetaModel(keras.Model):
     def _check_data(self, data: Any, where: str, *, need_query_y: bool = True) -> None:
         """Checks the structure of a dataset (its element spec) or of arrays before running."""
         if data is None:
-            return
+            raise EpisodeError(f"{where}: no data given; pass a tf.data.Dataset of episode "
+                               f"batches (dicts of {', '.join(EPISODE_KEYS)})")
         spec = data.element_spec if isinstance(data, tf.data.Dataset) else data
         if isinstance(data, tf.data.Dataset) or isinstance(data, (Mapping, tuple, list)):
             check_episode_structure(spec, where=where, classification=self._classification,
@@ -1034,6 +1045,12 @@ class MetaModel(keras.Model):
         """
         k = self.steps_per_execution
         for name, value in steps.items():
+            if value is not None and (isinstance(value, bool)
+                                      or not isinstance(value, (int, np.integer)) or value < 1):
+                # Keras takes 0 for "until the data runs out": forever on an infinite stream.
+                raise MetaModelError(f"{where}: {name}={value!r}; it must be a positive integer "
+                                     f"(a multiple of steps_per_execution={k}), or None for "
+                                     "one pass over a finite dataset")
             if value is not None and value % k:
                 raise MetaModelError(
                     f"{where}: {name}={value} is not a multiple of steps_per_execution={k}; "
@@ -1083,6 +1100,9 @@ class MetaModel(keras.Model):
             self._check_data(kwargs["validation_data"], "validation_data")
         self._check_steps("fit", steps_per_epoch=kwargs.get("steps_per_epoch"),
                           validation_steps=kwargs.get("validation_steps"))
+        epochs = kwargs.get("epochs", 1)
+        if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 1:
+            raise MetaModelError(f"fit: epochs={epochs!r}; it must be a positive integer")
         steps = kwargs.get("steps_per_epoch")
         per_epoch = None
         if isinstance(x, tf.data.Dataset):
@@ -1350,6 +1370,16 @@ def export(model_or_algorithm: MetaModel | MetaLearner, output: str, *,
         images ``[S, S, C]`` to ``[ways]`` logits, or ``[1]`` to ``[1]`` regression), or an
         ``output`` that may not be written.
     """
+    if not isinstance(output, (str, os.PathLike)) or not os.fspath(output):
+        raise exporter.ExportError(f"export: output is {_describe(output)}; give the path of "
+                                   "the SavedModel directory to write (local or gs://)")
+    output = os.fspath(output)
+    for name, value, low in (("shots", shots, 1), ("queries", queries, 1),
+                             ("max_inner_steps", max_inner_steps, 1), ("step", step, 0)):
+        if value is not None and (isinstance(value, bool)
+                                  or not isinstance(value, (int, np.integer)) or value < low):
+            raise exporter.ExportError(f"export: {name}={value!r}; it must be an integer >= "
+                                       f"{low} (or left out)")
     if isinstance(model_or_algorithm, MetaModel):
         algorithm = model_or_algorithm.algorithm
         step = model_or_algorithm.meta_iteration if step is None else step
