@@ -23,7 +23,7 @@ from tfmeta import config as config_lib
 from tfmeta import errors, exporter
 from tfmeta.input_transform import InputTransform
 from tfmeta.keras import (EpisodeError, MetaModel, MetaModelError, WeightsFileError, export,
-                          export_metadata, write_atomically)
+                          export_metadata, write_file_atomically)
 
 TASKS, WAYS, SHOTS, QUERIES, SIZE = (keras_driver.TASKS, keras_driver.WAYS, keras_driver.SHOTS,
                                      keras_driver.QUERIES, keras_driver.SIZE)
@@ -344,10 +344,10 @@ def test_write_atomically_keeps_the_old_file_and_removes_dead_writers_temporarie
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        write_atomically(str(path), fail)
+        write_file_atomically(str(path), fail)
     assert path.read_text() == "old"
     assert sorted(os.listdir(tmp_path)) == sorted(["f.json", alive.name])
-    write_atomically(str(path), lambda tmp: open(tmp, "w").write("new"))
+    write_file_atomically(str(path), lambda tmp: open(tmp, "w").write("new"))
     assert path.read_text() == "new"
 
 

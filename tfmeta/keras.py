@@ -182,8 +182,7 @@ def _dtype(value: Any) -> tf.DType:
     return tf.as_dtype(value.dtype if hasattr(value, "dtype") else np.asarray(value).dtype)
 
 
-def check_episode_inputs(spec: Any, *, where: str, input_shape: tuple,
-                         need_query_y: bool = True) -> None:
+def check_episode_inputs(spec: Any, *, where: str, input_shape: tuple) -> None:
     """Checks that the examples of an episode batch are what the network takes, before use.
 
     Static checks only (dtypes and shapes of the element spec): free, and nothing runs on the
@@ -193,13 +192,11 @@ def check_episode_inputs(spec: Any, *, where: str, input_shape: tuple,
       spec: a mapping of tensors, arrays or specs, as :func:`check_episode_structure` takes.
       where: what is being checked, for the message.
       input_shape: the network's ``input_shape`` (``(None, *example_shape)``).
-      need_query_y: whether the batch has query labels (``predict``'s need not).
 
     Raises:
       EpisodeError: ``support_x`` or ``query_x`` holds integers (e.g. uint8 pixels in 0..255;
         the message says how to convert), or examples of another shape than the network takes.
     """
-    del need_query_y  # labels are checked by check_episode_structure
     spec = _episode_part(spec, where)
     want = tuple(input_shape[1:])
     image = len(want) == 3
@@ -322,7 +319,7 @@ def _fsync_directory(directory: str) -> None:
         os.close(fd)
 
 
-def write_atomically(path: str, write: Callable[[str], None]) -> None:
+def write_file_atomically(path: str, write: Callable[[str], None]) -> None:
     """Writes the local file ``path`` whole or not at all: a kill mid-write leaves the old file.
 
     ``write(tmp)`` writes a temporary sibling (same directory, so the rename stays on one file
@@ -354,7 +351,7 @@ def _write_text_atomically(path: str, text: str) -> None:
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
 
-    write_atomically(path, write)
+    write_file_atomically(path, write)
 
 
 def _copy_atomically(source: str, path: str) -> None:
@@ -363,7 +360,7 @@ def _copy_atomically(source: str, path: str) -> None:
             while chunk := src.read(1 << 20):
                 dst.write(chunk)
 
-    write_atomically(path, write)
+    write_file_atomically(path, write)
 
 
 class _AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
@@ -371,8 +368,8 @@ class _AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
 
     Keras writes ``latest.weights.h5`` and ``training_metadata.json`` in place, so a process
     killed while writing leaves a half-written file on which every restart fails. Here both are
-    written by :func:`write_atomically` (the weights by :meth:`MetaModel.save_weights`), and the
-    previous backup of ``double_checkpoint=True`` is copied the same way. A damaged backup found
+    written by :func:`write_file_atomically` (the weights by :meth:`MetaModel.save_weights`),
+    and the previous backup of ``double_checkpoint=True`` is copied the same way. A damaged backup found
     at the start (written by something else, or a damaged disk) is one line naming the file and
     the repair, or, with ``double_checkpoint=True``, Keras falls back to the previous backup.
     Remote paths (``gs://...``) keep Keras' own writes: an object store replaces whole objects.
@@ -666,7 +663,7 @@ class MetaModel(keras.Model):
         """``keras.Model.save_weights``, written atomically (so ModelCheckpoint, BackupAndRestore).
 
         A local ``.weights.h5`` file is written to a temporary sibling, flushed to disk and renamed
-        over ``filepath`` (:func:`write_atomically`): a process killed while saving leaves the
+        over ``filepath`` (:func:`write_file_atomically`): a process killed while saving leaves the
         previous file whole. Sharded saves (``max_shard_size``) and remote paths are Keras' own.
 
         Raises:
@@ -690,7 +687,7 @@ class MetaModel(keras.Model):
             raise WeightsFileError(f"save_weights: the directory {directory!r} of {path!r} does "
                                    "not exist; create it first")
         try:
-            write_atomically(path, lambda tmp: keras.Model.save_weights(self, tmp,
+            write_file_atomically(path, lambda tmp: keras.Model.save_weights(self, tmp,
                                                                         overwrite=True))
         except OSError as e:  # unwritable, or the disk is full: the previous file is whole
             raise WeightsFileError(f"save_weights: cannot write {path!r} ({_first_line(e)}); "
@@ -1400,4 +1397,4 @@ def export(model_or_algorithm: MetaModel | MetaLearner, output: str, *,
 __all__ = ["AlgorithmTypeError", "EpisodeError", "MetaModel", "MetaModelError",
            "TRANSFORM_PRESETS", "WeightsFileError", "algorithm_name", "check_episode_inputs",
            "check_episode_structure", "export", "export_metadata", "input_transform_for",
-           "write_atomically"]
+           "write_file_atomically"]
