@@ -33,5 +33,6 @@ meta.fit(stream("train", 0), epochs=2 if smoke else 60, steps_per_epoch=10 if sm
                     keras.callbacks.EarlyStopping("val_accuracy", mode="max", patience=10,
                                                   restore_best_weights=True)])
 result = meta.evaluate(stream("test", 2), steps=10 if smoke else 20, return_dict=True)
-meta.export(f"{workdir}/export", shots=1, queries=1)
+# Omniglot episodes hold inverted strokes: the export inverts served pixels the same way.
+meta.export(f"{workdir}/export", input_transform="omniglot", shots=1, queries=1)
 print(json.dumps(result))

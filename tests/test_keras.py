@@ -538,8 +538,9 @@ def _trained_experiment():
 
 
 def _export_like_the_trainer(meta: MetaModel, config, path: str) -> str:
-    return meta.export(path, shots=config.data.shots, queries=config.data.queries,
-                       split_scheme=config.data.split_scheme, subset=config.data.subset)
+    return meta.export(path, input_transform="omniglot", shots=config.data.shots,
+                       queries=config.data.queries, split_scheme=config.data.split_scheme,
+                       subset=config.data.subset)
 
 
 def _episode_images(ways: int = 5, queries: int = 4):

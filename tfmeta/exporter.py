@@ -481,6 +481,24 @@ def transform_from_metadata(metadata: dict[str, Any]) -> InputTransform:
         raise ExportError(f"the metadata's input transform is invalid: {e}") from e
 
 
+def classifier_metadata(ways: int, transform: InputTransform, **counts: int | None
+                        ) -> dict[str, Any]:
+    """The metadata fields of an image classifier: ways, the input transform, the inputs.
+
+    One builder for every export path (the trainer's config, ``tfmeta.keras``), so the fields
+    (:data:`TRANSFORM_FIELDS` at the top level, ``inputs`` described for that transform) are
+    written the same way.
+
+    Args:
+      ways: the classifier's N.
+      transform: the model's input transform.
+      **counts: ``shots``, ``train_shots``, ``queries`` ... stored as ints; None ones are left out.
+    """
+    return {"ways": int(ways), **transform.to_dict(),
+            **{k: int(v) for k, v in counts.items() if v is not None},
+            "inputs": input_descriptions(int(ways), transform)}
+
+
 def metadata_from_config(config: Any, *, step: int, classification: bool,
                          transform: InputTransform | None = None) -> dict[str, Any]:
     """The JSON-ready description stored with an export.
@@ -515,11 +533,10 @@ def metadata_from_config(config: Any, *, step: int, classification: bool,
             from tfmeta import tasks
 
             transform = tasks.input_transform_of(config)
-        meta.update(ways=int(config.data.ways), shots=int(config.data.shots),
-                    train_shots=int(config_lib.train_shots(config)),
-                    queries=int(config.data.queries), **transform.to_dict(),
-                    split_scheme=config.data.split_scheme, subset=config.data.subset,
-                    inputs=input_descriptions(int(config.data.ways), transform))
+        meta.update(classifier_metadata(config.data.ways, transform, shots=config.data.shots,
+                                        train_shots=config_lib.train_shots(config),
+                                        queries=config.data.queries),
+                    split_scheme=config.data.split_scheme, subset=config.data.subset)
     else:
         meta.update(k_support=int(config.data.k_support), k_query=int(config.data.k_query),
                     inputs=input_descriptions(None))

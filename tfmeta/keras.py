@@ -9,7 +9,7 @@
     meta.compile(optimizer=keras.optimizers.Adam(1e-3), steps_per_execution=10)
     meta.fit(episodes, epochs=20, steps_per_epoch=100, validation_data=val_episodes,
              validation_steps=25, callbacks=[keras.callbacks.BackupAndRestore("/tmp/backup")])
-    meta.export("/tmp/maml_export")        # the same SavedModel as ``tfmeta.train`` writes
+    meta.export("/tmp/maml_export", input_transform="omniglot")  # as ``tfmeta.train`` writes
 
 Data: any dataset whose elements are episode batches, dicts with ``support_x [tasks, S, ...]``,
 ``support_y [tasks, S]``, ``query_x [tasks, Q, ...]`` and ``query_y [tasks, Q]`` (the leading
@@ -40,6 +40,13 @@ optimizer, ``get_weights``/``set_weights`` (EarlyStopping's ``restore_best_weigh
 ``save_weights``/``load_weights`` (ModelCheckpoint, BackupAndRestore) cover the learned inner
 learning rates, per-step batch norm and carried optimizer state too.
 
+Refused with one line before anything runs or is written (docs/keras.md, "What is refused"):
+examples of another shape than the network takes, integer pixels, empty datasets (the counters
+stay unchanged), networks built under a mixed-precision policy, damaged or missing weights files
+(loading is all or nothing), an image export without its input transform. ``save_weights`` and
+``BackupAndRestore``'s files are written atomically: a process killed while writing leaves the
+previous complete file.
+
 The native ``.keras`` format is not supported: it rebuilds a model from a JSON config, and a
 tfmeta algorithm (its inner-loop options, learned-rate layout, Reptile's minibatch schedule) is
 a Python object with no such config. ``save_weights``/``load_weights`` into a ``MetaModel`` built
@@ -54,7 +61,11 @@ scripts from inside the package directory (the only way the name could shadow Ke
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 import re
+import socket
+import uuid
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -64,6 +75,7 @@ import tensorflow as tf
 from absl import logging
 
 from tfmeta import errors, exporter
+from tfmeta.input_transform import InputTransform
 from tfmeta.maml import ANIL, MAML, MAMLpp, MetaSGD
 from tfmeta.meta_learner import MetaLearner
 from tfmeta.reptile import Reptile
@@ -87,6 +99,11 @@ class AlgorithmTypeError(errors.UserError, TypeError):
 
 class MetaModelError(errors.UserError, ValueError):
     """A MetaModel is used in a way it does not support (named in the message)."""
+
+
+class WeightsFileError(errors.UserError, OSError):
+    """A weights file or ``BackupAndRestore`` backup is missing or damaged (an ``OSError``, so
+    Keras' ``BackupAndRestore(double_checkpoint=True)`` falls back to the previous backup)."""
 
 
 # --------------------------------------------------------------------------- input checks
@@ -155,11 +172,55 @@ def check_episode_structure(spec: Any, *, where: str, classification: bool,
                     f"{shapes[b]}); they must match")
     if classification:
         for key in ("support_y", "query_y")[:2 if need_query_y else 1]:
-            value = spec[key]
-            dtype = tf.as_dtype(value.dtype if hasattr(value, "dtype") else np.asarray(value).dtype)
+            dtype = _dtype(spec[key])
             if not dtype.is_integer:
                 raise EpisodeError(f"{where}: {key} has dtype {dtype.name}; class labels must be "
                                    "integers in [0, ways)")
+
+
+def _dtype(value: Any) -> tf.DType:
+    return tf.as_dtype(value.dtype if hasattr(value, "dtype") else np.asarray(value).dtype)
+
+
+def check_episode_inputs(spec: Any, *, where: str, input_shape: tuple) -> None:
+    """Checks that the examples of an episode batch are what the network takes, before use.
+
+    Static checks only (dtypes and shapes of the element spec): free, and nothing runs on the
+    device, so they hold on TPUs and under XLA too.
+
+    Args:
+      spec: a mapping of tensors, arrays or specs, as :func:`check_episode_structure` takes.
+      where: what is being checked, for the message.
+      input_shape: the network's ``input_shape`` (``(None, *example_shape)``).
+
+    Raises:
+      EpisodeError: ``support_x`` or ``query_x`` holds integers (e.g. uint8 pixels in 0..255;
+        the message says how to convert), or examples of another shape than the network takes.
+    """
+    spec = _episode_part(spec, where)
+    want = tuple(input_shape[1:])
+    image = len(want) == 3
+    for key in ("support_x", "query_x"):
+        value = spec[key]
+        dtype = _dtype(value)
+        if not dtype.is_floating:
+            how = ("float pixels, e.g. tf.cast(x, tf.float32) / 255 in the dataset's map for "
+                   "0-255 pixels (an export is served pixels in [0, 1] and applies the input "
+                   "transform it is given, see docs/keras.md)" if image else
+                   "floating-point inputs (tf.cast(x, tf.float32))")
+            raise EpisodeError(f"{where}: {key} has dtype {dtype.name}; the network takes {how}")
+        shape = _shape(value)
+        if shape.rank is None:
+            continue
+        got = tuple(shape.as_list()[2:])
+        if len(got) != len(want) or any(g is not None and w is not None and g != w
+                                        for g, w in zip(got, want)):
+            what = ("[height, width, channels] " if image else "") + "examples of shape"
+            raise EpisodeError(
+                f"{where}: {key} holds {what} {list(got)} (batch shape {shape.as_list()}), but "
+                f"the network takes {list(want)} (its input shape {tuple(input_shape)}); make "
+                "the episodes at the network's image size and channels, or build the network "
+                "for these")
 
 
 def _label_error(e: tf.errors.InvalidArgumentError, where: str) -> EpisodeError | None:
@@ -175,6 +236,192 @@ def _label_error(e: tf.errors.InvalidArgumentError, where: str) -> EpisodeError 
                             f"classes): found labels from {low} to {high}")
     line = next(line for line in text.splitlines() if _LABEL_CHECK in line)
     return EpisodeError(f"{where}: {line.strip()}")
+
+
+def _empty_message(where: str) -> str:
+    return (f"{where}: the dataset is empty (it gives no episode batch), so nothing was run; "
+            "check its source and any filter, take or shard that leaves nothing")
+
+
+class _NoData(keras.callbacks.Callback):
+    """Refuses a ``fit`` whose data gives no batch at all (an empty dataset of unknown size).
+
+    Keras only warns that the input ran out and ends the epoch; this callback, the first of the
+    list, raises at the end of the first epoch if no step ran, before any other callback's
+    ``on_epoch_end`` (a ``BackupAndRestore`` would record the epoch as done). The counters are
+    unchanged (see :meth:`MetaModel.train_step`).
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.batches = 0
+        self._checked = False
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        self.batches += 1
+
+    def on_predict_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        self.batches += 1
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if not self._checked and not self.batches:
+            raise EpisodeError(_empty_message("fit"))
+        self._checked = True
+
+
+# --------------------------------------------------------------------------- atomic files
+# Temporary files are siblings named ``.tfmeta-tmp-<host>-<pid>-<8 hex>.<final name>``: the final
+# name's suffix is kept (Keras requires ``.weights.h5``), and a later write removes only those
+# of this name left by a process of this host that no longer runs (killed mid-write).
+_TMP = re.compile(r"^\.tfmeta-tmp-(?P<host>.+)-(?P<pid>\d+)-[0-9a-f]{8}\.(?P<name>.+)$")
+
+
+def _is_local(path: str) -> bool:
+    return "://" not in str(path)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+def _remove_stale_temporaries(directory: str, name: str) -> None:
+    """Removes the temporaries of ``name`` that killed processes of this host left behind."""
+    host = socket.gethostname()
+    try:
+        entries = os.listdir(directory)
+    except OSError:
+        return
+    for entry in entries:
+        found = _TMP.match(entry)
+        if (found and found["name"] == name and found["host"] == host
+                and int(found["pid"]) != os.getpid() and not _pid_alive(int(found["pid"]))):
+            with contextlib.suppress(OSError):
+                os.remove(os.path.join(directory, entry))
+
+
+def _fsync_directory(directory: str) -> None:
+    """Makes a rename in ``directory`` durable (a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_file_atomically(path: str, write: Callable[[str], None]) -> None:
+    """Writes the local file ``path`` whole or not at all: a kill mid-write leaves the old file.
+
+    ``write(tmp)`` writes a temporary sibling (same directory, so the rename stays on one file
+    system, with ``path``'s suffix); it is flushed to disk (fsync) and renamed over ``path``
+    (``os.replace``), and the rename is made durable. A failed write removes its temporary.
+
+    Args:
+      path: the final file (a local path).
+      write: writes the complete file at the path it is given.
+    """
+    directory, name = os.path.split(os.path.abspath(path))
+    _remove_stale_temporaries(directory, name)
+    tmp = os.path.join(directory, f".tfmeta-tmp-{socket.gethostname()}-{os.getpid()}-"
+                                  f"{uuid.uuid4().hex[:8]}.{name}")
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+    _fsync_directory(directory)
+
+
+def _write_text_atomically(path: str, text: str) -> None:
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+
+    write_file_atomically(path, write)
+
+
+def _copy_atomically(source: str, path: str) -> None:
+    def write(tmp: str) -> None:
+        with open(source, "rb") as src, open(tmp, "wb") as dst:
+            while chunk := src.read(1 << 20):
+                dst.write(chunk)
+
+    write_file_atomically(path, write)
+
+
+class _AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
+    """``keras.callbacks.BackupAndRestore`` whose files are replaced atomically, read with care.
+
+    Keras writes ``latest.weights.h5`` and ``training_metadata.json`` in place, so a process
+    killed while writing leaves a half-written file on which every restart fails. Here both are
+    written by :func:`write_file_atomically` (the weights by :meth:`MetaModel.save_weights`),
+    and the previous backup of ``double_checkpoint=True`` is copied the same way. A damaged backup found
+    at the start (written by something else, or a damaged disk) is one line naming the file and
+    the repair, or, with ``double_checkpoint=True``, Keras falls back to the previous backup.
+    Remote paths (``gs://...``) keep Keras' own writes: an object store replaces whole objects.
+    """
+
+    @classmethod
+    def of(cls, callback: keras.callbacks.BackupAndRestore) -> "_AtomicBackupAndRestore":
+        """The same backup (directory, frequency, options) as ``callback``."""
+        return cls(callback.backup_dir, save_freq=callback.save_freq,
+                   double_checkpoint=callback.double_checkpoint,
+                   delete_checkpoint=callback.delete_checkpoint)
+
+    def _damaged(self, path: str, reason: str) -> WeightsFileError:
+        return WeightsFileError(
+            f"BackupAndRestore: the backup file {path!r} is damaged ({reason}), so training "
+            f"cannot resume from it; delete the backup directory {self.backup_dir!r} to start "
+            "the run again from the beginning")
+
+    def _load_model(self) -> None:
+        path = self._training_metadata_path
+        if _is_local(path) and os.path.exists(path):
+            try:
+                with open(path, encoding="utf-8") as f:
+                    epoch = json.load(f)["epoch"]
+                if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+                    raise ValueError(f"epoch {epoch!r} is not an epoch number")
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                raise self._damaged(path, _first_line(e)) from None
+        try:
+            super()._load_model()
+        except WeightsFileError as e:
+            raise self._damaged(self._weights_path, e.reason) from None
+
+    def _save_model(self) -> None:
+        if not (_is_local(self._weights_path) and isinstance(self.model, MetaModel)):
+            super()._save_model()
+            return
+        os.makedirs(self.backup_dir, exist_ok=True)
+        if self.double_checkpoint:
+            for path, previous in ((self._weights_path, self._prev_weights_path),
+                                   (self._training_metadata_path,
+                                    self._prev_training_metadata_path)):
+                if os.path.exists(path):
+                    _copy_atomically(path, previous)
+        self.model.save_weights(self._weights_path, overwrite=True)
+        _write_text_atomically(self._training_metadata_path, json.dumps(
+            {"epoch": self._current_epoch, "batch": self._last_batch_seen}))
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip() or type(e).__name__
+    return text.splitlines()[0]
 
 
 # --------------------------------------------------------------------------- resumption
@@ -242,6 +489,34 @@ def _discard(iterator: Any, count: tf.Tensor) -> None:
         iterator.get_next()
 
 
+def _all_layers(model: keras.Model) -> Iterator[keras.Layer]:
+    for layer in model.layers:
+        yield layer
+        if isinstance(layer, keras.Model):
+            yield from _all_layers(layer)
+
+
+def _check_precision(model: keras.Model) -> None:
+    """Refuses a network built under a mixed-precision dtype policy (e.g. ``mixed_float16``).
+
+    Its layers compute in float16 on float32 variables; meta-gradients through the inner loop
+    then mix the two dtypes (TensorFlow fails on them), and there is no loss scaling for the
+    inner loop's gradients.
+
+    Raises:
+      MetaModelError: naming the policy, the layer and the repair.
+    """
+    for layer in _all_layers(model):
+        policy = getattr(layer, "dtype_policy", None)
+        if (layer.weights and policy is not None
+                and policy.compute_dtype != policy.variable_dtype):
+            raise MetaModelError(
+                f"the network {model.name!r} was built under the dtype policy "
+                f"{policy.name!r} (layer {layer.name!r} computes in {policy.compute_dtype} on "
+                f"{policy.variable_dtype} variables); meta-learning needs one precision: call "
+                "keras.mixed_precision.set_global_policy('float32') before building the network")
+
+
 # --------------------------------------------------------------------------- the model
 class MetaModel(keras.Model):
     """A tfmeta meta-learner as a ``keras.Model``: ``fit`` meta-trains it (see the module doc).
@@ -287,6 +562,7 @@ class MetaModel(keras.Model):
             raise MetaModelError(
                 f"first_order_iterations={first_order_iterations} anneals second-order MAML; "
                 f"{type(algorithm).__name__} here has no second order")
+        _check_precision(algorithm.model)
         super().__init__(name=name or f"meta_{algorithm.model.name}")
         self._check_strategy(algorithm)
         self.algorithm = algorithm
@@ -382,20 +658,82 @@ class MetaModel(keras.Model):
         for i, var in enumerate(variables):
             var.assign(np.asarray(store[str(i)]))
 
-    def load_weights(self, filepath: str, *args: Any, **kwargs: Any) -> None:
-        """``keras.Model.load_weights``; a file of another kind of MetaModel is one error line.
+    def save_weights(self, filepath: str, overwrite: bool = True,
+                     max_shard_size: float | None = None) -> None:
+        """``keras.Model.save_weights``, written atomically (so ModelCheckpoint, BackupAndRestore).
+
+        A local ``.weights.h5`` file is written to a temporary sibling, flushed to disk and renamed
+        over ``filepath`` (:func:`write_file_atomically`): a process killed while saving leaves the
+        previous file whole. Sharded saves (``max_shard_size``) and remote paths are Keras' own.
 
         Raises:
-          MetaModelError: the file was saved from a MetaModel with another algorithm or other
-            inner-loop options.
+          MetaModelError: ``filepath`` does not end in ``.weights.h5``, or exists and
+            ``overwrite`` is False.
+          WeightsFileError: its directory does not exist, or it cannot be written (the previous
+            file is left whole).
         """
-        self._load_error = None
+        path = os.fspath(filepath)
+        if max_shard_size is not None or not _is_local(path):
+            super().save_weights(path, overwrite=overwrite, max_shard_size=max_shard_size)
+            return
+        if not path.endswith(".weights.h5"):
+            raise MetaModelError(f"save_weights: {path!r} must end in .weights.h5 (Keras' "
+                                 "weights format), e.g. model.weights.h5")
+        if not overwrite and os.path.exists(path):
+            raise MetaModelError(f"save_weights: {path!r} exists; pass overwrite=True to "
+                                 "replace it")
+        directory = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(directory):
+            raise WeightsFileError(f"save_weights: the directory {directory!r} of {path!r} does "
+                                   "not exist; create it first")
         try:
-            super().load_weights(filepath, *args, **kwargs)
-        except ValueError:
+            write_file_atomically(path, lambda tmp: keras.Model.save_weights(self, tmp,
+                                                                        overwrite=True))
+        except OSError as e:  # unwritable, or the disk is full: the previous file is whole
+            raise WeightsFileError(f"save_weights: cannot write {path!r} ({_first_line(e)}); "
+                                   "any previous file there is unchanged") from None
+
+    def load_weights(self, filepath: str, *args: Any, **kwargs: Any) -> None:
+        """``keras.Model.load_weights``, all or nothing, with one-line errors.
+
+        A file that cannot be loaded whole leaves every weight (and the optimizer) as it was.
+
+        Raises:
+          WeightsFileError: the file does not exist, or is damaged (not a complete HDF5 file,
+            e.g. written by a process that was killed; or unreadable).
+          MetaModelError: not a ``.weights.h5`` file; or saved from a MetaModel with another
+            algorithm or other inner-loop options, or from another network.
+        """
+        path = os.fspath(filepath)
+        if _is_local(path) and not os.path.exists(path):
+            raise WeightsFileError(f"load_weights: the weights file {path!r} does not exist")
+        if not path.endswith((".weights.h5", ".weights.json")):
+            raise MetaModelError(f"load_weights: {path!r} is not a .weights.h5 file; a MetaModel "
+                                 "loads what its save_weights wrote (ModelCheckpoint with "
+                                 "save_weights_only=True, BackupAndRestore)")
+        self._load_error = None
+        # Keras loads layer by layer: a failure halfway would leave some weights loaded.
+        variables = [*self.weights, *(self.optimizer.variables if self.optimizer else [])]
+        saved = [np.array(v.numpy()) for v in variables]
+        try:
+            super().load_weights(path, *args, **kwargs)
+        except (OSError, ValueError, KeyError, RuntimeError) as e:
+            for var, value in zip(variables, saved):
+                var.assign(value)
             if self._load_error is not None:
                 raise self._load_error from None
-            raise
+            reason = _first_line(e)
+            if isinstance(e, OSError):
+                error = WeightsFileError(
+                    f"load_weights: the weights file {path!r} is damaged ({reason}); it was "
+                    "not written completely (or the disk is damaged): use a complete copy, or "
+                    "delete it to start without it")
+                error.reason = reason
+                raise error from None
+            detail = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
+            raise MetaModelError(
+                f"load_weights: cannot load {path!r} into {self.name!r}: {detail[:300]}; it "
+                "was saved from another network or is damaged") from None
 
     def get_config(self) -> dict[str, Any]:
         raise MetaModelError(
@@ -523,6 +861,7 @@ class MetaModel(keras.Model):
         x = _episode_part(data, "episodes")
         check_episode_structure(x, where="episodes", classification=self._classification,
                                 need_query_y=need_query_y)
+        check_episode_inputs(x, where="episodes", input_shape=self.network.input_shape)
         keys = EPISODE_KEYS if need_query_y else EPISODE_KEYS[:3]
         batch = {k: tf.convert_to_tensor(x[k]) for k in keys}
         ways = self._classes
@@ -572,8 +911,17 @@ class MetaModel(keras.Model):
         return results
 
     def train_step(self, data: Any) -> dict[str, tf.Tensor]:
-        """One meta-iteration on a batch of episodes (this replica's share under a strategy)."""
+        """One meta-iteration on a batch of episodes (this replica's share under a strategy).
+
+        Every update (parameters, optimizer, state, counters) depends on the batch: when the
+        data runs out, the step's ops that would not read it (the counters' increments) would
+        otherwise still run, and an epoch that ended on an exhausted dataset would count a step.
+        """
         batch = self._episodes(data)
+        with tf.control_dependencies([batch["support_x"]]):
+            return self._train_step(batch)
+
+    def _train_step(self, batch: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         strategy = tf.distribute.get_strategy()
         ctx = tf.distribute.get_replica_context()
         local = batch["support_x"].shape[0]
@@ -597,15 +945,16 @@ class MetaModel(keras.Model):
         floating = [(var, value) for var, value in zip(state_vars, state)
                     if tf.as_dtype(var.dtype).is_floating]
 
-        def update(strategy: tf.distribute.Strategy, values: list[Any]) -> None:
+        def update(strategy: tf.distribute.Strategy, values: list[Any], after: Any) -> None:
             # Each replica's values are its tasks' sum divided by the global count: their sum
             # is the mean over all tasks (as the trainer assigns them).
             for (var, _), value in zip(floating, values):
                 var.assign(tf.cast(strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None),
                                    var.dtype))
-            self._iteration.assign_add(1)
+            with tf.control_dependencies(strategy.experimental_local_results(after)):
+                self._iteration.assign_add(1)
 
-        ctx.merge_call(update, args=([value for _, value in floating],))
+        ctx.merge_call(update, args=([value for _, value in floating], grads[0]))
         metrics = ctx.all_reduce(tf.distribute.ReduceOp.SUM, metrics)
         self._update_trackers(metrics, count)
         return self._results()
@@ -625,6 +974,16 @@ class MetaModel(keras.Model):
     def predict_step(self, data: Any) -> tf.Tensor:
         """Each episode's query outputs after adapting to its support set: ``[tasks, Q, ...]``."""
         return self._adapt_and_predict(self._episodes(data, need_query_y=False))
+
+    def __call__(self, inputs: Any, *args: Any, **kwargs: Any) -> Any:
+        """``meta_model(episodes)``, with the episodes checked first.
+
+        Keras rewrites errors raised inside ``call`` into a message of several lines; checking
+        here keeps a bad batch one line.
+        """
+        if isinstance(inputs, Mapping):
+            self._check_data(inputs, "call", need_query_y=False)
+        return super().__call__(inputs, *args, **kwargs)
 
     def call(self, inputs: Mapping[str, Any], training: bool = False) -> tf.Tensor:
         """``meta_model(episodes)``: the adapted query outputs, as :meth:`predict_step`."""
@@ -664,11 +1023,15 @@ class MetaModel(keras.Model):
     def _check_data(self, data: Any, where: str, *, need_query_y: bool = True) -> None:
         """Checks the structure of a dataset (its element spec) or of arrays before running."""
         if data is None:
-            return
+            raise EpisodeError(f"{where}: no data given; pass a tf.data.Dataset of episode "
+                               f"batches (dicts of {', '.join(EPISODE_KEYS)})")
         spec = data.element_spec if isinstance(data, tf.data.Dataset) else data
         if isinstance(data, tf.data.Dataset) or isinstance(data, (Mapping, tuple, list)):
             check_episode_structure(spec, where=where, classification=self._classification,
                                     need_query_y=need_query_y)
+            check_episode_inputs(spec, where=where, input_shape=self.network.input_shape)
+        if isinstance(data, tf.data.Dataset) and int(data.cardinality()) == 0:
+            raise EpisodeError(_empty_message(where))
 
     def _check_steps(self, where: str, **steps: int | None) -> None:
         """Refuses step counts that Keras would round up to whole executions.
@@ -679,6 +1042,12 @@ class MetaModel(keras.Model):
         """
         k = self.steps_per_execution
         for name, value in steps.items():
+            if value is not None and (isinstance(value, bool)
+                                      or not isinstance(value, (int, np.integer)) or value < 1):
+                # Keras takes 0 for "until the data runs out": forever on an infinite stream.
+                raise MetaModelError(f"{where}: {name}={value!r}; it must be a positive integer "
+                                     f"(a multiple of steps_per_execution={k}), or None for "
+                                     "one pass over a finite dataset")
             if value is not None and value % k:
                 raise MetaModelError(
                     f"{where}: {name}={value} is not a multiple of steps_per_execution={k}; "
@@ -728,6 +1097,9 @@ class MetaModel(keras.Model):
             self._check_data(kwargs["validation_data"], "validation_data")
         self._check_steps("fit", steps_per_epoch=kwargs.get("steps_per_epoch"),
                           validation_steps=kwargs.get("validation_steps"))
+        epochs = kwargs.get("epochs", 1)
+        if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 1:
+            raise MetaModelError(f"fit: epochs={epochs!r}; it must be a positive integer")
         steps = kwargs.get("steps_per_epoch")
         per_epoch = None
         if isinstance(x, tf.data.Dataset):
@@ -738,18 +1110,26 @@ class MetaModel(keras.Model):
             # shuffle a dataset.
             kwargs.setdefault("shuffle", False)
         callbacks = kwargs.pop("callbacks", None)
-        listed = (callbacks.callbacks if isinstance(callbacks, keras.callbacks.CallbackList)
-                  else list(callbacks or []))
+        given = (callbacks.callbacks if isinstance(callbacks, keras.callbacks.CallbackList)
+                 else list(callbacks or []))
+        # Keras' BackupAndRestore writes its files in place; this one replaces them atomically.
+        listed = [_AtomicBackupAndRestore.of(c)
+                  if type(c) is keras.callbacks.BackupAndRestore else c for c in given]
+        # First: an empty dataset is refused before any other callback ends the epoch.
+        listed.insert(0, _NoData())
         # Only a backup of this very run says where it stopped (weights loaded by another
         # callback, e.g. a warm start, are no position in this run's data).
         if any(isinstance(c, keras.callbacks.BackupAndRestore) for c in listed):
             self._resume = _Resume(self, steps_per_epoch=steps, batches_per_epoch=per_epoch,
                                    initial_epoch=kwargs.get("initial_epoch", 0))
             # Last, so that it runs after BackupAndRestore has restored the weights.
-            if isinstance(callbacks, keras.callbacks.CallbackList):
-                callbacks.append(self._resume)
-            else:
-                callbacks = [*listed, self._resume]
+            listed.append(self._resume)
+        if isinstance(callbacks, keras.callbacks.CallbackList):
+            callbacks.callbacks[:] = listed
+            for callback in listed:
+                callback.set_model(self)
+        else:
+            callbacks = listed
         try:
             with self._user_errors("fit"):
                 return super().fit(x, callbacks=callbacks, **kwargs)
@@ -765,11 +1145,16 @@ class MetaModel(keras.Model):
         if y is not None:
             raise EpisodeError(f"evaluate: labels travel inside the episodes; y must be None, "
                                f"got {_describe(y)}")
-        if not kwargs.get("_use_cached_eval_dataset"):
+        cached = kwargs.get("_use_cached_eval_dataset")
+        if not cached:
             self._check_data(x, "evaluate")
             self._check_steps("evaluate", steps=kwargs.get("steps"))
         with self._user_errors("evaluate"):
-            return super().evaluate(x, **kwargs)
+            result = super().evaluate(x, **kwargs)
+        # The trackers count the tasks evaluated (a dataset of unknown size may be empty).
+        if not any(float(t.count.numpy()) for t in self._trackers.values()):
+            raise EpisodeError(_empty_message("validation_data" if cached else "evaluate"))
+        return result
 
     def predict(self, x: Any, **kwargs: Any) -> Any:
         """Adapted query outputs of every episode, ``[episodes, Q, ...]`` (``keras.Model.predict``).
@@ -779,8 +1164,19 @@ class MetaModel(keras.Model):
         """
         self._check_data(x, "predict", need_query_y=False)
         self._check_steps("predict", steps=kwargs.get("steps"))
-        with self._user_errors("predict"):
-            return super().predict(x, **kwargs)
+        counter = _NoData()
+        callbacks = kwargs.pop("callbacks", None)
+        if isinstance(callbacks, keras.callbacks.CallbackList):
+            callbacks.append(counter)
+        else:
+            callbacks = [*(callbacks or []), counter]
+        try:
+            with self._user_errors("predict"):
+                return super().predict(x, callbacks=callbacks, **kwargs)
+        except UnboundLocalError:  # Keras 3.15 on a dataset that gives no batch
+            if counter.batches:
+                raise
+            raise EpisodeError(_empty_message("predict")) from None
 
     def export(self, filepath: str, **kwargs: Any) -> str:
         """Writes the fast-adaptation SavedModel; see :func:`export` (replaces Keras' export)."""
@@ -799,28 +1195,107 @@ def algorithm_name(algorithm: MetaLearner) -> str:
     return type(algorithm).__name__.lower()
 
 
-def export_metadata(algorithm: MetaLearner, *, step: int = 0, shots: int | None = None,
-                    queries: int | None = None, max_inner_steps: int | None = None,
-                    **extra: Any) -> dict[str, Any]:
+# The input transforms export() knows by name (besides an InputTransform or its dict).
+TRANSFORM_PRESETS = {
+    "omniglot": "grayscale, inverted (1 - p), not normalised: tfmeta's Omniglot episodes",
+    "pixels": "pixels / 255 as they are: not inverted, not normalised",
+}
+
+
+def _allowed_transforms() -> str:
+    presets = " or ".join(f"{name!r} ({about})" for name, about in TRANSFORM_PRESETS.items())
+    return ("a tfmeta.input_transform.InputTransform(image_size, channels, invert, mean, std) "
+            f"as the training data was made, its dict, or {presets}")
+
+
+def input_transform_for(model: keras.Model, input_transform: Any) -> InputTransform:
+    """The input transform an image model is exported with, from what the caller gives.
+
+    A model does not know what its training data were made from (Omniglot's inverted strokes,
+    photos normalised with measured means, plain pixels), so the caller states it; it is checked
+    against the network's input shape.
+
+    Args:
+      model: the image network (input ``[B, S, S, C]``).
+      input_transform: an :class:`~tfmeta.input_transform.InputTransform`, its dict
+        (``to_dict()``, e.g. the ``input_transform`` of a run's data summary), or a name of
+        :data:`TRANSFORM_PRESETS` (the network's size and channels).
+
+    Raises:
+      tfmeta.exporter.ExportError: none given, an unknown name, an invalid dict, or a transform
+        for other images than the network takes (one line each, naming what is allowed).
+    """
+    shape = tuple(model.input_shape)
+    if input_transform is None:
+        raise exporter.ExportError(
+            f"export: the image model {model.name!r} (input {shape}) needs input_transform=, "
+            f"how served pixels (decode_png / 255, in [0, 1]) become its inputs: "
+            f"{_allowed_transforms()}")
+    size, width, channels = shape[1:]
+    if isinstance(input_transform, str):
+        if input_transform not in TRANSFORM_PRESETS:
+            raise exporter.ExportError(
+                f"export: input_transform={input_transform!r} is not a known name; allowed: "
+                f"{_allowed_transforms()}")
+        if input_transform == "omniglot" and channels != 1:
+            raise exporter.ExportError(
+                f"export: input_transform='omniglot' is grayscale, but the network "
+                f"{model.name!r} takes {channels} channels (input {shape}); give the transform "
+                "of its training data")
+        input_transform = InputTransform(int(size), int(channels),
+                                         invert=input_transform == "omniglot")
+    elif isinstance(input_transform, Mapping):
+        try:
+            input_transform = InputTransform.from_dict(dict(input_transform))
+        except (ValueError, TypeError, KeyError) as e:
+            raise exporter.ExportError(f"export: input_transform {_describe(input_transform)} is "
+                                       f"not a valid transform ({_first_line(e)})") from None
+    elif not isinstance(input_transform, InputTransform):
+        raise exporter.ExportError(f"export: input_transform is {_describe(input_transform)}; "
+                                   f"allowed: {_allowed_transforms()}")
+    t = input_transform
+    if (t.image_size, t.image_size, t.channels) != (size, width, channels):
+        raise exporter.ExportError(
+            f"export: input_transform is for [{t.image_size}, {t.image_size}, {t.channels}] "
+            f"images, but the network {model.name!r} takes {[size, width, channels]} (input "
+            f"{shape}); give the transform of the data it was trained on")
+    return t
+
+
+def export_metadata(algorithm: MetaLearner, *, input_transform: Any = None, step: int = 0,
+                    shots: int | None = None, queries: int | None = None,
+                    max_inner_steps: int | None = None, **extra: Any) -> dict[str, Any]:
     """The SavedModel's metadata, from the algorithm (as the trainer writes it from a config).
 
     The same fields as :func:`tfmeta.exporter.metadata_from_config` where the algorithm knows
-    them; ``shots`` / ``queries`` (data facts a model does not hold) when given.
+    them (the classifier's fields by the same builder, :func:`tfmeta.exporter.classifier_metadata`);
+    ``shots`` / ``queries`` (data facts a model does not hold) when given.
 
     Args:
       algorithm: the trained meta-learner.
+      input_transform: image classifiers: how served pixels become the model's inputs
+        (:func:`input_transform_for`); must be None for other models.
       step: meta-iterations the parameters were trained for.
       shots: support examples per class the model was trained for (classification).
       queries: query examples per class (classification).
       max_inner_steps: bound on a client's ``inner_steps`` (default: the exporter's).
       **extra: more JSON-ready fields (e.g. ``split_scheme``), stored as given.
+
+    Raises:
+      tfmeta.exporter.ExportError: an image classifier without a valid ``input_transform``, or
+        another model with one.
     """
     model = algorithm.model
     reptile = isinstance(algorithm, Reptile)
     classification = _is_image_classifier(algorithm)
+    if not classification and input_transform is not None:
+        raise exporter.ExportError(
+            f"export: input_transform is for image classifiers; {model.name!r} (input "
+            f"{tuple(model.input_shape)}) is exported with its inputs as they are: leave it out")
     meta: dict[str, Any] = {
         **exporter.versions_and_time(step),
-        "task": "omniglot" if classification else "sinusoid",
+        "task": ("omniglot" if input_transform == "omniglot" else "images") if classification
+        else "sinusoid",
         "algorithm": algorithm_name(algorithm),
         "inner_lr": float(algorithm.inner_lr),
         "inner_steps": int(algorithm.eval_inner_steps),
@@ -836,12 +1311,10 @@ def export_metadata(algorithm: MetaLearner, *, step: int = 0, shots: int | None 
         "trained_with": "keras_fit",
     }
     if classification:
-        ways, size = int(model.output_shape[-1]), int(model.input_shape[1])
-        meta.update(ways=ways, image_size=size, inputs=exporter.input_descriptions(ways))
-        if shots is not None:
-            meta.update(shots=int(shots), train_shots=int(shots))
-        if queries is not None:
-            meta["queries"] = int(queries)
+        transform = input_transform_for(model, input_transform)
+        meta.update(exporter.classifier_metadata(int(model.output_shape[-1]), transform,
+                                                 shots=shots, train_shots=shots,
+                                                 queries=queries))
     else:
         meta["inputs"] = exporter.input_descriptions(None)
     meta.update(extra)
@@ -853,7 +1326,7 @@ def _is_image_classifier(algorithm: MetaLearner) -> bool:
 
 
 def export(model_or_algorithm: MetaModel | MetaLearner, output: str, *,
-           shots: int | None = None, queries: int | None = None,
+           input_transform: Any = None, shots: int | None = None, queries: int | None = None,
            max_inner_steps: int | None = None, replace: bool = False,
            step: int | None = None, **extra: Any) -> str:
     """Exports a trained model as the fast-adaptation SavedModel ``tfmeta.train`` writes.
@@ -864,10 +1337,19 @@ def export(model_or_algorithm: MetaModel | MetaLearner, output: str, *,
     tfmeta or Keras; atomic, never overwriting anything but a previous tfmeta SavedModel
     (with ``replace``).
 
+    An image classifier is served pixels (``decode_png / 255``, in [0, 1], any size) and the
+    graph makes its inputs from them as the training data were made: ``input_transform`` says
+    how (size, channels, inversion, normalisation), and is required, since ``fit`` cannot know
+    what its episodes were made from.
+
     Args:
       model_or_algorithm: a :class:`MetaModel` or the tfmeta algorithm it wraps.
       output: the SavedModel directory (local or gs://); must not exist, or be a previous tfmeta
         export with ``replace=True``.
+      input_transform: image classifiers only: an
+        :class:`~tfmeta.input_transform.InputTransform`, its dict, or ``"omniglot"``
+        (grayscale, inverted: tfmeta's Omniglot episodes) or ``"pixels"`` (pixels / 255 as they
+        are); see :func:`input_transform_for`.
       shots: support examples per class the model was trained for (recorded in the metadata).
       queries: query examples per class (recorded in the metadata).
       max_inner_steps: the largest ``inner_steps`` a client may ask for (default 100).
@@ -880,10 +1362,21 @@ def export(model_or_algorithm: MetaModel | MetaLearner, output: str, *,
 
     Raises:
       AlgorithmTypeError: neither a MetaModel nor a tfmeta algorithm.
-      tfmeta.exporter.ExportError: the model does not fit the signature contract (images
-        ``[H, W, 1]`` to ``[ways]`` logits, or ``[1]`` to ``[1]`` regression), or ``output`` may
-        not be written.
+      tfmeta.exporter.ExportError: an image classifier without a valid ``input_transform`` (or
+        another model with one), a model that does not fit the signature contract (square
+        images ``[S, S, C]`` to ``[ways]`` logits, or ``[1]`` to ``[1]`` regression), or an
+        ``output`` that may not be written.
     """
+    if not isinstance(output, (str, os.PathLike)) or not os.fspath(output):
+        raise exporter.ExportError(f"export: output is {_describe(output)}; give the path of "
+                                   "the SavedModel directory to write (local or gs://)")
+    output = os.fspath(output)
+    for name, value, low in (("shots", shots, 1), ("queries", queries, 1),
+                             ("max_inner_steps", max_inner_steps, 1), ("step", step, 0)):
+        if value is not None and (isinstance(value, bool)
+                                  or not isinstance(value, (int, np.integer)) or value < low):
+            raise exporter.ExportError(f"export: {name}={value!r}; it must be an integer >= "
+                                       f"{low} (or left out)")
     if isinstance(model_or_algorithm, MetaModel):
         algorithm = model_or_algorithm.algorithm
         step = model_or_algorithm.meta_iteration if step is None else step
@@ -893,12 +1386,15 @@ def export(model_or_algorithm: MetaModel | MetaLearner, output: str, *,
         raise AlgorithmTypeError(f"export takes a MetaModel or a tfmeta algorithm; got "
                                  f"{type(model_or_algorithm).__name__} "
                                  f"{_describe(model_or_algorithm)}")
-    metadata = export_metadata(algorithm, step=step or 0, shots=shots, queries=queries,
-                               max_inner_steps=max_inner_steps, **extra)
+    metadata = export_metadata(algorithm, input_transform=input_transform, step=step or 0,
+                               shots=shots, queries=queries, max_inner_steps=max_inner_steps,
+                               **extra)
     return exporter.export(algorithm.model, algorithm, output, metadata=metadata,
                            classification=_is_image_classifier(algorithm),
                            max_inner_steps=max_inner_steps, replace=replace)
 
 
 __all__ = ["AlgorithmTypeError", "EpisodeError", "MetaModel", "MetaModelError",
-           "algorithm_name", "check_episode_structure", "export", "export_metadata"]
+           "TRANSFORM_PRESETS", "WeightsFileError", "algorithm_name", "check_episode_inputs",
+           "check_episode_structure", "export", "export_metadata", "input_transform_for",
+           "write_file_atomically"]
