@@ -37,7 +37,8 @@ def main(argv: list[str]) -> int:
     from tfmeta import exporter
 
     path = exporter.export_from_workdir(_WORKDIR.value, _OUTPUT.value, replace=_REPLACE.value,
-                                        max_inner_steps=_MAX_INNER_STEPS.value)
+                                        max_inner_steps=_MAX_INNER_STEPS.value,
+                                        wording=exporter.COMMAND_LINE)
     print(f"exported to {path}")
     print(json.dumps(exporter.read_metadata(path), sort_keys=True))
     return 0
