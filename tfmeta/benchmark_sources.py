@@ -57,9 +57,9 @@ from absl import logging
 from tfmeta import benchmark_splits, tfds_source
 from tfmeta.benchmark_splits import BenchmarkSplit
 from tfmeta.class_listing import SPLITS, ClassImages, DataError, Listing
+from tfmeta.image_decode import IMAGE_EXTENSIONS  # the one list, shared with serving
 
 NAMES = benchmark_splits.NAMES
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 # Folder (or file) names of each split, in the order they are looked for.
 SPLIT_NAMES = {"train": ("train",), "validation": ("val", "validation"), "test": ("test",)}
 _WNID = re.compile(r"^n\d{8}$")

@@ -46,6 +46,12 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from tfmeta.class_listing import DataError
 
+# The file extensions (lower case) of the image files tfmeta reads, in training (class folders,
+# benchmark folders) and in serving (tfmeta.adapt's support and query folders) alike: the one
+# list, imported by every reader of user folders. Any other file in such a folder is skipped and
+# reported.
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm",
+                    ".pgm", ".pbm")
 # The same names as config.RESIZE and config.CHANNELS (a test checks that they agree); not
 # imported from there, to keep ml_collections out of decoding.
 RESIZE = ("stretch", "crop")

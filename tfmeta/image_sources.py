@@ -28,6 +28,7 @@ from typing import Any
 from absl import logging
 
 from tfmeta import class_store
+from tfmeta.image_decode import IMAGE_EXTENSIONS  # the one list, shared with serving
 from tfmeta.class_listing import (ClassImages, DataError, Listing, assign_classes,
                                   read_class_lists, split_by_fractions)
 
@@ -36,8 +37,6 @@ KINDS = ("folder", "tfds", "miniimagenet", "tieredimagenet", "cifarfs", "fc100",
 # Kinds that need a path, and those that take none (read through TFDS).
 _NEEDS_PATH = ("folder", "tfds", "miniimagenet", "tieredimagenet")
 _NO_PATH = ("cifarfs", "fc100", "omniglot")
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm",
-                    ".pgm", ".pbm")
 # Names of split folders, as most mini-ImageNet copies have them.
 SPLIT_FOLDERS = {"train": ("train",), "validation": ("val", "validation"), "test": ("test",)}
 PREPARED_SUBDIR = "tfmeta_prepared"
