@@ -7,9 +7,10 @@ r"""Exports a trained run as a fast-adaptation SavedModel.
 training.
 
 The default output, ``WORKDIR/export``, belongs to the run: a previous export there is replaced.
-``--output=PATH`` must not exist, or hold a tfmeta SavedModel and come with ``--replace``;
-anything else there (a file, a work directory, other files) is refused with one ``error:`` line
-(exit status 2) and left untouched.
+``--output=PATH`` must not exist, or hold a tfmeta SavedModel (nothing else in its whole tree)
+and come with ``--replace``; anything else there (a file, a work directory, other files at any
+depth) is refused with one ``error:`` line naming the first foreign file (exit status 2) and left
+untouched.
 """
 
 from __future__ import annotations

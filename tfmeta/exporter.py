@@ -60,11 +60,14 @@ meta-learner, not the model, and a module keeps the SavedModel free of Keras obj
 ``tf.saved_model.load`` needs neither Keras nor tfmeta. Variables are saved as variables.
 
 Nothing is deleted that tfmeta did not create. An export writes only to a path that does not
-exist, or replaces a previous tfmeta SavedModel (``saved_model.pb`` and ``assets/tfmeta.json``
-and nothing else): ``tfmeta.train``'s own ``WORKDIR/export`` always, any other path with
-``--replace`` (``replace=True``). Anything else (a file, a work directory, a directory holding
-other files, the work directory's ancestors or its checkpoint directory) is refused with one
-error line naming it, before the checkpoint is read.
+exist, or replaces a previous tfmeta SavedModel: a directory whose whole tree is exactly what an
+export writes (``saved_model.pb``, ``fingerprint.pb``, ``assets/tfmeta.json``, ``variables/``'s
+index and data shards; :func:`foreign_entry`): ``tfmeta.train``'s own ``WORKDIR/export`` always,
+any other path with ``--replace`` (``replace=True`` from Python). Anything else (a file, a
+symbolic link, a work directory, a directory holding other files at any depth, the work
+directory's ancestors or its checkpoint directory) is refused with one error line naming the
+output as the caller gave it (:class:`Wording`) and the first foreign file, before the checkpoint
+is read. docs/export-and-serving.md states the contract.
 
 Writing is atomic with respect to the output path: the model is written to a new sibling
 ``PATH.tfmeta-tmp-<12 hex digits>``, holding a marker file written first, and renamed into place
@@ -72,7 +75,8 @@ only when complete; a previous model at PATH is kept until then (moved to
 ``PATH.tfmeta-old-<tag>`` for the duration of the swap and deleted after). A failed export (a
 full disk, an error, Ctrl-C) removes its temporary. Leftovers of an export that was killed are
 removed by the next export to the same path, which touches only siblings with exactly that name
-pattern whose content proves them an export's (the marker, or a complete tfmeta SavedModel).
+pattern whose whole tree proves them an export's (the marker and parts of a SavedModel only, or a
+complete tfmeta SavedModel).
 """
 
 from __future__ import annotations
