@@ -653,6 +653,11 @@ def test_the_runs_own_export_is_named_as_such_not_as_an_output_flag(tmp_path):
     assert message.startswith(f"the run's export directory {export_dir!r} is a directory "
                               "holding other files (notes.txt)"), message
     assert "--output" not in message and "choose a path" not in message, message
+    assert "replace=True" not in message and "--replace" not in message, message
+    # tfmeta.train checks the same before training.
+    with pytest.raises(exporter.ExportError) as info:
+        exporter.check_run_export(workdir)
+    assert str(info.value) == message
     assert file_tree(tmp_path) == before
 
 

@@ -767,9 +767,10 @@ def check_output(output: str, *, replace: bool = False, workdir: str | None = No
         what, repair = _describe(path), _repair(path, wording)
     except tf.errors.OpError as e:
         raise ExportError(f"cannot write the SavedModel to {output!r}: {_reason(e)}") from e
+    # The run's own export directory is replaced without asking: no option to mention.
+    even = "" if wording.output == RUN_EXPORT else f" (not even with {wording.replace})"
     raise ExportError(f"{subject} {what}; an export only creates a new directory or replaces a "
-                      f"tfmeta SavedModel, so nothing was written (not even with "
-                      f"{wording.replace}): {repair}")
+                      f"tfmeta SavedModel, so nothing was written{even}: {repair}")
 
 
 def _temporary_name(base: str, kind: str) -> str:
@@ -1054,6 +1055,22 @@ def export_experiment(exp: Any, output: str, *, max_inner_steps: int | None = No
     return export(exp.model, exp.algorithm, output, metadata=metadata,
                   classification=classification, max_inner_steps=max_inner_steps,
                   replace=replace, workdir=workdir, wording=wording)
+
+
+def check_run_export(workdir: str) -> str:
+    """Checks that the run's own ``WORKDIR/export`` may be written (new, or a tfmeta export).
+
+    ``tfmeta.train`` calls it before training, so that the export at the end is not refused
+    after hours of work.
+
+    Returns:
+      The export directory (absolute for a local path).
+
+    Raises:
+      ExportError: ``WORKDIR/export`` holds something an export does not write (naming it).
+    """
+    return check_output(os.path.join(workdir, EXPORT_DIR), replace=True, workdir=workdir,
+                        wording=Wording(RUN_EXPORT))
 
 
 def export_from_workdir(workdir: str, output: str | None = None, *, replace: bool = False,
