@@ -1042,8 +1042,9 @@ def export_experiment(exp: Any, output: str, *, max_inner_steps: int | None = No
                       wording: Wording = PYTHON) -> str:
     """Exports a built :class:`tfmeta.experiment.Experiment` (its current parameters) to ``output``.
 
-    ``replace``, ``workdir`` and ``wording`` are as in :func:`export`; the input transform is the one recorded
-    in ``workdir`` by training (:func:`tfmeta.tasks.input_transform_of`), else the config's.
+    ``replace``, ``workdir`` and ``wording`` are as in :func:`export`; the input transform is the
+    one recorded in ``workdir`` by training (:func:`tfmeta.tasks.input_transform_of`), else the
+    config's.
     """
     from tfmeta import tasks
 

@@ -12,8 +12,8 @@ folder or query directory without any image is an error. Named pipes, sockets an
 image name are skipped with a warning naming them, never opened (a stray pipe would block the read
 forever); named directly, they are an error.
 
-Images (any of those formats, any size and depth) are read one at a time into the input contract of a
-tfmeta SavedModel (see :func:`load_image`): float32 in [0, 1] with white = 1 (``pixels / 255`` for
+Images (any of those formats, any size and depth) are read one at a time into the input contract
+of a tfmeta SavedModel (see :func:`load_image`): float32 in [0, 1] with white = 1 (``pixels / 255`` for
 8-bit images), grayscale or RGB, resized at once to the model's ``image_size`` with PIL's LANCZOS
 filter (the filter the training data was prepared with; images already at that size are not
 resampled), so memory does not grow with the images' size. Opening, modes, transparency (composited
