@@ -559,8 +559,9 @@ def test_export_touches_no_neighbour_and_replaces_only_when_asked(random_export,
     assert _export_to(random_export, path) == str(path)
     assert exporter.is_tfmeta_export(str(path))
     # An explicit output over a previous tfmeta export needs replace ...
+    # (From Python, replace is an argument, not the binary's flag.)
     with pytest.raises(exporter.ExportError, match="already holds a tfmeta SavedModel; pass "
-                                                 "--replace") as info:
+                                                 "replace=True") as info:
         _export_to(random_export, path)
     assert repr(str(path)) in str(info.value)
     # ... and with it, the model is replaced.
@@ -573,6 +574,91 @@ def test_export_touches_no_neighbour_and_replaces_only_when_asked(random_export,
     assert {k: v for k, v in after.items() if not k.startswith("omniglot/")} == before
     assert sorted(os.listdir(models_dir)) == sorted(["omniglot", *{k.split("/")[0]
                                                                     for k in before}])
+
+
+@pytest.mark.parametrize("foreign", ["assets/notes.txt", "variables/mine/old.ckpt",
+                                     "variables/variables.index.bak", "assets.extra/x.txt"])
+def test_replace_refuses_an_export_holding_foreign_files_at_any_depth(random_export, tmp_path,
+                                                                     foreign):
+    path = tmp_path / "model"
+    shutil.copytree(random_export["path"], path)
+    (path / foreign).parent.mkdir(parents=True, exist_ok=True)
+    (path / foreign).write_text("mine")
+    # A folder of the user's is named itself.
+    first = {"variables/mine/old.ckpt": "variables/mine", "assets.extra/x.txt": "assets.extra"}.get(
+        foreign, foreign)
+    assert not exporter.is_tfmeta_export(str(path))
+    assert exporter.foreign_entry(str(path)) == first
+    before = file_tree(tmp_path)
+    with pytest.raises(exporter.ExportError) as info:
+        _export_to(random_export, path, replace=True)
+    message = str(info.value)
+    assert len(message.splitlines()) == 1, message
+    assert f"output {str(path)!r} holds a SavedModel together with {first!r}" in message, message
+    assert f"move {os.path.join(str(path), first)!r} out of it" in message, message
+    assert "--output" not in message and "--replace" not in message, message
+    assert file_tree(tmp_path) == before and sorted(os.listdir(tmp_path)) == ["model"]
+
+
+def test_a_tfmeta_export_is_exactly_what_an_export_writes(random_export, tmp_path):
+    assert exporter.foreign_entry(random_export["path"]) is None
+    path = tmp_path / "model"
+    shutil.copytree(random_export["path"], path)
+    # A folder where the export writes a file, and a symbolic link, are not the export's either.
+    os.remove(path / "fingerprint.pb")
+    os.mkdir(path / "fingerprint.pb")
+    assert exporter.foreign_entry(str(path)) == "fingerprint.pb"
+    os.rmdir(path / "fingerprint.pb")
+    elsewhere = tmp_path / "elsewhere"
+    shutil.move(str(path / "assets"), elsewhere)
+    os.symlink(elsewhere, path / "assets")
+    assert exporter.foreign_entry(str(path)) == "assets"
+    assert not exporter.is_tfmeta_export(str(path))
+
+
+def test_stale_clean_up_leaves_temporaries_holding_user_files(random_export, tmp_path):
+    models_dir = tmp_path / "models"
+    models_dir.mkdir()
+    tmp = models_dir / "omniglot.tfmeta-tmp-0123456789ab"  # a killed export's name and marker
+    shutil.copytree(random_export["path"], tmp)
+    (tmp / ".tfmeta-export-in-progress.json").write_text('{"pid": 0, "host": "gone"}')
+    (tmp / "variables" / "notes.txt").write_text("mine")
+    old = models_dir / "omniglot.tfmeta-old-0123456789ab"  # a moved-aside model, plus a file
+    shutil.copytree(random_export["path"], old)
+    (old / "assets" / "labels.txt").write_text("mine")
+    dead = models_dir / "omniglot.tfmeta-tmp-ba9876543210"  # a killed export's, nothing else
+    shutil.copytree(random_export["path"], dead / "x")
+    shutil.move(str(dead / "x" / "variables"), dead / "variables")
+    shutil.rmtree(dead / "x")
+    (dead / "variables" / "variables_temp").mkdir()
+    (dead / "variables" / "variables_temp" / "part-00000-of-00001.index").write_text("")
+    (dead / ".tfmeta-export-in-progress.json").write_text('{"pid": 0, "host": "gone"}')
+    before = {k: v for k, v in file_tree(models_dir).items() if not k.startswith(dead.name)}
+    _export_to(random_export, models_dir / "omniglot")
+    after = file_tree(models_dir)
+    assert {k: v for k, v in after.items() if not k.startswith("omniglot/")} == before
+    assert not dead.exists(), "a killed export's own leftover is removed"
+
+
+def test_the_runs_own_export_is_named_as_such_not_as_an_output_flag(tmp_path):
+    workdir = _fake_workdir(tmp_path)
+    os.makedirs(os.path.join(workdir, "export"))
+    with open(os.path.join(workdir, "export", "notes.txt"), "w") as f:
+        f.write("mine")
+    before = file_tree(tmp_path)
+    with pytest.raises(exporter.ExportError) as info:
+        exporter.export_from_workdir(workdir)  # what tfmeta.train runs at the end
+    message = str(info.value)
+    export_dir = os.path.join(workdir, "export")
+    assert message.startswith(f"the run's export directory {export_dir!r} is a directory "
+                              "holding other files (notes.txt)"), message
+    assert "--output" not in message and "choose a path" not in message, message
+    assert "replace=True" not in message and "--replace" not in message, message
+    # tfmeta.train checks the same before training.
+    with pytest.raises(exporter.ExportError) as info:
+        exporter.check_run_export(workdir)
+    assert str(info.value) == message
+    assert file_tree(tmp_path) == before
 
 
 @pytest.mark.parametrize("error", [OSError(28, "No space left on device"), KeyboardInterrupt()])

@@ -64,3 +64,34 @@ def test_signature_inputs_are_the_documented_contract(loaded):
     assert {k: (v.shape.as_list(), v.dtype) for k, v in outputs.items()} == {
         "logits": ([None, None, 5], tf.float32), "probabilities": ([None, None, 5], tf.float32),
         "predictions": ([None, None], tf.int32)}
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_zero_queries_give_empty_answers_for_grey_and_colour_models(tmp_path, channels):
+    """Every adapting signature answers Q = 0 with [0, N] logits, for a model served one task
+    at a time (``tasks_in_parallel=1``) as for any other."""
+    from tfmeta import exporter, models
+    from tfmeta.input_transform import InputTransform
+    from tfmeta.maml import MAML
+
+    model = models.conv4(3, image_size=12, channels=channels, filters=4, seed=0)
+    algorithm = MAML(model, inner_lr=0.4, inner_steps=1, eval_inner_steps=2,
+                     tasks_in_parallel=1)
+    metadata = {"task": "images", "algorithm": "maml", "ways": 3, "image_size": 12,
+                "inner_steps": 2, "inner_lr": 0.4, "bn_mode": "transductive",
+                **InputTransform(12, channels, invert=False).to_dict()}
+    loaded = tf.saved_model.load(exporter.export(model, algorithm, str(tmp_path / "model"),
+                                                 metadata=metadata))
+    rng = np.random.default_rng(0)
+    task = dict(support_images=rng.uniform(size=(3, 16, 16, channels)).astype(np.float32),
+                support_labels=np.arange(3, dtype=np.int32),
+                query_images=np.zeros((0, 16, 16, channels), np.float32))
+    for name, extra in (("adapt_and_predict", {}), ("adapt_and_predict_transductive", {}),
+                        ("adapt_and_predict_steps", {"inner_steps": tf.constant(1)})):
+        out = loaded.signatures[name](**task, **extra)
+        assert out["logits"].shape == (0, 3) and out["predictions"].shape == (0,), name
+    out = loaded.signatures["adapt_and_predict_batch"](
+        **{k: np.stack([v, v]) for k, v in task.items()})
+    assert out["logits"].shape == (2, 0, 3)
+    out = loaded.signatures["predict"](query_images=task["query_images"])
+    assert out["logits"].shape == (0, 3)

@@ -22,7 +22,7 @@ import pytest
 from PIL import Image, ImageDraw, ImageOps
 
 from tests.helpers import subprocess_env, write_image_folders, write_images
-from tfmeta import image_decode, image_folders
+from tfmeta import class_listing, image_decode, image_folders
 
 
 def test_colour_jpeg_and_transparent_png_become_grayscale(tmp_path):
@@ -175,6 +175,54 @@ def test_hidden_support_entries_are_ignored(tmp_path):
     assert classes == ["class_0", "class_1"]
     assert [os.path.relpath(f, support) for f in files] == ["class_0/0.png", "class_1/0.png"]
     assert labels == [0, 1]
+
+
+@pytest.mark.parametrize("extension,fmt", [(".webp", "WEBP"), (".bmp", "BMP"), (".gif", "GIF"),
+                                           (".tif", "TIFF"), (".TIFF", "TIFF"), (".ppm", "PPM")])
+def test_every_format_training_reads_is_read_for_serving(tmp_path, extension, fmt):
+    support, query = tmp_path / "support" / "a", tmp_path / "query"
+    support.mkdir(parents=True)
+    query.mkdir()
+    Image.new("RGB", (28, 28), (200, 30, 30)).save(support / f"0{extension}", format=fmt)
+    Image.new("RGB", (28, 28), (30, 30, 200)).save(query / f"q{extension}", format=fmt)
+    assert image_folders.read_support(str(tmp_path / "support"))[1] == [str(support / f"0"
+                                                                             f"{extension}")]
+    assert image_folders.read_queries([str(query)]) == [str(query / f"q{extension}")]
+
+
+def test_one_extension_list_for_training_and_serving():
+    from tfmeta import benchmark_sources, image_sources
+
+    assert image_folders.IMAGE_EXTENSIONS is class_listing.IMAGE_EXTENSIONS
+    assert image_sources.IMAGE_EXTENSIONS is class_listing.IMAGE_EXTENSIONS
+    assert benchmark_sources.IMAGE_EXTENSIONS is class_listing.IMAGE_EXTENSIONS
+
+
+def test_skipped_entries_are_named_with_the_reason(tmp_path, caplog):
+    support, _ = write_image_folders(str(tmp_path), classes=2)
+    (tmp_path / "support" / ".DS_Store").write_text("finder")
+    (tmp_path / "support" / "labels.csv").write_text("a,b")
+    (tmp_path / "support" / "class_0" / "notes.txt").write_text("mine")
+    (tmp_path / "support" / "class_0" / "more").mkdir()
+    query = tmp_path / "photos"
+    (query / ".thumbnails").mkdir(parents=True)
+    Image.new("L", (28, 28)).save(query / ".thumbnails" / "x.png")
+    Image.new("L", (28, 28)).save(query / "q.png")
+    (query / "q.psd").write_text("not read")
+    with caplog.at_level(logging.WARNING):
+        image_folders.read_support(support)
+        assert image_folders.read_queries([str(query)]) == [str(query / "q.png")]
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2, lines
+    assert lines[0].startswith(f"support directory {support!r}: skipped 4 entries"), lines[0]
+    for name, reason in ((".DS_Store", "hidden"), ("labels.csv", "a file outside any class "
+                                                                   "folder"),
+                         ("class_0/notes.txt", "not an image file (by its extension)"),
+                         ("class_0/more", "a subfolder of a class folder")):
+        assert f"{os.path.join(support, name)!r} ({reason})" in lines[0], lines[0]
+    assert f"{str(query / '.thumbnails')!r} (hidden folder)" in lines[1], lines[1]
+    assert f"{str(query / 'q.psd')!r} (not an image file (by its extension))" in lines[1]
+    assert ".webp" in lines[1]
 
 
 def test_query_folder_without_any_image_is_named(tmp_path):

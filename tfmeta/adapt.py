@@ -4,9 +4,11 @@ r"""Classifies images with an exported model after adapting it to a folder of ex
         [--json] [--inner_steps=N] [--transductive]
 
 ``--support`` holds one subfolder per class (the subfolder name is the class name) with a few
-example images each (PNG or JPEG, any size and depth; see :mod:`tfmeta.image_folders` for how
-they are read). ``--query`` is a directory of images or a comma-separated list of image files and
-directories; directories are read recursively, in sorted order. Each query is printed with its
+example images each (the formats training reads: PNG, JPEG, BMP, GIF, TIFF, WebP, PPM; any size
+and depth; see :mod:`tfmeta.image_folders` for how they are read). ``--query`` is a directory of
+images or a comma-separated list of image files and directories; directories are read
+recursively, in sorted order. Whatever is skipped in a folder (hidden files, files that are not
+images, ...) is named with the reason in a warning on stderr. Each query is printed with its
 path and predicted class and probability, as a table or, with ``--json``, as one JSON document.
 Each query's answer depends only on the support set and that query; ``--transductive`` asks for
 MAML's original protocol instead (the queries are batch-normalised together); the output says

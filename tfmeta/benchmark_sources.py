@@ -57,6 +57,7 @@ from absl import logging
 from tfmeta import benchmark_splits, class_listing, tfds_source
 from tfmeta.benchmark_splits import BenchmarkSplit
 from tfmeta.class_listing import SPLITS, ClassImages, DataError, Listing
+from tfmeta.class_listing import IMAGE_EXTENSIONS  # the one list, shared with serving
 
 NAMES = benchmark_splits.NAMES
 # Folder (or file) names of each split, in the order they are looked for.

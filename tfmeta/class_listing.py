@@ -86,7 +86,10 @@ def check_unique_classes(splits: dict[str, Sequence[ClassImages]]) -> None:
 
 Loader = Callable[[], Any]
 
-# The file name extensions read as images in class folders (decoded by tfmeta.image_decode).
+# The file extensions (lower case) of the image files tfmeta reads, in training (class folders,
+# benchmark folders) and in serving (tfmeta.adapt's support and query folders) alike: the one
+# list, imported by every reader of user folders (decoded by tfmeta.image_decode). Any other file
+# in such a folder is skipped and reported.
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm",
                     ".pgm", ".pbm")
 # Reasons recorded for hidden entries (names starting with "."), which are never read.

@@ -7,9 +7,10 @@ r"""Exports a trained run as a fast-adaptation SavedModel.
 training.
 
 The default output, ``WORKDIR/export``, belongs to the run: a previous export there is replaced.
-``--output=PATH`` must not exist, or hold a tfmeta SavedModel and come with ``--replace``;
-anything else there (a file, a work directory, other files) is refused with one ``error:`` line
-(exit status 2) and left untouched.
+``--output=PATH`` must not exist, or hold a tfmeta SavedModel (nothing else in its whole tree)
+and come with ``--replace``; anything else there (a file, a work directory, other files at any
+depth) is refused with one ``error:`` line naming the first foreign file (exit status 2) and left
+untouched.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ def main(argv: list[str]) -> int:
     from tfmeta import exporter
 
     path = exporter.export_from_workdir(_WORKDIR.value, _OUTPUT.value, replace=_REPLACE.value,
-                                        max_inner_steps=_MAX_INNER_STEPS.value)
+                                        max_inner_steps=_MAX_INNER_STEPS.value,
+                                        wording=exporter.COMMAND_LINE)
     print(f"exported to {path}")
     print(json.dumps(exporter.read_metadata(path), sort_keys=True))
     return 0

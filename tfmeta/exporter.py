@@ -60,11 +60,14 @@ meta-learner, not the model, and a module keeps the SavedModel free of Keras obj
 ``tf.saved_model.load`` needs neither Keras nor tfmeta. Variables are saved as variables.
 
 Nothing is deleted that tfmeta did not create. An export writes only to a path that does not
-exist, or replaces a previous tfmeta SavedModel (``saved_model.pb`` and ``assets/tfmeta.json``
-and nothing else): ``tfmeta.train``'s own ``WORKDIR/export`` always, any other path with
-``--replace`` (``replace=True``). Anything else (a file, a work directory, a directory holding
-other files, the work directory's ancestors or its checkpoint directory) is refused with one
-error line naming it, before the checkpoint is read.
+exist, or replaces a previous tfmeta SavedModel: a directory whose whole tree is exactly what an
+export writes (``saved_model.pb``, ``fingerprint.pb``, ``assets/tfmeta.json``, ``variables/``'s
+index and data shards; :func:`foreign_entry`): ``tfmeta.train``'s own ``WORKDIR/export`` always,
+any other path with ``--replace`` (``replace=True`` from Python). Anything else (a file, a
+symbolic link, a work directory, a directory holding other files at any depth, the work
+directory's ancestors or its checkpoint directory) is refused with one error line naming the
+output as the caller gave it (:class:`Wording`) and the first foreign file, before the checkpoint
+is read. docs/export-and-serving.md states the contract.
 
 Writing is atomic with respect to the output path: the model is written to a new sibling
 ``PATH.tfmeta-tmp-<12 hex digits>``, holding a marker file written first, and renamed into place
@@ -72,13 +75,16 @@ only when complete; a previous model at PATH is kept until then (moved to
 ``PATH.tfmeta-old-<tag>`` for the duration of the swap and deleted after). A failed export (a
 full disk, an error, Ctrl-C) removes its temporary. Leftovers of an export that was killed are
 removed by the next export to the same path, which touches only siblings with exactly that name
-pattern whose content proves them an export's (the marker, or a complete tfmeta SavedModel).
+pattern whose whole tree proves them an export's (the marker and parts of a SavedModel only, or a
+complete tfmeta SavedModel).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import re
 import socket
 import tempfile
 import time
@@ -98,6 +104,8 @@ from tfmeta.version import __version__
 from tfmeta.serving_client import read_metadata  # noqa: F401  (re-exported)
 
 EXPORT_DIR = "export"
+# How refusals name WORKDIR/export when the caller gave no output.
+RUN_EXPORT = "the run's export directory"
 DEFAULT_MAX_INNER_STEPS = 100
 
 
@@ -544,15 +552,54 @@ def metadata_from_config(config: Any, *, step: int, classification: bool,
 
 
 # --------------------------------------------------------------------------- writing
-# What tf.saved_model.save puts into a SavedModel directory. A directory holding anything else is
-# more than a model (a work directory, a folder of other files) and is never replaced.
-_SAVED_MODEL_ENTRIES = frozenset({"saved_model.pb", "saved_model.pbtxt", "fingerprint.pb",
-                                  "variables", "assets", "assets.extra"})
+_FILE = None
+# Every file and folder a tfmeta export writes, by name at its level (regular expressions; a
+# folder maps to what it may hold, a file to _FILE). A directory holding anything else, at any
+# depth (a user's notes in assets/, a file dropped into variables/), holds something that is not
+# tfmeta's: it is never replaced and never deleted.
+_EXPORT_TREE: dict[str, Any] = {
+    r"saved_model\.pb": _FILE,
+    r"fingerprint\.pb": _FILE,
+    r"assets": {re.escape(signatures.METADATA_ASSET): _FILE},
+    r"variables": {r"variables\.index": _FILE, r"variables\.data-\d{5}-of-\d{5}": _FILE},
+}
 # Written first into every temporary directory: the proof, for a later export's clean-up, that a
 # leftover directory is a killed export's and not something of the user's.
 _TEMP_MARKER = ".tfmeta-export-in-progress.json"
+_PART = r"part-\d{5}-of-\d{5}(\.index|\.data-\d{5}-of-\d{5})"
+# What a killed export's temporary may hold: the marker, and the parts of a SavedModel, including
+# the variables' own temporary (TensorFlow writes variables/variables_temp/part-* first, or
+# variables/variables.part-* on S3, then merges them).
+_PARTIAL_TREE: dict[str, Any] = {
+    **_EXPORT_TREE,
+    re.escape(_TEMP_MARKER): _FILE,
+    r"variables": {**_EXPORT_TREE[r"variables"], r"variables\." + _PART: _FILE,
+                   r"variables_temp": {_PART: _FILE}},
+}
 _TEMP_KINDS = ("tmp", "old")
 _TAG_LENGTH = 12
+
+
+@dataclasses.dataclass(frozen=True)
+class Wording:
+    """How the caller names the output and the permission to replace it, in refusals.
+
+    Attributes:
+      output: what precedes the output path: ``"--output"`` on the command line, ``"output"``
+        from Python, a description for a path the caller did not give (the run's own export).
+      replace: how to ask for a replacement: ``"--replace"`` or ``"replace=True"``.
+    """
+
+    output: str = "output"
+    replace: str = "replace=True"
+
+    def the_output(self, path: str) -> str:
+        """``--output 'PATH'``, ``output 'PATH'`` or ``the run's export directory 'PATH'``."""
+        return f"{self.output} {path!r}"
+
+
+PYTHON = Wording()
+COMMAND_LINE = Wording("--output", "--replace")
 
 
 def _signature_names(module: tf.Module) -> list[str]:
@@ -588,26 +635,67 @@ def _within(path: str, ancestor: str) -> bool:
     return path == ancestor or path.startswith(ancestor.rstrip("/") + "/")
 
 
+def _is_link(path: str) -> bool:
+    return "://" not in path and os.path.islink(path)
+
+
+def foreign_entry(path: str, tree: dict[str, Any] | None = None) -> str | None:
+    """The first entry under the directory ``path`` that a tfmeta export does not write.
+
+    Walks the whole tree in sorted order. An entry is foreign when its name is not one an export
+    writes at its level, when it is a folder where the export writes a file (or the reverse), or
+    when it is a symbolic link (whatever it points to is someone else's).
+
+    Args:
+      path: a directory (local or remote).
+      tree: the allowed names (default: a complete export's, ``_EXPORT_TREE``).
+
+    Returns:
+      The foreign entry's path relative to ``path`` (e.g. ``"assets/notes.txt"``), or None when
+      every file and folder is one an export writes.
+
+    Raises:
+      tf.errors.OpError: a folder cannot be listed.
+    """
+    tree = _EXPORT_TREE if tree is None else tree
+    for name in _listdir(path):
+        full = os.path.join(path, name)
+        pattern = next((p for p in tree if re.fullmatch(p, name)), None)
+        if pattern is None or _is_link(full):
+            return name
+        expected = tree[pattern]
+        if (expected is not _FILE) != tf.io.gfile.isdir(full):
+            return name
+        if expected is not _FILE:
+            inner = foreign_entry(full, expected)
+            if inner is not None:
+                return f"{name}/{inner}"
+    return None
+
+
 def is_tfmeta_export(path: str) -> bool:
     """Whether ``path`` is a directory holding a tfmeta SavedModel and nothing else.
 
-    A tfmeta SavedModel has ``saved_model.pb`` and the metadata asset ``assets/tfmeta.json``;
-    any entry ``tf.saved_model.save`` does not write (a checkpoint, a config, a user's file)
-    makes the directory something else, which an export never replaces.
+    A tfmeta SavedModel has ``saved_model.pb`` and the metadata asset ``assets/tfmeta.json``, and
+    every file and folder in it, at any depth, is one an export writes (:func:`foreign_entry`):
+    anything else (a checkpoint, a config, a user's file in ``assets/`` or ``variables/``) makes
+    the directory something else, which an export never replaces.
     """
     try:
-        if not tf.io.gfile.isdir(path):
+        if _is_link(path) or not tf.io.gfile.isdir(path):
             return False
-        names = set(_listdir(path))
-        return ("saved_model.pb" in names and names <= _SAVED_MODEL_ENTRIES
-                and not tf.io.gfile.isdir(os.path.join(path, "saved_model.pb"))
-                and tf.io.gfile.exists(os.path.join(path, "assets", signatures.METADATA_ASSET)))
+        return (not tf.io.gfile.isdir(os.path.join(path, "saved_model.pb"))
+                and tf.io.gfile.exists(os.path.join(path, "saved_model.pb"))
+                and tf.io.gfile.exists(os.path.join(path, "assets", signatures.METADATA_ASSET))
+                and foreign_entry(path) is None)
     except tf.errors.OpError:
         return False
 
 
 def _describe(path: str) -> str:
     """What an existing path that is not a tfmeta SavedModel is, for the refusal message."""
+    if _is_link(path):
+        return f"is a symbolic link (to {os.path.realpath(path)!r})"
     if not tf.io.gfile.isdir(path):
         return "is a file"
     names = _listdir(path)
@@ -615,27 +703,48 @@ def _describe(path: str) -> str:
         return "is an empty directory"
     if "checkpoints" in names or "config.json" in names:
         return "is a training work directory"
+    foreign = foreign_entry(path)
+    if "saved_model.pb" in names and foreign is not None:
+        return (f"holds a SavedModel together with {foreign!r}, which a tfmeta export does not "
+                "write")
     if "saved_model.pb" in names:
-        other = [n for n in names if n not in _SAVED_MODEL_ENTRIES]
-        if other:
-            return f"holds a SavedModel together with other files ({', '.join(other[:5])})"
         return "holds a SavedModel that tfmeta did not export (no assets/tfmeta.json)"
     shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
     return f"is a directory holding other files ({shown})"
 
 
-def check_output(output: str, *, replace: bool = False, workdir: str | None = None) -> str:
+def _repair(path: str, wording: Wording) -> str:
+    """How to free ``path`` (a refused existing output), for the refusal message."""
+    foreign = None
+    if tf.io.gfile.isdir(path) and not _is_link(path):
+        foreign = foreign_entry(path)
+        if foreign is not None and "saved_model.pb" not in _listdir(path):
+            foreign = None  # not a model with an extra file: all of it is someone else's
+    if foreign is not None:
+        move = f"move {os.path.join(path, foreign)!r} out of it to have the model replaced"
+    else:
+        move = "move what is there elsewhere"
+    if wording.output == RUN_EXPORT:  # the caller gave no output to change
+        return f"{move}; that directory holds only the run's SavedModel"
+    return f"{move}, or choose a path that does not exist"
+
+
+def check_output(output: str, *, replace: bool = False, workdir: str | None = None,
+                 wording: Wording = PYTHON) -> str:
     """Checks that a SavedModel may be written to ``output`` without losing anything.
 
     The output may be a path that does not exist, or (with ``replace``) a previous tfmeta
-    SavedModel (:func:`is_tfmeta_export`). Anything else that exists is refused: a file, a work
-    directory, a directory holding other files, even an empty one.
+    SavedModel (:func:`is_tfmeta_export`: nothing in its whole tree but what an export writes).
+    Anything else that exists is refused: a file, a symbolic link, a work directory, a directory
+    holding other files (at any depth), even an empty one.
 
     Args:
       output: the SavedModel directory asked for (local or remote).
       replace: whether a previous tfmeta SavedModel at ``output`` may be replaced.
       workdir: the work directory the model comes from: ``output`` may be neither the work
         directory nor one of its ancestors, nor lie inside its checkpoint directory.
+      wording: how the caller names ``output`` and ``replace`` (:data:`PYTHON`,
+        :data:`COMMAND_LINE`), so that a refusal names what the caller actually gave.
 
     Returns:
       ``output`` normalised: absolute (local), without a trailing "/".
@@ -645,38 +754,40 @@ def check_output(output: str, *, replace: bool = False, workdir: str | None = No
     """
     path = _normalise(output)
     parent, base = os.path.split(path)
+    subject = wording.the_output(output)
     remote_root = "://" in path and "/" not in path.split("://", 1)[1]
     if base in ("", ".", "..") or not parent or remote_root:
-        raise ExportError(f"--output {output!r} is a file system or bucket root; choose a new "
-                          "directory path for the SavedModel, such as DIR/export")
+        raise ExportError(f"{subject} is a file system or bucket root; choose a new directory "
+                          "path for the SavedModel, such as DIR/export")
     if workdir is not None:
         work = _normalise(workdir)
         if _within(work, path):
             what = ("is the work directory" if _within(path, work) else
                     "contains the work directory")
-            raise ExportError(f"--output {output!r} {what} {workdir!r}; choose a path of its "
-                              "own for the SavedModel, such as "
-                              f"{os.path.join(workdir, EXPORT_DIR)!r}")
+            raise ExportError(f"{subject} {what} {workdir!r}; choose a path of its own for the "
+                              f"SavedModel, such as {os.path.join(workdir, EXPORT_DIR)!r}")
         checkpoints = os.path.join(work, "checkpoints")
         if _within(path, checkpoints):
-            raise ExportError(f"--output {output!r} is inside the checkpoint directory "
-                              f"{checkpoints!r}; choose a path outside it, such as "
+            raise ExportError(f"{subject} is inside the checkpoint directory {checkpoints!r}; "
+                              "choose a path outside it, such as "
                               f"{os.path.join(workdir, EXPORT_DIR)!r}")
     try:
-        exists = tf.io.gfile.exists(path)
+        exists = tf.io.gfile.exists(path) or _is_link(path)
         if not exists:
             return path
         if is_tfmeta_export(path):
             if replace:
                 return path
-            raise ExportError(f"--output {output!r} already holds a tfmeta SavedModel; pass "
-                              "--replace to replace it, or choose a path that does not exist")
-        what = _describe(path)
+            raise ExportError(f"{subject} already holds a tfmeta SavedModel; pass "
+                              f"{wording.replace} to replace it, or choose a path that does not "
+                              "exist")
+        what, repair = _describe(path), _repair(path, wording)
     except tf.errors.OpError as e:
         raise ExportError(f"cannot write the SavedModel to {output!r}: {_reason(e)}") from e
-    raise ExportError(f"--output {output!r} {what}; an export only creates a new directory or "
-                      "replaces a tfmeta SavedModel, so nothing was written: choose a path that "
-                      "does not exist")
+    # The run's own export directory is replaced without asking: no option to mention.
+    even = "" if wording.output == RUN_EXPORT else f" (not even with {wording.replace})"
+    raise ExportError(f"{subject} {what}; an export only creates a new directory or replaces a "
+                      f"tfmeta SavedModel, so nothing was written{even}: {repair}")
 
 
 def _temporary_name(base: str, kind: str) -> str:
@@ -716,11 +827,14 @@ def _is_own_temporary(path: str, kind: str) -> bool:
     SavedModel it got to write), or a complete tfmeta SavedModel (killed after removing the
     marker, before renaming); an ``old`` directory is a complete tfmeta SavedModel moved aside.
     """
-    if not tf.io.gfile.isdir(path):
+    try:
+        if _is_link(path) or not tf.io.gfile.isdir(path):
+            return False
+        if kind == "tmp" and _TEMP_MARKER in _listdir(path):
+            # Only what an export writes, at any depth: a user's file inside is never deleted.
+            return foreign_entry(path, _PARTIAL_TREE) is None and not _marker_is_live(path)
+    except tf.errors.OpError:
         return False
-    names = set(_listdir(path))
-    if kind == "tmp" and _TEMP_MARKER in names:
-        return names <= _SAVED_MODEL_ENTRIES | {_TEMP_MARKER} and not _marker_is_live(path)
     return is_tfmeta_export(path)
 
 
@@ -773,7 +887,7 @@ def _remove_quietly(paths: list[str]) -> None:
 
 
 def write_atomically(module: tf.Module, output: str, *, replace: bool = False,
-                     workdir: str | None = None) -> str:
+                     workdir: str | None = None, wording: Wording = PYTHON) -> str:
     """Saves ``module`` to ``output`` so that ``output`` is never a partial model.
 
     The model is written to a new sibling ``BASE.tfmeta-tmp-<tag>`` (a marker file first, so
@@ -789,6 +903,7 @@ def write_atomically(module: tf.Module, output: str, *, replace: bool = False,
       output: SavedModel directory (local or gs://).
       replace: whether a previous tfmeta SavedModel at ``output`` may be replaced.
       workdir: the work directory the model comes from (protected, see :func:`check_output`).
+      wording: how refusals name ``output`` and ``replace`` (see :func:`check_output`).
 
     Returns:
       ``output`` normalised (absolute for a local path).
@@ -797,14 +912,14 @@ def write_atomically(module: tf.Module, output: str, *, replace: bool = False,
       ExportError: ``output`` exists and may not be replaced, or cannot be written (naming it
         and the reason); nothing was changed at ``output`` then.
     """
-    output = check_output(output, replace=replace, workdir=workdir)
+    output = check_output(output, replace=replace, workdir=workdir, wording=wording)
     parent, base = os.path.split(output)
     created = _missing_ancestors(output)
     tmp = os.path.join(parent, _temporary_name(base, "tmp"))
     try:
         _clean_stale(output)
         # A model restored by the clean-up must be checked again.
-        output = check_output(output, replace=replace, workdir=workdir)
+        output = check_output(output, replace=replace, workdir=workdir, wording=wording)
         tf.io.gfile.makedirs(parent)
         # Creating the temporary directory and its marker first turns "this location cannot be
         # written" (read-only or virtual file systems, missing permissions) into one clear error.
@@ -853,7 +968,8 @@ def _reason(e: BaseException) -> str:
 
 def export(model: keras.Model, algorithm: Any, output: str, *, metadata: dict[str, Any],
            classification: bool = True, max_inner_steps: int | None = None,
-           replace: bool = False, workdir: str | None = None) -> str:
+           replace: bool = False, workdir: str | None = None,
+           wording: Wording = PYTHON) -> str:
     """Exports a meta-learner as a fast-adaptation SavedModel (see the module docstring).
 
     Args:
@@ -875,6 +991,8 @@ def export(model: keras.Model, algorithm: Any, output: str, *, metadata: dict[st
       replace: whether a previous tfmeta SavedModel at ``output`` may be replaced.
       workdir: the work directory the model comes from, which ``output`` must not overwrite
         (see :func:`check_output`).
+      wording: how refusals name ``output`` and ``replace``: as Python arguments by default
+        (``replace=True``); the binaries pass :data:`COMMAND_LINE` (``--replace``).
 
     Returns:
       ``output`` normalised (absolute for a local path).
@@ -885,7 +1003,7 @@ def export(model: keras.Model, algorithm: Any, output: str, *, metadata: dict[st
         cannot be written.
     """
     # Refused outputs fail before the (slow) tracing of the signatures.
-    check_output(output, replace=replace, workdir=workdir)
+    check_output(output, replace=replace, workdir=workdir, wording=wording)
     if algorithm.model is not model:
         raise ExportError("algorithm.model must be the exported model")
     steps = int(metadata["inner_steps"])
@@ -932,15 +1050,18 @@ def export(model: keras.Model, algorithm: Any, output: str, *, metadata: dict[st
         except OSError as e:  # the system's temporary directory is full or unwritable
             raise ExportError(f"cannot write the SavedModel's metadata to {asset!r}: "
                               f"{_reason(e)}") from e
-        return write_atomically(module, output, replace=replace, workdir=workdir)
+        return write_atomically(module, output, replace=replace, workdir=workdir,
+                                wording=wording)
 
 
 def export_experiment(exp: Any, output: str, *, max_inner_steps: int | None = None,
-                      replace: bool = False, workdir: str | None = None) -> str:
+                      replace: bool = False, workdir: str | None = None,
+                      wording: Wording = PYTHON) -> str:
     """Exports a built :class:`tfmeta.experiment.Experiment` (its current parameters) to ``output``.
 
-    ``replace`` and ``workdir`` are as in :func:`export`; the input transform is the one recorded
-    in ``workdir`` by training (:func:`tfmeta.tasks.input_transform_of`), else the config's.
+    ``replace``, ``workdir`` and ``wording`` are as in :func:`export`; the input transform is the
+    one recorded in ``workdir`` by training (:func:`tfmeta.tasks.input_transform_of`), else the
+    config's.
     """
     from tfmeta import tasks
 
@@ -951,11 +1072,27 @@ def export_experiment(exp: Any, output: str, *, max_inner_steps: int | None = No
                                     classification=classification, transform=transform)
     return export(exp.model, exp.algorithm, output, metadata=metadata,
                   classification=classification, max_inner_steps=max_inner_steps,
-                  replace=replace, workdir=workdir)
+                  replace=replace, workdir=workdir, wording=wording)
+
+
+def check_run_export(workdir: str) -> str:
+    """Checks that the run's own ``WORKDIR/export`` may be written (new, or a tfmeta export).
+
+    ``tfmeta.train`` calls it before training, so that the export at the end is not refused
+    after hours of work.
+
+    Returns:
+      The export directory (absolute for a local path).
+
+    Raises:
+      ExportError: ``WORKDIR/export`` holds something an export does not write (naming it).
+    """
+    return check_output(os.path.join(workdir, EXPORT_DIR), replace=True, workdir=workdir,
+                        wording=Wording(RUN_EXPORT))
 
 
 def export_from_workdir(workdir: str, output: str | None = None, *, replace: bool = False,
-                        max_inner_steps: int | None = None) -> str:
+                        max_inner_steps: int | None = None, wording: Wording = PYTHON) -> str:
     """Exports the latest checkpoint of a training run.
 
     The default location ``WORKDIR/export`` belongs to the run: a previous tfmeta SavedModel
@@ -970,6 +1107,8 @@ def export_from_workdir(workdir: str, output: str | None = None, *, replace: boo
       output: SavedModel directory; ``WORKDIR/export`` when None.
       replace: whether a previous tfmeta SavedModel at an explicit ``output`` may be replaced.
       max_inner_steps: as in :func:`export`.
+      wording: how refusals name ``output`` and ``replace`` (see :func:`export`); the default
+        location, which the caller did not give, is named "the run's export directory".
 
     Returns:
       The SavedModel path (absolute for a local path).
@@ -982,9 +1121,12 @@ def export_from_workdir(workdir: str, output: str | None = None, *, replace: boo
 
     workdir = workdir_lib.normalize(workdir)
     default = os.path.join(workdir, EXPORT_DIR)
-    if output is None or _normalise(output) == _normalise(default):
+    if output is None:
         output, replace = default, True
-    check_output(output, replace=replace, workdir=workdir)
+        wording = dataclasses.replace(wording, output=RUN_EXPORT)
+    elif _normalise(output) == _normalise(default):
+        replace = True
+    check_output(output, replace=replace, workdir=workdir, wording=wording)
     exp = experiment.restore(workdir)
     return export_experiment(exp, output, max_inner_steps=max_inner_steps, replace=replace,
-                             workdir=workdir)
+                             workdir=workdir, wording=wording)

@@ -190,12 +190,23 @@ def over_groups(fn: Callable[[dict[str, tf.Tensor]], tuple[Any, Any]], batch: Ba
     _, acc, arrays = tf.while_loop(lambda i, *_: i < full, body,
                                    (tf.constant(0), sum_init, arrays),
                                    maximum_iterations=full)
-    stacked = tf.nest.map_structure(
-        lambda ta, s: tf.reshape(ta.stack(), [-1, *s.shape]), arrays, stack_specs)
+    stacked = tf.nest.map_structure(lambda ta, s: _merge_groups(ta.stack(), s), arrays,
+                                    stack_specs)
     if rest:
         to_sum, to_stack = fn(take(full * group, rest))
         acc, stacked = add(acc, to_sum), concat(stacked, to_stack)
     return acc, stacked
+
+
+def _merge_groups(x: tf.Tensor, spec: Any) -> tf.Tensor:
+    """``[groups, group, *shape]`` to ``[groups * group, *shape]``.
+
+    A size known only at run time (a serving request's query count) comes from the tensor, as
+    the static shape cannot hold it.
+    """
+    if spec.shape.is_fully_defined():
+        return tf.reshape(x, [-1, *spec.shape])
+    return tf.reshape(x, tf.concat([[-1], tf.shape(x)[2:]], 0))
 
 
 def sum_tasks(values: list[tf.Tensor]) -> list[tf.Tensor]:

@@ -2,13 +2,18 @@
 
 A support directory holds one subfolder per class (the subfolder name is the class name) with a
 few example images each; queries are image files and directories, read recursively in sorted
-order. Hidden files and folders (names starting with ".") and files without an image extension
-are ignored, but a class folder or query directory without any image is an error. Named pipes,
-sockets and devices with an image name are skipped with a warning naming them, never opened (a
-stray pipe would block the read forever); named directly, they are an error.
+order. Image files are those with an extension of :data:`IMAGE_EXTENSIONS`, the list the
+training data is read with (:data:`tfmeta.class_listing.IMAGE_EXTENSIONS`: PNG, JPEG, BMP, GIF,
+TIFF, WebP, PPM/PGM/PBM). Everything else in a folder is skipped, never silently: hidden files and
+folders (names starting with "."), files without an image extension, subfolders of a class
+folder, files beside the class folders of a support directory, and symbolic links back to a folder
+above them are named, with the reason, in one warning per support or query directory. A class
+folder or query directory without any image is an error. Named pipes, sockets and devices with an
+image name are skipped with a warning naming them, never opened (a stray pipe would block the read
+forever); named directly, they are an error.
 
-Images (PNG or JPEG, any size and depth) are read one at a time into the input contract of a
-tfmeta SavedModel (see :func:`load_image`): float32 in [0, 1] with white = 1 (``pixels / 255`` for
+Images (any of those formats, any size and depth) are read one at a time into the input contract
+of a tfmeta SavedModel (see :func:`load_image`): float32 in [0, 1] with white = 1 (``pixels / 255`` for
 8-bit images), grayscale or RGB, resized at once to the model's ``image_size`` with PIL's LANCZOS
 filter (the filter the training data was prepared with; images already at that size are not
 resampled), so memory does not grow with the images' size. Opening, modes, transparency (composited
@@ -33,7 +38,10 @@ from PIL import Image
 
 from tfmeta import class_listing, errors, image_decode
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+# The one list of image extensions, the training data's (re-exported for compatibility).
+IMAGE_EXTENSIONS = class_listing.IMAGE_EXTENSIONS
+# At most this many skipped entries are named in a warning; the rest are counted.
+_SHOWN_SKIPPED = 10
 
 
 class ImageError(errors.UserError, ValueError):
@@ -46,6 +54,27 @@ def _is_hidden(name: str) -> bool:
 
 def _is_image_name(name: str) -> bool:
     return not _is_hidden(name) and name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def _why_not_an_image(name: str) -> str:
+    """Why a file named ``name`` is not read as an image (it is hidden or not an image name)."""
+    if _is_hidden(name):
+        return "hidden"
+    return "not an image file (by its extension)"
+
+
+def _report_skipped(where: str, skipped: Sequence[tuple[str, str]]) -> None:
+    """Logs one warning naming what was skipped in ``where`` and why (nothing if nothing was)."""
+    from absl import logging
+
+    if not skipped:
+        return
+    shown = "; ".join(f"{path!r} ({reason})" for path, reason in skipped[:_SHOWN_SKIPPED])
+    more = len(skipped) - _SHOWN_SKIPPED
+    logging.warning("%s: skipped %d entr%s that %s not read: %s%s (images are files ending in "
+                    "%s)", where, len(skipped), "y" if len(skipped) == 1 else "ies",
+                    "is" if len(skipped) == 1 else "are", shown,
+                    f"; and {more} more" if more > 0 else "", " ".join(IMAGE_EXTENSIONS))
 
 
 def _listdir(directory: str) -> list[str]:
@@ -69,18 +98,32 @@ def _regular_image_files(paths: Sequence[str]) -> list[str]:
     return kept
 
 
-def _image_files(directory: str) -> list[str]:
-    """The image files directly inside ``directory``, sorted; special files are skipped."""
-    return _regular_image_files([
-        os.path.join(directory, name) for name in _listdir(directory)
-        if _is_image_name(name) and not os.path.isdir(os.path.join(directory, name))])
+def _image_files(directory: str, skipped: list[tuple[str, str]]) -> list[str]:
+    """The image files directly inside ``directory``, sorted; special files are skipped.
+
+    Everything else in it (hidden entries, subfolders, other files) is added to ``skipped`` as
+    ``(path, reason)``.
+    """
+    found = []
+    for name in _listdir(directory):
+        path = os.path.join(directory, name)
+        if _is_hidden(name):
+            skipped.append((path, "hidden"))
+        elif os.path.isdir(path):
+            skipped.append((path, "a subfolder of a class folder"))
+        elif not _is_image_name(name):
+            skipped.append((path, _why_not_an_image(name)))
+        else:
+            found.append(path)
+    return _regular_image_files(found)
 
 
-def _walk_image_files(directory: str) -> list[str]:
+def _walk_image_files(directory: str, skipped: list[tuple[str, str]]) -> list[str]:
     """The image files anywhere under ``directory``, walked in sorted order.
 
     Symlinked folders are followed, as skipping them would drop images silently, except a link
-    back to a folder the walk is already inside, which would loop forever.
+    back to a folder the walk is already inside, which would loop forever. Hidden files and
+    folders, other files and such links are added to ``skipped`` as ``(path, reason)``.
     """
     def fail(error: OSError) -> NoReturn:
         raise ImageError(f"cannot read directory {error.filename!r}: {error.strerror or error}")
@@ -89,10 +132,21 @@ def _walk_image_files(directory: str) -> list[str]:
     ancestors = {directory: frozenset[str]()}  # folder -> real paths of the folders above it
     for root, dirs, names in os.walk(directory, onerror=fail, followlinks=True):
         inside = ancestors.pop(root) | {os.path.realpath(root)}
+        kept = []
+        for d in sorted(dirs):
+            path = os.path.join(root, d)
+            if _is_hidden(d):
+                skipped.append((path, "hidden folder"))
+            elif os.path.realpath(path) in inside:
+                skipped.append((path, "a link back to a folder above it"))
+            else:
+                kept.append(d)
         # os.walk descends into `dirs` as left here: sorted, without hidden folders or loops.
-        dirs[:] = sorted(d for d in dirs if not _is_hidden(d)
-                         and os.path.realpath(os.path.join(root, d)) not in inside)
+        dirs[:] = kept
         ancestors.update((os.path.join(root, d), inside) for d in dirs)
+        for name in sorted(names):
+            if not _is_image_name(name):
+                skipped.append((os.path.join(root, name), _why_not_an_image(name)))
         files += _regular_image_files([os.path.join(root, name) for name in sorted(names)
                                        if _is_image_name(name)])
     return files
@@ -102,9 +156,11 @@ def read_support(support_dir: str) -> tuple[list[str], list[str], list[int]]:
     """Lists a support directory.
 
     Args:
-      support_dir: one subfolder of example images per class. Hidden files and folders are
-        ignored, and so are subfolders inside a class folder. Special files with an image name
-        (named pipes, sockets, devices) are skipped with a warning naming them, never opened.
+      support_dir: one subfolder of example images per class. Hidden files and folders, files
+        beside the class folders, subfolders inside a class folder and files that are not
+        images (:data:`IMAGE_EXTENSIONS`) are skipped and named, with the reason, in one
+        warning. Special files with an image name (named pipes, sockets, devices) are skipped
+        with a warning naming them, never opened.
 
     Returns:
       ``(class_names, files, labels)``: class names are the sorted subfolder names, and every image
@@ -116,19 +172,27 @@ def read_support(support_dir: str) -> tuple[list[str], list[str], list[int]]:
     """
     if not os.path.isdir(support_dir):
         raise ImageError(f"support directory {support_dir!r} does not exist or is not a directory")
-    classes = [name for name in _listdir(support_dir)
-               if not _is_hidden(name) and os.path.isdir(os.path.join(support_dir, name))]
+    classes, skipped = [], []
+    for name in _listdir(support_dir):
+        path = os.path.join(support_dir, name)
+        if _is_hidden(name):
+            skipped.append((path, "hidden"))
+        elif not os.path.isdir(path):
+            skipped.append((path, "a file outside any class folder"))
+        else:
+            classes.append(name)
     if not classes:
         raise ImageError(f"support directory {support_dir!r} has no class subfolders; expected one "
                          "subfolder of example images per class")
     files, labels = [], []
     for label, name in enumerate(classes):
-        found = _image_files(os.path.join(support_dir, name))
+        found = _image_files(os.path.join(support_dir, name), skipped)
         if not found:
             raise ImageError(f"class folder {os.path.join(support_dir, name)!r} holds no images "
                              f"({', '.join(IMAGE_EXTENSIONS)})")
         files += found
         labels += [label] * len(found)
+    _report_skipped(f"support directory {support_dir!r}", skipped)
     return classes, files, labels
 
 
@@ -137,9 +201,10 @@ def read_queries(queries: Sequence[str]) -> list[str]:
 
     Args:
       queries: image files and/or directories. A file is used whatever its name; in a directory,
-        hidden files and folders and files without an image extension are ignored, and special
-        files with an image name (named pipes, sockets, devices) are skipped with a warning
-        naming them, never opened.
+        hidden files and folders and files without an image extension (:data:`IMAGE_EXTENSIONS`)
+        are skipped and named, with the reason, in one warning per directory, and special files
+        with an image name (named pipes, sockets, devices) are skipped with a warning naming
+        them, never opened.
 
     Returns:
       The image files, in the order given, each directory's in walk order.
@@ -151,7 +216,9 @@ def read_queries(queries: Sequence[str]) -> list[str]:
     files: list[str] = []
     for path in queries:
         if os.path.isdir(path):
-            found = _walk_image_files(path)
+            skipped: list[tuple[str, str]] = []
+            found = _walk_image_files(path, skipped)
+            _report_skipped(f"query directory {path!r}", skipped)
             if not found:
                 raise ImageError(f"query directory {path!r} holds no images "
                                  f"({', '.join(IMAGE_EXTENSIONS)}), not even in subfolders")
@@ -187,7 +254,7 @@ def load_image(path: str, image_size: int, channels: int = 1) -> np.ndarray:
     decoded image is dropped on return.
 
     Args:
-      path: a PNG or JPEG file (anything PIL reads).
+      path: an image file (anything PIL reads).
       image_size: side of the model's images.
       channels: 1 (grayscale) or 3 (RGB), as the model takes them.
 

@@ -56,6 +56,9 @@ def main(argv: list[str]) -> int:
     # Fail on a bad config or an unusable work directory before any device or data is touched.
     config_lib.validate(config)
     workdir.check_workdir(_WORKDIR.value, config)
+    if _EXPORT.value:  # the export at the end must not be refused after the training
+        from tfmeta import exporter
+        exporter.check_run_export(_WORKDIR.value)
     strategy = distribute.make_strategy(_STRATEGY.value, tpu=_TPU.value)
     logging.info("strategy %s with %d replicas", _STRATEGY.value, strategy.num_replicas_in_sync)
 
