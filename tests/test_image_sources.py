@@ -70,6 +70,12 @@ def test_split_folders_and_class_lists(tmp_path):
     listing = image_sources.folder_listing(str(tmp_path / "mini"))
     assert [c.name for c in listing.splits["validation"]] == ["class10", "class11"]
     assert "split folders" in listing.origin
+    # The split folders decide the split: fractions or a seed given besides are refused, not ignored.
+    with pytest.raises(DataError, match=r"has split folders.*data.split_fractions \(0.5, 0.25, "
+                                        r"0.25\) and data.split_seed 1 would be ignored"):
+        image_sources.folder_listing(str(tmp_path / "mini"), fractions=(0.5, 0.25, 0.25))
+    with pytest.raises(DataError, match="data.split_seed 7 would be ignored"):
+        image_sources.folder_listing(str(tmp_path / "mini"), split_seed=7)
     flat = write_class_folders(tmp_path / "flat", [2] * 4)
     lists = tmp_path / "lists"
     lists.mkdir()
@@ -355,3 +361,12 @@ def test_episodes_are_drawn_from_the_prepared_data_once_the_folder_is_gone(tmp_p
     os.rename(root, tmp_path / "moved")
     after = next(iter(tasks.build(c).make_dataset("train", 0, 2, 0, 0)))
     np.testing.assert_array_equal(before["query_x"], after["query_x"])
+
+
+def test_default_split_is_stated_once_for_the_config_and_the_readers():
+    from tfmeta import class_listing
+    from tfmeta import config as config_lib
+
+    data = config_lib.base_config().data
+    assert tuple(data.split_fractions) == class_listing.DEFAULT_FRACTIONS
+    assert data.split_seed == class_listing.DEFAULT_SPLIT_SEED

@@ -86,6 +86,11 @@ def check_unique_classes(splits: dict[str, Sequence[ClassImages]]) -> None:
 
 Loader = Callable[[], Any]
 
+# How classes are split when a source has no split of its own: the fractions of classes for
+# meta-training / validation / test and the seed of the shuffle (config.data's defaults; a test
+# checks that they agree).
+DEFAULT_FRACTIONS = (0.64, 0.16, 0.20)
+DEFAULT_SPLIT_SEED = 1
 # The file extensions (lower case) of the image files tfmeta reads, in training (class folders,
 # benchmark folders) and in serving (tfmeta.adapt's support and query folders) alike: the one
 # list, imported by every reader of user folders (decoded by tfmeta.image_decode). Any other file

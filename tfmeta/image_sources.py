@@ -28,8 +28,9 @@ from typing import Any
 from absl import logging
 
 from tfmeta import class_listing, class_store
-from tfmeta.class_listing import (DataError, Listing, assign_classes, class_folders,
-                                  read_class_lists, split_by_fractions, walk)
+from tfmeta.class_listing import (DEFAULT_FRACTIONS, DEFAULT_SPLIT_SEED, DataError, Listing,
+                                  assign_classes, class_folders, read_class_lists,
+                                  split_by_fractions, walk)
 
 KINDS = ("folder", "tfds", "miniimagenet", "tieredimagenet", "cifarfs", "fc100", "cub",
          "omniglot")
@@ -85,8 +86,8 @@ def _split_folders(path: str) -> dict[str, str] | None:
     return None
 
 
-def folder_listing(path: str, *, fractions: Sequence[float] = (0.64, 0.16, 0.20),
-                   split_seed: int = 1, class_lists: str = "") -> Listing:
+def folder_listing(path: str, *, fractions: Sequence[float] = DEFAULT_FRACTIONS,
+                   split_seed: int = DEFAULT_SPLIT_SEED, class_lists: str = "") -> Listing:
     """Lists a directory of class folders (see the module docstring).
 
     Without split folders the classes are split by the class-list files in ``class_lists`` or by
@@ -111,6 +112,11 @@ def folder_listing(path: str, *, fractions: Sequence[float] = (0.64, 0.16, 0.20)
         if class_lists:
             raise DataError(f"{path!r} has split folders; data.class_lists would split it a second "
                             "way: leave data.class_lists empty")
+        if tuple(fractions) != DEFAULT_FRACTIONS or split_seed != DEFAULT_SPLIT_SEED:
+            raise DataError(f"{path!r} has split folders, which decide the split: "
+                            f"data.split_fractions {tuple(fractions)!r} and data.split_seed "
+                            f"{split_seed} would be ignored; leave them at their defaults "
+                            f"{DEFAULT_FRACTIONS!r} and {DEFAULT_SPLIT_SEED}")
         splits = {split: class_folders(folder, skipped, seen, folders)
                   for split, folder in layout.items()}
         origin = f"split folders of {path}"
@@ -191,7 +197,7 @@ def _tfds_name(kind: str, arg: str) -> str:
 
 
 def listing(source: str, *, data_dir: str | None = None,
-            fractions: Sequence[float] = (0.64, 0.16, 0.20), split_seed: int = 1,
+            fractions: Sequence[float] = DEFAULT_FRACTIONS, split_seed: int = DEFAULT_SPLIT_SEED,
             class_lists: str = "") -> Listing:
     """The listing of any source string except ``omniglot`` (read by :mod:`tfmeta.omniglot`)."""
     kind, arg = parse(source)
@@ -221,7 +227,7 @@ def prepared_root(prepared_dir: str, data_dir: str) -> str:
 
 def prepare(source: str, *, image_size: int, channels: int, resize: str = "stretch",
             min_side: int = 0, data_dir: str = "", prepared_dir: str = "",
-            fractions: Sequence[float] = (0.64, 0.16, 0.20), split_seed: int = 1,
+            fractions: Sequence[float] = DEFAULT_FRACTIONS, split_seed: int = DEFAULT_SPLIT_SEED,
             class_lists: str = "") -> class_store.Prepared:
     """Prepared data of a source at a size, prepared on first use (see the module docstring).
 

@@ -29,7 +29,8 @@ import urllib.error
 from collections.abc import Sequence
 
 from tfmeta import class_listing
-from tfmeta.class_listing import ClassImages, DataError, Listing
+from tfmeta.class_listing import (DEFAULT_FRACTIONS, DEFAULT_SPLIT_SEED, ClassImages, DataError,
+                                  Listing)
 
 # Bumped when what read() returns for the same prepared dataset changes.
 _READER_VERSION = 1
@@ -64,7 +65,7 @@ class TfdsClasses:
 
 def listing(spec: str, *, data_dir: str | None,
             class_splits: dict[str, list[str]] | None = None,
-            fractions: Sequence[float] = (0.64, 0.16, 0.20), split_seed: int = 1,
+            fractions: Sequence[float] = DEFAULT_FRACTIONS, split_seed: int = DEFAULT_SPLIT_SEED,
             label_key: str | None = None, image_key: str | None = None) -> Listing:
     """Lists a TFDS image-classification dataset's classes, split into train/validation/test.
 
@@ -88,7 +89,7 @@ def listing(spec: str, *, data_dir: str | None,
 
 
 def to_listing(found: TfdsClasses, *, class_splits: dict[str, list[str]] | None = None,
-               fractions: Sequence[float] = (0.64, 0.16, 0.20), split_seed: int = 1,
+               fractions: Sequence[float] = DEFAULT_FRACTIONS, split_seed: int = DEFAULT_SPLIT_SEED,
                origin: str | None = None) -> Listing:
     """Splits the classes :func:`read` found, by class lists or by fractions.
 
