@@ -1,6 +1,6 @@
 """Peak memory and time of one second-order meta-gradient, by inner steps and rematerialisation.
 
-    python benchmarks/memory.py [--networks conv4,resnet12] [--remat none,steps]
+    python benchmarks/memory.py [--networks conv4,resnet12] [--remat none,steps,imaml]
         [--tasks_in_parallel 1,all] [--conv4_steps 1,5,10,25,50,100] [--resnet12_steps 1,3,5,10]
         [--limit_gb 18]
 
@@ -14,6 +14,9 @@ resident memory just before that call: TensorFlow, the traced graph, the network
 ``seconds`` (the second call) and, for ``remat="steps"``, ``seconds_vs_none`` and
 ``peak_vs_none`` against the ``"none"`` setting of the same network, steps and grouping measured
 in this run (absent where ``"none"`` did not fit).
+
+``--remat`` also takes ``imaml``: implicit MAML (lambda 2, 5 conjugate-gradient steps) instead of
+second-order MAML, whose memory should not depend on the inner steps at all.
 
 Networks (synthetic episodes, second-order MAML, transductive batch norm):
 
@@ -82,7 +85,7 @@ def child(network: str, steps: int, remat: str, tasks_in_parallel: str) -> dict:
     import numpy as np
     import tensorflow as tf
 
-    from tfmeta import maml, models
+    from tfmeta import imaml, maml, models
 
     spec = NETWORKS[network]
     size, channels = spec["image"], spec["channels"]
@@ -94,7 +97,12 @@ def child(network: str, steps: int, remat: str, tasks_in_parallel: str) -> dict:
     else:
         model = models.resnet12(spec["ways"])
     tip = tasks_in_parallel if tasks_in_parallel in ("all", "auto") else int(tasks_in_parallel)
-    algo = maml.MAML(model, inner_lr=0.01, inner_steps=steps, tasks_in_parallel=tip, remat=remat)
+    if remat == "imaml":  # implicit MAML: no tape across inner steps at all
+        algo = imaml.IMAML(model, inner_lr=0.01, inner_steps=steps, lam=2.0, cg_steps=5,
+                           tasks_in_parallel=tip)
+    else:
+        algo = maml.MAML(model, inner_lr=0.01, inner_steps=steps, tasks_in_parallel=tip,
+                         remat=remat)
     rng = np.random.default_rng(0)
     t, w = spec["tasks"], spec["ways"]
     s, q = w * spec["shots"], w * spec["queries"]

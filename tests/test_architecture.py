@@ -22,7 +22,7 @@ LAYERS = [
     ["workdir", "batched", "grouping", "image_decode", "benchmark_splits"],
     ["task_batch", "inner_loop", "class_store", "tfds_source"],
     ["meta_learner", "remat", "benchmark_sources"],
-    ["maml", "reptile", "image_sources"],
+    ["maml", "reptile", "imaml", "image_sources"],
     ["models", "omniglot", "episodes"],
     ["tasks", "image_folders", "demo_data"],
     ["experiment", "serving_client", "reporting", "evaluation_results"],

@@ -319,7 +319,7 @@ def test_reptile_adam_minibatch_export_matches_in_process(tmp_path):
     assert not np.allclose(out, full, atol=1e-4), "minibatches must differ from the full set"
 
 
-@pytest.mark.parametrize("algo", ["maml", "reptile_minibatch"])
+@pytest.mark.parametrize("algo", ["maml", "reptile_minibatch", "imaml"])
 def test_sinusoid_regression_export(tmp_path, algo):
     from tfmeta import models
     from tfmeta.maml import MAML
@@ -332,6 +332,11 @@ def test_sinusoid_regression_export(tmp_path, algo):
     assert (steps > inner_loop.UNROLL_MAX_STEPS) == (algo != "maml")
     if algo == "maml":
         algorithm = MAML(model, inner_lr=0.01, inner_steps=1, eval_inner_steps=steps, loss="mse")
+    elif algo == "imaml":  # the proximal inner loop, served like any other
+        from tfmeta.imaml import IMAML
+
+        algorithm = IMAML(model, inner_lr=0.01, inner_steps=5, eval_inner_steps=steps, lam=0.5,
+                          loss="mse")
     else:  # Reptile with inner minibatches of 4 of the 10 support points
         algorithm = Reptile(model, inner_lr=0.02, inner_steps=5, eval_inner_steps=steps,
                             inner_batch_size=4, loss="mse")

@@ -27,6 +27,7 @@ _PUBLIC = {
     "MAMLpp": "tfmeta.maml",
     "MetaSGD": "tfmeta.maml",
     "Reptile": "tfmeta.reptile",
+    "IMAML": "tfmeta.imaml",
     "MetaLearner": "tfmeta.meta_learner",
     "MetaStep": "tfmeta.meta_learner",
     "BatchNorm": "tfmeta.layers",

@@ -7,7 +7,7 @@ or strategy is added in one place. This module imports nothing.
 from __future__ import annotations
 
 # Meta-learning algorithms, as config.algorithm names them.
-ALGORITHMS = ("maml", "fomaml", "reptile", "mamlpp", "metasgd", "anil")
+ALGORITHMS = ("maml", "fomaml", "reptile", "mamlpp", "metasgd", "anil", "imaml")
 # Algorithms that are MAML with options of the one inner loop (tfmeta.maml).
 MAML_FAMILY = ("maml", "fomaml", "mamlpp", "metasgd", "anil")
 # Which batch statistics normalise a task's examples: the batch itself (as in MAML's code), the

@@ -66,7 +66,7 @@ class ConfigError(errors.UserError, ValueError):
 def base_config() -> ml_collections.ConfigDict:
     """Returns the complete config schema with default values (5-way 1-shot MAML on Omniglot)."""
     c = ml_collections.ConfigDict()
-    c.algorithm = "maml"  # maml (second order) | fomaml | reptile | mamlpp | metasgd | anil
+    c.algorithm = "maml"  # maml (second order) | fomaml | reptile | mamlpp | metasgd | anil | imaml
     c.task = "omniglot"  # omniglot | sinusoid | images (any image source, see data.source)
     c.seed = 0
     c.dtype = "float32"  # float32 | bfloat16 (compute dtype; fast weights stay float32)
@@ -139,6 +139,13 @@ def base_config() -> ml_collections.ConfigDict:
 
     # MAML++ (algorithm 'mamlpp'; Antoniou et al. 2019): each of its changes to MAML is a switch.
     # The cosine meta learning rate is outer.schedule = 'cosine' (with outer.min_lr).
+    # Implicit MAML (algorithm 'imaml'; Rajeswaran et al. 2019): the inner loop minimises the
+    # support loss + lam / 2 * ||phi - theta||^2; the meta-gradient solves (I + H / lam) v = g by
+    # cg_steps conjugate-gradient iterations.
+    c.imaml = ml_collections.ConfigDict()
+    c.imaml.lam = 2.0
+    c.imaml.cg_steps = 5
+
     c.mamlpp = ml_collections.ConfigDict()
     c.mamlpp.multi_step_loss = True  # query loss after every inner step, annealed to the last
     c.mamlpp.msl_epochs = 10  # epochs over which the multi-step weights anneal; off after them
@@ -279,6 +286,8 @@ RANGES: dict[str, _Range] = {
     "inner.eval_steps": _Range(1, MAX_INNER_STEPS),
     "inner.grad_clip": _Range(0, integer=False, why="0 = no clipping"),
     "inner.batch_size": _Range(0, why="0 = the whole support set"),
+    "imaml.lam": _Range(0, integer=False, low_exclusive=True),
+    "imaml.cg_steps": _Range(1),
     "mamlpp.msl_epochs": _Range(1),
     "mamlpp.iterations_per_epoch": _Range(1),
     "mamlpp.first_order_iterations": _Range(0),
@@ -429,6 +438,9 @@ _SCOPES = (
            lambda c: f"algorithm {c.algorithm!r}",
            lambda c: "support minibatches are a Reptile option (MAML adapts on the whole "
                      "support set)"),
+    _Scope(("imaml.lam", "imaml.cg_steps"), lambda c: c.algorithm == "imaml",
+           lambda c: f"algorithm {c.algorithm!r}",
+           lambda c: "they are implicit MAML's options (algorithm='imaml')"),
     _Scope(("outer.min_lr",), lambda c: c.outer.schedule == "cosine",
            lambda c: f"outer.schedule={c.outer.schedule!r}",
            lambda c: "it is the final learning rate of outer.schedule='cosine'"),

@@ -18,7 +18,7 @@ import ml_collections
 import tensorflow as tf
 
 from tfmeta import config as config_lib
-from tfmeta import maml, models, reptile, tasks
+from tfmeta import imaml, maml, models, reptile, tasks
 from tfmeta import workdir as workdir_lib
 from tfmeta.meta_learner import MetaLearner
 
@@ -102,6 +102,11 @@ def _reptile(config: ml_collections.ConfigDict, model: keras.Model,
                            carry_optimizer_state=config.inner.carry_optimizer_state, **common)
 
 
+def _imaml(config: ml_collections.ConfigDict, model: keras.Model,
+           common: dict[str, Any]) -> MetaLearner:
+    return imaml.IMAML(model, lam=config.imaml.lam, cg_steps=config.imaml.cg_steps, **common)
+
+
 # config.algorithm -> builder(config, model, common keyword arguments) of the meta-learner.
 ALGORITHMS: dict[str, Callable[..., MetaLearner]] = {
     "maml": _maml_family(maml.MAML),
@@ -110,6 +115,7 @@ ALGORITHMS: dict[str, Callable[..., MetaLearner]] = {
     "metasgd": _maml_family(maml.MetaSGD),
     "anil": _maml_family(maml.ANIL),
     "reptile": _reptile,
+    "imaml": _imaml,
 }
 
 

@@ -282,6 +282,9 @@ class InnerOptions:
         query pass after it) uses its own ``gamma``, ``beta`` and moving statistics.
       per_step_slots: number of per-step slots (the training inner steps); steps beyond it use
         the last slot, as do learned per-step learning rates.
+      proximal: weight ``lambda`` of a proximal term ``lambda / 2 * ||phi - theta||^2`` added to
+        every task's support loss (implicit MAML), which keeps the adapted parameters ``phi``
+        near the meta-parameters ``theta``; 0 for none.
     """
 
     lr: float
@@ -298,6 +301,7 @@ class InnerOptions:
     adapt_batch_norm: bool = True
     per_step_bn: bool = False
     per_step_slots: int = 1
+    proximal: float = 0.0
 
 
 class InnerVariables(tf.Module):
@@ -555,7 +559,8 @@ class InnerLoop:
         return tf.cast(lr, like.dtype)  # per_parameter: broadcasts over the task axis
 
     def step(self, t: Steps, inner_params: Tensors, state: LoopState, x: tf.Tensor,
-             y: tf.Tensor, *, first_order: bool, training: bool = True) -> LoopState:
+             y: tf.Tensor, *, first_order: bool, training: bool = True,
+             anchor: Tensors | None = None) -> LoopState:
         """One inner update of every task on ``(x, y)``: the step every inner loop is made of.
 
         Args:
@@ -566,6 +571,8 @@ class InnerLoop:
           x, y: this step's support examples ``[T, N, ...]``.
           first_order: treat the inner gradients as constants.
           training: Keras training flag of the support pass.
+          anchor: the starting parameters (``[T, ...]``, aligned with ``state.fast``), the centre
+            of the proximal term; needed when ``options.proximal`` is set.
 
         Returns:
           The loop state after the step.
@@ -587,6 +594,11 @@ class InnerLoop:
         if training:  # batch statistics: biases cancelled by batch norm have no gradient
             grads = [tf.zeros_like(g) if cancelled else g
                      for g, cancelled in zip(grads, self._cancelled)]
+        if opts.proximal:
+            # The proximal term's gradient, lambda * (phi - theta), per adapted parameter.
+            centre = [a for a, ok in zip(anchor, self.adapted) if ok]
+            grads = [g + tf.cast(opts.proximal, g.dtype) * (p - c)
+                     for g, p, c in zip(grads, adapted, centre)]
         grads = self._clip(grads)
         if first_order:
             grads = F.stop_gradient(grads)
@@ -677,19 +689,20 @@ class InnerLoop:
         carried = self.split_state(state).inner[self.variables.num_step_stats:]
         loop = self.start(theta, state, num_tasks(x))
         loop = loop._replace(optimizer_state=self.init_optimizer_state(loop.fast, carried))
+        anchor = loop.fast if self.options.proximal else None
         seeds = self._task_seeds(x, y)
         if isinstance(steps, int):
             for t in range(steps):
                 xb, yb = self._support_batch(x, y, t, seeds)
                 loop = self.step(t, inner_params, loop, xb, yb, first_order=first_order,
-                                 training=training)
+                                 training=training, anchor=anchor)
                 if after_step is not None:
                     after_step(t, loop)
         else:
             def body(t, loop):
                 xb, yb = self._support_batch(x, y, t, seeds)
                 return t + 1, self.step(t, inner_params, loop, xb, yb, first_order=first_order,
-                                        training=training)
+                                        training=training, anchor=anchor)
 
             _, loop = tf.while_loop(lambda t, _: t < steps, body, (tf.constant(0), loop))
         return self.result(loop, carried=bool(carried))
