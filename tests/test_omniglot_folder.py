@@ -47,6 +47,9 @@ def test_folder_episodes_are_the_native_episodes_in_the_archives_polarity(
     folder.data.source = f"folder:{omniglot_folder}/images"
     folder.data.class_lists = f"{omniglot_folder}/lists"
     folder.data.prepared_dir = str(tmp_path / "prepared")
+    # As --config.task=images would: the Omniglot fields the config file set are not read.
+    config_lib.settle_fields(folder, ["task", "data.source", "data.class_lists",
+                                      "data.prepared_dir"])
     config_lib.validate(folder)
     a = tasks.build(native, data=omniglot_small)
     b = tasks.build(folder)

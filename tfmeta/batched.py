@@ -241,10 +241,8 @@ def conv_implementation(dtype: tf.DType) -> str:
 
 
 def has_conv(model: keras.Layer) -> bool:
-    """Whether ``model`` (nested models included) has a ``Conv2D`` layer."""
-    return any(isinstance(layer, keras.layers.Conv2D)
-               or (isinstance(layer, keras.Model) and has_conv(layer))
-               for layer in _sublayers(model))
+    """Whether ``model`` (nested and subclassed models included) has a ``Conv2D`` layer."""
+    return any(isinstance(layer, keras.layers.Conv2D) for layer in tfm_layers.all_layers(model))
 
 
 class BatchedModel:
