@@ -182,11 +182,9 @@ class MAML(MetaLearner):
                 loss = tf.cast(tf.gather(weights, k - 1), loss.dtype) * loss
             return tf.reduce_sum(loss)
 
-        grads, final = tfm_remat.meta_gradients(inner, theta, state, sx, sy, self.inner_steps,
-                                            first_order=first_order, objective=objective,
-                                            every_step=msl)
-        carried = bool(inner.split_state(state).inner[inner.variables.num_step_stats:])
-        adapted = inner.result(final, carried=carried)
+        grads, adapted = tfm_remat.meta_gradients(inner, theta, state, sx, sy, self.inner_steps,
+                                                  first_order=first_order, objective=objective,
+                                                  every_step=msl)
         out_q = inner.predict(theta, state, adapted.fast, qx, support_x=sx,
                               steps_taken=self.inner_steps)
         metrics = self._metrics(theta, state, adapted.fast, task, out_post=out_q)

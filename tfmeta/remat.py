@@ -31,7 +31,7 @@ from typing import Any, NamedTuple
 import tensorflow as tf
 
 from tfmeta import functional as F
-from tfmeta.inner_loop import InnerLoop, LoopState, num_tasks
+from tfmeta.inner_loop import Adapted, InnerLoop, LoopState, num_tasks
 
 # objective(k, theta, loop_k) -> scalar summed over the tasks, for the state after k steps.
 Objective = Callable[[Any, Sequence[tf.Tensor], LoopState], tf.Tensor]
@@ -42,11 +42,11 @@ class Result(NamedTuple):
 
     Attributes:
       grads: gradient of the summed objective, aligned with ``theta``.
-      final: the loop state after the last step (fast weights, statistics, optimiser state).
+      adapted: the adaptation's result, as :meth:`tfmeta.inner_loop.InnerLoop.adapt` returns it.
     """
 
     grads: list[tf.Tensor]
-    final: LoopState
+    adapted: Adapted
 
 
 def _floating(values: Sequence[tf.Tensor]) -> list[int]:
@@ -103,7 +103,7 @@ def meta_gradients(inner: InnerLoop, theta: Sequence[tf.Tensor], state: Sequence
         otherwise only the last.
 
     Returns:
-      A :class:`Result`: the gradient aligned with ``theta`` and the final loop state.
+      A :class:`Result`: the gradient aligned with ``theta`` and the adapted parameters.
     """
     theta = list(theta)
     carried = inner.split_state(state).inner[inner.variables.num_step_stats:]
@@ -166,4 +166,4 @@ def meta_gradients(inner: InnerLoop, theta: Sequence[tf.Tensor], state: Sequence
         lambda t, *_: t > 0, backward, (tf.constant(steps), adjoint, grads),
         maximum_iterations=steps)
     g, _ = _vjp(lambda th, _: tf.nest.flatten(initial(th)), theta, [], scatter(adjoint))
-    return Result(_add(grads, g), pack(flat_last))
+    return Result(_add(grads, g), inner.result(pack(flat_last), carried=bool(carried)))
