@@ -113,8 +113,9 @@ def _measure_saved_model(path: str, workload: str, ways: int, steps: int, common
 
 def main(argv: list[str]) -> None:
     del argv
-    from tfmeta import exporter, models
-    from tfmeta.maml import MAML
+    from tfmeta.run import exporter
+    from tfmeta.core import models
+    from tfmeta.core.maml import MAML
 
     common = {"device": "cpu", "tensorflow": tf.__version__, "machine": platform.machine(),
               "cpus": os.cpu_count(), "intra_op_threads":

@@ -51,7 +51,7 @@ import time
 
 import numpy as np
 
-from tfmeta.config import load_file as load_config
+from tfmeta.run.config import load_file as load_config
 
 # TensorFlow is imported where it is used: with --source the parent process only prepares the
 # sources, measures training and starts a fresh process per storage mode.
@@ -74,7 +74,7 @@ SPLIT = "train"
 
 
 def _archives_dir() -> str | None:
-    from tfmeta import omniglot
+    from tfmeta.data import omniglot
 
     for candidate in (omniglot.archives_dir_from_env(),
                       os.path.join(REPO, "..", "shared", "omniglot")):
@@ -85,7 +85,7 @@ def _archives_dir() -> str | None:
 
 def load_pool() -> tuple[np.ndarray, str]:
     """Returns (uint8 [1100, 20, 28, 28] pool, description of its origin)."""
-    from tfmeta import omniglot
+    from tfmeta.data import omniglot
 
     archives = _archives_dir()
     if archives is None:
@@ -101,7 +101,7 @@ def baseline_dataset(pool: np.ndarray, spec, seed: int, batch_size: int):
     """Per-episode sampling mapped over indices, then batched."""
     import tensorflow as tf
 
-    from tfmeta import episodes
+    from tfmeta.data import episodes
 
     images = tf.constant(pool)
     ds = tf.data.Dataset.counter().map(
@@ -123,7 +123,7 @@ def measure(ds, batch_size: int, seconds: float) -> float:
 
 
 def omniglot_workloads(args: argparse.Namespace) -> None:
-    from tfmeta import episodes
+    from tfmeta.data import episodes
 
     batch_size = args.batch_size or 32
     pool, origin = load_pool()
@@ -172,10 +172,10 @@ def prepare_generated(source: str, root: str, *, image_size: int, channels: int,
     The listing's items are ``(seed, class, image)``; ``_generated_image`` turns each into its
     pixels while the class is written, so memory holds no more than the class being prepared.
     Shards hold ``RECORDS_PER_SHARD`` images when the source names it, else what
-    ``tfmeta.class_store`` writes (about 256 KB per shard).
+    ``tfmeta.data.class_store`` writes (about 256 KB per shard).
     """
-    from tfmeta import class_store
-    from tfmeta.class_listing import ClassImages, Listing
+    from tfmeta.data import class_store
+    from tfmeta.data.class_listing import ClassImages, Listing
 
     classes, images, records_per_shard = parse_generated(source)
     listing = Listing(
@@ -202,7 +202,7 @@ def prepare_generated(source: str, root: str, *, image_size: int, channels: int,
 
 def prepare_source(source: str, config, prepared_dir: str):
     """The prepared data of ``source`` at the config's image size and channels."""
-    from tfmeta import image_sources
+    from tfmeta.data import image_sources
 
     d = config.data
     root = image_sources.prepared_root(prepared_dir, d.data_dir)
@@ -216,7 +216,8 @@ def prepare_source(source: str, config, prepared_dir: str):
 
 def episode_spec(config):
     """The meta-training ``EpisodeSpec`` of a config (its training shots)."""
-    from tfmeta import config as config_lib, episodes
+    from tfmeta.run import config as config_lib
+    from tfmeta.data import episodes
 
     d = config.data
     return episodes.EpisodeSpec(d.ways, config_lib.train_shots(config), d.queries,
@@ -229,8 +230,8 @@ def _usable(prepared, needed: int) -> list[int]:
 
 
 def make_pool(prepared, storage: str, needed: int):
-    """The train split as training builds it (``tfmeta.tasks``): in memory or as shards."""
-    from tfmeta import episodes
+    """The train split as training builds it (``tfmeta.run.tasks``): in memory or as shards."""
+    from tfmeta.data import episodes
 
     classes = _usable(prepared, needed)
     if not classes:
@@ -262,7 +263,7 @@ def _load() -> list[float]:
 
 def storage_child(args: argparse.Namespace) -> None:
     """Measures one storage mode (run in a fresh process) and prints its JSON line."""
-    from tfmeta import class_store, episodes
+    from tfmeta.data import class_store, episodes
 
     config = load_config(args.config)
     spec = episode_spec(config)
@@ -301,7 +302,7 @@ def measure_training(config, seconds: float, steps_per_loop: int) -> dict:
     """
     import tensorflow as tf
 
-    from tfmeta import experiment, trainer
+    from tfmeta.run import experiment, trainer
 
     d = config.data
     strategy = tf.distribute.get_strategy()

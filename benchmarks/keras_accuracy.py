@@ -3,7 +3,7 @@
     python benchmarks/keras_accuracy.py --workdir=runs/keras_maml_5w1s [--iterations=4700]
         [--config=configs/omniglot_maml.py:5way1shot] [--archives_dir=DIR] [--data_dir=DIR]
 
-Builds the config's experiment (model, algorithm, Adam, seeds) with :mod:`tfmeta.trainer`, wraps
+Builds the config's experiment (model, algorithm, Adam, seeds) with :mod:`tfmeta.run.trainer`, wraps
 its algorithm in :class:`tfmeta.keras.MetaModel` and meta-trains it with ``fit`` on the trainer's
 own training stream (``seed``, input pipeline 0, the config's meta-batch), for ``--iterations``
 meta-iterations (``steps_per_epoch`` 100, ``steps_per_execution`` 100 as the trainer's
@@ -11,7 +11,7 @@ meta-iterations (``steps_per_epoch`` 100, ``steps_per_execution`` 100 as the tra
 2, one execution).
 ``BackupAndRestore`` keeps a backup every epoch, so rerunning the same command after an
 interruption resumes. Then it evaluates the final parameters with the trainer's own
-evaluation (``tfmeta.evaluation.evaluate``) on 600 test episodes, 1 query per class, in both
+evaluation (``tfmeta.run.evaluation.evaluate``) on 600 test episodes, 1 query per class, in both
 protocols (non-transductive: the config's ``bn_mode``; transductive: the paper's), and writes
 ``WORKDIR/eval_test*.json`` and one JSON line per protocol on stdout.
 
@@ -35,8 +35,9 @@ import tensorflow as tf  # noqa: E402
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from tfmeta import evaluation, experiment, omniglot  # noqa: E402
-from tfmeta.config import load_file as load_config  # noqa: E402
+from tfmeta.run import evaluation, experiment
+from tfmeta.data import omniglot
+from tfmeta.run.config import load_file as load_config  # noqa: E402
 from tfmeta.keras import MetaModel  # noqa: E402
 
 STEPS_PER_EPOCH = 100

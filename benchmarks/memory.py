@@ -22,7 +22,7 @@ Networks (synthetic episodes, second-order MAML, transductive batch norm):
 
   conv4     MAML's mini-ImageNet network at 84x84x3: 32 filters, 2x2 max pooling, flattened head;
             5-way 1-shot, 15 queries per class, meta-batch 2, inner lr 0.01
-  resnet12  ResNet-12 (tfmeta.models.resnet12) at 84x84x3; 5-way 5-shot, 5 queries per
+  resnet12  ResNet-12 (tfmeta.core.models.resnet12) at 84x84x3; 5-way 5-shot, 5 queries per
             class, meta-batch 2, inner lr 0.01
   omniglot  MAML's Omniglot conv4 (64 filters, 28x28x1), as conv4 otherwise (the tests use it)
 
@@ -85,7 +85,7 @@ def child(network: str, steps: int, remat: str, tasks_in_parallel: str) -> dict:
     import numpy as np
     import tensorflow as tf
 
-    from tfmeta import imaml, maml, models
+    from tfmeta.core import imaml, maml, models
 
     spec = NETWORKS[network]
     size, channels = spec["image"], spec["channels"]

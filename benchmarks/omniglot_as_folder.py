@@ -2,7 +2,7 @@
 
 Writes every character's drawings as 105x105 RGB PNGs, dark strokes on white as in the archives,
 to ``OUT/images/<Alphabet>__<characterNN>/<NN>.png``, and the native 'maml' split (the same
-characters in the same order, see tfmeta.omniglot.split_indices) as class lists
+characters in the same order, see tfmeta.data.omniglot.split_indices) as class lists
 ``OUT/lists/{train,validation,test}.txt``. Trained with those lists, the folder source draws the
 same episodes as the native path for the same seed (same classes, drawings and rotations); the
 pixels differ only in polarity (white background instead of black) and in the rounding of the
@@ -32,7 +32,7 @@ from PIL import Image
 def write(out: str, *, subset: str = "full", scheme: str = "maml", split_seed: int = 1,
           data_dir: str | None = None, archives_dir: str | None = None) -> dict:
     """Writes the folder and class lists (see the module docstring); returns a summary."""
-    from tfmeta import omniglot
+    from tfmeta.data import omniglot
 
     data = omniglot.load(data_dir=data_dir, archives_dir=archives_dir, image_size=105,
                          subset=subset)

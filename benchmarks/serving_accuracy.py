@@ -30,7 +30,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from tfmeta import experiment, exporter, tasks  # noqa: E402
+from tfmeta.run import experiment, exporter, tasks
 
 
 def _summary(name: str, per_episode: list[float], extra: dict) -> dict:

@@ -3,10 +3,10 @@
 Writes a generated store (``generated:CLASSESxIMAGES`` of random 84x84x3 images, as
 ``benchmarks/episodes.py`` does; reused when present), then measures, each ``--rounds`` times:
 
-* ``first_load_s``: :func:`tfmeta.class_store.load` without a record of earlier checks: every
+* ``first_load_s``: :func:`tfmeta.data.class_store.load` without a record of earlier checks: every
   shard's size and SHA-256 (what the first run on a store pays once);
 * ``later_load_s``: the same load with the record: sizes, and a ``stat`` per shard;
-* ``verify_s``: :func:`tfmeta.class_store.verify`, every checksum recomputed in one thread.
+* ``verify_s``: :func:`tfmeta.data.class_store.verify`, every checksum recomputed in one thread.
 
 The files are in the page cache (just written or read); a cold disk adds its read time to the
 first load. Prints one JSON line.
@@ -27,7 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from episodes import prepare_generated  # noqa: E402  (a sibling script)
 
-from tfmeta import class_store  # noqa: E402
+from tfmeta.data import class_store
 
 
 def main() -> None:

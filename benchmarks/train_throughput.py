@@ -32,7 +32,7 @@ Three measurements, each printed as JSON lines:
 * ``rss`` (``--rss``): peak resident memory of a process running workload (c) with each
   ``tasks_in_parallel`` (a fresh process each, so peaks do not mix).
 * ``keras_fit`` (``--keras_fit``): workload (a) trained by ``tfmeta.keras.MetaModel.fit``
-  against the trainer's own compiled loop (``tfmeta.trainer``'s ``train_loop``: ``strategy.run``
+  against the trainer's own compiled loop (``tfmeta.run.trainer``'s ``train_loop``: ``strategy.run``
   of the meta-step and Adam update, state and metric reductions, ``--steps_per_loop``
   meta-iterations per call), both reading the same batch from a repeated ``tf.data`` stream,
   ``steps_per_execution`` = ``--steps_per_loop``, the default ``tasks_in_parallel`` and no
@@ -59,8 +59,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from tfmeta import grouping, models  # noqa: E402
-from tfmeta.maml import MAML  # noqa: E402
+from tfmeta.core import grouping, models
+from tfmeta.core.maml import MAML  # noqa: E402
 
 # The network, inputs and batch-norm mode of the Omniglot workloads (a)-(d).
 _OMNIGLOT = dict(image_size=28, channels=1, filters=64, downsample="stride", head="mean",
@@ -203,7 +203,7 @@ def _trainer_loop(workload: str, steps_per_loop: int):
     """The trainer's compiled loop over a repeated batch of ``workload``: ``(loop, iterator)``."""
     import ml_collections
 
-    from tfmeta import config as config_lib, experiment, trainer
+    from tfmeta.run import config as config_lib, experiment, trainer
 
     w = WORKLOADS[workload]
     model, maml, batch = _learner(w, "auto")

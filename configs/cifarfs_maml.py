@@ -17,7 +17,7 @@ and 71.5 +- 1.0 % (5-shot) with a wider network. ``--config.data.source=fc100`` 
 """
 
 
-from tfmeta import config as tfmeta_config
+from tfmeta.run import config as tfmeta_config
 
 _mini = tfmeta_config.sibling_config(__file__, "miniimagenet_maml.py")
 

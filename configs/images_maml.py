@@ -28,7 +28,7 @@ A class needs ``shots + queries`` images (16 here, 6 in the smoke variant); smal
 left out and listed there too. docs/data.md has the details.
 """
 
-from tfmeta import config as tfmeta_config
+from tfmeta.run import config as tfmeta_config
 
 _mini = tfmeta_config.sibling_config(__file__, "miniimagenet_maml.py")
 DEFAULT_SOURCE = "folder:~/photos"

@@ -28,7 +28,7 @@ Batch norm: queries are normalised with the support set's statistics
 day; on CPU only the smoke variant is practical. Measured results: docs/results.md.
 """
 
-from tfmeta import config as tfmeta_config
+from tfmeta.run import config as tfmeta_config
 
 DEFAULT_SOURCE = "miniimagenet:~/data/mini-imagenet"
 _VARIANTS = {

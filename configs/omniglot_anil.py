@@ -11,7 +11,7 @@ adaptation. Reported: 20-way 1-shot 96.2 +- 0.5, 20-way 5-shot 98.0 +- 0.3 % (th
 5-way Omniglot numbers).
 """
 
-from tfmeta import config as tfmeta_config
+from tfmeta.run import config as tfmeta_config
 
 
 def get_config(variant: str = "5way1shot"):

@@ -10,7 +10,7 @@ Reported (Nichol et al. 2018, transductive): 5-way 1-shot 98.3 +- 0.5, 5-way 5-s
 What was measured with this config, and the commands: docs/results.md.
 """
 
-from tfmeta import config as tfmeta_config
+from tfmeta.run import config as tfmeta_config
 
 
 def get_config(variant: str = "5way1shot"):

@@ -15,7 +15,7 @@ Batch norm normalises queries with the support set's statistics (``inner.bn_mode
 as the MAML configs do.
 """
 
-from tfmeta import config as tfmeta_config
+from tfmeta.run import config as tfmeta_config
 
 _VARIANTS = {"5way1shot": (5, 32), "20way1shot": (20, 16)}  # name: (ways, meta-batch)
 

@@ -31,7 +31,7 @@ What was measured with this config (the batch-norm comparison, 5-way and 20-way 
 variant), and the commands: docs/results.md.
 """
 
-from tfmeta import config as tfmeta_config
+from tfmeta.run import config as tfmeta_config
 
 _VARIANTS = {
     # name: (ways, shots, meta_batch, inner_lr, inner_steps, eval_steps)

@@ -28,7 +28,7 @@ evaluation. Reported (test, transductive): 5-way 1-shot 99.47, 5-way 5-shot 99.9
 97.65, 20-way 5-shot 99.33 %. Measured results of tfmeta: docs/results.md.
 """
 
-from tfmeta import config as tfmeta_config
+from tfmeta.run import config as tfmeta_config
 
 _VARIANTS = {"5way1shot": (5, 1), "5way5shot": (5, 5), "20way1shot": (20, 1), "20way5shot": (20, 5)}
 ITERATIONS_PER_EPOCH = 500

@@ -11,7 +11,7 @@ as in the paper (the learned step is meant to be taken once). Reported: 5-way 1-
 5-way 5-shot 99.93, 20-way 1-shot 95.93, 20-way 5-shot 98.97 %.
 """
 
-from tfmeta import config as tfmeta_config
+from tfmeta.run import config as tfmeta_config
 
 
 def get_config(variant: str = "5way1shot"):

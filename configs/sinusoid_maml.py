@@ -13,7 +13,7 @@ MAML fits a new sinusoid from 10 points after one step far better than a pre-tra
 docs/results.md.
 """
 
-from tfmeta import config as tfmeta_config
+from tfmeta.run import config as tfmeta_config
 
 
 def get_config(variant: str = "default"):

@@ -8,7 +8,7 @@ import sys
 import keras
 
 import tfmeta
-from tfmeta import episodes, omniglot
+from tfmeta.data import episodes, omniglot
 from tfmeta.keras import MetaModel
 
 workdir = sys.argv[1] if len(sys.argv) > 1 and sys.argv[1] != "--smoke" else "/tmp/keras_maml"

@@ -47,7 +47,7 @@ def tfds_data_dir(tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def omniglot_small(omniglot_archives_dir, tfds_data_dir):
     """The small subset (242 characters at 28x28), prepared once per pytest run."""
-    from tfmeta import omniglot
+    from tfmeta.data import omniglot
 
     return omniglot.load(data_dir=tfds_data_dir, archives_dir=omniglot_archives_dir,
                          subset="small")
@@ -56,7 +56,7 @@ def omniglot_small(omniglot_archives_dir, tfds_data_dir):
 @pytest.fixture(scope="session")
 def omniglot_full(omniglot_archives_dir, tfds_data_dir):
     """All 1623 characters at 28x28, prepared once per pytest run (about 10 s)."""
-    from tfmeta import omniglot
+    from tfmeta.data import omniglot
 
     return omniglot.load(data_dir=tfds_data_dir, archives_dir=omniglot_archives_dir,
                          subset="full")
@@ -88,8 +88,9 @@ def random_export(tmp_path_factory) -> dict:
     Returns ``{"path", "model", "algorithm", "metadata"}``; the model and algorithm are the
     in-process originals, to compare the SavedModel with.
     """
-    from tfmeta import exporter, models
-    from tfmeta.maml import MAML
+    from tfmeta.run import exporter
+    from tfmeta.core import models
+    from tfmeta.core.maml import MAML
 
     model = models.omniglot_conv4(5, filters=8, seed=0)
     algorithm = MAML(model, inner_lr=0.4, inner_steps=1, eval_inner_steps=3)

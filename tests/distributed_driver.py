@@ -1,4 +1,4 @@
-"""Runs tfmeta.trainer.train in a fresh process, for tests that need process-level TF settings.
+"""Runs tfmeta.run.trainer.train in a fresh process, for tests that need process-level TF settings.
 
     python tests/distributed_driver.py SPEC_JSON
 
@@ -18,12 +18,12 @@ import sys
 
 import numpy as np
 
-from tfmeta.config import load_file as load_config
+from tfmeta.run.config import load_file as load_config
 
 
 def synthetic_omniglot(image_size: int, num_characters: int = 1623, seed: int = 0):
     """Random uint8 characters in the OmniglotData layout (no real data needed)."""
-    from tfmeta import omniglot
+    from tfmeta.data import omniglot
 
     rng = np.random.default_rng(seed)
     images = rng.integers(0, 256, (num_characters, 20, image_size, image_size), dtype=np.uint8)
@@ -54,7 +54,8 @@ def main() -> None:
             cpu, [tf.config.LogicalDeviceConfiguration()] * spec["logical_cpus"])
     if spec.get("deterministic"):
         tf.config.experimental.enable_op_determinism()
-    from tfmeta import distribute, experiment, trainer
+    from tfmeta.base import distribute
+    from tfmeta.run import experiment, trainer
 
     config = load_config(spec["config"], spec.get("overrides", {}))
     data = None

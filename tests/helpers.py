@@ -93,7 +93,7 @@ def vector_batch(seed=0, tasks=3, ways=3, shots=2, queries=4, features=6, dtype=
 
 
 def tiny_conv4(seed=0):
-    from tfmeta import models
+    from tfmeta.core import models
 
     return models.omniglot_conv4(3, image_size=8, filters=4, seed=seed)
 
@@ -102,7 +102,7 @@ def mlp_with_batch_norm(seed=0, features=6):
     """A small Sequential classifier with tfmeta BatchNorm: cheap to trace and compile."""
     import keras
 
-    from tfmeta import layers
+    from tfmeta.core import layers
 
     init = keras.initializers.GlorotUniform
     return keras.Sequential(

@@ -74,7 +74,7 @@ def run(spec: dict, strategy=None) -> dict[str, np.ndarray]:
 
     dtype = "float64" if spec.get("float64") else "float32"
     if spec.get("algorithm") == "reptile_mlp":
-        from tfmeta import sinusoid
+        from tfmeta.data import sinusoid
 
         dataset = sinusoid.task_dataset(k_support=6, k_query=4, seed=0, batch_size=TASKS).map(
             lambda b: {k: tf.cast(b[k], dtype) for k in ("support_x", "support_y", "query_x",
@@ -98,7 +98,7 @@ def main() -> None:
     if spec.get("float64"):
         keras.config.set_floatx("float64")
         keras.config.set_dtype_policy("float64")
-    from tfmeta import distribute
+    from tfmeta.base import distribute
 
     replicas = {}
     for name in spec["strategies"]:

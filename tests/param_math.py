@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import tensorflow as tf
 
-from tfmeta.functional import like
+from tfmeta.core.functional import like
 
 Params = list[tf.Tensor]
 

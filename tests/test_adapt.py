@@ -56,7 +56,7 @@ def test_binary_reports_bad_input_in_one_line_with_exit_2(random_export, plain_s
 
 
 def test_ctrl_c_stops_a_long_adaptation_at_once(random_export, tmp_path):
-    from tfmeta import exporter
+    from tfmeta.run import exporter
 
     support, query = write_image_folders(str(tmp_path))
     # An export that allows far more inner steps than the default bound of 100.

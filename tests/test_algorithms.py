@@ -18,8 +18,9 @@ import tensorflow as tf
 
 from tests.gradcheck import classification_batch, fd_errors, query_loss_after
 from tests.helpers import REPO
-from tfmeta import config as config_lib
-from tfmeta import maml, models, trainer
+from tfmeta.run import config as config_lib
+from tfmeta.core import maml, models
+from tfmeta.run import trainer
 
 DRIVER = os.path.join(REPO, "tests", "distributed_driver.py")
 SINE = os.path.join(REPO, "configs", "sinusoid_maml.py")
@@ -62,7 +63,7 @@ def test_mamlpp_meta_gradient_with_learned_rates_and_per_step_bn(float64, bn_mod
     # except the rates of conv biases that batch norm cancels: their inner gradient is zero in
     # exact arithmetic, so the rate multiplies zero and its meta-gradient is exactly zero.
     extra_grads = grads[len(algo.model.trainable_variables):]
-    from tfmeta import layers
+    from tfmeta.core import layers
 
     cancelled = layers.biases_cancelled_by_batch_norm(algo.model)
     params = algo.model.trainable_variables
@@ -242,7 +243,7 @@ def test_per_step_bn_needs_tfmeta_batch_norm():
     inp = keras.Input((6,))
     x = keras.layers.BatchNormalization(name="keras_bn")(keras.layers.Dense(4)(inp))
     model = keras.Model(inp, keras.layers.Dense(2)(x))
-    with pytest.raises(ValueError, match="per-step batch norm needs tfmeta.layers.BatchNorm.*"
+    with pytest.raises(ValueError, match="per-step batch norm needs tfmeta.core.layers.BatchNorm.*"
                                          "keras_bn"):
         maml.MAMLpp(model, inner_lr=0.1, inner_steps=2)
     with pytest.raises(ValueError, match="has none"):

@@ -1,8 +1,9 @@
-"""The package's structure: imports only go down the layers, binaries are thin.
+"""The package's structure: tiers that import only downward, thin binaries, no import cycle.
 
-A module may import only modules of a lower layer (never its own or a higher one), which also
-makes the import graph acyclic; a new module must be given its layer here. Library modules never
-read flags; only binaries do, and no binary imports another.
+Every module lives in a tier (a sub-package, or the top of the package for the binaries, the Keras
+surface and the package itself). A tier may import only the tiers listed for it in ``MAY_IMPORT``;
+within a tier the import graph has no cycle. Library modules never read flags; only binaries do,
+and no binary imports another.
 """
 
 from __future__ import annotations
@@ -14,69 +15,95 @@ import pytest
 
 PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tfmeta")
 
-# Lowest first. Within a layer, modules do not import each other.
-LAYERS = [
-    ["version", "errors", "choices", "signatures", "functional", "losses", "preemption",
-     "input_transform"],
-    ["config", "layers", "distribute", "omniglot_builder", "sinusoid", "cli", "class_listing"],
-    ["workdir", "batched", "grouping", "image_decode", "benchmark_splits"],
-    ["task_batch", "inner_loop", "class_store", "tfds_source"],
-    ["meta_learner", "remat", "benchmark_sources"],
-    ["maml", "reptile", "imaml", "image_sources"],
-    ["models", "omniglot", "episodes"],
-    ["tasks", "image_folders", "demo_data"],
-    ["experiment", "serving_client", "reporting", "evaluation_results"],
-    ["evaluation", "exporter"],
-    ["trainer", "keras"],
-    ["__init__"],
-]
+TIERS = ["base", "core", "data", "serving", "run"]
 BINARIES = ["train", "evaluate", "export", "adapt", "report", "demo"]
+# Top-level modules that are not binaries: the package, its old-path aliases, the Keras surface.
+TOP = ["__init__", "moved", "keras"]
+# Which tiers each tier may import (its own included). "bin": the binaries.
+MAY_IMPORT = {
+    "base": {"base"},
+    "core": {"base", "core"},
+    "data": {"base", "data"},
+    "serving": {"base", "core", "data", "serving"},
+    "run": {"base", "core", "data", "serving", "run"},
+    "keras": {"base", "core", "serving", "keras"},
+    "moved": {"moved"},
+    "__init__": {"base", "moved", "__init__"},
+    "bin": {"base", "core", "data", "serving", "run", "keras"},
+}
 BINARY_MAX_LINES = 110
-RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}
-RANK.update({name: len(LAYERS) for name in BINARIES})
 
 
 def _modules() -> list[str]:
-    return sorted(f[:-3] for f in os.listdir(PACKAGE) if f.endswith(".py"))
+    """Every module as a dotted name below ``tfmeta`` ("core.maml", "train", "__init__", ...)."""
+    found = []
+    for name in sorted(os.listdir(PACKAGE)):
+        path = os.path.join(PACKAGE, name)
+        if name.endswith(".py"):
+            found.append(name[:-3])
+        elif os.path.isdir(path) and os.path.exists(os.path.join(path, "__init__.py")):
+            found += [f"{name}.{f[:-3]}" for f in sorted(os.listdir(path)) if f.endswith(".py")]
+    return found
+
+
+def tier(module: str) -> str:
+    """The tier of a dotted module name (binaries are "bin")."""
+    if "." in module:
+        return module.split(".")[0]
+    return "bin" if module in BINARIES else module
 
 
 def _source(module: str) -> str:
-    with open(os.path.join(PACKAGE, module + ".py"), encoding="utf-8") as f:
+    with open(os.path.join(PACKAGE, *module.split(".")) + ".py", encoding="utf-8") as f:
         return f.read()
 
 
 def imports(module: str) -> set[str]:
     """tfmeta modules that ``module`` imports anywhere (top level or inside functions)."""
+    known = set(_modules())
     found = set()
+
+    def add(dotted: str) -> None:
+        # "tfmeta.core.maml" -> "core.maml"; "tfmeta.core" (a sub-package) -> "core.__init__".
+        rest = dotted.split(".", 1)[1] if "." in dotted else "__init__"
+        found.add(rest if rest in known else f"{rest}.__init__")
+
     for node in ast.walk(ast.parse(_source(module))):
         if isinstance(node, ast.Import):
             for alias in node.names:
-                parts = alias.name.split(".")
-                if parts[0] == "tfmeta":
-                    found.add(parts[1] if len(parts) > 1 else "__init__")
+                if alias.name.split(".")[0] == "tfmeta":
+                    add(alias.name)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            parts = node.module.split(".")
-            if parts[0] != "tfmeta":
+            if node.module.split(".")[0] != "tfmeta":
                 continue
-            if len(parts) > 1:
-                found.add(parts[1])
-            else:  # from tfmeta import a, b
-                found.update(alias.name for alias in node.names)
+            for alias in node.names:  # "from tfmeta.core import maml" imports tfmeta.core.maml
+                candidate = f"{node.module}.{alias.name}"
+                add(candidate if candidate.split(".", 1)[1] in known else node.module)
     return found - {module}
 
 
-def test_every_module_has_a_layer():
-    missing = [m for m in _modules() if m not in RANK]
-    assert not missing, f"give these modules a layer in LAYERS or BINARIES: {missing}"
+def test_every_module_has_a_tier():
+    stray = [m for m in _modules() if tier(m) not in MAY_IMPORT]
+    assert not stray, f"put these modules in a tier ({TIERS}) or name them in TOP/BINARIES: {stray}"
 
 
 @pytest.mark.parametrize("module", _modules())
 def test_imports_only_go_down(module):
-    if module not in RANK:
-        pytest.skip("no layer (see test_every_module_has_a_layer)")
-    upward = sorted(m for m in imports(module) if m in RANK and RANK[m] >= RANK[module])
-    assert not upward, f"tfmeta.{module} (layer {RANK[module]}) imports {upward} of the same or a " \
-                       f"higher layer ({[RANK[m] for m in upward]})"
+    allowed = MAY_IMPORT.get(tier(module), set())
+    upward = sorted(m for m in imports(module) if tier(m) not in allowed)
+    assert not upward, f"tfmeta.{module} (tier {tier(module)}) imports {upward}; the " \
+                       f"{tier(module)} tier may import only {sorted(allowed)}"
+
+
+def test_no_binary_imports_another():
+    for binary in BINARIES:
+        others = sorted(m for m in imports(binary) if m in BINARIES)
+        assert not others, f"tfmeta.{binary} imports the binaries {others}"
+
+
+def test_the_tier_rule_catches_an_upward_import():
+    assert "run" not in MAY_IMPORT["core"] and "serving" not in MAY_IMPORT["data"]
+    assert "run" not in MAY_IMPORT["serving"] and "run" not in MAY_IMPORT["keras"]
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -104,7 +131,8 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 
 def test_the_import_graph_is_acyclic():
-    graph = {m: imports(m) & set(_modules()) for m in _modules()}
+    modules = set(_modules())
+    graph = {m: imports(m) & modules for m in modules}
     cycle = find_cycle(graph)
     assert cycle is None, f"import cycle: {' -> '.join(cycle)}"
 
@@ -115,12 +143,18 @@ def test_the_cycle_check_finds_a_cycle():
     assert find_cycle({"a": {"b"}, "b": set()}) is None
 
 
+def test_imports_reads_every_form():
+    # The import forms the package uses resolve to the module, not to its sub-package.
+    assert "core.maml" in imports("core.imaml") or "core.meta_learner" in imports("core.imaml")
+    assert "run.cli" in imports("train")
+
+
 @pytest.mark.parametrize("module", [m for m in _modules() if m not in BINARIES])
 def test_library_modules_read_no_flags(module):
     source = _source(module)
     assert "flags.DEFINE" not in source, \
         f"tfmeta.{module} is a library module: flags belong in the binaries {BINARIES}"
-    if module != "cli":  # the binaries' shell parses them
+    if module != "run.cli":  # the binaries' shell parses them
         assert "FLAGS" not in source, f"tfmeta.{module} reads flags"
 
 
@@ -131,3 +165,30 @@ def test_binaries_are_thin(binary):
     assert lines <= BINARY_MAX_LINES, f"tfmeta/{binary}.py has {lines} lines; move work into a " \
                                       "library module"
     assert "def _define_flags" not in source, "flags are defined at module top"
+
+
+@pytest.mark.parametrize("old", ["maml", "models", "exporter", "config", "class_store"])
+def test_old_module_paths_still_import_with_a_warning(old):
+    import importlib
+    import sys
+    import warnings
+
+    from tfmeta import moved
+
+    name = f"tfmeta.{old}"
+    sys.modules.pop(name, None)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        module = importlib.import_module(name)
+    assert module is importlib.import_module(moved.new_path(name))
+    assert any(issubclass(w.category, DeprecationWarning) and moved.new_path(name) in str(w.message)
+               for w in caught), [str(w.message) for w in caught]
+
+
+def test_every_old_path_has_its_module():
+    from tfmeta import moved
+
+    for old in moved.MOVED:
+        assert os.path.exists(os.path.join(PACKAGE, *moved.new_path(f"tfmeta.{old}").split(".")[1:])
+                              ) or os.path.exists(os.path.join(
+                                  PACKAGE, *moved.new_path(f"tfmeta.{old}").split(".")[1:]) + ".py"), old

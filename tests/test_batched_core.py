@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfmeta import batched, layers, maml, models, reptile
+from tfmeta.core import batched, layers, maml, models, reptile
 
 from tests.helpers import subprocess_env
 

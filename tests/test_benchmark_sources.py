@@ -1,4 +1,4 @@
-"""tfmeta.benchmark_sources on each distributed format, generated small in tmp_path.
+"""tfmeta.data.benchmark_sources on each distributed format, generated small in tmp_path.
 
 Every format holds all of the benchmark's classes with 2-3 tiny images each, written in the
 format's real layout (file names, pickle keys and dtypes), so the class checks pass and the image
@@ -18,8 +18,8 @@ import tensorflow_datasets as tfds
 from PIL import Image
 from tensorflow_datasets.image_classification import caltech_birds, cifar
 
-from tfmeta import benchmark_sources, benchmark_splits
-from tfmeta.class_listing import SPLITS, DataError
+from tfmeta.data import benchmark_sources, benchmark_splits
+from tfmeta.data.class_listing import SPLITS, DataError
 
 MINI = benchmark_splits.load("miniimagenet")
 TIERED = benchmark_splits.load("tieredimagenet")
@@ -533,8 +533,8 @@ def test_listing_dispatches_by_name(tmp_path, tfds_dir):
 
 
 def test_a_benchmark_short_of_images_is_refused_unless_allowed_then_marked(tmp_path):
-    from tfmeta import config as config_lib
-    from tfmeta import tasks
+    from tfmeta.run import config as config_lib
+    from tfmeta.run import tasks
 
     counts = {split: {name: 600 for name in MINI.splits[split]} for split in SPLITS}
     assert benchmark_sources.check_complete("miniimagenet", counts, where="x",
@@ -566,7 +566,7 @@ def test_a_benchmark_short_of_images_is_refused_unless_allowed_then_marked(tmp_p
 
 
 def test_the_results_table_marks_a_result_that_is_not_the_benchmark():
-    from tfmeta import reporting
+    from tfmeta.run import reporting
 
     result = {"metric": "accuracy", "accuracy": 0.5, "ci95": 0.01,
               "not_the_benchmark": "not CIFAR-FS: 13 image counts differ"}
@@ -590,7 +590,7 @@ def test_a_mini_imagenet_cache_with_four_channels_is_refused(tmp_path):
 
 def test_benchmark_class_folders_are_read_as_folder_sources_read_them(tmp_path):
     """Subfolders and links are read, hidden entries recorded, linked duplicates refused."""
-    from tfmeta import class_listing
+    from tfmeta.data import class_listing
 
     write_split_folders(tmp_path, MINI)
     wnid, other = MINI.splits["train"][5], MINI.splits["train"][6]

@@ -10,9 +10,9 @@ import re
 
 import pytest
 
-from tfmeta import benchmark_splits
-from tfmeta.benchmark_splits import SplitListError
-from tfmeta.class_listing import DataError
+from tfmeta.data import benchmark_splits
+from tfmeta.data.benchmark_splits import SplitListError
+from tfmeta.data.class_listing import DataError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Restated from the papers: classes per split.
@@ -100,7 +100,7 @@ def test_fc100_superclasses():
 def test_the_package_ships_the_files():
     config = configparser.ConfigParser()
     config.read(os.path.join(REPO, "setup.cfg"))
-    assert config["options.package_data"]["tfmeta"].split() == ["splits/*.json"]
+    assert config["options.package_data"]["tfmeta.data"].split() == ["splits/*.json"]
     shipped = sorted(f[:-5] for f in os.listdir(benchmark_splits.DIRECTORY) if f.endswith(".json"))
     assert shipped == sorted(benchmark_splits.NAMES)
 

@@ -8,8 +8,8 @@ import os
 import numpy as np
 import pytest
 
-from tfmeta import class_store
-from tfmeta.class_listing import ClassImages, DataError, Listing
+from tfmeta.data import class_store
+from tfmeta.data.class_listing import ClassImages, DataError, Listing
 
 
 class Interrupted(Exception):

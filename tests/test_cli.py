@@ -35,7 +35,7 @@ def test_start_up_is_quiet_and_verbosity_brings_tensorflow_back(tmp_path):
 
 
 def test_start_up_chatter_pattern_keeps_real_errors():
-    from tfmeta import cli
+    from tfmeta.run import cli
 
     chatter = [
         "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",
@@ -51,7 +51,7 @@ def test_start_up_chatter_pattern_keeps_real_errors():
 
 
 def test_only_tfmeta_info_lines_and_other_libraries_errors_pass():
-    from tfmeta import cli
+    from tfmeta.run import cli
 
     own = os.path.join(REPO, "tfmeta", "trainer.py")
     other = os.path.join(os.path.dirname(logging.__file__), "tensorflow_datasets", "x.py")
@@ -68,7 +68,9 @@ def test_only_tfmeta_info_lines_and_other_libraries_errors_pass():
 
 
 def test_user_errors_are_one_class_and_the_path_errors():
-    from tfmeta import cli, config, distribute, errors, exporter, omniglot_builder, workdir
+    from tfmeta.run import cli, config, exporter, workdir
+    from tfmeta.base import distribute, errors
+    from tfmeta.data import omniglot_builder
 
     for cls in (config.ConfigError, workdir.WorkdirError, distribute.StrategyError,
                 omniglot_builder.OmniglotIntegrityError, omniglot_builder.OmniglotDownloadError,

@@ -68,7 +68,7 @@ def test_damaged_archive_is_one_line_naming_the_file(tmp_path):
 
 def test_unwritable_export_output_is_one_line(tmp_path):
     from tests.distributed_driver import load_config
-    from tfmeta import trainer
+    from tfmeta.run import trainer
 
     config = load_config(f"{SINE}:smoke")
     config.update_from_flattened_dict({"train.iterations": 2, "train.steps_per_loop": 2,
@@ -84,7 +84,7 @@ def test_unwritable_export_output_is_one_line(tmp_path):
 
 
 def test_class_labels_of_shape_s_1_are_accepted_and_others_named():
-    from tfmeta import maml, models
+    from tfmeta.core import maml, models
 
     model = models.omniglot_conv4(3, image_size=8, filters=4, seed=0)
     algo = maml.MAML(model, inner_lr=0.4, inner_steps=1)

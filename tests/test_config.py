@@ -13,7 +13,7 @@ from tests.helpers import REPO
 
 
 def test_bad_configs_are_rejected_naming_the_field():
-    from tfmeta import config as config_lib
+    from tfmeta.run import config as config_lib
 
     def check(mutate, *fragments, num_replicas=1, split_classes=None):
         c = config_lib.base_config()
@@ -41,7 +41,7 @@ def test_bad_configs_are_rejected_naming_the_field():
 
 
 def test_model_fields_belong_to_their_network():
-    from tfmeta import config as config_lib
+    from tfmeta.run import config as config_lib
 
     def config(**fields):
         c = config_lib.base_config()
@@ -75,7 +75,7 @@ def test_model_fields_belong_to_their_network():
 
 
 def test_config_json_round_trip():
-    from tfmeta import config as config_lib
+    from tfmeta.run import config as config_lib
 
     c = config_lib.base_config()
     c.data.ways, c.inner.lr = 20, 0.1
@@ -86,7 +86,7 @@ def test_shipped_configs_are_valid():
     sys.path.insert(0, os.path.join(REPO, "tests"))
     from distributed_driver import load_config
 
-    from tfmeta import config as config_lib
+    from tfmeta.run import config as config_lib
 
     for name, variants in [("omniglot_maml", ["5way1shot", "5way5shot", "20way1shot",
                                               "20way5shot", "smoke"]),
@@ -105,7 +105,7 @@ def test_shipped_configs_are_valid():
 
 
 def test_the_config_flag_checks_name_the_file_and_the_field(tmp_path):
-    from tfmeta import config as config_lib
+    from tfmeta.run import config as config_lib
 
     config_file = os.path.join(REPO, "configs", "omniglot_maml.py")
     config_lib.check_config_argv(["train", f"--config={config_file}:smoke",
@@ -122,16 +122,17 @@ def test_the_config_flag_checks_name_the_file_and_the_field(tmp_path):
 
 
 def test_config_errors_are_user_errors():
-    from tfmeta import config as config_lib
-    from tfmeta import errors
+    from tfmeta.run import config as config_lib
+    from tfmeta.base import errors
 
     assert issubclass(config_lib.ConfigError, errors.UserError)
     assert issubclass(config_lib.ConfigError, ValueError)  # what callers caught before
 
 
 def test_choices_are_stated_once():
-    from tfmeta import choices, distribute, inner_loop
-    from tfmeta import config as config_lib
+    from tfmeta.base import choices, distribute
+    from tfmeta.core import inner_loop
+    from tfmeta.run import config as config_lib
 
     assert config_lib.ALGORITHMS is choices.ALGORITHMS
     assert config_lib.BN_MODES is choices.BN_MODES is inner_loop.BN_MODES
@@ -139,13 +140,13 @@ def test_choices_are_stated_once():
 
 
 def _config(spec: str = "omniglot_maml.py:smoke", **fields):
-    from tfmeta import config as config_lib
+    from tfmeta.run import config as config_lib
 
     return config_lib.load_file(os.path.join(REPO, "configs", spec), fields)
 
 
 def test_every_numeric_field_has_its_range_checked():
-    from tfmeta import config as config_lib
+    from tfmeta.run import config as config_lib
 
     numeric = {k for k, v in config_lib.flatten(config_lib.base_config().to_dict()).items()
                if isinstance(v, (int, float)) and not isinstance(v, bool)}
@@ -208,7 +209,7 @@ def test_every_numeric_field_has_its_range_checked():
     ("cifarfs_maml.py:smoke", {"data.class_lists": "/lists"}, "cifarfs has its published"),
 ])
 def test_fields_the_run_would_ignore_are_refused(spec, fields, expected):
-    from tfmeta import config as config_lib
+    from tfmeta.run import config as config_lib
 
     config = _config(spec, **fields)
     if expected is None:
@@ -223,7 +224,7 @@ def test_fields_the_run_would_ignore_are_refused(spec, fields, expected):
                                   "cifarfs_maml.py:5way5shot", "cifarfs_maml.py:smoke",
                                   "images_maml.py", "images_maml.py:smoke"])
 def test_the_readme_resnet12_switch_works_on_every_colour_config(spec):
-    from tfmeta import config as config_lib, experiment, tasks
+    from tfmeta.run import config as config_lib, experiment, tasks
 
     # README: "models conv4 (any size and channels) and resnet12 (--config.model.name=resnet12)".
     config = _config(spec, **{"model.name": "resnet12"})
@@ -243,7 +244,7 @@ def test_the_readme_resnet12_switch_works_on_every_colour_config(spec):
 
 
 def test_a_switched_task_resets_only_the_config_files_unread_fields():
-    from tfmeta import config as config_lib
+    from tfmeta.run import config as config_lib
 
     # The documented Omniglot-as-a-folder run: the smoke config's data.subset='small' is not read.
     config = _config(**{"task": "images", "data.source": "folder:/photos"})
@@ -260,7 +261,7 @@ def test_a_switched_task_resets_only_the_config_files_unread_fields():
 
 
 def test_a_broken_config_file_is_named_with_its_line(tmp_path):
-    from tfmeta import config as config_lib
+    from tfmeta.run import config as config_lib
 
     cases = {"syntax.py": ("x = 1\ndef get_config(:\n    pass\n", "line 2: SyntaxError"),
              "imports.py": ("import no_such_module_here\n", "line 1: ModuleNotFoundError"),

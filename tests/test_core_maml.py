@@ -9,9 +9,9 @@ from tests.helpers import image_batch as _batch
 from tests.helpers import mlp_with_batch_norm as _mlp_bn
 from tests.helpers import tiny_conv4 as _conv4
 from tests.helpers import vector_batch as _vec_batch
-from tfmeta import functional as F
+from tfmeta.core import functional as F
 from tests import param_math as P
-from tfmeta import maml, models, reptile
+from tfmeta.core import maml, models, reptile
 
 
 def _assert_lists_close(a, b, **kw):
@@ -121,7 +121,7 @@ def test_inner_grad_clip_limits_the_inner_step(float64):
 def test_regression_metrics_and_eval_steps_improve_fit():
     model = models.sinusoid_mlp(seed=0)
     algo = maml.MAML(model, inner_lr=0.01, inner_steps=1, loss="mse")
-    from tfmeta import sinusoid
+    from tfmeta.data import sinusoid
 
     batch = sinusoid.sample_tasks(4, 10, 10, seed=0)
     _, metrics = algo.meta_gradients(batch)
@@ -224,5 +224,5 @@ def test_running_mode_trainer_keeps_moving_statistics():
 def test_support_mode_rejects_keras_batch_normalization():
     inputs = keras.Input((4,))
     outputs = keras.layers.Dense(2)(keras.layers.BatchNormalization()(inputs))
-    with pytest.raises(ValueError, match="tfmeta.layers.BatchNorm"):
+    with pytest.raises(ValueError, match="tfmeta.core.layers.BatchNorm"):
         maml.MAML(keras.Model(inputs, outputs), inner_lr=0.1, inner_steps=1, bn_mode="support")

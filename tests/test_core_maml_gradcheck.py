@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfmeta import maml, models
+from tfmeta.core import maml, models
 
 from tests.gradcheck import classification_batch, fd_errors, regression_batch
 

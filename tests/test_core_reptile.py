@@ -5,9 +5,9 @@ import pytest
 import tensorflow as tf
 
 from tests.helpers import regression_batch
-from tfmeta import functional as F
+from tfmeta.core import functional as F
 from tests import param_math as P
-from tfmeta import models, reptile
+from tfmeta.core import models, reptile
 
 
 def _support_grad(model, params, x, y):

@@ -6,7 +6,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfmeta import maml, models, sinusoid
+from tfmeta.core import maml, models
+from tfmeta.data import sinusoid
 
 
 def test_sample_tasks_shapes_ranges_and_determinism():

@@ -1,4 +1,4 @@
-"""tfmeta.demo_data: what the demo shows of Omniglot, and the folders it adapts to.
+"""tfmeta.run.demo_data: what the demo shows of Omniglot, and the folders it adapts to.
 
 The demo binary itself runs the whole pipeline (minutes); test_cli_errors.py checks its --help.
 """
@@ -11,7 +11,9 @@ import re
 import numpy as np
 from PIL import Image
 
-from tfmeta import demo_data, image_folders, serving_client
+from tfmeta.run import demo_data
+from tfmeta.data import image_folders
+from tfmeta.serving import serving_client
 
 
 def test_data_episodes_and_throughput_are_described(omniglot_small):

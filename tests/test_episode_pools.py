@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfmeta import class_store, episodes
-from tfmeta.class_listing import ClassImages, Listing
-from tfmeta.episodes import EpisodeSpec, ImagePool, ShardPool
+from tfmeta.data import class_store, episodes
+from tfmeta.data.class_listing import ClassImages, Listing
+from tfmeta.data.episodes import EpisodeSpec, ImagePool, ShardPool
 
 
 def _identity_decode(item, *, name, size, channels, resize, min_side):

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfmeta import episodes, omniglot
-from tfmeta.episodes import EpisodeSpec
+from tfmeta.data import episodes, omniglot
+from tfmeta.data.episodes import EpisodeSpec
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -1,7 +1,7 @@
 """tfmeta.evaluate, the binary: the result file is never written over anything but an earlier
 result, and that is checked before the evaluation runs.
 
-The result-file library, tfmeta.evaluation_results, is tested in test_evaluation_results.py.
+The result-file library, tfmeta.run.evaluation_results, is tested in test_evaluation_results.py.
 """
 
 from __future__ import annotations

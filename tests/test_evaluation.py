@@ -7,8 +7,8 @@ from __future__ import annotations
 def test_training_that_ends_at_chance_accuracy_is_warned(caplog):
     import logging
 
-    from tfmeta import config as config_lib
-    from tfmeta import evaluation
+    from tfmeta.run import config as config_lib
+    from tfmeta.run import evaluation
 
     config = config_lib.base_config()
     config.inner.lr = 100.0
@@ -30,8 +30,8 @@ def test_the_limit_on_shots_plus_queries_is_the_data_sources(tmp_path):
     import pytest
     import tensorflow as tf
 
-    from tfmeta import config as config_lib
-    from tfmeta import evaluation, experiment
+    from tfmeta.run import config as config_lib
+    from tfmeta.run import evaluation, experiment
     from tests.test_image_sources import images_config, write_class_folders
 
     root = write_class_folders(tmp_path / "photos", [30] * 6, size=(8, 8))

@@ -1,4 +1,4 @@
-"""tfmeta.evaluation_results: never over anything but an earlier tfmeta evaluation result.
+"""tfmeta.run.evaluation_results: never over anything but an earlier tfmeta evaluation result.
 
 The binary, tfmeta.evaluate, is tested in test_evaluate.py.
 """
@@ -10,7 +10,7 @@ import os
 
 import pytest
 
-from tfmeta import evaluation_results
+from tfmeta.run import evaluation_results
 
 RESULT = {"split": "test", "metric": "accuracy", "accuracy": 0.9, "ci95": 0.01, "episodes": 30,
           "step": 7, "inner_steps": 3, "bn_mode": "support", "transductive": False}

@@ -19,7 +19,7 @@ def _build(**overrides):
     sys.path.insert(0, os.path.join(REPO, "tests"))
     from distributed_driver import load_config, synthetic_omniglot
 
-    from tfmeta import experiment
+    from tfmeta.run import experiment
 
     narrow = {} if overrides.get("model.name") == "resnet12" else {"model.filters": 4}
     config = load_config(f"{OMNIGLOT_MAML}:smoke", {"data.image_size": 12, **narrow, **overrides})
@@ -28,7 +28,8 @@ def _build(**overrides):
 
 
 def test_every_configured_algorithm_and_model_has_a_builder():
-    from tfmeta import choices, config, experiment
+    from tfmeta.base import choices
+    from tfmeta.run import config, experiment
 
     assert sorted(experiment.ALGORITHMS) == sorted(choices.ALGORITHMS)
     assert sorted(experiment.MODELS) == sorted(config.MODELS)
@@ -83,7 +84,7 @@ def test_model_registry_builds_each_network_from_the_config(overrides, layer, sh
 
 
 def test_conv4_builder_passes_the_source_channels():
-    from tfmeta import config as config_lib, experiment, tasks
+    from tfmeta.run import config as config_lib, experiment, tasks
 
     source = tasks.TaskSource(make_dataset=None, num_outputs=5, input_shape=(32, 32, 3),
                               classification=True)

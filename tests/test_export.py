@@ -20,7 +20,8 @@ import pytest
 import tensorflow as tf
 
 from tests.helpers import archives_dir, file_tree, subprocess_env
-from tfmeta import exporter, inner_loop
+from tfmeta.run import exporter
+from tfmeta.core import inner_loop
 
 ATOL = 1e-5
 SAVED_MODEL_CLI = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
@@ -144,8 +145,8 @@ def test_loads_without_tfmeta_and_matches_in_process(random_export, tmp_path):
 
 
 def test_resize_matches_training_preprocessing():
-    """The graph's resize + inversion vs. tfmeta.omniglot's PIL preparation, on real PNGs."""
-    from tfmeta import omniglot_builder
+    """The graph's resize + inversion vs. tfmeta.data.omniglot's PIL preparation, on real PNGs."""
+    from tfmeta.data import omniglot_builder
 
     pngs = _omniglot_pngs(40)
     decoded = np.stack([tf.image.decode_png(p, channels=1).numpy() for p in pngs]) / 255.0
@@ -301,8 +302,8 @@ def test_export_is_atomic(random_export, tmp_path, monkeypatch):
 
 def test_reptile_adam_minibatch_export_matches_in_process(tmp_path):
     """Reptile's Adam inner loop on support minibatches: the same schedule as in process."""
-    from tfmeta import models
-    from tfmeta.reptile import Reptile
+    from tfmeta.core import models
+    from tfmeta.core.reptile import Reptile
 
     model = models.omniglot_conv4(5, filters=4, seed=1)
     algorithm = Reptile(model, inner_lr=1e-2, inner_steps=2, eval_inner_steps=4,
@@ -321,9 +322,9 @@ def test_reptile_adam_minibatch_export_matches_in_process(tmp_path):
 
 @pytest.mark.parametrize("algo", ["maml", "reptile_minibatch", "imaml"])
 def test_sinusoid_regression_export(tmp_path, algo):
-    from tfmeta import models
-    from tfmeta.maml import MAML
-    from tfmeta.reptile import Reptile
+    from tfmeta.core import models
+    from tfmeta.core.maml import MAML
+    from tfmeta.core.reptile import Reptile
 
     model = models.sinusoid_mlp(seed=0)
     # Both sides of inner_loop.UNROLL_MAX_STEPS: MAML's default adaptation is unrolled in the graph,
@@ -333,7 +334,7 @@ def test_sinusoid_regression_export(tmp_path, algo):
     if algo == "maml":
         algorithm = MAML(model, inner_lr=0.01, inner_steps=1, eval_inner_steps=steps, loss="mse")
     elif algo == "imaml":  # the proximal inner loop, served like any other
-        from tfmeta.imaml import IMAML
+        from tfmeta.core.imaml import IMAML
 
         algorithm = IMAML(model, inner_lr=0.01, inner_steps=5, eval_inner_steps=steps, lam=0.5,
                           loss="mse")
@@ -365,7 +366,7 @@ def test_sinusoid_regression_export(tmp_path, algo):
 
 
 def _export_small(tmp_path, name, bn_mode):
-    from tfmeta import maml, models, reptile
+    from tfmeta.core import maml, models, reptile
 
     model = models.omniglot_conv4(5, filters=8, seed=3)
     make = {

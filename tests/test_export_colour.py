@@ -21,8 +21,11 @@ from PIL import Image
 
 from tests.helpers import subprocess_env
 from tests.test_export import _NO_TFMETA
-from tfmeta import exporter, image_folders, input_transform, serving_client, tasks
-from tfmeta.input_transform import InputTransform
+from tfmeta.run import exporter, tasks
+from tfmeta.data import image_folders
+from tfmeta.base import input_transform
+from tfmeta.serving import serving_client
+from tfmeta.base.input_transform import InputTransform
 
 ATOL = 1e-5
 SIZE, WAYS = 12, 3
@@ -43,9 +46,9 @@ def _photos(count: int, height: int, width: int, seed: int) -> np.ndarray:
 @pytest.fixture(scope="module")
 def colour_export(tmp_path_factory):
     """A 3-way MAML conv4 (3 channels, 4 filters, 12x12), exported with a normalisation."""
-    from tfmeta import config as config_lib
-    from tfmeta import models
-    from tfmeta.maml import MAML
+    from tfmeta.run import config as config_lib
+    from tfmeta.core import models
+    from tfmeta.core.maml import MAML
 
     root = tmp_path_factory.mktemp("colour_export")
     workdir = str(root / "workdir")
@@ -189,8 +192,8 @@ def test_a_wrong_channel_count_is_one_line_naming_both(colour_export, model, giv
 
 
 def test_export_refuses_a_model_without_the_transforms_channels(tmp_path):
-    from tfmeta import models
-    from tfmeta.maml import MAML
+    from tfmeta.core import models
+    from tfmeta.core.maml import MAML
 
     model = models.omniglot_conv4(WAYS, image_size=SIZE, channels=3, filters=4, seed=0)
     algorithm = MAML(model, inner_lr=0.4, inner_steps=1)

@@ -70,9 +70,10 @@ def test_signature_inputs_are_the_documented_contract(loaded):
 def test_zero_queries_give_empty_answers_for_grey_and_colour_models(tmp_path, channels):
     """Every adapting signature answers Q = 0 with [0, N] logits, for a model served one task
     at a time (``tasks_in_parallel=1``) as for any other."""
-    from tfmeta import exporter, models
-    from tfmeta.input_transform import InputTransform
-    from tfmeta.maml import MAML
+    from tfmeta.run import exporter
+    from tfmeta.core import models
+    from tfmeta.base.input_transform import InputTransform
+    from tfmeta.core.maml import MAML
 
     model = models.conv4(3, image_size=12, channels=channels, filters=4, seed=0)
     algorithm = MAML(model, inner_lr=0.4, inner_steps=1, eval_inner_steps=2,

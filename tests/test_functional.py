@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from tfmeta import functional as F
+from tfmeta.core import functional as F
 from tests import param_math as P
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import tensorflow as tf
 
-from tfmeta import batched, maml, models
+from tfmeta.core import batched, maml, models
 
 
 def test_all_needs_a_static_number_of_tasks():
@@ -23,7 +23,7 @@ def test_all_needs_a_static_number_of_tasks():
 
 
 def test_auto_rule_is_documented_and_bounded():
-    from tfmeta import grouping
+    from tfmeta.core import grouping
 
     assert grouping.auto_tasks_in_parallel(32, 2) == min(grouping.CPU_GROUP, 32)
     assert grouping.auto_tasks_in_parallel(16, 400) == 16
@@ -43,7 +43,7 @@ def test_auto_rule_is_documented_and_bounded():
 
 
 def test_group_size_is_decided_in_one_place():
-    from tfmeta import grouping
+    from tfmeta.core import grouping
 
     # A model that cannot run batched: one task at a time, whatever was asked.
     assert grouping.group_size("all", 8, batched=False) == 1
@@ -67,7 +67,7 @@ def test_over_groups_sums_and_stacks_like_one_pass(group):
     import numpy as np
     import tensorflow as tf
 
-    from tfmeta import grouping
+    from tfmeta.core import grouping
 
     batch = {"x": tf.constant(np.arange(5 * 2, dtype="float32").reshape(5, 2))}
 

@@ -18,7 +18,7 @@ import pytest
 
 from tests.helpers import subprocess_env
 from tests.test_image_sources import write_class_folders
-from tfmeta import benchmark_splits
+from tfmeta.data import benchmark_splits
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _SHORT = ["--config.train.iterations=6", "--config.train.steps_per_loop=3",

@@ -1,4 +1,4 @@
-"""tfmeta.image_decode: every item kind and PIL mode decoded to the expected uint8 pixels.
+"""tfmeta.data.image_decode: every item kind and PIL mode decoded to the expected uint8 pixels.
 
 Each image is made here with PIL; the assertions are on pixel values: modes and depths,
 transparency onto white, EXIF orientation, stretch vs crop geometry, exact round trips at the
@@ -21,8 +21,9 @@ from PIL import Image
 
 from tests.helpers import subprocess_env
 from tests.test_image_folders import _in_thread_with_timeout, _png16
-from tfmeta import config, image_decode
-from tfmeta.class_listing import DataError
+from tfmeta.run import config
+from tfmeta.data import image_decode
+from tfmeta.data.class_listing import DataError
 
 RED, GREEN, BLUE, WHITE = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)
 

@@ -1,4 +1,4 @@
-"""tfmeta.image_folders: support folders and query paths listed, images read as the model wants.
+"""tfmeta.data.image_folders: support folders and query paths listed, images read as the model wants.
 
 Also: hidden entries and special files (never opened), every PIL mode and depth scaled to [0, 1],
 the EXIF orientation, images read one at a time (bounded memory), and three channels (RGB) read as
@@ -22,7 +22,7 @@ import pytest
 from PIL import Image, ImageDraw, ImageOps
 
 from tests.helpers import subprocess_env, write_image_folders, write_images
-from tfmeta import class_listing, image_decode, image_folders
+from tfmeta.data import class_listing, image_decode, image_folders
 
 
 def test_colour_jpeg_and_transparent_png_become_grayscale(tmp_path):
@@ -191,7 +191,7 @@ def test_every_format_training_reads_is_read_for_serving(tmp_path, extension, fm
 
 
 def test_one_extension_list_for_training_and_serving():
-    from tfmeta import benchmark_sources, image_sources
+    from tfmeta.data import benchmark_sources, image_sources
 
     assert image_folders.IMAGE_EXTENSIONS is class_listing.IMAGE_EXTENSIONS
     assert image_sources.IMAGE_EXTENSIONS is class_listing.IMAGE_EXTENSIONS

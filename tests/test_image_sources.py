@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tfmeta import config as config_lib
-from tfmeta import image_sources, tasks
-from tfmeta.class_listing import DataError
+from tfmeta.run import config as config_lib
+from tfmeta.data import image_sources
+from tfmeta.run import tasks
+from tfmeta.data.class_listing import DataError
 
 
 def write_class_folders(root, counts, *, size=(10, 12), mode="RGB", seed=0, ext=".png"):
@@ -316,7 +317,7 @@ def test_a_prepared_dir_that_is_a_file_is_refused_before_listing(tmp_path, monke
 
 
 def test_class_lists_that_are_not_utf8_or_not_a_directory_are_named(tmp_path):
-    from tfmeta import class_listing
+    from tfmeta.data import class_listing
 
     lists = tmp_path / "lists"
     lists.mkdir()
@@ -364,8 +365,8 @@ def test_episodes_are_drawn_from_the_prepared_data_once_the_folder_is_gone(tmp_p
 
 
 def test_default_split_is_stated_once_for_the_config_and_the_readers():
-    from tfmeta import class_listing
-    from tfmeta import config as config_lib
+    from tfmeta.data import class_listing
+    from tfmeta.run import config as config_lib
 
     data = config_lib.base_config().data
     assert tuple(data.split_fractions) == class_listing.DEFAULT_FRACTIONS

@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfmeta import config as config_lib
-from tfmeta import experiment, imaml, models
+from tfmeta.run import config as config_lib
+from tfmeta.run import experiment
+from tfmeta.core import imaml, models
 
 from tests.helpers import mlp_with_batch_norm, vector_batch
 

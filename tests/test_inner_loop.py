@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfmeta import inner_loop, layers, models
+from tfmeta.core import inner_loop, layers, models
 
 
 def _names(model, ids):
@@ -36,7 +36,7 @@ def test_biases_cancelled_by_batch_norm_are_found_by_connectivity():
 @pytest.mark.parametrize("bn_mode", ["running", "support"])
 def test_adam_never_moves_a_bias_that_batch_norm_cancels(bn_mode):
     """With Adam, round-off in a zero gradient used to become a full-size step."""
-    from tfmeta.reptile import Reptile
+    from tfmeta.core.reptile import Reptile
 
     model = models.omniglot_conv4(5, filters=8, seed=2)
     learner = Reptile(model, inner_lr=1e-3, inner_steps=5, inner_optimizer="adam",
@@ -57,7 +57,7 @@ def test_adam_never_moves_a_bias_that_batch_norm_cancels(bn_mode):
 
 def test_cancelled_bias_mask_is_exact_for_second_order_maml(float64):
     """Zeroing a gradient that is zero in exact arithmetic leaves the meta-gradient unchanged."""
-    from tfmeta.maml import MAML
+    from tfmeta.core.maml import MAML
 
     model = models.omniglot_conv4(3, image_size=8, filters=3, seed=1)
     learner = MAML(model, inner_lr=0.1, inner_steps=2, bn_mode="running", tasks_in_parallel=1)
@@ -83,7 +83,7 @@ def test_long_adaptations_run_as_a_while_loop():
 
 def test_evaluation_with_many_steps_traces_a_graph_that_does_not_grow():
     """A 500-step evaluation costs no more graph than a 20-step one."""
-    from tfmeta.maml import MAML
+    from tfmeta.core.maml import MAML
 
     model = models.omniglot_conv4(3, image_size=8, filters=2, seed=0)
     learner = MAML(model, inner_lr=0.1, inner_steps=1)
@@ -101,8 +101,8 @@ def test_evaluation_with_many_steps_traces_a_graph_that_does_not_grow():
 
 def test_reptile_training_with_many_inner_steps_equals_the_unrolled_loop(float64):
     """Above the unroll limit Reptile's inner loop runs as a while loop, with the same result."""
-    from tfmeta import inner_loop as il
-    from tfmeta.reptile import Reptile
+    from tfmeta.core import inner_loop as il
+    from tfmeta.core.reptile import Reptile
 
     steps = il.UNROLL_MAX_STEPS + 2
     rng = np.random.default_rng(3)

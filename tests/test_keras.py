@@ -25,7 +25,9 @@ import tensorflow as tf
 import tfmeta
 from tests import keras_driver
 from tests.helpers import ARCHIVES_ENV, REPO, subprocess_env
-from tfmeta import errors, exporter, functional, signatures
+from tfmeta.base import errors, signatures
+from tfmeta.run import exporter
+from tfmeta.core import functional
 from tfmeta.keras import (AlgorithmTypeError, EpisodeError, MetaModel, MetaModelError,
                           export)
 
@@ -105,7 +107,7 @@ def test_fit_equals_meta_step_in_float64(float64, name):
     losses = []
     for i, batch in enumerate(_batches(steps, dtype="float64")):
         phase = {}
-        if name == "mamlpp_msl":  # as tfmeta.trainer.phase computes it
+        if name == "mamlpp_msl":  # as tfmeta.run.trainer.phase computes it
             phase = {"first_order": False, "multi_step_loss": i < 2, "iteration": i}
         step = algo.meta_step(batch, **phase)
         optimizer.apply_gradients(zip(step.grads, algo.meta_variables))
@@ -180,7 +182,7 @@ def test_jit_compile_and_steps_per_execution_equal_the_default(float64, model):
 def test_trainer_and_fit_reach_the_same_parameters(tmp_path):
     """The trainer and fit on the trainer's own stream: the same model after 4 iterations."""
     from tests.distributed_driver import load_config, synthetic_omniglot
-    from tfmeta import experiment, trainer
+    from tfmeta.run import experiment, trainer
 
     config = load_config(os.path.join(REPO, "configs", "omniglot_maml.py") + ":smoke")
     config.update_from_flattened_dict({
@@ -522,7 +524,7 @@ def _adapt_without_tfmeta(tmp_path, path: str, inputs: dict, output: str) -> np.
 def _trained_experiment():
     """A tiny experiment of the smoke config (synthetic images), trained 2 steps with fit."""
     from tests.distributed_driver import load_config, synthetic_omniglot
-    from tfmeta import experiment
+    from tfmeta.run import experiment
 
     config = load_config(os.path.join(REPO, "configs", "omniglot_maml.py") + ":smoke")
     config.update_from_flattened_dict({"data.image_size": SIZE, "model.filters": 4,

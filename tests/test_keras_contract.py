@@ -19,9 +19,10 @@ import tensorflow as tf
 
 import tfmeta
 from tests import keras_driver
-from tfmeta import config as config_lib
-from tfmeta import errors, exporter
-from tfmeta.input_transform import InputTransform
+from tfmeta.run import config as config_lib
+from tfmeta.base import errors
+from tfmeta.run import exporter
+from tfmeta.base.input_transform import InputTransform
 from tfmeta.keras import (EpisodeError, MetaModel, MetaModelError, WeightsFileError, export,
                           export_metadata, write_file_atomically)
 
@@ -139,7 +140,7 @@ def test_grayscale_model_of_plain_pixels_serves_the_trained_logits(trained, tmp_
 ])
 def test_grayscale_metadata_states_the_given_transform(trained, given, task, transform):
     """What the graph applies to served pixels is the metadata's transform
-    (:func:`tfmeta.exporter.transform_from_metadata`): the one given, as the trainer writes it."""
+    (:func:`tfmeta.run.exporter.transform_from_metadata`): the one given, as the trainer writes it."""
     ours = export_metadata(trained[1].algorithm, input_transform=given, step=2, shots=SHOTS,
                            queries=QUERIES)
     theirs = _trainer_metadata(transform, step=2)

@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfmeta.layers import BatchNorm
+from tfmeta.core.layers import BatchNorm
 
 
 # --------------------------------------------------------------- BatchNorm

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfmeta import losses
+from tfmeta.core import losses
 
 
 # ----------------------------------------------------- losses and helpers

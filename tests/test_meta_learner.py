@@ -11,8 +11,8 @@ from tests.helpers import image_batch as _batch
 from tests.helpers import mlp_with_batch_norm as _mlp_bn
 from tests.helpers import tiny_conv4 as _conv4
 from tests.helpers import vector_batch as _vec_batch
-from tfmeta import functional as F
-from tfmeta import maml, reptile
+from tfmeta.core import functional as F
+from tfmeta.core import maml, reptile
 
 
 def _sequential():

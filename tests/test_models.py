@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfmeta import functional as F
-from tfmeta import layers, losses, maml, models, reptile
-from tfmeta.layers import BatchNorm
+from tfmeta.core import functional as F
+from tfmeta.core import layers, losses, maml, models, reptile
+from tfmeta.core.layers import BatchNorm
 
 
 # ------------------------------------------------------------------ models

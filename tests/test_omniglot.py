@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tfmeta import omniglot, omniglot_builder
+from tfmeta.data import omniglot, omniglot_builder
 
 SMALL = ("images_background_small1.zip", "images_background_small2.zip")
 

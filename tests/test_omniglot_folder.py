@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 
 from tests.helpers import subprocess_env
-from tfmeta import config as config_lib
-from tfmeta import omniglot, tasks
+from tfmeta.run import config as config_lib
+from tfmeta.data import omniglot
+from tfmeta.run import tasks
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "benchmarks"))

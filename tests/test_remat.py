@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfmeta import config as config_lib
-from tfmeta import experiment, maml, models
-from tfmeta import remat as tfm_remat
+from tfmeta.run import config as config_lib
+from tfmeta.run import experiment
+from tfmeta.core import maml, models
+from tfmeta.core import remat as tfm_remat
 
 from tests.gradcheck import classification_batch, fd_errors
 from tests.helpers import REPO, mlp_with_batch_norm, vector_batch

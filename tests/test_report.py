@@ -1,6 +1,6 @@
 """tfmeta.report, the binary: work directories in, plots and a table out, errors in one line.
 
-The library, tfmeta.reporting, is tested in test_reporting.py.
+The library, tfmeta.run.reporting, is tested in test_reporting.py.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""tfmeta.reporting: learning curves and a results table from synthetic work directories.
+"""tfmeta.run.reporting: learning curves and a results table from synthetic work directories.
 
 The binary, tfmeta.report, is tested in test_reporting.py.
 """
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tfmeta import reporting
+from tfmeta.run import reporting
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # Matplotlib's first two line colours (tab:blue, tab:orange): markers are filled with them exactly.

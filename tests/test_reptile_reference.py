@@ -14,9 +14,9 @@ import pytest
 import tensorflow as tf
 
 from tests.helpers import REPO, regression_batch, subprocess_env
-from tfmeta import functional as F
+from tfmeta.core import functional as F
 from tests import param_math as P
-from tfmeta import inner_loop, models, reptile
+from tfmeta.core import inner_loop, models, reptile
 
 
 # Ten support points per task, as the Reptile paper's minibatches of 10 need.
@@ -173,7 +173,7 @@ def _omniglot_batch(rng, tasks, shots, queries=1, ways=5):
 
 
 def test_export_adapts_from_the_carried_state_with_the_same_schedule(tmp_path):
-    from tfmeta import exporter
+    from tfmeta.run import exporter
 
     model = models.omniglot_conv4(5, filters=4, seed=1)
     algorithm = reptile.Reptile(model, inner_lr=1e-2, inner_steps=3, eval_inner_steps=4,
@@ -267,7 +267,7 @@ def test_flatten_head_sees_the_whole_last_feature_map():
 
 
 def _fake_omniglot(num_characters: int):
-    from tfmeta import omniglot
+    from tfmeta.data import omniglot
 
     images = np.arange(num_characters * 2 * 3 * 3, dtype=np.uint8).reshape(
         num_characters, 2, 3, 3)
@@ -278,7 +278,7 @@ def _fake_omniglot(num_characters: int):
 
 
 def test_reptile_split_is_1200_train_423_test_without_validation():
-    from tfmeta import omniglot
+    from tfmeta.data import omniglot
 
     data = _fake_omniglot(1623)
     parts = {s: omniglot.split_indices(data, "reptile", s) for s in omniglot.SPLITS}
@@ -287,7 +287,7 @@ def test_reptile_split_is_1200_train_423_test_without_validation():
 
 
 def test_rotation_classes_are_the_four_rotations_of_each_character():
-    from tfmeta import omniglot
+    from tfmeta.data import omniglot
 
     images = _fake_omniglot(3).images
     rotated = omniglot.with_rotations(images)
@@ -298,7 +298,7 @@ def test_rotation_classes_are_the_four_rotations_of_each_character():
 
 
 def test_reptile_scheme_refuses_validation_runs():
-    from tfmeta import config as config_lib
+    from tfmeta.run import config as config_lib
 
     c = config_lib.sibling_config(os.path.join(REPO, "configs", "x.py"),
                                   "omniglot_reptile.py").get_config("5way1shot")
@@ -346,7 +346,7 @@ def test_mirrored_replicas_carry_the_same_state_as_one_device(tmp_path):
 
 def test_export_metadata_records_the_inner_schedule_and_carried_state():
     from tests.distributed_driver import load_config
-    from tfmeta import exporter
+    from tfmeta.run import exporter
 
     config = load_config(os.path.join(REPO, "configs", "omniglot_reptile.py") + ":5way1shot")
     meta = exporter.metadata_from_config(config, step=3, classification=True)

@@ -26,7 +26,7 @@ _CI = {("reptile", "running"), ("maml", "support"), ("mamlpp", "transductive")}
 
 def _trained_export(tmp_path, data, algorithm: str, bn_mode: str):
     from tests.distributed_driver import load_config
-    from tfmeta import experiment, exporter, trainer
+    from tfmeta.run import experiment, exporter, trainer
 
     config = load_config(os.path.join(REPO, "configs", f"omniglot_{algorithm}.py") + ":smoke")
     config.update_from_flattened_dict({

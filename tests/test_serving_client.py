@@ -1,4 +1,4 @@
-"""tfmeta.serving_client: folders or arrays in, a tfmeta SavedModel adapts, class names out.
+"""tfmeta.serving.serving_client: folders or arrays in, a tfmeta SavedModel adapts, class names out.
 
 Also: one reader of an export's metadata, the SavedModel run in a worker thread, errors naming
 the path or value, and labels checked before the int32 conversion.
@@ -18,7 +18,8 @@ from PIL import Image
 
 from tests.helpers import archives_dir, write_image_folders
 from tests.test_image_folders import _INK8, _INK16, _ink, _nested_queries
-from tfmeta import exporter, serving_client
+from tfmeta.run import exporter
+from tfmeta.serving import serving_client
 
 
 def test_fewer_classes_are_masked_and_renormalised(random_export, tmp_path):

@@ -1,4 +1,4 @@
-"""tfmeta.tfds_source on small TFDS datasets generated offline in tmp_path."""
+"""tfmeta.data.tfds_source on small TFDS datasets generated offline in tmp_path."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from tfmeta import class_listing, tfds_source
-from tfmeta.class_listing import DataError
+from tfmeta.data import class_listing, tfds_source
+from tfmeta.data.class_listing import DataError
 
 BIRDS = ["Black_footed_Albatross", "Laysan_Albatross", "Sooty_Albatross", "Groove_billed_Ani",
          "Crested_Auklet", "Least_Auklet", "Parakeet_Auklet", "Rhinoceros_Auklet",

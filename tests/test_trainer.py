@@ -67,7 +67,7 @@ def _checkpoint_values(workdir: str) -> dict[str, np.ndarray]:
 
 
 def test_unknown_strategy_is_rejected():
-    from tfmeta import distribute
+    from tfmeta.base import distribute
 
     with pytest.raises(ValueError, match="unknown strategy 'gpu'.*multiworker"):
         distribute.make_strategy("gpu")
@@ -290,7 +290,7 @@ def test_nan_message_names_the_newest_checkpoint_or_says_there_is_none(tmp_path,
                                                                          nan_from):
     import tensorflow as tf
 
-    from tfmeta import experiment, trainer
+    from tfmeta.run import experiment, trainer
 
     exp = experiment.build_experiment(_small_sine(**{"train.iterations": 9}),
                                    tf.distribute.get_strategy())
@@ -329,7 +329,7 @@ def test_disk_full_while_saving_names_the_path_and_keeps_earlier_checkpoints(tmp
                                                                              monkeypatch, error):
     import tensorflow as tf
 
-    from tfmeta import experiment, trainer, workdir
+    from tfmeta.run import experiment, trainer, workdir
 
     save = tf.train.CheckpointManager.save
 
@@ -356,7 +356,7 @@ def test_disk_full_while_writing_history_or_summaries_names_the_path(tmp_path, m
                                                                     target):
     import tensorflow as tf
 
-    from tfmeta import trainer, workdir
+    from tfmeta.run import trainer, workdir
 
     def fail(*args, **kwargs):
         raise _no_space("ENOSPC" if target == "history" else "ResourceExhaustedError")
@@ -407,7 +407,7 @@ def test_workdir_through_gfile_filesystem():
     """A non-local work directory (TF's in-memory ram:// filesystem stands in for gs://)."""
     import tensorflow as tf
 
-    from tfmeta import experiment, trainer
+    from tfmeta.run import experiment, trainer
 
     sys.path.insert(0, os.path.join(REPO, "tests"))
     from distributed_driver import load_config
@@ -432,7 +432,7 @@ def test_workdir_through_gfile_filesystem():
 def _synthetic_experiment(algorithm: str, **overrides):
     import tensorflow as tf
 
-    from tfmeta import experiment
+    from tfmeta.run import experiment
 
     sys.path.insert(0, os.path.join(REPO, "tests"))
     from distributed_driver import load_config, synthetic_omniglot
@@ -495,7 +495,8 @@ def test_bfloat16_compute_keeps_float32_meta_parameters():
 
 
 def test_multiworker_without_a_usable_tf_config_is_a_clear_error(monkeypatch, tmp_path):
-    from tfmeta import cli, distribute
+    from tfmeta.run import cli
+    from tfmeta.base import distribute
 
     monkeypatch.delenv("TF_CONFIG", raising=False)
     with pytest.raises(distribute.ClusterConfigError, match="TF_CONFIG .*not set.*\"cluster\""):
@@ -534,7 +535,7 @@ def test_multiworker_without_a_usable_tf_config_is_a_clear_error(monkeypatch, tm
 
 
 def test_tpu_strategy_without_a_tpu_is_a_clear_error():
-    from tfmeta import distribute
+    from tfmeta.base import distribute
 
     with pytest.raises(distribute.TPUUnavailableError, match="--tpu=local on a TPU VM"):
         distribute.make_strategy("tpu", tpu="")
@@ -546,7 +547,7 @@ def test_time_budget_stops_within_one_iteration_of_it(tmp_path, monkeypatch):
     import tensorflow as tf
 
     from tests.distributed_driver import load_config
-    from tfmeta import experiment, trainer
+    from tfmeta.run import experiment, trainer
 
     config = load_config(f"{SINE}:smoke", {
         "train.iterations": 1000, "train.steps_per_loop": 100, "train.log_every": 100,

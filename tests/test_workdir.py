@@ -14,7 +14,7 @@ import pytest
 import tensorflow as tf
 
 from tests.helpers import REPO, file_tree, subprocess_env
-from tfmeta import experiment, trainer, workdir
+from tfmeta.run import experiment, trainer, workdir
 
 SINE = os.path.join(REPO, "configs", "sinusoid_maml.py")
 _SMALL = {"train.iterations": 6, "train.steps_per_loop": 3, "train.meta_batch_size": 4,
@@ -237,7 +237,7 @@ def test_normalize_makes_local_paths_absolute_and_leaves_urls(tmp_path, monkeypa
 
 def test_relative_and_home_workdirs_train_resume_restore_and_export(tmp_path, monkeypatch,
                                                                      caplog):
-    from tfmeta import exporter, reporting
+    from tfmeta.run import exporter, reporting
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HOME", str(tmp_path))
@@ -471,7 +471,7 @@ def test_lock_cut_short_while_written_is_still_taken_over(tmp_path):
 
 def test_damaged_input_transform_stops_a_resume_and_an_export_before_writing(tmp_path):
     from tests.distributed_driver import load_config, synthetic_omniglot
-    from tfmeta import exporter
+    from tfmeta.run import exporter
 
     def omniglot(**fields):
         return load_config(os.path.join(REPO, "configs", "omniglot_maml.py:smoke"),

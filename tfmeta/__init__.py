@@ -18,34 +18,37 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from tfmeta.version import __version__
+from tfmeta import moved as _moved
+from tfmeta.base.version import __version__
+
+_moved.install()
 
 # Public name -> module that defines it (a module name alone: the module itself).
 _PUBLIC = {
-    "ANIL": "tfmeta.maml",
-    "MAML": "tfmeta.maml",
-    "MAMLpp": "tfmeta.maml",
-    "MetaSGD": "tfmeta.maml",
-    "Reptile": "tfmeta.reptile",
-    "IMAML": "tfmeta.imaml",
-    "MetaLearner": "tfmeta.meta_learner",
-    "MetaStep": "tfmeta.meta_learner",
-    "BatchNorm": "tfmeta.layers",
-    "BatchedModel": "tfmeta.batched",
-    "unsupported_layers": "tfmeta.batched",
-    "InnerLoop": "tfmeta.inner_loop",
-    "minibatch_indices": "tfmeta.inner_loop",
-    "conv4": "tfmeta.models",
-    "logistic_regression": "tfmeta.models",
-    "omniglot_conv4": "tfmeta.models",
-    "resnet12": "tfmeta.models",
-    "sinusoid_mlp": "tfmeta.models",
-    "functional": "tfmeta.functional",
-    "losses": "tfmeta.losses",
-    "models": "tfmeta.models",
-    "sinusoid": "tfmeta.sinusoid",
-    "image_episodes": "tfmeta.tasks",
-    "episodes": "tfmeta.episodes",
+    "ANIL": "tfmeta.core.maml",
+    "MAML": "tfmeta.core.maml",
+    "MAMLpp": "tfmeta.core.maml",
+    "MetaSGD": "tfmeta.core.maml",
+    "Reptile": "tfmeta.core.reptile",
+    "IMAML": "tfmeta.core.imaml",
+    "MetaLearner": "tfmeta.core.meta_learner",
+    "MetaStep": "tfmeta.core.meta_learner",
+    "BatchNorm": "tfmeta.core.layers",
+    "BatchedModel": "tfmeta.core.batched",
+    "unsupported_layers": "tfmeta.core.batched",
+    "InnerLoop": "tfmeta.core.inner_loop",
+    "minibatch_indices": "tfmeta.core.inner_loop",
+    "conv4": "tfmeta.core.models",
+    "logistic_regression": "tfmeta.core.models",
+    "omniglot_conv4": "tfmeta.core.models",
+    "resnet12": "tfmeta.core.models",
+    "sinusoid_mlp": "tfmeta.core.models",
+    "functional": "tfmeta.core.functional",
+    "losses": "tfmeta.core.losses",
+    "models": "tfmeta.core.models",
+    "sinusoid": "tfmeta.data.sinusoid",
+    "image_episodes": "tfmeta.run.tasks",
+    "episodes": "tfmeta.data.episodes",
 }
 
 __all__ = sorted(_PUBLIC) + ["__version__"]
@@ -55,7 +58,7 @@ def __getattr__(name: str) -> Any:
     if name not in _PUBLIC:
         raise AttributeError(f"module 'tfmeta' has no attribute {name!r}")
     module = importlib.import_module(_PUBLIC[name])
-    value = module if module.__name__ == f"tfmeta.{name}" else getattr(module, name)
+    value = module if module.__name__.rsplit(".", 1)[-1] == name else getattr(module, name)
     globals()[name] = value  # later lookups skip __getattr__
     return value
 

@@ -5,14 +5,14 @@ r"""Classifies images with an exported model after adapting it to a folder of ex
 
 ``--support`` holds one subfolder per class (the subfolder name is the class name) with a few
 example images each (the formats training reads: PNG, JPEG, BMP, GIF, TIFF, WebP, PPM; any size
-and depth; see :mod:`tfmeta.image_folders` for how they are read). ``--query`` is a directory of
+and depth; see :mod:`tfmeta.data.image_folders` for how they are read). ``--query`` is a directory of
 images or a comma-separated list of image files and directories; directories are read
 recursively, in sorted order. Whatever is skipped in a folder (hidden files, files that are not
 images, ...) is named with the reason in a warning on stderr. Each query is printed with its
 path and predicted class and probability, as a table or, with ``--json``, as one JSON document.
 Each query's answer depends only on the support set and that query; ``--transductive`` asks for
 MAML's original protocol instead (the queries are batch-normalised together); the output says
-which protocol was used. The work is done by :mod:`tfmeta.serving_client`.
+which protocol was used. The work is done by :mod:`tfmeta.serving.serving_client`.
 
 A mistake in the input (a missing or unreadable path, a folder without images, more classes than
 the model's N, a SavedModel not exported by tfmeta, ``--inner_steps`` outside ``[0,
@@ -21,7 +21,7 @@ Ctrl-C stops the command at once, even during a long adaptation: it prints ``int
 stderr and exits with status 130. ``-v 1`` logs what is adapted, just before the SavedModel call.
 
 Importing this module defines the binary's flags; library users import
-:mod:`tfmeta.serving_client` instead. ``adapt_and_predict`` and ``check_labels`` stay importable
+:mod:`tfmeta.serving.serving_client` instead. ``adapt_and_predict`` and ``check_labels`` stay importable
 from here for compatibility.
 """
 
@@ -35,8 +35,10 @@ from typing import NoReturn
 
 from absl import flags
 
-from tfmeta import cli, serving_client, signatures
-from tfmeta.serving_client import adapt_and_predict, check_labels  # noqa: F401  (re-exported)
+from tfmeta.run import cli
+from tfmeta.serving import serving_client
+from tfmeta.base import signatures
+from tfmeta.serving.serving_client import adapt_and_predict, check_labels  # noqa: F401  (re-exported)
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
 

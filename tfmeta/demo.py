@@ -22,8 +22,8 @@ import time
 
 from absl import app, flags
 
-from tfmeta import cli
-from tfmeta import config as config_lib
+from tfmeta.run import cli
+from tfmeta.run import config as config_lib
 
 _WORKDIR = flags.DEFINE_string("workdir", "/tmp/tfmeta-demo", "Where everything is written.")
 _CONFIG = flags.DEFINE_string(
@@ -58,8 +58,9 @@ def _run(args: list[str], *, capture: bool = False) -> str:
 def main(argv: list[str]) -> int:
     if len(argv) > 1:
         return cli.fail(f"unexpected arguments: {argv[1:]}")
-    from tfmeta import demo_data, omniglot
-    from tfmeta import workdir as workdir_lib
+    from tfmeta.run import demo_data
+    from tfmeta.data import omniglot
+    from tfmeta.run import workdir as workdir_lib
 
     workdir = workdir_lib.normalize(_WORKDIR.value)  # '~' and relative paths, as in train
     config = _CONFIG.value or _default_config()

@@ -12,7 +12,7 @@ appended rather than overwriting an earlier one), or to ``--output=PATH``, which
 final result), or ``PATH`` together with ``--output``. Nothing but a tfmeta evaluation result is
 ever overwritten: a target that exists and is anything else is refused with one ``error:`` line
 (exit status 2), before the evaluation runs. The result file is handled by
-:mod:`tfmeta.evaluation_results`.
+:mod:`tfmeta.run.evaluation_results`.
 """
 
 from __future__ import annotations
@@ -21,9 +21,10 @@ import json
 
 from absl import flags
 
-from tfmeta import choices, cli
-from tfmeta import config as config_lib
-from tfmeta import evaluation_results as results
+from tfmeta.base import choices
+from tfmeta.run import cli
+from tfmeta.run import config as config_lib
+from tfmeta.run import evaluation_results as results
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Work directory of a tfmeta.train run.")
 _SPLIT = flags.DEFINE_enum("split", "test", ["train", "validation", "test"], "Task split.")
@@ -54,7 +55,8 @@ flags.mark_flags_as_required(["workdir"])
 def main(argv: list[str]) -> int:
     if len(argv) > 1:
         return cli.fail(f"unexpected arguments: {argv[1:]}")
-    from tfmeta import distribute, evaluation, experiment, workdir
+    from tfmeta.base import distribute
+    from tfmeta.run import evaluation, experiment, workdir
 
     run_dir = workdir.normalize(_WORKDIR.value)
     fixed = results.fixed_path(run_dir, _SPLIT.value, output=_OUTPUT.value,

@@ -3,7 +3,7 @@ r"""Exports a trained run as a fast-adaptation SavedModel.
     python -m tfmeta.export --workdir=/tmp/run [--output=PATH [--replace]] [--max_inner_steps=N]
 
 (``tfmeta-export`` is the same command.) The SavedModel's signatures are described in
-:mod:`tfmeta.exporter`, the library that does the work; ``tfmeta.train`` runs it at the end of
+:mod:`tfmeta.run.exporter`, the library that does the work; ``tfmeta.train`` runs it at the end of
 training.
 
 The default output, ``WORKDIR/export``, belongs to the run: a previous export there is replaced.
@@ -19,8 +19,8 @@ import json
 
 from absl import flags
 
-from tfmeta import cli
-from tfmeta import config as config_lib
+from tfmeta.run import cli
+from tfmeta.run import config as config_lib
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Work directory of a tfmeta.train run.")
 _OUTPUT = flags.DEFINE_string("output", None, "SavedModel directory (default: WORKDIR/export).")
@@ -37,7 +37,7 @@ flags.mark_flags_as_required(["workdir"])
 def main(argv: list[str]) -> int:
     if len(argv) > 1:
         return cli.fail(f"unexpected arguments: {argv[1:]}")
-    from tfmeta import exporter
+    from tfmeta.run import exporter
 
     path = exporter.export_from_workdir(_WORKDIR.value, _OUTPUT.value, replace=_REPLACE.value,
                                         max_inner_steps=_MAX_INNER_STEPS.value,

@@ -13,8 +13,8 @@
 
 Data: any dataset whose elements are episode batches, dicts with ``support_x [tasks, S, ...]``,
 ``support_y [tasks, S]``, ``query_x [tasks, Q, ...]`` and ``query_y [tasks, Q]`` (the leading
-axis is the tasks of a meta-batch), for example :func:`tfmeta.episodes.episode_dataset` or
-:func:`tfmeta.sinusoid.task_dataset` with ``batch_size``. Labels travel inside the episodes, so
+axis is the tasks of a meta-batch), for example :func:`tfmeta.data.episodes.episode_dataset` or
+:func:`tfmeta.data.sinusoid.task_dataset` with ``batch_size``. Labels travel inside the episodes, so
 ``fit`` takes no ``y``.
 
 What each step does:
@@ -24,7 +24,7 @@ What each step does:
   optimizer applies the meta-gradients to ``algorithm.meta_variables`` (which include learned
   inner learning rates and per-step batch-norm weights) and the algorithm's state variables
   (batch-norm statistics, per-step statistics, Reptile's carried Adam state) take the mean of the
-  tasks' values over all replicas, as in :mod:`tfmeta.trainer`.
+  tasks' values over all replicas, as in :mod:`tfmeta.run.trainer`.
 * ``test_step``: ``algorithm.evaluate``: adaptation with the evaluation inner steps and the
   algorithm's batch-norm mode, metrics after (and before) adaptation.
 * ``predict_step`` (and ``meta_model(batch)``): ``algorithm.adapt_and_predict``: the outputs of
@@ -74,11 +74,12 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from tfmeta import errors, exporter
-from tfmeta.input_transform import InputTransform
-from tfmeta.maml import ANIL, MAML, MAMLpp, MetaSGD
-from tfmeta.meta_learner import MetaLearner
-from tfmeta.reptile import Reptile
+from tfmeta.base import errors
+from tfmeta.run import exporter
+from tfmeta.base.input_transform import InputTransform
+from tfmeta.core.maml import ANIL, MAML, MAMLpp, MetaSGD
+from tfmeta.core.meta_learner import MetaLearner
+from tfmeta.core.reptile import Reptile
 
 EPISODE_KEYS = ("support_x", "support_y", "query_x", "query_y")
 # Algorithm metric -> name in Keras logs ("accuracy" reads as the accuracy that matters: after
@@ -818,7 +819,7 @@ class MetaModel(keras.Model):
     def _phase_kwargs(self, iteration: int, iteration_tensor: tf.Tensor) -> dict[str, Any]:
         """``meta_step`` keyword arguments of the phase that holds ``iteration``.
 
-        As :func:`tfmeta.trainer.phase`: first order before ``first_order_iterations``, the
+        As :func:`tfmeta.run.trainer.phase`: first order before ``first_order_iterations``, the
         multi-step loss while the algorithm's schedule keeps it on.
         """
         algorithm = self.algorithm
@@ -1204,7 +1205,7 @@ TRANSFORM_PRESETS = {
 
 def _allowed_transforms() -> str:
     presets = " or ".join(f"{name!r} ({about})" for name, about in TRANSFORM_PRESETS.items())
-    return ("a tfmeta.input_transform.InputTransform(image_size, channels, invert, mean, std) "
+    return ("a tfmeta.base.input_transform.InputTransform(image_size, channels, invert, mean, std) "
             f"as the training data was made, its dict, or {presets}")
 
 
@@ -1217,12 +1218,12 @@ def input_transform_for(model: keras.Model, input_transform: Any) -> InputTransf
 
     Args:
       model: the image network (input ``[B, S, S, C]``).
-      input_transform: an :class:`~tfmeta.input_transform.InputTransform`, its dict
+      input_transform: an :class:`~tfmeta.base.input_transform.InputTransform`, its dict
         (``to_dict()``, e.g. the ``input_transform`` of a run's data summary), or a name of
         :data:`TRANSFORM_PRESETS` (the network's size and channels).
 
     Raises:
-      tfmeta.exporter.ExportError: none given, an unknown name, an invalid dict, or a transform
+      tfmeta.run.exporter.ExportError: none given, an unknown name, an invalid dict, or a transform
         for other images than the network takes (one line each, naming what is allowed).
     """
     shape = tuple(model.input_shape)
@@ -1267,8 +1268,8 @@ def export_metadata(algorithm: MetaLearner, *, input_transform: Any = None, step
                     max_inner_steps: int | None = None, **extra: Any) -> dict[str, Any]:
     """The SavedModel's metadata, from the algorithm (as the trainer writes it from a config).
 
-    The same fields as :func:`tfmeta.exporter.metadata_from_config` where the algorithm knows
-    them (the classifier's fields by the same builder, :func:`tfmeta.exporter.classifier_metadata`);
+    The same fields as :func:`tfmeta.run.exporter.metadata_from_config` where the algorithm knows
+    them (the classifier's fields by the same builder, :func:`tfmeta.run.exporter.classifier_metadata`);
     ``shots`` / ``queries`` (data facts a model does not hold) when given.
 
     Args:
@@ -1282,7 +1283,7 @@ def export_metadata(algorithm: MetaLearner, *, input_transform: Any = None, step
       **extra: more JSON-ready fields (e.g. ``split_scheme``), stored as given.
 
     Raises:
-      tfmeta.exporter.ExportError: an image classifier without a valid ``input_transform``, or
+      tfmeta.run.exporter.ExportError: an image classifier without a valid ``input_transform``, or
         another model with one.
     """
     model = algorithm.model
@@ -1331,7 +1332,7 @@ def export(model_or_algorithm: MetaModel | MetaLearner, output: str, *,
            step: int | None = None, **extra: Any) -> str:
     """Exports a trained model as the fast-adaptation SavedModel ``tfmeta.train`` writes.
 
-    The same :func:`tfmeta.exporter.export` as the trainer's export: the same signatures
+    The same :func:`tfmeta.run.exporter.export` as the trainer's export: the same signatures
     (``adapt_and_predict``, ``..._steps``, ``..._batch``, ``..._transductive``, ``predict``,
     ``metadata``), the inner loop in the graph, loadable by ``tf.saved_model.load`` without
     tfmeta or Keras; atomic, never overwriting anything but a previous tfmeta SavedModel
@@ -1347,7 +1348,7 @@ def export(model_or_algorithm: MetaModel | MetaLearner, output: str, *,
       output: the SavedModel directory (local or gs://); must not exist, or be a previous tfmeta
         export with ``replace=True``.
       input_transform: image classifiers only: an
-        :class:`~tfmeta.input_transform.InputTransform`, its dict, or ``"omniglot"``
+        :class:`~tfmeta.base.input_transform.InputTransform`, its dict, or ``"omniglot"``
         (grayscale, inverted: tfmeta's Omniglot episodes) or ``"pixels"`` (pixels / 255 as they
         are); see :func:`input_transform_for`.
       shots: support examples per class the model was trained for (recorded in the metadata).
@@ -1362,7 +1363,7 @@ def export(model_or_algorithm: MetaModel | MetaLearner, output: str, *,
 
     Raises:
       AlgorithmTypeError: neither a MetaModel nor a tfmeta algorithm.
-      tfmeta.exporter.ExportError: an image classifier without a valid ``input_transform`` (or
+      tfmeta.run.exporter.ExportError: an image classifier without a valid ``input_transform`` (or
         another model with one), a model that does not fit the signature contract (square
         images ``[S, S, C]`` to ``[ways]`` logits, or ``[1]`` to ``[1]`` regression), or an
         ``output`` that may not be written.

@@ -17,14 +17,14 @@ nothing is written unless ``--replace`` is given, and even then only files recog
 ``tfmeta.report`` are replaced: a ``results.md`` holding the report's table header row, a PNG
 carrying the ``Software: tfmeta.report`` text chunk the report stamps into its plots. Any other
 file of that name is refused (one ``error:`` line naming it). Other files in DIR are never touched.
-The work is done by :mod:`tfmeta.reporting`.
+The work is done by :mod:`tfmeta.run.reporting`.
 """
 
 from __future__ import annotations
 
 from absl import flags
 
-from tfmeta import cli, reporting
+from tfmeta.run import cli, reporting
 
 USAGE = "usage: python -m tfmeta.report WORKDIR [WORKDIR ...] --output=DIR [--replace]"
 

@@ -17,8 +17,9 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from tfmeta import cli, choices, preemption
-from tfmeta import config as config_lib
+from tfmeta.run import cli, preemption
+from tfmeta.base import choices
+from tfmeta.run import config as config_lib
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file, optionally with a variant: configs/x.py:variant.",
@@ -46,7 +47,8 @@ def main(argv: list[str]) -> int:
     stop = preemption.StopRequest(_STOP_GRACE_SECONDS.value).install()
     import tensorflow as tf
 
-    from tfmeta import distribute, trainer, workdir
+    from tfmeta.base import distribute
+    from tfmeta.run import trainer, workdir
 
     if _DETERMINISTIC.value:
         tf.config.experimental.enable_op_determinism()
@@ -57,7 +59,7 @@ def main(argv: list[str]) -> int:
     config_lib.validate(config)
     workdir.check_workdir(_WORKDIR.value, config)
     if _EXPORT.value:  # the export at the end must not be refused after the training
-        from tfmeta import exporter
+        from tfmeta.run import exporter
         exporter.check_run_export(_WORKDIR.value)
     strategy = distribute.make_strategy(_STRATEGY.value, tpu=_TPU.value)
     logging.info("strategy %s with %d replicas", _STRATEGY.value, strategy.num_replicas_in_sync)
@@ -66,7 +68,7 @@ def main(argv: list[str]) -> int:
     if summary["preempted"]:
         return 0
     if _EXPORT.value and distribute.is_chief(strategy):
-        from tfmeta import exporter
+        from tfmeta.run import exporter
         path = exporter.export_from_workdir(_WORKDIR.value, replace=True)
         logging.info("exported a fast-adaptation SavedModel to %s", path)
     return 0

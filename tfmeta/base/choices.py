@@ -1,0 +1,31 @@
+"""The closed sets of names a user picks from, each stated once.
+
+Configs, flags, the algorithms and the exporter all import these tuples, so a new batch-norm mode
+or strategy is added in one place. This module imports nothing.
+"""
+
+from __future__ import annotations
+
+# Meta-learning algorithms, as config.algorithm names them.
+ALGORITHMS = ("maml", "fomaml", "reptile", "mamlpp", "metasgd", "anil", "imaml")
+# Algorithms that are MAML with options of the one inner loop (tfmeta.core.maml).
+MAML_FAMILY = ("maml", "fomaml", "mamlpp", "metasgd", "anil")
+# Which batch statistics normalise a task's examples: the batch itself (as in MAML's code), the
+# support set only (query examples are classified one by one), or the running averages.
+BN_MODES = ("transductive", "support", "running")
+# Distribution strategies the binaries can build (tfmeta.base.distribute.make_strategy).
+STRATEGIES = ("default", "mirrored", "multiworker", "tpu")
+INNER_OPTIMIZERS = ("sgd", "adam")
+# Learned inner learning rates: none, one per layer and step (MAML++), one per scalar (Meta-SGD).
+LEARNED_LR = ("none", "per_layer_step", "per_parameter")
+# What adapts in the inner loop: every parameter, or only the head (ANIL).
+ADAPT = ("all", "head")
+# Rematerialisation of the inner loop in second-order meta-gradients: none (the whole unrolled
+# loop is kept for the backward pass), or steps (only each step's state is kept; a step is re-run
+# during the backward pass: memory bounded in the number of inner steps).
+REMAT = ("none", "steps")
+# Named values of tasks_in_parallel besides a positive group size.
+TASKS_IN_PARALLEL = ("auto", "all")
+# Omniglot class splits: MAML's (1200 train / 100 validation / rest test characters), Lake's
+# background/evaluation alphabets, and Reptile's (1200 train / 423 test, no validation).
+SPLIT_SCHEMES = ("maml", "lake", "reptile")
