@@ -15,12 +15,11 @@ import sys
 import numpy as np
 import pytest
 
-from tests.helpers import subprocess_env
+from tests.helpers import REPO, subprocess_env
 from tfmeta.run import config as config_lib
 from tfmeta.data import omniglot
 from tfmeta.run import tasks
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 import omniglot_as_folder  # noqa: E402
 

@@ -32,7 +32,7 @@ def test_the_limit_on_shots_plus_queries_is_the_data_sources(tmp_path):
 
     from tfmeta.run import config as config_lib
     from tfmeta.run import evaluation, experiment
-    from tests.test_image_sources import images_config, write_class_folders
+    from tests.unit.data.test_image_sources import images_config, write_class_folders
 
     root = write_class_folders(tmp_path / "photos", [30] * 6, size=(8, 8))
     config = images_config(f"folder:{root}", shots=10, queries=15, split_fractions=(0.34, 0.33, 0.33),

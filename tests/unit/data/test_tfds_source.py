@@ -15,6 +15,8 @@ from PIL import Image
 from tfmeta.data import class_listing, tfds_source
 from tfmeta.data.class_listing import DataError
 
+from tests.helpers import REPO
+
 BIRDS = ["Black_footed_Albatross", "Laysan_Albatross", "Sooty_Albatross", "Groove_billed_Ani",
          "Crested_Auklet", "Least_Auklet", "Parakeet_Auklet", "Rhinoceros_Auklet",
          "Brewer_Blackbird", "Red_winged_Blackbird"]
@@ -362,7 +364,7 @@ def test_the_cifar_fs_config_names_the_archive_tfds_reads():
 
     builder = tfds.builder("cifar100", data_dir=None)
     files = sorted(tfds_source.registered_files(builder))
-    with open(os.path.join(os.path.dirname(__file__), "..", "configs", "cifarfs_maml.py")) as f:
+    with open(os.path.join(REPO, "configs", "cifarfs_maml.py")) as f:
         text = f.read()
     assert files == ["cifar-100-binary.tar.gz"]
     assert "``cifar-100-binary.tar.gz``" in text and "cifar-100-python.tar.gz" not in text

@@ -14,7 +14,8 @@ from tfmeta.data import benchmark_splits
 from tfmeta.data.benchmark_splits import SplitListError
 from tfmeta.data.class_listing import DataError
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers import REPO
+
 # Restated from the papers: classes per split.
 COUNTS = {"miniimagenet": (64, 16, 20), "tieredimagenet": (351, 97, 160), "cifarfs": (64, 16, 20),
           "fc100": (60, 20, 20), "cub": (100, 50, 50)}

@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from tests.helpers import archives_dir, write_image_folders
-from tests.test_image_folders import _INK8, _INK16, _ink, _nested_queries
+from tests.unit.data.test_image_folders import _INK8, _INK16, _ink, _nested_queries
 from tfmeta.run import exporter
 from tfmeta.serving import serving_client
 

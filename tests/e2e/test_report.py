@@ -14,7 +14,7 @@ import types
 import pytest
 
 from tests.helpers import REPO
-from tests.test_reporting import RUN_COLOURS, _has_colour, _maml, _old, _pixels, _rows
+from tests.unit.run.test_reporting import RUN_COLOURS, _has_colour, _maml, _old, _pixels, _rows
 
 # Importing the tfmeta package imports TensorFlow, whose C++ logging writes these lines to stderr
 # even with TF_CPP_MIN_LOG_LEVEL=2; they are not the report's output.

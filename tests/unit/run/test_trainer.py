@@ -18,7 +18,8 @@ import time
 import numpy as np
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers import REPO
+
 DRIVER = os.path.join(REPO, "tests", "distributed_driver.py")
 SINE = os.path.join(REPO, "configs", "sinusoid_maml.py")
 OMNIGLOT_MAML = os.path.join(REPO, "configs", "omniglot_maml.py")
@@ -105,7 +106,7 @@ def test_mirrored_two_devices_matches_single_device(tmp_path, case):
     if case == "maml_colour_streamed":
         # Colour images of a folder, streamed from their prepared shards by each replica's
         # input pipeline.
-        from tests.test_image_sources import write_class_folders
+        from tests.unit.data.test_image_sources import write_class_folders
 
         folder = write_class_folders(tmp_path / "photos", [4] * 8, size=(14, 10))
         overrides = dict(_SMALL_SINE)
@@ -134,13 +135,13 @@ def test_mirrored_two_devices_matches_single_device(tmp_path, case):
                           # noise images normalised by 5 support examples make training chaotic
                           # (even a different task grouping on one device ends 3e-2 apart after 6
                           # steps). The per-step contract in support mode is checked exactly in
-                          # float64 (tests/test_batched_core.py).
+                          # float64 (tests/unit/core/test_batched_core.py).
                           "inner.bn_mode": "transductive",
                           # Groups of 2 tasks on one device and on each replica: the same kernels
                           # either way, so only the cross-replica sum is under test here (other
                           # groupings differ by float32 round-off, which 6 steps amplify past
                           # 1e-5; their exactness is checked in float64, with MirroredStrategy,
-                          # in tests/test_batched_core.py).
+                          # in tests/unit/core/test_batched_core.py).
                           "train.tasks_in_parallel": "2"})
         spec = {"config": f"{OMNIGLOT_MAML}:smoke", "overrides": overrides,
                 "synthetic_omniglot": {"image_size": 12}}

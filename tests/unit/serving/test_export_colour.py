@@ -20,7 +20,7 @@ import tensorflow as tf
 from PIL import Image
 
 from tests.helpers import subprocess_env
-from tests.test_export import _NO_TFMETA
+from tests.unit.serving.test_export import _NO_TFMETA
 from tfmeta.run import exporter, tasks
 from tfmeta.data import image_folders
 from tfmeta.base import input_transform
@@ -165,7 +165,7 @@ def test_an_omniglot_export_states_its_grayscale_inverted_transform(random_expor
 
 @pytest.mark.parametrize("model,given", [("colour", 1), ("grayscale", 3)])
 def test_a_wrong_channel_count_is_one_line_naming_both(colour_export, model, given):
-    from tests.test_serving_client import _FakeExport
+    from tests.unit.serving.test_serving_client import _FakeExport
 
     # The grayscale model: an export whose metadata states no channels (every Omniglot export
     # before colour models), whose signatures record any call.

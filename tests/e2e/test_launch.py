@@ -20,7 +20,9 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers import REPO as HELPERS_REPO
+
+REPO = Path(HELPERS_REPO)
 LAUNCH = REPO / "launch"
 SHELL_SCRIPTS = sorted(LAUNCH.glob("*.sh")) + sorted(LAUNCH.glob("*.sbatch"))
 

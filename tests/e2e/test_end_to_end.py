@@ -107,7 +107,7 @@ _SHORT = ["--config.train.iterations=10", "--config.train.eval_every=0",
 
 # The default mode (support) is the smoke run of conftest.py; the other two modes here. Reptile
 # with inner minibatches under -m slow (its serving path is checked in-process in
-# tests/test_export.py).
+# tests/unit/serving/test_export.py).
 @pytest.mark.parametrize("overrides", [
     pytest.param(["--config.inner.bn_mode=transductive"], id="transductive"),
     pytest.param(["--config.inner.bn_mode=running"], id="running"),

@@ -13,7 +13,9 @@ import os
 
 import pytest
 
-PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tfmeta")
+from tests.helpers import REPO
+
+PACKAGE = os.path.join(REPO, "tfmeta")
 
 TIERS = ["base", "core", "data", "serving", "run"]
 BINARIES = ["train", "evaluate", "export", "adapt", "report", "demo"]

@@ -15,7 +15,7 @@ import tensorflow as tf
 from tfmeta.data import episodes, omniglot
 from tfmeta.data.episodes import EpisodeSpec
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers import REPO
 
 
 def synthetic_pool(num_classes: int = 12, drawings: int = 20, size: int = 6,

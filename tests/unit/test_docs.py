@@ -11,7 +11,8 @@ import re
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers import REPO
+
 README = os.path.join(REPO, "README.md")
 DOCS = os.path.join(REPO, "docs")
 MAX_README_LINES = 260

@@ -18,7 +18,7 @@ import time
 import pytest
 
 from tests.helpers import subprocess_env, write_image_folders
-from tests.test_serving_client import _unseen_episodes
+from tests.unit.serving.test_serving_client import _unseen_episodes
 
 
 def _binary(*args, **env):

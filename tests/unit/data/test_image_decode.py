@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 
 from tests.helpers import subprocess_env
-from tests.test_image_folders import _in_thread_with_timeout, _png16
+from tests.unit.data.test_image_folders import _in_thread_with_timeout, _png16
 from tfmeta.run import config
 from tfmeta.data import image_decode
 from tfmeta.data.class_listing import DataError

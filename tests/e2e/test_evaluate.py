@@ -13,7 +13,7 @@ import subprocess
 import sys
 
 from tests.helpers import REPO, subprocess_env
-from tests.test_evaluation_results import RESULT, _read, _write
+from tests.unit.run.test_evaluation_results import RESULT, _read, _write
 
 
 def _fake_workdir(root) -> str:

@@ -16,11 +16,10 @@ import sys
 import numpy as np
 import pytest
 
-from tests.helpers import subprocess_env
-from tests.test_image_sources import write_class_folders
+from tests.helpers import REPO, subprocess_env
+from tests.unit.data.test_image_sources import write_class_folders
 from tfmeta.data import benchmark_splits
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _SHORT = ["--config.train.iterations=6", "--config.train.steps_per_loop=3",
           "--config.train.eval_every=0", "--config.train.eval_episodes=0",
           "--config.eval.episodes=10", "--config.train.checkpoint_every=6"]
