@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -29,6 +31,35 @@ def _one_error(proc: subprocess.CompletedProcess) -> str:
     return errors[0]
 
 
+def _train_config_error(*overrides: str) -> str:
+    """The error ``tfmeta.train --config=SINE:smoke OVERRIDES`` reports, found in process.
+
+    The binary's own steps on its config flag, in its order (check the argv, parse, check the
+    load, settle the switched fields, validate), on a flag registry of the test's own. What the
+    binary does with the error (one line, exit status 2) is checked once, in a subprocess, by
+    test_bad_config_value_exits_2_with_one_line.
+    """
+    from absl import flags
+    from ml_collections import config_flags
+
+    from tfmeta.base import errors
+    from tfmeta.run import config as config_lib
+
+    argv = ["tfmeta.train", f"--config={SINE}:smoke", *overrides]
+    values = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, "config", flag_values=values,
+                                    lock_config=True, sys_argv=argv)
+    with pytest.raises((errors.UserError, flags.Error, AttributeError, KeyError, TypeError,
+                        ValueError)) as caught:
+        config_lib.check_config_argv(argv, "config")
+        values(argv)
+        config_lib.check_config_loaded(values["config"].value, "config")
+        config = values["config"].value
+        config_lib.settle_fields(config, config_lib.user_fields(argv))
+        config_lib.validate(config)
+    return " ".join(str(caught.value).split())
+
+
 @pytest.mark.parametrize("override,expected", [
     ("--config.train.foo=1", "unknown config field 'train.foo'"),
     ("--config.foo=1", "unknown config field 'foo'"),
@@ -42,12 +73,22 @@ def _one_error(proc: subprocess.CompletedProcess) -> str:
      "'inner.eval_steps' is 1000000; it must be an integer from 1 to 1000"),
     ("--config.model.filters=0", "'model.filters' is 0; it must be an integer >= 1"),
 ])
-def test_bad_config_values_are_one_line(tmp_path, override, expected):
-    error = _one_error(_run("tfmeta.train", f"--config={SINE}:smoke",
-                            f"--workdir={tmp_path / 'run'}", override))
+def test_bad_config_values_are_named(override, expected):
+    error = _train_config_error(override)
     assert expected in error, error
     if "train.foo" in expected:
         assert "allowed fields in 'train'" in error and "iterations" in error
+
+
+@pytest.mark.parametrize("override,expected", [
+    # One refused at parsing, one by the validation that runs after TensorFlow has loaded.
+    ("--config.train.foo=1", "unknown config field 'train.foo'"),
+    ("--config.inner.steps=2000", "'inner.steps' is 2000; it must be an integer from 1 to 50"),
+])
+def test_bad_config_value_exits_2_with_one_line(tmp_path, override, expected):
+    error = _one_error(_run("tfmeta.train", f"--config={SINE}:smoke",
+                            f"--workdir={tmp_path / 'run'}", override))
+    assert expected in error, error
     assert not (tmp_path / "run").exists(), "nothing may be created before the refusal"
 
 
@@ -113,6 +154,35 @@ def test_help_exits_0_and_prints_the_flags(binary):
     proc = _run(binary, "--help")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "flags:" in proc.stdout
+
+
+# Runs each binary's --help in a fork of one process that has not imported TensorFlow, and
+# reports per binary: exit status, whether it printed the flags, whether TensorFlow got loaded.
+_HELP_IN_FORKS = textwrap.dedent("""
+    import contextlib, io, json, os, runpy, sys
+    for binary in sys.argv[1:]:
+        pid = os.fork()
+        if pid == 0:
+            sys.argv, out, code = [binary, "--help"], io.StringIO(), None
+            with contextlib.redirect_stdout(out):
+                try:
+                    runpy.run_module(binary, run_name="__main__", alter_sys=True)
+                except SystemExit as e:
+                    code = e.code
+            print(json.dumps([binary, code, "flags:" in out.getvalue(),
+                              "tensorflow" in sys.modules]), flush=True)
+            os._exit(0)
+        os.waitpid(pid, 0)
+""")
+
+
+def test_help_does_not_load_tensorflow():
+    """--help answers in about a second: TensorFlow (5-20 s to import) loads after the flags."""
+    proc = subprocess.run([sys.executable, "-c", _HELP_IN_FORKS, *BINARIES], capture_output=True,
+                          text=True, timeout=300, env=subprocess_env(), cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    reports = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("[")]
+    assert reports == [[binary, 0, True, False] for binary in BINARIES], proc.stderr[-3000:]
 
 
 def test_stray_positional_argument_is_one_line(tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -37,7 +38,10 @@ def _evaluate(workdir, *args):
         return proc.stdout, path, json.load(f)
 
 
-def test_evaluate_binary_reports_accuracy_with_its_protocol(smoke_workdir):
+def test_evaluate_binary_reports_accuracy_with_its_protocol(smoke_workdir, tmp_path):
+    # On a copy: the smoke run is shared by the whole test run, and evaluating writes into it.
+    shutil.copytree(smoke_workdir, tmp_path / "run")
+    smoke_workdir = str(tmp_path / "run")
     with open(os.path.join(smoke_workdir, "eval_test.json")) as f:
         training_result = f.read()
     out, path, result = _evaluate(smoke_workdir, "--split=test", "--episodes=30",

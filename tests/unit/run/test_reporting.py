@@ -1,6 +1,6 @@
 """tfmeta.run.reporting: learning curves and a results table from synthetic work directories.
 
-The binary, tfmeta.report, is tested in test_reporting.py.
+The binary, tfmeta.report, is tested in tests/e2e/test_report.py.
 """
 
 from __future__ import annotations
