@@ -75,11 +75,13 @@ import tensorflow as tf
 from absl import logging
 
 from tfmeta.base import errors
-from tfmeta.run import exporter
 from tfmeta.base.input_transform import InputTransform
 from tfmeta.core.maml import ANIL, MAML, MAMLpp, MetaSGD
 from tfmeta.core.meta_learner import MetaLearner
 from tfmeta.core.reptile import Reptile
+from tfmeta.serving import export as serving_export
+from tfmeta.serving import metadata as metadata_lib
+from tfmeta.serving.errors import ExportError
 
 EPISODE_KEYS = ("support_x", "support_y", "query_x", "query_y")
 # Algorithm metric -> name in Keras logs ("accuracy" reads as the accuracy that matters: after
@@ -1223,23 +1225,24 @@ def input_transform_for(model: keras.Model, input_transform: Any) -> InputTransf
         :data:`TRANSFORM_PRESETS` (the network's size and channels).
 
     Raises:
-      tfmeta.run.exporter.ExportError: none given, an unknown name, an invalid dict, or a transform
+      tfmeta.serving.errors.ExportError: none given, an unknown name, an invalid dict, or a
+        transform
         for other images than the network takes (one line each, naming what is allowed).
     """
     shape = tuple(model.input_shape)
     if input_transform is None:
-        raise exporter.ExportError(
+        raise ExportError(
             f"export: the image model {model.name!r} (input {shape}) needs input_transform=, "
             f"how served pixels (decode_png / 255, in [0, 1]) become its inputs: "
             f"{_allowed_transforms()}")
     size, width, channels = shape[1:]
     if isinstance(input_transform, str):
         if input_transform not in TRANSFORM_PRESETS:
-            raise exporter.ExportError(
+            raise ExportError(
                 f"export: input_transform={input_transform!r} is not a known name; allowed: "
                 f"{_allowed_transforms()}")
         if input_transform == "omniglot" and channels != 1:
-            raise exporter.ExportError(
+            raise ExportError(
                 f"export: input_transform='omniglot' is grayscale, but the network "
                 f"{model.name!r} takes {channels} channels (input {shape}); give the transform "
                 "of its training data")
@@ -1249,14 +1252,14 @@ def input_transform_for(model: keras.Model, input_transform: Any) -> InputTransf
         try:
             input_transform = InputTransform.from_dict(dict(input_transform))
         except (ValueError, TypeError, KeyError) as e:
-            raise exporter.ExportError(f"export: input_transform {_describe(input_transform)} is "
+            raise ExportError(f"export: input_transform {_describe(input_transform)} is "
                                        f"not a valid transform ({_first_line(e)})") from None
     elif not isinstance(input_transform, InputTransform):
-        raise exporter.ExportError(f"export: input_transform is {_describe(input_transform)}; "
+        raise ExportError(f"export: input_transform is {_describe(input_transform)}; "
                                    f"allowed: {_allowed_transforms()}")
     t = input_transform
     if (t.image_size, t.image_size, t.channels) != (size, width, channels):
-        raise exporter.ExportError(
+        raise ExportError(
             f"export: input_transform is for [{t.image_size}, {t.image_size}, {t.channels}] "
             f"images, but the network {model.name!r} takes {[size, width, channels]} (input "
             f"{shape}); give the transform of the data it was trained on")
@@ -1268,8 +1271,9 @@ def export_metadata(algorithm: MetaLearner, *, input_transform: Any = None, step
                     max_inner_steps: int | None = None, **extra: Any) -> dict[str, Any]:
     """The SavedModel's metadata, from the algorithm (as the trainer writes it from a config).
 
-    The same fields as :func:`tfmeta.run.exporter.metadata_from_config` where the algorithm knows
-    them (the classifier's fields by the same builder, :func:`tfmeta.run.exporter.classifier_metadata`);
+    The same builder as the trainer's export (:func:`tfmeta.serving.metadata.build`; the trainer
+    feeds it from the config, :func:`tfmeta.run.exporter.metadata_from_config`), so the fields
+    are the same where the algorithm knows them;
     ``shots`` / ``queries`` (data facts a model does not hold) when given.
 
     Args:
@@ -1279,47 +1283,42 @@ def export_metadata(algorithm: MetaLearner, *, input_transform: Any = None, step
       step: meta-iterations the parameters were trained for.
       shots: support examples per class the model was trained for (classification).
       queries: query examples per class (classification).
-      max_inner_steps: bound on a client's ``inner_steps`` (default: the exporter's).
+      max_inner_steps: bound on a client's ``inner_steps`` (default:
+        :data:`tfmeta.serving.metadata.DEFAULT_MAX_INNER_STEPS`).
       **extra: more JSON-ready fields (e.g. ``split_scheme``), stored as given.
 
     Raises:
-      tfmeta.run.exporter.ExportError: an image classifier without a valid ``input_transform``, or
+      tfmeta.serving.errors.ExportError: an image classifier without a valid
+        ``input_transform``, or
         another model with one.
     """
     model = algorithm.model
     reptile = isinstance(algorithm, Reptile)
     classification = _is_image_classifier(algorithm)
     if not classification and input_transform is not None:
-        raise exporter.ExportError(
+        raise ExportError(
             f"export: input_transform is for image classifiers; {model.name!r} (input "
             f"{tuple(model.input_shape)}) is exported with its inputs as they are: leave it out")
-    meta: dict[str, Any] = {
-        **exporter.versions_and_time(step),
-        "task": ("omniglot" if input_transform == "omniglot" else "images") if classification
-        else "sinusoid",
-        "algorithm": algorithm_name(algorithm),
-        "inner_lr": float(algorithm.inner_lr),
-        "inner_steps": int(algorithm.eval_inner_steps),
-        "train_inner_steps": int(algorithm.inner_steps),
-        "inner_optimizer": algorithm.inner_optimizer if reptile else "sgd",
-        "inner_batch_size": int(algorithm.inner_batch_size or 0) if reptile else 0,
-        "inner_shuffle_per_task": bool(reptile and algorithm.shuffle_per_task),
-        "inner_carry_optimizer_state": bool(reptile and algorithm.carry_optimizer_state),
-        "inner_grad_clip": float(algorithm.inner_grad_clip or 0.0),
-        "bn_mode": algorithm.bn_mode,
-        "max_inner_steps": int(max_inner_steps or max(exporter.DEFAULT_MAX_INNER_STEPS,
-                                                      algorithm.eval_inner_steps)),
-        "trained_with": "keras_fit",
-    }
+    adaptation = metadata_lib.Adaptation(
+        algorithm=algorithm_name(algorithm), inner_lr=algorithm.inner_lr,
+        inner_steps=algorithm.eval_inner_steps, train_inner_steps=algorithm.inner_steps,
+        bn_mode=algorithm.bn_mode,
+        max_inner_steps=max_inner_steps or max(metadata_lib.DEFAULT_MAX_INNER_STEPS,
+                                               algorithm.eval_inner_steps),
+        inner_optimizer=algorithm.inner_optimizer if reptile else "sgd",
+        inner_batch_size=(algorithm.inner_batch_size or 0) if reptile else 0,
+        inner_shuffle_per_task=reptile and algorithm.shuffle_per_task,
+        inner_carry_optimizer_state=reptile and algorithm.carry_optimizer_state,
+        inner_grad_clip=algorithm.inner_grad_clip or 0.0)
+    classifier = None
     if classification:
-        transform = input_transform_for(model, input_transform)
-        meta.update(exporter.classifier_metadata(int(model.output_shape[-1]), transform,
-                                                 shots=shots, train_shots=shots,
-                                                 queries=queries))
-    else:
-        meta["inputs"] = exporter.input_descriptions(None)
-    meta.update(extra)
-    return meta
+        classifier = metadata_lib.Classifier(
+            ways=int(model.output_shape[-1]), transform=input_transform_for(model, input_transform),
+            shots=shots, train_shots=shots, queries=queries)
+    task = (("omniglot" if input_transform == "omniglot" else "images") if classification
+            else "sinusoid")
+    return metadata_lib.build(step=step, task=task, adaptation=adaptation, classifier=classifier,
+                              **{"trained_with": "keras_fit", **extra})
 
 
 def _is_image_classifier(algorithm: MetaLearner) -> bool:
@@ -1332,7 +1331,7 @@ def export(model_or_algorithm: MetaModel | MetaLearner, output: str, *,
            step: int | None = None, **extra: Any) -> str:
     """Exports a trained model as the fast-adaptation SavedModel ``tfmeta.train`` writes.
 
-    The same :func:`tfmeta.run.exporter.export` as the trainer's export: the same signatures
+    The same :func:`tfmeta.serving.export.export` as the trainer's export: the same signatures
     (``adapt_and_predict``, ``..._steps``, ``..._batch``, ``..._transductive``, ``predict``,
     ``metadata``), the inner loop in the graph, loadable by ``tf.saved_model.load`` without
     tfmeta or Keras; atomic, never overwriting anything but a previous tfmeta SavedModel
@@ -1363,20 +1362,21 @@ def export(model_or_algorithm: MetaModel | MetaLearner, output: str, *,
 
     Raises:
       AlgorithmTypeError: neither a MetaModel nor a tfmeta algorithm.
-      tfmeta.run.exporter.ExportError: an image classifier without a valid ``input_transform`` (or
+      tfmeta.serving.errors.ExportError: an image classifier without a valid
+        ``input_transform`` (or
         another model with one), a model that does not fit the signature contract (square
         images ``[S, S, C]`` to ``[ways]`` logits, or ``[1]`` to ``[1]`` regression), or an
         ``output`` that may not be written.
     """
     if not isinstance(output, (str, os.PathLike)) or not os.fspath(output):
-        raise exporter.ExportError(f"export: output is {_describe(output)}; give the path of "
+        raise ExportError(f"export: output is {_describe(output)}; give the path of "
                                    "the SavedModel directory to write (local or gs://)")
     output = os.fspath(output)
     for name, value, low in (("shots", shots, 1), ("queries", queries, 1),
                              ("max_inner_steps", max_inner_steps, 1), ("step", step, 0)):
         if value is not None and (isinstance(value, bool)
                                   or not isinstance(value, (int, np.integer)) or value < low):
-            raise exporter.ExportError(f"export: {name}={value!r}; it must be an integer >= "
+            raise ExportError(f"export: {name}={value!r}; it must be an integer >= "
                                        f"{low} (or left out)")
     if isinstance(model_or_algorithm, MetaModel):
         algorithm = model_or_algorithm.algorithm
@@ -1390,9 +1390,9 @@ def export(model_or_algorithm: MetaModel | MetaLearner, output: str, *,
     metadata = export_metadata(algorithm, input_transform=input_transform, step=step or 0,
                                shots=shots, queries=queries, max_inner_steps=max_inner_steps,
                                **extra)
-    return exporter.export(algorithm.model, algorithm, output, metadata=metadata,
-                           classification=_is_image_classifier(algorithm),
-                           max_inner_steps=max_inner_steps, replace=replace)
+    return serving_export.export(algorithm.model, algorithm, output, metadata=metadata,
+                                 classification=_is_image_classifier(algorithm),
+                                 max_inner_steps=max_inner_steps, replace=replace)
 
 
 __all__ = ["AlgorithmTypeError", "EpisodeError", "MetaModel", "MetaModelError",

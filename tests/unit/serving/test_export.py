@@ -21,6 +21,7 @@ import tensorflow as tf
 
 from tests.helpers import archives_dir, file_tree, subprocess_env
 from tfmeta.run import exporter
+from tfmeta.serving import writer
 from tfmeta.core import inner_loop
 
 ATOL = 1e-5
@@ -264,15 +265,15 @@ def test_fewer_classes_than_ways_is_allowed(loaded):
 def test_export_is_atomic(random_export, tmp_path, monkeypatch):
     path = str(tmp_path / "model")
     shutil.copytree(random_export["path"], path)
-    real = exporter._write_saved_model
+    real = writer._write_saved_model
 
-    def fail_midway(module, target):
+    def fail_midway(module, target, signatures):
         os.makedirs(os.path.join(target, "variables"))
         with open(os.path.join(target, "saved_model.pb"), "wb") as f:
             f.write(b"partial")
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(exporter, "_write_saved_model", fail_midway)
+    monkeypatch.setattr(writer, "_write_saved_model", fail_midway)
     model, algorithm = random_export["model"], random_export["algorithm"]
     with pytest.raises(RuntimeError, match="disk full"):
         exporter.export(model, algorithm, path, metadata=dict(random_export["metadata"], step=7),
@@ -284,15 +285,15 @@ def test_export_is_atomic(random_export, tmp_path, monkeypatch):
     # the moved-aside previous model): the next export recovers that model and cleans up.
     dead = f"{path}.tfmeta-tmp-0123456789ab"
     os.makedirs(f"{dead}/variables")
-    with open(os.path.join(dead, exporter._TEMP_MARKER), "w") as f:
+    with open(os.path.join(dead, writer._TEMP_MARKER), "w") as f:
         f.write(json.dumps({"pid": 0, "host": "elsewhere"}))
     os.rename(path, f"{path}.tfmeta-old-0123456789ab")
-    exporter._clean_stale(path)
+    writer._clean_stale(path)
     assert sorted(os.listdir(tmp_path)) == ["model"]
     assert exporter.read_metadata(path).items() >= random_export["metadata"].items()
 
     # A complete export replaces the previous model.
-    monkeypatch.setattr(exporter, "_write_saved_model", real)
+    monkeypatch.setattr(writer, "_write_saved_model", real)
     exporter.export(model, algorithm, path, metadata=dict(random_export["metadata"], step=7),
                   replace=True)
     assert sorted(os.listdir(tmp_path)) == ["model"]
@@ -673,12 +674,12 @@ def test_failed_export_leaves_no_temporary(random_export, tmp_path, monkeypatch,
     shutil.copytree(random_export["path"], previous)
     before = file_tree(tmp_path)
 
-    def fail_midway(module, target):
+    def fail_midway(module, target, signatures):
         with open(os.path.join(target, "saved_model.pb"), "wb") as f:
             f.write(b"partial")
         raise error
 
-    monkeypatch.setattr(exporter, "_write_saved_model", fail_midway)
+    monkeypatch.setattr(writer, "_write_saved_model", fail_midway)
     monkeypatch.chdir(tmp_path)
     expected = (exporter.ExportError, "No space left on device; nothing was changed") \
         if isinstance(error, OSError) else (KeyboardInterrupt, None)
