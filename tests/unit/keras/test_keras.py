@@ -179,8 +179,14 @@ def test_jit_compile_and_steps_per_execution_equal_the_default(float64, model):
     assert not np.allclose(_weights(second)[0], default[0][0], rtol=1e-8)
 
 
-def test_trainer_and_fit_reach_the_same_parameters(tmp_path):
-    """The trainer and fit on the trainer's own stream: the same model after 4 iterations."""
+@pytest.mark.parametrize("algorithm", ["maml", "mamlpp"])
+def test_trainer_and_fit_reach_the_same_parameters(tmp_path, algorithm):
+    """The trainer and fit on the trainer's own stream: the same model after 4 iterations.
+
+    ``mamlpp``: derivative-order annealing (first order for 1 iteration) and the multi-step loss
+    (annealed over epochs of 1 iteration, off after 3), so both switch inside the run, and inside
+    one compiled call of each (steps_per_loop 2, steps_per_execution 2).
+    """
     from tests.distributed_driver import load_config, synthetic_omniglot
     from tfmeta.run import experiment, trainer
 
@@ -190,13 +196,21 @@ def test_trainer_and_fit_reach_the_same_parameters(tmp_path):
         "train.steps_per_loop": 2, "train.eval_every": 0, "train.eval_episodes": 0,
         "train.checkpoint_every": 4, "train.meta_batch_size": 4, "outer.optimizer": "sgd",
         "outer.lr": 0.1, "inner.bn_mode": "transductive"})
+    if algorithm == "mamlpp":
+        config.algorithm = "mamlpp"
+        config.inner.steps = 2
+        config.update_from_flattened_dict({
+            "mamlpp.first_order_iterations": 1, "mamlpp.msl_epochs": 3,
+            "mamlpp.iterations_per_epoch": 1})
+        assert trainer.phase(config, 0)[1] == 1 and trainer.phase(config, 1)[1] == 3
     data = synthetic_omniglot(12)
     strategy = tf.distribute.get_strategy()
     exp = experiment.build_experiment(config, strategy, data=data)
     trainer.run(exp, str(tmp_path / "run"), final_evaluation=False)
     ours = experiment.build_experiment(config, strategy, data=data)
     initial = _weights(MetaModel(ours.algorithm))
-    meta = MetaModel(ours.algorithm)
+    meta = MetaModel(ours.algorithm,
+                     first_order_iterations=config.mamlpp.first_order_iterations)
     meta.compile(optimizer=ours.optimizer, steps_per_execution=2)
     stream = ours.source.make_dataset("train", 0, config.train.meta_batch_size, config.seed, 0)
     meta.fit(stream, epochs=2, steps_per_epoch=2, verbose=0)
