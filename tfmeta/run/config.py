@@ -134,8 +134,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.inner.carry_optimizer_state = False
     c.inner.bn_mode = "transductive"  # transductive | support | running
     # MAML family: "steps" keeps only each inner step's fast weights for the meta-gradient's
-    # backward pass and re-runs the step there (memory bounded in inner steps; same gradients).
-    c.inner.remat = "none"  # none | steps
+    # backward pass and re-runs the step there (memory bounded in inner steps; same gradients);
+    # "blocks" also re-runs each block of the model (residual / conv blocks, else layers) inside
+    # the re-run step, keeping only the activations between blocks.
+    c.inner.remat = "none"  # none | steps | blocks
 
     # MAML++ (algorithm 'mamlpp'; Antoniou et al. 2019): each of its changes to MAML is a switch.
     # The cosine meta learning rate is outer.schedule = 'cosine' (with outer.min_lr).
