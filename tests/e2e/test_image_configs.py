@@ -113,3 +113,23 @@ def test_images_smoke_schedule_learns_a_learnable_folder(tmp_path):
     with open(workdir / "eval_test.json") as f:
         result = json.load(f)
     assert result["accuracy"] > 0.5, result
+
+
+def test_miniimagenet_resnet12_variant_loads_and_validates():
+    """Second-order MAML with ResNet-12: block-wise remat, 5-way 5-shot, 5 inner steps."""
+    import importlib.util
+
+    from tfmeta.run import config as config_lib
+
+    spec = importlib.util.spec_from_file_location(
+        "miniimagenet_maml_config", os.path.join(REPO, "configs", "miniimagenet_maml.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config("resnet12_5way5shot")
+    config_lib.validate(config)
+    assert (config.model.name, config.inner.remat, config.algorithm) == (
+        "resnet12", "blocks", "maml")
+    assert (config.data.ways, config.data.shots, config.inner.steps) == (5, 5, 5)
+    assert config.train.meta_batch_size == 2 and config.data.image_size == 84
+    with pytest.raises(ValueError, match="resnet12_5way5shot"):
+        module.get_config("resnet12")

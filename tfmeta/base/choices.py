@@ -24,7 +24,7 @@ ADAPT = ("all", "head")
 # Rematerialisation of the inner loop in second-order meta-gradients: none (the whole unrolled
 # loop is kept for the backward pass), or steps (only each step's state is kept; a step is re-run
 # during the backward pass: memory bounded in the number of inner steps).
-REMAT = ("none", "steps")
+REMAT = ("none", "steps", "blocks")
 # Named values of tasks_in_parallel besides a positive group size.
 TASKS_IN_PARALLEL = ("auto", "all")
 # Omniglot class splits: MAML's (1200 train / 100 validation / rest test characters), Lake's

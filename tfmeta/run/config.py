@@ -37,7 +37,7 @@ MAX_INNER_STEPS = 1000
 RESUMABLE_FIELDS = (
     "train.iterations", "train.steps_per_loop", "train.log_every", "train.checkpoint_every",
     "train.keep_checkpoints", "train.eval_every", "train.eval_episodes", "train.jit_compile",
-    "train.max_minutes", "train.tasks_in_parallel",
+    "train.max_minutes", "train.tasks_in_parallel", "train.memory_budget_mb",
     "inner.eval_steps", "eval.", "export.", "data.data_dir", "data.archives_dir",
     # How prepared images are held (memory or streamed) never changes the episodes.
     "data.prepared_dir", "data.storage", "data.memory_limit_mb",
@@ -124,8 +124,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.inner.carry_optimizer_state = False
     c.inner.bn_mode = "transductive"  # transductive | support | running
     # MAML family: "steps" keeps only each inner step's fast weights for the meta-gradient's
-    # backward pass and re-runs the step there (memory bounded in inner steps; same gradients).
-    c.inner.remat = "none"  # none | steps
+    # backward pass and re-runs the step there (memory bounded in inner steps; same gradients);
+    # "blocks" also re-runs each block of the model (residual / conv blocks, else layers) inside
+    # the re-run step, keeping only the activations between blocks.
+    c.inner.remat = "none"  # none | steps | blocks
 
     # MAML++ (algorithm 'mamlpp'; Antoniou et al. 2019): each of its changes to MAML is a switch.
     # The cosine meta learning rate is outer.schedule = 'cosine' (with outer.min_lr).
@@ -166,6 +168,10 @@ def base_config() -> ml_collections.ConfigDict:
     # Tasks computed together: 1 (one at a time), k, 'all' (the replica's whole meta-batch) or
     # 'auto' (all on GPU/TPU; on CPU what benchmarks/train_throughput.py measured fastest).
     c.train.tasks_in_parallel = "auto"
+    # Memory (MB) the 'auto' group's activations may take: the group is capped at what fits, from
+    # the measured peak of one task's meta-gradient; 0 = a GPU's free memory on GPU, no limit on
+    # CPU (docs/tasks-in-parallel.md).
+    c.train.memory_budget_mb = 0
 
     c.eval = ml_collections.ConfigDict()
     c.eval.split = "test"
@@ -295,6 +301,7 @@ RANGES: dict[str, _Range] = {
     "outer.lr": _Range(0, integer=False, low_exclusive=True),
     "outer.min_lr": _Range(0, integer=False),
     "train.meta_batch_size": _Range(1),
+    "train.memory_budget_mb": _Range(0, why="0 = the GPU's free memory, no limit on CPU"),
     "train.iterations": _Range(1),
     "train.steps_per_loop": _Range(1),
     "train.log_every": _Range(1),

@@ -293,9 +293,9 @@ print("REPLICAS", strategy.num_replicas_in_sync, "ERR", err, err_m, err_nt)
 
 
 @pytest.mark.parametrize("bn_mode,remat", [("transductive", "none"), ("support", "none"),
-                                           ("transductive", "steps")])
+                                           ("transductive", "steps"), ("running", "blocks")])
 def test_mirrored_two_devices_batched_equals_one_device_loop(bn_mode, remat):
-    """Also the rematerialised meta-gradient (remat="steps") under the strategy."""
+    """Also the rematerialised meta-gradients (remat="steps", "blocks") under the strategy."""
     script = _MIRRORED.replace("BN_MODE", bn_mode).replace("REMAT", remat)
     result = subprocess.run([sys.executable, "-c", script],
                             capture_output=True, text=True, timeout=600)

@@ -82,3 +82,80 @@ def test_over_groups_sums_and_stacks_like_one_pass(group):
     for total, stacked in (eager, graph):
         assert float(total["total"]) == 45.0
         np.testing.assert_array_equal(stacked["double"], 2 * batch["x"].numpy())
+
+
+MB = 2 ** 20
+
+
+@pytest.mark.parametrize("tasks,peak_mb,budget_mb,speed,group,why", [
+    (8, 1000, 3500, None, 3, "3 task(s) of 1000 MB fit the 3500 MB budget (limited by memory)"),
+    (8, 1000, 20000, None, 8, "(limited by the meta-batch)"),
+    (8, 1000, 20000, 4, 4, "(limited by the speed rule)"),
+    (8, 1000, 2500, 4, 2, "(limited by memory)"),
+    (2, 5000, 4000, None, 1, "one task needs 5000 MB, more than the 4000 MB budget"),
+    (8, 1000, None, 4, 4, "no memory budget: 4 of 8 tasks together"),
+    (8, 1000, 0, None, 8, "no memory budget"),
+    (8, 0, 4000, 2, 2, "not measurable"),
+])
+def test_memory_group_size(tasks, peak_mb, budget_mb, speed, group, why):
+    from tfmeta.core import grouping
+
+    budget = None if budget_mb is None else budget_mb * MB
+    got, reason = grouping.memory_group_size(tasks, peak_mb * MB, budget, speed_group=speed)
+    assert got == group
+    assert why in reason
+
+
+def test_memory_budget_caps_the_auto_group(monkeypatch):
+    """train.memory_budget_mb: one task's measured peak decides how many fit (logged)."""
+    from absl import logging as absl_logging
+
+    from tfmeta.run import config as config_lib
+    from tfmeta.run import experiment, memory_budget
+
+    config = config_lib.base_config()
+    config.algorithm, config.task, config.model.name = "maml", "sinusoid", "mlp"
+    config.train.meta_batch_size, config.train.memory_budget_mb = 8, 250
+    config_lib.validate(config)
+    model = models.sinusoid_mlp(hidden=(4,), seed=0)
+    algo = experiment.build_algorithm(config, model, classification=False)
+    measured = []
+
+    def peak(algorithm, batch):
+        measured.append({k: tuple(v.shape) for k, v in batch.items()})
+        return 100 * MB
+
+    logged = []
+    monkeypatch.setattr(memory_budget, "measure_task_peak", peak)
+    monkeypatch.setattr(absl_logging, "info", lambda msg, *args: logged.append(msg % args))
+    assert memory_budget.apply(config, algo, classification=False) == 2
+    assert algo.tasks_in_parallel == 2
+    assert measured == [{"support_x": (1, config.data.k_support, 1),
+                         "query_x": (1, config.data.k_query, 1),
+                         "support_y": (1, config.data.k_support, 1),
+                         "query_y": (1, config.data.k_query, 1)}]
+    assert logged == ["tasks_in_parallel='auto' (budget from train.memory_budget_mb): 2 of 8 "
+                      "tasks together: 2 task(s) of 100 MB fit the 250 MB budget (limited by "
+                      "memory)"]
+    # No budget on CPU: nothing measured, the speed rule stays.
+    config.train.memory_budget_mb = 0
+    algo.tasks_in_parallel = "auto"
+    if not tf.config.list_physical_devices("GPU"):
+        assert memory_budget.apply(config, algo, classification=False) is None
+        assert algo.tasks_in_parallel == "auto" and len(measured) == 1
+
+
+def test_memory_budget_measures_one_task_on_cpu():
+    """The real measurement: a positive peak for a convolutional task (peak RSS on Linux)."""
+    import os
+
+    from tfmeta.run import memory_budget
+
+    if not os.path.exists("/proc/self/clear_refs"):
+        pytest.skip("needs Linux's peak-RSS reset")
+    model = models.conv4(5, 28, 1, 32)
+    algo = maml.MAML(model, inner_lr=0.1, inner_steps=2, tasks_in_parallel="auto")
+    batch = {"support_x": tf.random.normal([1, 25, 28, 28, 1]),
+             "query_x": tf.random.normal([1, 75, 28, 28, 1]),
+             "support_y": tf.zeros([1, 25], tf.int32), "query_y": tf.zeros([1, 75], tf.int32)}
+    assert memory_budget.measure_task_peak(algo, batch) > 1 * MB

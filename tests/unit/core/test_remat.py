@@ -1,4 +1,4 @@
-"""The rematerialised meta-gradient (``remat="steps"``) against the unrolled tape (float64)."""
+"""The rematerialised meta-gradients (``remat="steps"``, ``"blocks"``) against the unrolled tape (float64)."""
 
 import importlib.util
 import os
@@ -9,6 +9,9 @@ import tensorflow as tf
 
 from tfmeta.run import config as config_lib
 from tfmeta.run import experiment
+import keras
+
+from tfmeta.core import blocks as tfm_blocks
 from tfmeta.core import maml, models
 from tfmeta.core import remat as tfm_remat
 
@@ -54,6 +57,23 @@ def spy(monkeypatch):
     return calls
 
 
+@pytest.fixture
+def block_spy(monkeypatch):
+    """Counts recomputed block ops (forward and backward) whose gradient was taken."""
+    calls = []
+    real = tfm_blocks._recomputed
+
+    def counted(fn, inputs):
+        def traced(values):
+            calls.append(1)
+            return fn(values)
+
+        return real(traced, inputs)
+
+    monkeypatch.setattr(tfm_blocks, "_recomputed", counted)
+    return calls
+
+
 @pytest.mark.parametrize("cls,kwargs,tasks_in_parallel", [
     (maml.MAML, {}, 1),
     (maml.MAML, {"bn_mode": "support"}, 2),  # groups of 2 over 3 tasks: an uneven last group
@@ -64,15 +84,89 @@ def spy(monkeypatch):
     (maml.ANIL, {}, 1),
     (maml.MAML, {"first_order": True}, "all"),
 ])
-def test_steps_equals_unrolled_tape(float64, spy, cls, kwargs, tasks_in_parallel):
+@pytest.mark.parametrize("remat", ["steps", "blocks"])
+def test_remat_equals_unrolled_tape(float64, spy, block_spy, cls, kwargs, tasks_in_parallel,
+                                    remat):
     none = _meta_step(cls, "none", tasks_in_parallel=tasks_in_parallel, **kwargs)
-    assert not spy
-    steps = _meta_step(cls, "steps", tasks_in_parallel=tasks_in_parallel, **kwargs)
+    assert not spy and not block_spy
+    rematerialised = _meta_step(cls, remat, tasks_in_parallel=tasks_in_parallel, **kwargs)
     assert spy
-    _assert_same(none, steps)
+    assert bool(block_spy) == (remat == "blocks")
+    _assert_same(none, rematerialised)
 
 
-def test_steps_equals_unrolled_under_xla(float64):
+@pytest.mark.parametrize("kwargs", [{}, {"bn_mode": "running"}])
+def test_blocks_equals_unrolled_tape_for_resnet12(float64, block_spy, kwargs):
+    """Residual blocks (a shortcut inside each block), tasks one at a time and together."""
+    def meta_step(remat, tasks_in_parallel):
+        model = models.resnet12(3, image_size=16, widths=(2, 3, 4, 5), seed=0)
+        algo = maml.MAML(model, inner_lr=0.4, inner_steps=2, tasks_in_parallel=tasks_in_parallel,
+                         remat=remat, **kwargs)
+        batch = classification_batch(np.random.default_rng(3), tasks=2, shots=2, queries=2,
+                                     ways=3, image=16, channels=3)
+        return algo.meta_step({k: tf.constant(v) for k, v in batch.items()})
+
+    for tasks_in_parallel in (1, "all"):
+        _assert_same(meta_step("none", tasks_in_parallel), meta_step("blocks", tasks_in_parallel))
+    assert block_spy
+
+
+def test_blocks_of_the_networks():
+    conv4 = models.conv4(5, 16, 3, 4, downsample="maxpool", head="flatten")
+    assert [b.name for b in tfm_blocks.plan(conv4)] == [
+        "block0", "block1", "block2", "block3", "flatten", "logits"]
+    resnet = models.resnet12(5, image_size=16, widths=(2, 3, 4, 5))
+    plan = tfm_blocks.plan(resnet)
+    assert [b.name for b in plan] == ["block0", "block1", "block2", "block3", "spatial_mean",
+                                      "logits"]
+    # Each residual block owns its four convolutions and four batch norms (gamma, beta).
+    assert [len(b.params) for b in plan] == [12, 12, 12, 12, 0, 2]
+    assert sorted(i for b in plan for i in b.params) == list(range(len(resnet.trainable_variables)))
+    sequential = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4, name="a"),
+                                   keras.layers.ReLU(name="r"), keras.layers.Dense(2, name="b")])
+    assert [b.name for b in tfm_blocks.plan(sequential)] == ["a", "r", "b"]
+
+
+def test_blocks_of_a_model_that_cannot_be_cut():
+    """Several paths that only meet at the output: one block, the whole model."""
+    inputs = keras.Input((3,))
+    merged = keras.layers.Add(name="sum")([keras.layers.Dense(2, name="p")(inputs),
+                                           keras.layers.Dense(2, name="q")(inputs)])
+    model = keras.Model(inputs, merged)
+    assert [b.name for b in tfm_blocks.plan(model)] == ["p..sum"]
+    inputs = keras.Input((3,))
+    two_outputs = keras.Model(inputs, [keras.layers.Dense(2)(inputs), keras.layers.Dense(1)(inputs)])
+    assert [b.nodes for b in tfm_blocks.plan(two_outputs)] == [()]
+
+
+class _Subclassed(keras.Model):
+    def __init__(self):
+        super().__init__()
+        self.hidden = keras.layers.Dense(5, activation="tanh")
+        self.out = keras.layers.Dense(3)
+
+    def call(self, x):
+        return self.out(self.hidden(x))
+
+
+def test_blocks_equals_unrolled_tape_for_a_subclassed_model(float64, block_spy):
+    """A model that cannot be cut is one block (the whole model), one task at a time."""
+    def meta_step(remat):
+        model = _Subclassed()
+        model(tf.zeros([1, 6], tf.float64))
+        model.set_weights([np.random.default_rng(i).normal(size=w.shape)
+                           for i, w in enumerate(model.get_weights())])
+        algo = maml.MAML(model, inner_lr=0.3, inner_steps=2, tasks_in_parallel="all",
+                         remat=remat)
+        return algo.meta_step(vector_batch(seed=4, dtype="float64"))
+
+    assert [b.nodes for b in tfm_blocks.plan(_Subclassed())] == [()]
+    _assert_same(meta_step("none"), meta_step("blocks"))
+    assert block_spy
+
+
+@pytest.mark.parametrize("remat", ["steps", "blocks"])
+def test_remat_equals_unrolled_under_xla(float64, remat):
     """Compiled by XLA (the loops' static trip counts and shapes), with per-step batch norm."""
     batch = vector_batch(seed=1, dtype="float64")
 
@@ -81,12 +175,20 @@ def test_steps_equals_unrolled_under_xla(float64):
                            tasks_in_parallel="all", remat=remat)
         return tf.function(algo.meta_step, jit_compile=True)(batch)
 
-    _assert_same(compiled_step("none"), compiled_step("steps"), tol=1e-10)
+    _assert_same(compiled_step("none"), compiled_step(remat), tol=1e-10)
 
 
-def test_steps_matches_finite_differences(float64):
+def test_blocks_equals_unrolled_for_conv4_under_xla(float64):
+    """Conv blocks compiled by XLA, tasks together (the recomputation's data dependency)."""
+    none = _meta_step(maml.MAML, "none", tasks_in_parallel="all", compile=True)
+    _assert_same(none, _meta_step(maml.MAML, "blocks", tasks_in_parallel="all", compile=True),
+                 tol=1e-10)
+
+
+@pytest.mark.parametrize("remat", ["steps", "blocks"])
+def test_remat_matches_finite_differences(float64, remat):
     model = models.omniglot_conv4(3, image_size=8, filters=4, seed=0)
-    algo = maml.MAML(model, inner_lr=0.4, inner_steps=2, tasks_in_parallel="all", remat="steps")
+    algo = maml.MAML(model, inner_lr=0.4, inner_steps=2, tasks_in_parallel="all", remat=remat)
     batch = classification_batch(np.random.default_rng(2), tasks=2, shots=2, queries=4, ways=3,
                                  image=8)
     errors, n, _ = fd_errors(algo, batch, coords=6)
@@ -96,18 +198,20 @@ def test_steps_matches_finite_differences(float64):
 
 def test_unknown_remat_is_refused():
     model = models.omniglot_conv4(3, image_size=8, filters=4, seed=0)
-    with pytest.raises(ValueError, match="unknown remat 'blocks'; allowed: \\['none', 'steps'\\]"):
-        maml.MAML(model, inner_lr=0.4, inner_steps=1, remat="blocks")
+    with pytest.raises(ValueError,
+                       match="unknown remat 'layers'; allowed: \\['none', 'steps', 'blocks'\\]"):
+        maml.MAML(model, inner_lr=0.4, inner_steps=1, remat="layers")
 
 
-def test_config_field_reaches_the_algorithm():
+@pytest.mark.parametrize("remat", ["steps", "blocks"])
+def test_config_field_reaches_the_algorithm(remat):
     config = config_lib.base_config()
     config.algorithm = "maml"
-    config.inner.remat = "steps"
+    config.inner.remat = remat
     config_lib.validate(config)
     model = models.omniglot_conv4(5, filters=4, seed=0)
     algo = experiment.build_algorithm(config, model, classification=True)
-    assert algo.remat == "steps"
+    assert algo.remat == remat
 
 
 @pytest.mark.parametrize("algorithm,remat,message", [
