@@ -79,7 +79,7 @@ def test_the_trainer_and_a_metamodel_get_the_same_schedule():
     import os
     import tensorflow as tf
 
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    from tests.helpers import REPO as repo
     config = load_config(os.path.join(repo, "configs", "sinusoid_maml.py") + ":smoke")
     config.algorithm = "mamlpp"
     config.mamlpp.per_step_bn = False

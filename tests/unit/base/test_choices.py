@@ -8,7 +8,9 @@ import pytest
 
 from tfmeta.base import choices
 
-PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tfmeta")
+from tests.helpers import REPO
+
+PACKAGE = os.path.join(REPO, "tfmeta")
 
 
 def _sources():
