@@ -1,19 +1,18 @@
 """Reptile as the reference code runs it: per-task minibatch shuffles, Adam state carried across
-tasks (checked against hand-written float64 references, through export and through a resume),
-the flattening head and the reference's class protocol."""
+tasks (checked against hand-written float64 references and through export), the flattening head
+and the reference's class protocol. Through a resume and across replicas, in their own processes:
+tests/e2e/test_reptile_runs.py."""
 
 from __future__ import annotations
 
 import functools
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.helpers import REPO, regression_batch, subprocess_env
+from tests.helpers import REPO, regression_batch
 from tfmeta.core import functional as F
 from tests import param_math as P
 from tfmeta.core import inner_loop, models, reptile
@@ -218,44 +217,6 @@ def test_export_adapts_from_the_carried_state_with_the_same_schedule(tmp_path):
         v.assign(s)
 
 
-# ----------------------------------------------------------------------- resume
-_SINE = os.path.join(REPO, "configs", "sinusoid_maml.py")
-_REPTILE_SINE = [
-    "--config.algorithm=reptile", "--config.inner.optimizer=adam", "--config.inner.lr=0.01",
-    "--config.inner.steps=3", "--config.inner.batch_size=4", "--config.inner.shuffle_per_task=True",
-    "--config.inner.carry_optimizer_state=True", "--config.outer.optimizer=sgd",
-    "--config.outer.lr=0.5", "--config.train.steps_per_loop=10",
-    "--config.train.checkpoint_every=10", "--config.train.eval_every=0",
-    "--config.train.eval_episodes=0", "--config.train.meta_batch_size=4",
-]
-
-
-def _run(workdir, iterations):
-    cmd = [sys.executable, "-m", "tfmeta.train", f"--config={_SINE}:smoke", f"--workdir={workdir}",
-           "--deterministic", "--noexport", f"--config.train.iterations={iterations}",
-           *_REPTILE_SINE]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=subprocess_env(),
-                          cwd=REPO)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    latest = tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints"))
-    reader = tf.train.load_checkpoint(latest)
-    return {k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map()
-            if k.startswith(("model", "inner_loop", "step"))}
-
-
-def test_resume_continues_the_carried_state_bit_exactly(tmp_path):
-    straight = _run(str(tmp_path / "straight"), 40)
-    _run(str(tmp_path / "parts"), 20)
-    resumed = _run(str(tmp_path / "parts"), 40)
-    carried = [k for k in straight if k.startswith("inner_loop") and k.endswith("VARIABLE_VALUE")]
-    assert len(carried) >= 4, sorted(straight)  # the moments and powers are in the checkpoint
-    assert sorted(straight) == sorted(resumed)
-    for key in straight:
-        np.testing.assert_array_equal(straight[key], resumed[key], err_msg=key)
-    power = [k for k in carried if np.ndim(straight[k]) == 0]
-    assert power and any(0 < straight[k] < 1 for k in power)
-
-
 # ----------------------------------------------------------------------- head and protocol
 def test_flatten_head_sees_the_whole_last_feature_map():
     flat = models.omniglot_conv4(5, filters=8, seed=0, head="flatten")
@@ -309,39 +270,6 @@ def test_reptile_scheme_refuses_validation_runs():
     c.train.eval_episodes, c.eval.split = 0, "validation"
     with pytest.raises(config_lib.ConfigError, match="'eval.split' is 'validation'"):
         config_lib.validate(c)
-
-
-def test_mirrored_replicas_carry_the_same_state_as_one_device(tmp_path):
-    """Under MirroredStrategy the carried state is the mean over every replica's tasks."""
-    import json
-
-    overrides = {"train.iterations": 6, "train.steps_per_loop": 3, "train.meta_batch_size": 4,
-                 "train.eval_every": 0, "train.eval_episodes": 0, "train.log_every": 3,
-                 "train.checkpoint_every": 6, "algorithm": "reptile", "inner.optimizer": "adam",
-                 "inner.lr": 0.01, "inner.steps": 3, "inner.batch_size": 4,
-                 "inner.shuffle_per_task": True, "inner.carry_optimizer_state": True,
-                 "outer.optimizer": "sgd", "outer.lr": 1.0, "outer.schedule": "linear"}
-    values = {}
-    for strategy in ("default", "mirrored"):
-        spec = {"config": f"{_SINE}:smoke", "overrides": overrides, "strategy": strategy,
-                "logical_cpus": 2, "workdir": str(tmp_path / strategy)}
-        proc = subprocess.run([sys.executable, os.path.join(REPO, "tests", "distributed_driver.py"),
-                               json.dumps(spec)], capture_output=True, text=True, timeout=600,
-                              env=subprocess_env(), cwd=REPO)
-        assert proc.returncode == 0, proc.stderr[-4000:]
-        assert json.loads(proc.stdout.strip().splitlines()[-1])["replicas"] == (
-            1 if strategy == "default" else 2)
-        reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(
-            str(tmp_path / strategy / "checkpoints")))
-        values[strategy] = {k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map()
-                            if k.startswith(("model", "inner_loop"))
-                            and k.endswith("VARIABLE_VALUE")}
-    carried = [k for k in values["default"] if k.startswith("inner_loop")]
-    assert len(carried) >= 4 and any(np.any(values["default"][k] != 0) for k in carried)
-    assert sorted(values["default"]) == sorted(values["mirrored"])
-    for key, value in values["default"].items():
-        np.testing.assert_allclose(values["mirrored"][key], value, rtol=1e-5, atol=1e-7,
-                                   err_msg=key)
 
 
 def test_export_metadata_records_the_inner_schedule_and_carried_state():
