@@ -1,5 +1,6 @@
 """Work directories through the binaries: a second training refused while the first runs, an
-unwritable or empty --workdir as one line, relative and ~ work directories after a cd.
+unwritable or empty --workdir or a damaged work-directory file as one line, relative and ~
+work directories after a cd.
 
 The library (locks, config history, damaged checkpoints) is tested in
 tests/unit/run/test_workdir.py.
@@ -13,8 +14,11 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from tests.helpers import REPO, subprocess_env
-from tests.unit.run.test_workdir import _errors, _train_cmd
+from tests.unit.run.test_workdir import (  # noqa: F401 (resumed_run is a fixture)
+    _DAMAGE, _damaged_copy, _errors, _train_cmd, resumed_run)
 from tfmeta.run import workdir
 
 
@@ -81,3 +85,19 @@ def test_binaries_with_a_relative_workdir_after_cd(tmp_path):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert len(_errors(proc)) == 1 and "work directory path is empty" in _errors(proc)[0]
     assert os.listdir(tmp_path / "elsewhere") == []
+
+
+@pytest.mark.parametrize("binary,case", [
+    ("train", "truncated config.json"), ("evaluate", "random bytes in config.json"),
+    ("export", "truncated config_changes.json")])
+def test_damaged_workdir_json_is_one_line_exit_2_in_every_binary(tmp_path, resumed_run, binary,
+                                                                 case):
+    name, _, expected = _DAMAGE[case]
+    run_dir = _damaged_copy(resumed_run, tmp_path, case)
+    cmd = (_train_cmd(run_dir, "--config.train.iterations=9") if binary == "train" else
+           [sys.executable, "-m", f"tfmeta.{binary}", f"--workdir={run_dir}"])
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=subprocess_env(), cwd=REPO,
+                          timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert len(_errors(proc)) == 1
+    assert os.path.join(run_dir, name) in _errors(proc)[0] and expected in _errors(proc)[0]

@@ -329,22 +329,6 @@ def test_damaged_workdir_json_names_the_file(tmp_path, resumed_run, case):
     assert file_tree(run_dir) == before
 
 
-@pytest.mark.parametrize("binary,case", [
-    ("train", "truncated config.json"), ("evaluate", "random bytes in config.json"),
-    ("export", "truncated config_changes.json")])
-def test_damaged_workdir_json_is_one_line_exit_2_in_every_binary(tmp_path, resumed_run, binary,
-                                                                 case):
-    name, _, expected = _DAMAGE[case]
-    run_dir = _damaged_copy(resumed_run, tmp_path, case)
-    cmd = (_train_cmd(run_dir, "--config.train.iterations=9") if binary == "train" else
-           [sys.executable, "-m", f"tfmeta.{binary}", f"--workdir={run_dir}"])
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=subprocess_env(), cwd=REPO,
-                          timeout=300)
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    assert len(_errors(proc)) == 1
-    assert os.path.join(run_dir, name) in _errors(proc)[0] and expected in _errors(proc)[0]
-
-
 # Files only a training run reads: damaged, each is refused before anything is written.
 _TRAINING_FILES = {
     "lock pid of the wrong type": (workdir.LOCK_FILE, {"pid": "1234", "host": "h"},
