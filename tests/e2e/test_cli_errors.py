@@ -1,4 +1,5 @@
-"""Every error a user can cause is one line naming the value, exit status 2, in every binary."""
+"""Every error a user can cause is one line naming the value, exit status 2, in every binary;
+and nothing else is printed at start-up unless --verbosity asks for it."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 
 from tests.helpers import OMNIGLOT_ARCHIVES, REPO, archives_dir, subprocess_env
+from tests.unit.data.test_benchmark_sources import write_mini_caches
 
 SINE = os.path.join(REPO, "configs", "sinusoid_maml.py")
 MAML = os.path.join(REPO, "configs", "omniglot_maml.py")
@@ -221,3 +223,41 @@ def test_demo_refuses_a_broken_config_file_before_any_work(tmp_path):
                             f"--config={broken}"))
     assert f"config file '{broken}' line" in error and "SyntaxError" in error, error
     assert not (tmp_path / "demo").exists()
+
+
+def test_training_on_a_partial_benchmark_exits_2_with_one_line_writing_nothing(tmp_path):
+    write_mini_caches(tmp_path)
+    workdir = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "tfmeta.train",
+         f"--config={REPO}/configs/miniimagenet_maml.py:smoke",
+         f"--config.data.source=miniimagenet:{tmp_path}", f"--workdir={workdir}",
+         f"--config.data.prepared_dir={tmp_path / 'prepared'}"],
+        capture_output=True, text=True, timeout=600, env=subprocess_env(), cwd=REPO)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert "is not the whole mini-ImageNet benchmark: 100 image counts differ" in errors[0]
+    assert "data.allow_partial_benchmark=True" in errors[0]
+    assert not workdir.exists() or not os.listdir(workdir)  # nothing written in it
+
+
+def _export(tmp_path, *flags: str) -> subprocess.CompletedProcess:
+    env = subprocess_env()
+    env.pop("TF_CPP_MIN_LOG_LEVEL")  # as a user's shell has it
+    return subprocess.run([sys.executable, "-m", "tfmeta.export",
+                           f"--workdir={tmp_path / 'no-run'}", *flags],
+                          capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
+
+
+def test_start_up_is_quiet_and_verbosity_brings_tensorflow_back(tmp_path):
+    quiet = _export(tmp_path)
+    assert quiet.returncode == 2
+    # TensorFlow is loaded (the exporter needs it), yet the user sees only tfmeta's line.
+    assert quiet.stderr.strip().splitlines() == [
+        f"error: no config.json in '{tmp_path / 'no-run'}': is it a tfmeta work directory?"]
+    verbose = _export(tmp_path, "--verbosity=1")
+    assert verbose.returncode == 2
+    lines = verbose.stderr.strip().splitlines()
+    assert lines[-1] == quiet.stderr.strip()
+    assert len(lines) > 1, "TensorFlow printed nothing at --verbosity=1"

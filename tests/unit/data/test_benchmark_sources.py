@@ -606,25 +606,3 @@ def test_benchmark_class_folders_are_read_as_folder_sources_read_them(tmp_path):
     os.symlink(tmp_path / "extra", tmp_path / "train" / other / "sub")
     with pytest.raises(DataError, match="are the same file .* an image must belong to one class"):
         benchmark_sources.miniimagenet(str(tmp_path))
-
-
-def test_training_on_a_partial_benchmark_exits_2_with_one_line_writing_nothing(tmp_path):
-    import subprocess
-    import sys
-
-    from tests.helpers import REPO, subprocess_env
-
-    write_mini_caches(tmp_path)
-    workdir = tmp_path / "run"
-    proc = subprocess.run(
-        [sys.executable, "-m", "tfmeta.train",
-         f"--config={REPO}/configs/miniimagenet_maml.py:smoke",
-         f"--config.data.source=miniimagenet:{tmp_path}", f"--workdir={workdir}",
-         f"--config.data.prepared_dir={tmp_path / 'prepared'}"],
-        capture_output=True, text=True, timeout=600, env=subprocess_env(), cwd=REPO)
-    assert proc.returncode == 2, proc.stderr[-3000:]
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    assert "is not the whole mini-ImageNet benchmark: 100 image counts differ" in errors[0]
-    assert "data.allow_partial_benchmark=True" in errors[0]
-    assert not workdir.exists() or not os.listdir(workdir)  # nothing written in it

@@ -1,37 +1,15 @@
-"""The binaries' shell: quiet start-up, --verbosity, and the one-line error contract's plumbing.
+"""The binaries' shell in process: the start-up chatter filter, log filters, and the one-line
+error contract's plumbing.
 
-(Each binary's error cases are in test_cli_errors.py.)
+(A binary's quiet start-up and each binary's error cases are in tests/e2e/test_cli_errors.py.)
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import subprocess
-import sys
 
-from tests.helpers import REPO, subprocess_env
-
-
-def _export(tmp_path, *flags: str) -> subprocess.CompletedProcess:
-    env = subprocess_env()
-    env.pop("TF_CPP_MIN_LOG_LEVEL")  # as a user's shell has it
-    return subprocess.run([sys.executable, "-m", "tfmeta.export",
-                           f"--workdir={tmp_path / 'no-run'}", *flags],
-                          capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
-
-
-def test_start_up_is_quiet_and_verbosity_brings_tensorflow_back(tmp_path):
-    quiet = _export(tmp_path)
-    assert quiet.returncode == 2
-    # TensorFlow is loaded (the exporter needs it), yet the user sees only tfmeta's line.
-    assert quiet.stderr.strip().splitlines() == [
-        f"error: no config.json in '{tmp_path / 'no-run'}': is it a tfmeta work directory?"]
-    verbose = _export(tmp_path, "--verbosity=1")
-    assert verbose.returncode == 2
-    lines = verbose.stderr.strip().splitlines()
-    assert lines[-1] == quiet.stderr.strip()
-    assert len(lines) > 1, "TensorFlow printed nothing at --verbosity=1"
+from tests.helpers import REPO
 
 
 def test_start_up_chatter_pattern_keeps_real_errors():
