@@ -16,9 +16,9 @@ import time
 
 import pytest
 
-from tests.helpers import REPO, subprocess_env
+from tests.helpers import REPO, file_tree, subprocess_env
 from tests.unit.run.test_workdir import (  # noqa: F401 (resumed_run is a fixture)
-    _DAMAGE, _damaged_copy, _errors, _train_cmd, resumed_run)
+    _DAMAGE, _damage, _damaged_copy, _errors, _train_cmd, resumed_run)
 from tfmeta.run import workdir
 
 
@@ -101,3 +101,51 @@ def test_damaged_workdir_json_is_one_line_exit_2_in_every_binary(tmp_path, resum
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert len(_errors(proc)) == 1
     assert os.path.join(run_dir, name) in _errors(proc)[0] and expected in _errors(proc)[0]
+
+
+# The binaries' one line for the refusals tests/unit/run/test_workdir.py makes in process, on
+# copies of the run built once per pytest run (checkpoints 3, 6 and 9; iterations 6 -> 9).
+def _copy_of(resumed_run: str, dest) -> str:
+    import shutil
+
+    run_dir = str(dest / "run")
+    shutil.copytree(resumed_run, run_dir)
+    return run_dir
+
+
+def test_incompatible_config_is_one_line_exit_2_writing_nothing(tmp_path, resumed_run):
+    run_dir = _copy_of(resumed_run, tmp_path)
+    before = file_tree(run_dir)
+    proc = subprocess.run(_train_cmd(run_dir, "--config.inner.lr=0.5"), capture_output=True,
+                          text=True, env=subprocess_env(), cwd=REPO, timeout=300)
+    assert proc.returncode == 2
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "inner.lr: 0.01 -> 0.5" in errors[0]
+    assert file_tree(run_dir) == before
+
+
+def test_no_readable_checkpoint_is_one_line_naming_each_one(tmp_path, resumed_run):
+    run_dir = _copy_of(resumed_run, tmp_path)
+    ckpts = os.path.join(run_dir, "checkpoints")
+    names = sorted(f[: -len(".index")] for f in os.listdir(ckpts) if f.endswith(".index"))
+    assert len(names) >= 2, names
+    for name in names:
+        _damage(os.path.join(ckpts, name), "truncated")
+    proc = subprocess.run([sys.executable, "-m", "tfmeta.export", f"--workdir={run_dir}"],
+                          capture_output=True, text=True, env=subprocess_env(), cwd=REPO,
+                          timeout=300)
+    assert proc.returncode == 2
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and all(name in errors[0] for name in names), errors
+
+
+def test_checkpoints_without_config_json_are_one_line_exit_2_writing_nothing(tmp_path,
+                                                                           resumed_run):
+    run_dir = _copy_of(resumed_run, tmp_path)
+    os.remove(os.path.join(run_dir, workdir.CONFIG_FILE))
+    before = file_tree(run_dir)
+    proc = subprocess.run(_train_cmd(run_dir, "--config.inner.lr=0.5"), capture_output=True,
+                          text=True, env=subprocess_env(), cwd=REPO, timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert len(_errors(proc)) == 1 and "no config.json" in _errors(proc)[0]
+    assert file_tree(run_dir) == before
