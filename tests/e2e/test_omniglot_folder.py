@@ -15,7 +15,7 @@ import sys
 import numpy as np
 import pytest
 
-from tests.helpers import REPO, subprocess_env
+from tests.helpers import REPO, build_once, subprocess_env
 from tfmeta.run import config as config_lib
 from tfmeta.data import omniglot
 from tfmeta.run import tasks
@@ -26,11 +26,13 @@ import omniglot_as_folder  # noqa: E402
 
 @pytest.fixture(scope="module")
 def omniglot_folder(tmp_path_factory, omniglot_archives_dir, tfds_data_dir) -> str:
-    out = str(tmp_path_factory.mktemp("omniglot_folder"))
-    summary = omniglot_as_folder.write(out, subset="small", data_dir=tfds_data_dir,
-                                       archives_dir=omniglot_archives_dir)
-    assert sum(summary["classes"].values()) == summary["characters"]
-    return out
+    """Small Omniglot as a folder of PNGs, written once per pytest run (both workers read it)."""
+    def build(path):
+        summary = omniglot_as_folder.write(str(path), subset="small", data_dir=tfds_data_dir,
+                                           archives_dir=omniglot_archives_dir)
+        assert sum(summary["classes"].values()) == summary["characters"]
+
+    return str(build_once(tmp_path_factory, "omniglot_folder", build))
 
 
 def _folder_overrides(folder: str, prepared: str) -> dict:
