@@ -29,6 +29,24 @@ def _config(**overrides):
     return config
 
 
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory) -> str:
+    """``_config()`` trained to its end (checkpoints 3 and 6), built once per pytest run; tests
+    change copies of it (:func:`_copy_run`)."""
+    return str(build_once(tmp_path_factory, "workdir_trained_run",
+                          lambda path: trainer.train(_config(), str(path),
+                                                     final_evaluation=False)))
+
+
+def _copy_run(run: str, dest) -> str:
+    """A copy of the work directory ``run`` at ``dest`` (its checkpoint state names files by
+    name only, so the copy reads its own)."""
+    import shutil
+
+    shutil.copytree(run, str(dest))
+    return str(dest)
+
+
 # ------------------------------------------------------------------------------------- lock
 def test_lock_names_the_holder_and_is_released(tmp_path):
     lock = workdir.WorkdirLock(str(tmp_path)).acquire()
@@ -73,9 +91,8 @@ def _train_cmd(run_dir, *extra):
 
 
 # ----------------------------------------------------------------------------------- config
-def test_incompatible_config_is_refused_before_anything_is_written(tmp_path):
-    run_dir = str(tmp_path / "run")
-    trainer.train(_config(), run_dir, final_evaluation=False)
+def test_incompatible_config_is_refused_before_anything_is_written(tmp_path, trained_run):
+    run_dir = _copy_run(trained_run, tmp_path / "run")
     before = file_tree(run_dir)
     for overrides, field in [({"model.name": "mlp", "inner.lr": 0.5}, "inner.lr"),
                              ({"algorithm": "fomaml"}, "algorithm"),
@@ -87,9 +104,8 @@ def test_incompatible_config_is_refused_before_anything_is_written(tmp_path):
     # (The binary's one line: tests/e2e/test_workdir_binaries.py.)
 
 
-def test_compatible_changes_are_recorded_and_the_original_config_kept(tmp_path):
-    run_dir = str(tmp_path / "run")
-    trainer.train(_config(), run_dir, final_evaluation=False)
+def test_compatible_changes_are_recorded_and_the_original_config_kept(tmp_path, trained_run):
+    run_dir = _copy_run(trained_run, tmp_path / "run")
     original = (tmp_path / "run" / "config.json").read_text()
     summary = trainer.train(_config(**{"train.iterations": 9, "eval.episodes": 7}), run_dir)
     assert summary["step"] == 9
@@ -124,9 +140,9 @@ def _params(exp) -> list[np.ndarray]:
 
 
 @pytest.mark.parametrize("how", ["truncated", "deleted", "bitflip"])
-def test_damaged_latest_checkpoint_falls_back_to_the_newest_readable(tmp_path, how, caplog):
-    run_dir = str(tmp_path / "run")
-    trainer.train(_config(), run_dir, final_evaluation=False)
+def test_damaged_latest_checkpoint_falls_back_to_the_newest_readable(tmp_path, how, caplog,
+                                                                     trained_run):
+    run_dir = _copy_run(trained_run, tmp_path / "run")
     ckpts = os.path.join(run_dir, "checkpoints")
     good = experiment.restore(run_dir)
     assert int(good.step.numpy()) == 6
@@ -206,11 +222,11 @@ def test_relative_and_home_workdirs_train_resume_restore_and_export(tmp_path, mo
             call()
 
 
-def test_checkpoint_state_files_of_older_runs_still_resume(tmp_path, monkeypatch):
+def test_checkpoint_state_files_of_older_runs_still_resume(tmp_path, monkeypatch, trained_run):
     """State files hold paths as they were given; only the checkpoint's name counts."""
     monkeypatch.chdir(tmp_path)
     run_dir = tmp_path / "runs" / "rel1"
-    trainer.train(_config(), str(run_dir), final_evaluation=False)
+    _copy_run(trained_run, run_dir)
     state = run_dir / "checkpoints" / "checkpoint"
     # As a run given --workdir=runs/rel1 wrote it, relative to the directory or to its cwd, and
     # as a moved directory's absolute paths read.
@@ -226,9 +242,9 @@ def test_checkpoint_state_files_of_older_runs_still_resume(tmp_path, monkeypatch
 
 
 # ------------------------------------------------------------------------ work-directory state
-def test_checkpoints_without_config_json_are_refused_before_anything_is_written(tmp_path):
-    run_dir = str(tmp_path / "run")
-    trainer.train(_config(), run_dir, final_evaluation=False)
+def test_checkpoints_without_config_json_are_refused_before_anything_is_written(tmp_path,
+                                                                               trained_run):
+    run_dir = _copy_run(trained_run, tmp_path / "run")
     os.remove(os.path.join(run_dir, workdir.CONFIG_FILE))
     before = file_tree(run_dir)
     for call in (lambda: trainer.train(_config(), run_dir),
