@@ -1,8 +1,12 @@
 """Peak memory and time of one second-order meta-gradient, by inner steps and rematerialisation.
 
-    python benchmarks/memory.py [--networks conv4,resnet12] [--remat none,steps,imaml]
-        [--tasks_in_parallel 1,all] [--conv4_steps 1,5,10,25,50,100] [--resnet12_steps 1,3,5,10]
+    python benchmarks/memory.py [--networks conv4,resnet12] [--remat none,steps,blocks,imaml]
+        [--tasks one,together] [--conv4_steps 1,5,10,25,50,100] [--resnet12_steps 1,3,5,10]
         [--limit_gb 18]
+
+``--tasks one,together`` is ``--tasks_in_parallel 1,all`` (tasks one at a time, or the
+meta-batch's tasks in one task-batched computation); ``--tasks_in_parallel`` also takes a group
+size.
 
 Every setting runs in a fresh process (peaks never mix): it builds the network, traces one
 ``meta_gradients`` call in a ``tf.function``, runs it once (the peak) and once more (the time).
@@ -11,7 +15,7 @@ during the first call, after tracing: Linux's peak RSS is reset once the functio
 GPU also ``gpu_peak_mb`` from ``tf.config.experimental.get_memory_info``), ``base_rss_mb`` (the
 resident memory just before that call: TensorFlow, the traced graph, the network, the batch),
 ``tracing_peak_rss_mb`` (the peak while tracing),
-``seconds`` (the second call) and, for ``remat="steps"``, ``seconds_vs_none`` and
+``seconds`` (the second call) and, for ``remat="steps"`` / ``"blocks"``, ``seconds_vs_none`` and
 ``peak_vs_none`` against the ``"none"`` setting of the same network, steps and grouping measured
 in this run (absent where ``"none"`` did not fit).
 
@@ -164,6 +168,8 @@ def main() -> None:
     parser.add_argument("--networks", default="conv4,resnet12")
     parser.add_argument("--remat", default="none,steps")
     parser.add_argument("--tasks_in_parallel", default="1,all")
+    parser.add_argument("--tasks", default=None,
+                        help="one,together: the same as --tasks_in_parallel 1,all")
     parser.add_argument("--conv4_steps", default="1,5,10,25,50,100")
     parser.add_argument("--resnet12_steps", default="1,3,5,10")
     parser.add_argument("--omniglot_steps", default="1,5,25")
@@ -174,6 +180,12 @@ def main() -> None:
         network, steps, remat, tip = args.child.split(",")
         print(json.dumps(child(network, int(steps), remat, tip)))
         return
+    if args.tasks:
+        names = {"one": "1", "together": "all"}
+        unknown = [t for t in args.tasks.split(",") if t not in names]
+        if unknown:
+            parser.error(f"--tasks takes one and/or together, got {unknown}")
+        args.tasks_in_parallel = ",".join(names[t] for t in args.tasks.split(","))
     machine = {"machine": platform.machine(), "cpus": os.cpu_count()}
     for network in args.networks.split(","):
         steps_list = [int(s) for s in getattr(args, f"{network}_steps").split(",")]

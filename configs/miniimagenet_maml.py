@@ -6,6 +6,13 @@ Variants (``--config=configs/miniimagenet_maml.py:VARIANT``):
 5way1shot  meta-batch 4, inner lr 0.01, 5 inner steps (10 at evaluation), 15 queries per class,
            60,000 iterations.  Paper: 48.70 +- 1.84 %.
 5way5shot  as 5way1shot with 5 shots and meta-batch 2.  Paper: 63.11 +- 0.92 %.
+resnet12_5way5shot
+           as 5way5shot with the ResNet-12 backbone (``model.name="resnet12"``, about 12.4M
+           parameters) instead of conv4, still second order with 5 inner steps. Its meta-gradient
+           does not fit in memory with the unrolled tape, so ``inner.remat="blocks"``: each inner
+           step and each residual block is recomputed during the backward pass (same gradients,
+           about 2.5x the time; docs/algorithms.md, docs/performance.md). No published MAML
+           figure for this pairing.
 smoke      5-way 1-shot, a few hundred iterations of a narrow network at 32x32: a CPU check of
            train -> evaluate -> export on your copy of the data, not a result.
 =========  =====================================================================================
@@ -82,7 +89,21 @@ def get_config(variant: str = "5way1shot"):
     c = colour_maml(tfmeta_config.base_config(), source=DEFAULT_SOURCE, image_size=84)
     if variant == "smoke":
         return smoke(c)
+    if variant == "resnet12_5way5shot":
+        c.data.ways, c.data.shots, c.train.meta_batch_size = _VARIANTS["5way5shot"]
+        return resnet12_second_order(c)
     if variant not in _VARIANTS:
-        raise ValueError(f"unknown variant {variant!r}; allowed: {sorted(_VARIANTS) + ['smoke']}")
+        raise ValueError(f"unknown variant {variant!r}; allowed: "
+                         f"{sorted(_VARIANTS) + ['resnet12_5way5shot', 'smoke']}")
     c.data.ways, c.data.shots, c.train.meta_batch_size = _VARIANTS[variant]
+    return c
+
+
+def resnet12_second_order(c):
+    """ResNet-12 in place of conv4, with the meta-gradient recomputed block by block."""
+    defaults = tfmeta_config.base_config().model
+    c.model.name = "resnet12"
+    c.model.filters, c.model.downsample, c.model.head = (
+        defaults.filters, defaults.downsample, defaults.head)  # conv4-only fields
+    c.inner.remat = "blocks"
     return c

@@ -4,17 +4,22 @@ Real Omniglot comes from the offline archives: ``$TFMETA_OMNIGLOT_ARCHIVES``,
 else ``<repo>/../shared/omniglot``. Without them tests that need real data are
 skipped, except under ``CI=true`` where they fail. Everything is prepared into
 one temporary TFDS data dir per pytest run, never outside the pytest tmp dir.
+
+The expensive session fixtures (prepared Omniglot, the smoke training, the random
+export) are built once per run, not once per pytest-xdist worker: in a directory all
+workers of the run share, by whichever worker asks first (``tests.helpers.build_once``).
 """
 
 from __future__ import annotations
 
 import os
+import pathlib
 import subprocess
 import sys
 
 import pytest
 
-from tests.helpers import ARCHIVES_ENV, REPO, archives_dir, subprocess_env
+from tests.helpers import ARCHIVES_ENV, REPO, archives_dir, build_once, shared_dir, subprocess_env
 
 
 @pytest.fixture(scope="session")
@@ -40,8 +45,14 @@ def float64():
 
 @pytest.fixture(scope="session")
 def tfds_data_dir(tmp_path_factory) -> str:
-    """A TFDS data dir shared by the whole pytest run."""
-    return str(tmp_path_factory.mktemp("tfds_data"))
+    """A TFDS data dir shared by the whole pytest run, all its workers included.
+
+    Preparing a dataset in it is safe from several processes: ``omniglot.load`` prepares under
+    a lock of its own and a second process finds the dataset prepared.
+    """
+    path = shared_dir(tmp_path_factory) / "tfds_data"
+    path.mkdir(exist_ok=True)
+    return str(path)
 
 
 @pytest.fixture(scope="session")
@@ -68,25 +79,32 @@ def smoke_workdir(tmp_path_factory, omniglot_archives_dir, tfds_data_dir, omnigl
 
     It reuses the run's TFDS data dir, where ``omniglot_small`` already prepared the dataset.
     This is also the end-to-end test of the training binary: a failure here fails every user.
+    Trained once per run and shared by the workers: tests read it, or copy it to change it.
     """
-    root = tmp_path_factory.mktemp("smoke")
-    workdir = str(root / "workdir")
-    cmd = [sys.executable, "-m", "tfmeta.train",
-           f"--config={os.path.join(REPO, 'configs', 'omniglot_maml.py')}:smoke",
-           f"--workdir={workdir}", f"--config.data.data_dir={tfds_data_dir}"]
-    proc = subprocess.run(cmd, cwd=str(root), env=subprocess_env(**{ARCHIVES_ENV: omniglot_archives_dir}),
-                          capture_output=True, text=True, timeout=900)
-    if proc.returncode != 0:
-        raise AssertionError(f"smoke training failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
-    return workdir
+
+    def train(root: pathlib.Path) -> None:
+        root.mkdir()
+        cmd = [sys.executable, "-m", "tfmeta.train",
+               f"--config={os.path.join(REPO, 'configs', 'omniglot_maml.py')}:smoke",
+               f"--workdir={root / 'workdir'}", f"--config.data.data_dir={tfds_data_dir}"]
+        proc = subprocess.run(cmd, cwd=str(root),
+                              env=subprocess_env(**{ARCHIVES_ENV: omniglot_archives_dir}),
+                              capture_output=True, text=True, timeout=900)
+        if proc.returncode != 0:
+            raise AssertionError(f"smoke training failed ({proc.returncode}):\n"
+                                 f"{proc.stderr[-4000:]}")
+
+    return str(build_once(tmp_path_factory, "smoke", train) / "workdir")
 
 
 @pytest.fixture(scope="session")
 def random_export(tmp_path_factory) -> dict:
     """A 5-way MAML conv4 (8 filters, random weights, 3 inner steps) exported to a SavedModel.
 
-    Returns ``{"path", "model", "algorithm", "metadata"}``; the model and algorithm are the
-    in-process originals, to compare the SavedModel with.
+    Returns ``{"path", "model", "algorithm", "metadata"}``; the model and algorithm are
+    in-process equals of the exported ones, to compare the SavedModel with. The SavedModel is
+    written once per run and shared by the workers; each worker builds its own model, which
+    the seed makes equal to the exported one.
     """
     from tfmeta.run import exporter
     from tfmeta.core import models
@@ -96,8 +114,12 @@ def random_export(tmp_path_factory) -> dict:
     algorithm = MAML(model, inner_lr=0.4, inner_steps=1, eval_inner_steps=3)
     metadata = {"task": "omniglot", "algorithm": "maml", "ways": 5, "image_size": 28,
                 "inner_steps": 3, "inner_lr": 0.4, "bn_mode": "transductive"}
-    path = str(tmp_path_factory.mktemp("random_export") / "model")
-    exporter.export(model, algorithm, path, metadata=metadata)
+
+    def export(root: pathlib.Path) -> None:
+        root.mkdir()
+        exporter.export(model, algorithm, str(root / "model"), metadata=metadata)
+
+    path = str(build_once(tmp_path_factory, "random_export", export) / "model")
     return {"path": path, "model": model, "algorithm": algorithm, "metadata": metadata}
 
 

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
+import pathlib
+import shutil
+from collections.abc import Callable
 
 import pytest
 
@@ -38,6 +42,46 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     env.update(TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=REPO + os.pathsep + env.get("PYTHONPATH", ""))
     env.update(extra)
     return env
+
+
+def shared_dir(tmp_path_factory) -> pathlib.Path:
+    """A directory shared by every worker of this pytest run (the run's own tmp dir without xdist).
+
+    Under pytest-xdist each worker's base temp dir is ``pytest-N/popen-gwK``; their parent,
+    ``pytest-N``, is the run's.
+    """
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    path = root / "shared"
+    path.mkdir(exist_ok=True)
+    return path
+
+
+def build_once(tmp_path_factory, name: str, build: Callable[[pathlib.Path], None]) -> pathlib.Path:
+    """``shared_dir/name``, built by ``build(path)`` once per pytest run, whichever worker asks first.
+
+    The first worker builds under an exclusive file lock and marks the result done; the others
+    wait on the lock and reuse it, so nobody reads a half-built directory. A failed build is
+    recorded too, so the other workers fail at once with its message instead of repeating it.
+    """
+    root = shared_dir(tmp_path_factory)
+    path, done, failed = root / name, root / f"{name}.done", root / f"{name}.failed"
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if failed.exists():
+            raise AssertionError(f"{name}: built by another worker, which failed:\n"
+                                 + failed.read_text())
+        if not done.exists():
+            shutil.rmtree(path, ignore_errors=True)
+            try:
+                build(path)
+            except pytest.skip.Exception:
+                raise  # not a failure: each worker finds the same reason to skip
+            except BaseException as e:
+                failed.write_text(f"{type(e).__name__}: {e}")
+                raise
+            done.touch()
+    return path
 
 
 def file_tree(root: str) -> dict[str, bytes]:

@@ -79,6 +79,7 @@ from tfmeta.base.input_transform import InputTransform
 from tfmeta.core.maml import ANIL, MAML, MAMLpp, MetaSGD
 from tfmeta.core.meta_learner import MetaLearner
 from tfmeta.core.reptile import Reptile
+from tfmeta.core.schedule import PhaseSchedule, apply_meta_step, assign_state
 from tfmeta.serving import export as serving_export
 from tfmeta.serving import metadata as metadata_lib
 from tfmeta.serving.errors import ExportError
@@ -810,32 +811,13 @@ class MetaModel(keras.Model):
                 self.optimizer.build(self.trainable_variables)
 
     # ---------------------------------------------------------------------------- phases
-    def _phase_boundaries(self) -> list[int]:
-        """Meta-iterations where the meta-step changes (derivative order, multi-step loss)."""
-        algorithm = self.algorithm
-        bounds = {self.first_order_iterations}
-        if isinstance(algorithm, MAML) and algorithm.multi_step_loss:
-            bounds.add(algorithm.msl_epochs * algorithm.iterations_per_epoch)
-        return sorted(b for b in bounds if b > 0)
-
-    def _phase_kwargs(self, iteration: int, iteration_tensor: tf.Tensor) -> dict[str, Any]:
-        """``meta_step`` keyword arguments of the phase that holds ``iteration``.
-
-        As :func:`tfmeta.run.trainer.phase`: first order before ``first_order_iterations``, the
-        multi-step loss while the algorithm's schedule keeps it on.
-        """
-        algorithm = self.algorithm
-        if not isinstance(algorithm, MAML):
-            return {}
-        kwargs: dict[str, Any] = {}
-        if iteration < self.first_order_iterations:
-            kwargs["first_order"] = True
-        if algorithm.multi_step_loss:
-            msl = iteration < algorithm.msl_epochs * algorithm.iterations_per_epoch
-            kwargs["multi_step_loss"] = msl
-            if msl:
-                kwargs["iteration"] = iteration_tensor
-        return kwargs
+    @property
+    def schedule(self) -> PhaseSchedule:
+        """When the meta-step changes (derivative order, multi-step loss): the trainer's
+        :class:`tfmeta.core.schedule.PhaseSchedule`, from the algorithm and
+        ``first_order_iterations``."""
+        return PhaseSchedule.for_algorithm(self.algorithm,
+                                           first_order_iterations=self.first_order_iterations)
 
     def _meta_step(self, batch: dict[str, tf.Tensor], global_batch_size: int) -> Any:
         """The algorithm's meta-step on ``batch``, in the phase of the current meta-iteration.
@@ -845,18 +827,18 @@ class MetaModel(keras.Model):
         (no retracing, XLA-compatible).
         """
         iteration = self._iteration.value
-        bounds = self._phase_boundaries()
-        starts = [0, *bounds]
+        schedule = self.schedule
+        bounds = schedule.boundaries()
 
         def branch(start: int) -> Callable[[], tuple]:
-            kwargs = self._phase_kwargs(start, iteration)
+            kwargs = schedule.phase(start).kwargs(iteration)
             return lambda: tuple(self.algorithm.meta_step(
                 batch, global_batch_size=global_batch_size, **kwargs))
 
-        if len(starts) == 1:
+        if not bounds:
             return branch(0)()
         index = tf.add_n([tf.cast(iteration >= b, tf.int32) for b in bounds])
-        return tf.switch_case(index, [branch(s) for s in starts])
+        return tf.switch_case(index, [branch(s) for s in schedule.phase_starts()])
 
     # ------------------------------------------------------------------------ the steps
     def _episodes(self, data: Any, *, need_query_y: bool = True) -> dict[str, tf.Tensor]:
@@ -943,7 +925,7 @@ class MetaModel(keras.Model):
             grads = [g / tf.cast(count, g.dtype) for g in grads]
             metrics = {k: v / count for k, v in metrics.items()}
             state = [v / tf.cast(count, v.dtype) if v.dtype.is_floating else v for v in state]
-        self.optimizer.apply_gradients(zip(grads, self.algorithm.meta_variables))
+        apply_meta_step(grads, self.algorithm.meta_variables, optimizer=self.optimizer)
         state_vars = self.algorithm.state_variables
         floating = [(var, value) for var, value in zip(state_vars, state)
                     if tf.as_dtype(var.dtype).is_floating]
@@ -951,9 +933,7 @@ class MetaModel(keras.Model):
         def update(strategy: tf.distribute.Strategy, values: list[Any], after: Any) -> None:
             # Each replica's values are its tasks' sum divided by the global count: their sum
             # is the mean over all tasks (as the trainer assigns them).
-            for (var, _), value in zip(floating, values):
-                var.assign(tf.cast(strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None),
-                                   var.dtype))
+            assign_state([var for var, _ in floating], values, strategy=strategy)
             with tf.control_dependencies(strategy.experimental_local_results(after)):
                 self._iteration.assign_add(1)
 

@@ -1,4 +1,4 @@
-"""Module paths of tfmeta 0.3 (one flat folder), kept importable for one release with a warning.
+"""Module paths of tfmeta 0.3 (one flat folder), importable for one more release with a warning.
 
 ``import tfmeta.maml`` still works and gives the very module ``tfmeta.core.maml`` (so private names,
 ``isinstance`` checks and monkeypatching behave as before), after a ``DeprecationWarning`` that
@@ -15,7 +15,7 @@ import sys
 import warnings
 from types import ModuleType
 
-# Old module name -> its new home. Removed in the release after 0.4.
+# Old module name -> its new home (0.4). Removed in the release after 0.4.
 MOVED = {
     **{m: "base" for m in ("version", "errors", "choices", "signatures", "input_transform",
                            "distribute")},

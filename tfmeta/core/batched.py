@@ -290,6 +290,23 @@ class BatchedModel:
         finally:
             self._params = self._nt = None
 
+    def run_block(self, block: Any, params: Sequence[tf.Tensor],
+                  non_trainable: Sequence[tf.Tensor], x: tf.Tensor, *,
+                  training: bool) -> tuple[tf.Tensor, list[tf.Tensor]]:
+        """:meth:`__call__` for one block of the model (:class:`tfmeta.core.blocks.Block`).
+
+        ``params`` / ``non_trainable`` are full-length lists of which only the block's entries
+        are read; ``x`` is the block's input ``[T, N, ...]``, and so is its output.
+        """
+        self._params = list(params)
+        self._nt = list(non_trainable)
+        self._training = training
+        try:
+            out = block.evaluate(self._layer, _make(x, TASK_MAJOR))
+            return _to(out, TASK_MAJOR), self._nt
+        finally:
+            self._params = self._nt = None
+
     # ---------------------------------------------------------------------------- traversal
     def _run(self, model: keras.Model, inputs: Any) -> Any:
         if isinstance(model, keras.Sequential):

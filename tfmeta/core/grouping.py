@@ -212,3 +212,47 @@ def _merge_groups(x: tf.Tensor, spec: Any) -> tf.Tensor:
 def sum_tasks(values: list[tf.Tensor]) -> list[tf.Tensor]:
     """Sums floating values over the leading task axis; keeps the last task's other values."""
     return [tf.reduce_sum(v, axis=0) if F.is_floating(v) else v[-1] for v in values]
+
+
+def memory_group_size(num_tasks: int, task_peak_bytes: float, budget_bytes: float | None, *,
+                      speed_group: int | None = None) -> tuple[int, str]:
+    """The largest group of tasks whose meta-gradient fits a memory budget, and why.
+
+    A group of ``k`` tasks holds ``k`` times one task's activations (every tensor of the
+    task-batched pass has the tasks on one axis), so it is taken to peak at ``k *
+    task_peak_bytes`` above what is held anyway (weights, optimiser slots, the graph). Kernels'
+    scratch space and allocator fragmentation are not in that estimate: leave headroom in the
+    budget.
+
+    Args:
+      num_tasks: tasks in the local meta-batch (the largest group).
+      task_peak_bytes: measured peak of one task's meta-gradient above what was held before it.
+      budget_bytes: memory available for the activations; None or <= 0: no limit.
+      speed_group: the group the speed rule (:func:`auto_tasks_in_parallel`) chose; the result
+        is never larger. Defaults to ``num_tasks``.
+
+    Returns:
+      ``(group size, reason)``, the reason one sentence naming the figures.
+    """
+    num_tasks = max(int(num_tasks), 1)
+    speed = num_tasks if speed_group is None else max(1, min(int(speed_group), num_tasks))
+    mb = 2.0 ** 20
+    if not budget_bytes or budget_bytes <= 0:
+        return speed, f"no memory budget: {speed} of {num_tasks} tasks together (speed rule)"
+    if task_peak_bytes <= 0:
+        return speed, (f"one task's peak was not measurable: {speed} of {num_tasks} tasks "
+                       "together (speed rule)")
+    fits = int(budget_bytes // task_peak_bytes)
+    if fits < 1:
+        return 1, (f"one task needs {task_peak_bytes / mb:.0f} MB, more than the "
+                   f"{budget_bytes / mb:.0f} MB budget: one task at a time (it may not fit)")
+    group = min(fits, speed)
+    if fits < speed:
+        limit = "memory"
+    elif speed < num_tasks:
+        limit = "the speed rule"
+    else:
+        limit = "the meta-batch"
+    return group, (f"{group} of {num_tasks} tasks together: {fits} task(s) of "
+                   f"{task_peak_bytes / mb:.0f} MB fit the {budget_bytes / mb:.0f} MB budget "
+                   f"(limited by {limit})")

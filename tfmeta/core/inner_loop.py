@@ -31,7 +31,10 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from keras.src.models import functional as keras_functional
+
 from tfmeta.core import batched
+from tfmeta.core import blocks as tfm_blocks
 from tfmeta.core import functional as F
 from tfmeta.core import layers as tfm_layers
 from tfmeta.core import losses as tfm_losses
@@ -412,6 +415,7 @@ class InnerLoop:
         self.unsupported = batched.unsupported_layers(model) if batched_forward else []
         self.batched = (batched.BatchedModel(model) if batched_forward and not self.unsupported
                         else None)
+        self._blockwise: tfm_blocks.BlockwiseGradient | None = None
 
     # ------------------------------------------------------------------ variables & layout
     @property
@@ -443,6 +447,33 @@ class InnerLoop:
         out, new = F.forward(self.model, [p[0] for p in params], [v[0] for v in nt], x[0],
                              training=training)
         return out[None], [v[None] for v in new]
+
+    def _block_one_task(self, block: tfm_blocks.Block, params: Tensors, nt: Tensors,
+                        x: tf.Tensor, training: bool) -> tuple[tf.Tensor, Tensors]:
+        """One block of the model for one task (``[1, ...]`` values), as ``stateless_call``."""
+        model = self.model
+        mapping = [(model.trainable_variables[i], params[i][0]) for i in block.params]
+        mapping += [(model.non_trainable_variables[i], nt[i][0]) for i in block.state]
+        with keras.StatelessScope(state_mapping=mapping) as scope:
+            out = block.evaluate(
+                lambda op: keras_functional.operation_fn(op, training=training), x[0])
+            new = list(nt)
+            for i in block.state:
+                new[i] = tf.convert_to_tensor(
+                    scope.get_current_value(model.non_trainable_variables[i]))[None]
+        return out[None], new
+
+    @property
+    def blockwise(self) -> tfm_blocks.BlockwiseGradient:
+        """The support-loss gradient block by block (:mod:`tfmeta.core.blocks`), made once."""
+        if self._blockwise is None:
+            self._blockwise = tfm_blocks.BlockwiseGradient(
+                self.model, one_task=self._block_one_task,
+                batched=(None if self.batched is None else
+                         lambda block, p, nt, x, training: self.batched.run_block(
+                             block, p, nt, x, training=training)),
+                whole=self.forward)
+        return self._blockwise
 
     def _slot(self, t: Steps) -> Steps:
         last = self.options.per_step_slots - 1
@@ -560,7 +591,7 @@ class InnerLoop:
 
     def step(self, t: Steps, inner_params: Tensors, state: LoopState, x: tf.Tensor,
              y: tf.Tensor, *, first_order: bool, training: bool = True,
-             anchor: Tensors | None = None) -> LoopState:
+             anchor: Tensors | None = None, blockwise: bool = False) -> LoopState:
         """One inner update of every task on ``(x, y)``: the step every inner loop is made of.
 
         Args:
@@ -573,6 +604,9 @@ class InnerLoop:
           training: Keras training flag of the support pass.
           anchor: the starting parameters (``[T, ...]``, aligned with ``state.fast``), the centre
             of the proximal term; needed when ``options.proximal`` is set.
+          blockwise: compute the support-loss gradient block by block, each block recomputed
+            when the step is differentiated (:mod:`tfmeta.core.blocks`): the same values, with
+            only block-boundary activations kept by a tape around the step.
 
         Returns:
           The loop state after the step.
@@ -581,16 +615,30 @@ class InnerLoop:
         slot = self._slot(t)
         fast, nt = state.fast, state.batch_norm_stats
         adapted = [p for p, ok in zip(fast, self.adapted) if ok]
-        with tf.GradientTape() as tape:
-            tape.watch(adapted)
-            it = iter(adapted)
-            current = [next(it) if ok else p for p, ok in zip(fast, self.adapted)]
-            params, nt_in = self._at_step(current, nt, inner_params,
-                                          state.step_batch_norm_stats, slot)
-            out, nt_out = self.forward(params, nt_in, x, training=training)
-            y = self.check_labels(y, out, "support")
-            loss = tf.reduce_sum(self.task_loss(y, out))
-        grads = tape.gradient(loss, adapted, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        if blockwise:
+            params, nt_in = self._at_step(fast, nt, inner_params, state.step_batch_norm_stats,
+                                          slot)
+
+            def support_loss(out: tf.Tensor) -> tf.Tensor:
+                return tf.reduce_sum(self.task_loss(self.check_labels(y, out, "support"), out))
+
+            # Adapted entries of params are the fast weights themselves (_at_step substitutes
+            # only per-step batch-norm weights, which do not adapt).
+            _, all_grads, nt_out = self.blockwise(params, nt_in, x, support_loss,
+                                                  training=training)
+            grads = [g for g, ok in zip(all_grads, self.adapted) if ok]
+        else:
+            with tf.GradientTape() as tape:
+                tape.watch(adapted)
+                it = iter(adapted)
+                current = [next(it) if ok else p for p, ok in zip(fast, self.adapted)]
+                params, nt_in = self._at_step(current, nt, inner_params,
+                                              state.step_batch_norm_stats, slot)
+                out, nt_out = self.forward(params, nt_in, x, training=training)
+                y = self.check_labels(y, out, "support")
+                loss = tf.reduce_sum(self.task_loss(y, out))
+            grads = tape.gradient(loss, adapted,
+                                  unconnected_gradients=tf.UnconnectedGradients.ZERO)
         if training:  # batch statistics: biases cancelled by batch norm have no gradient
             grads = [tf.zeros_like(g) if cancelled else g
                      for g, cancelled in zip(grads, self._cancelled)]
@@ -717,15 +765,18 @@ class InnerLoop:
 
     def predict(self, theta: Sequence[tf.Tensor], state: Sequence[tf.Tensor], fast: Tensors,
                 x: tf.Tensor, *, support_x: tf.Tensor | None, steps_taken: Steps,
-                bn_mode: str | None = None) -> tf.Tensor:
+                bn_mode: str | None = None, blockwise: bool = False) -> tf.Tensor:
         """Outputs for ``x [T, Q, ...]`` under ``fast``, with batch norm as ``bn_mode`` says.
 
         ``transductive``: the queries are normalised with their own batch statistics.
         ``support``: with the statistics of ``support_x`` under ``fast``, so each query's output
         depends only on itself and the support set. ``running``: with the moving statistics of
         ``state``. ``steps_taken`` selects the per-step batch-norm slot (the last step's).
+        ``blockwise``: a tape around the call keeps only block-boundary activations
+        (:meth:`tfmeta.core.blocks.BlockwiseGradient.forward`); the same outputs.
         """
         bn_mode = bn_mode or self.bn_mode
+        forward = self.blockwise.forward if blockwise else self.forward
         start = self.start(theta, state, num_tasks(x))
         nt, steps_nt = start.batch_norm_stats, start.step_batch_norm_stats
         extra = self.split_theta(theta).inner
@@ -734,17 +785,17 @@ class InnerLoop:
         slot = self._slot(last)
         params, nt = self._at_step(fast, nt, extra, steps_nt, slot)
         if bn_mode == "transductive":
-            return self.forward(params, nt, x, training=True)[0]
+            return forward(params, nt, x, training=True)[0]
         if bn_mode == "running":
-            return self.forward(params, nt, x, training=False)[0]
+            return forward(params, nt, x, training=False)[0]
         if bn_mode != "support":
             raise ValueError(f"unknown bn_mode {bn_mode!r}; allowed: {list(BN_MODES)}")
         if support_x is None:
             raise ValueError("bn_mode='support' needs support_x (the support set) to normalise the "
                              "queries")
-        _, nt_support = self.forward(params, nt, support_x, training=True)
+        _, nt_support = forward(params, nt, support_x, training=True)
         nt_query = tfm_layers.with_batch_statistics(nt_support, self._bn_index)
-        return self.forward(params, nt_query, x, training=False)[0]
+        return forward(params, nt_query, x, training=False)[0]
 
 
 def log_fallback(model: keras.Model, unsupported: list[str]) -> None:

@@ -78,7 +78,11 @@ class MAML(MetaLearner):
       remat: ``"none"`` (the meta-gradient's backward pass keeps every inner step's activations)
         or ``"steps"`` (it keeps only each step's fast weights and statistics and re-runs a step
         when it reaches it: memory bounded in the inner steps for about one more forward and
-        inner backward per step; :mod:`tfmeta.core.remat`). The gradients are the same.
+        inner backward per step; :mod:`tfmeta.core.remat`), or ``"blocks"`` (as ``"steps"``,
+        and the re-run step keeps only the activations between the model's blocks, recomputing
+        one block at a time: residual blocks of ResNet-12, conv blocks of conv4, otherwise
+        layers; :mod:`tfmeta.core.blocks`; about one more forward pass per step again). The
+        gradients are the same.
 
     Raises:
       ValueError: unbuilt model, non-positive ``inner_lr`` / steps / clip, unknown loss,
@@ -137,7 +141,7 @@ class MAML(MetaLearner):
         msl = self.multi_step_loss if multi_step_loss is None else multi_step_loss
         msl = msl and self.inner_steps > 1
         sx, sy, qx, qy = (task[k] for k in ("support_x", "support_y", "query_x", "query_y"))
-        if self.remat == "steps":
+        if self.remat != "none":
             return self._rematerialised(theta, state, task, iteration=iteration,
                                         first_order=first_order, msl=msl)
         step_outputs: list[tf.Tensor] = []
@@ -170,14 +174,17 @@ class MAML(MetaLearner):
         return multi_step_loss_weights(self.inner_steps, epoch, self.msl_epochs)
 
     def _rematerialised(self, theta, state, task, *, iteration, first_order: bool, msl: bool):
-        """:meth:`_group_contribution` with ``remat="steps"`` (:func:`tfmeta.core.remat.meta_gradients`)."""
+        """:meth:`_group_contribution` with remat (:func:`tfmeta.core.remat.meta_gradients`)."""
         inner = self.inner
         sx, sy, qx = task["support_x"], task["support_y"], task["query_x"]
         qy = inner.check_labels(task["query_y"], self._output_spec(qx), "query")
         weights = self._msl_weights(iteration) if msl else None
 
+        blocks = self.remat == "blocks"
+
         def objective(k, th, loop: inner_loop.LoopState) -> tf.Tensor:
-            out = inner.predict(th, state, loop.fast, qx, support_x=sx, steps_taken=k)
+            out = inner.predict(th, state, loop.fast, qx, support_x=sx, steps_taken=k,
+                                blockwise=blocks)
             loss = inner.task_loss(qy, out)
             if weights is not None:
                 loss = tf.cast(tf.gather(weights, k - 1), loss.dtype) * loss
@@ -185,7 +192,8 @@ class MAML(MetaLearner):
 
         grads, adapted = tfm_remat.meta_gradients(inner, theta, state, sx, sy, self.inner_steps,
                                                   first_order=first_order, objective=objective,
-                                                  every_step=msl)
+                                                  every_step=msl,
+                                                  blocks=blocks)
         out_q = inner.predict(theta, state, adapted.fast, qx, support_x=sx,
                               steps_taken=self.inner_steps)
         metrics = self._metrics(theta, state, adapted.fast, task, out_post=out_q)

@@ -8,10 +8,10 @@ from typing import Any
 
 import keras
 
+from tfmeta.base.choices import DOWNSAMPLING, HEADS
 from tfmeta.core.layers import BatchNorm
 
 DType = str | keras.DTypePolicy | None
-HEADS = ("mean", "flatten")
 
 
 def _head_dtype(dtype: DType) -> DType:
@@ -86,8 +86,8 @@ def conv4(
     Raises:
       ValueError: unknown ``downsample`` or ``head``; an image too small for max pooling.
     """
-    if downsample not in ("stride", "maxpool"):
-        raise ValueError(f"downsample must be 'stride' or 'maxpool', got {downsample!r}")
+    if downsample not in DOWNSAMPLING:
+        raise ValueError(f"downsample must be one of {list(DOWNSAMPLING)}, got {downsample!r}")
     if head not in HEADS:
         raise ValueError(f"head must be one of {list(HEADS)}, got {head!r}")
     if downsample == "maxpool":

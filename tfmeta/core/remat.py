@@ -86,7 +86,7 @@ def _vjp(fn: Callable[[list[tf.Tensor], list[tf.Tensor]], list[tf.Tensor]],
 
 def meta_gradients(inner: InnerLoop, theta: Sequence[tf.Tensor], state: Sequence[tf.Tensor],
                    x: tf.Tensor, y: tf.Tensor, steps: int, *, first_order: bool,
-                   objective: Objective, every_step: bool) -> Result:
+                   objective: Objective, every_step: bool, blocks: bool = False) -> Result:
     """Gradient of ``sum_k objective(k, theta, loop_k)`` through ``steps`` inner steps.
 
     Args:
@@ -101,6 +101,9 @@ def meta_gradients(inner: InnerLoop, theta: Sequence[tf.Tensor], state: Sequence
         others), summed over the tasks.
       every_step: whether every state ``k = 1..steps`` has a term (the multi-step loss);
         otherwise only the last.
+      blocks: also recompute inside each step, block by block of the model
+        (:mod:`tfmeta.core.blocks`): only block-boundary activations of the step being
+        differentiated are kept.
 
     Returns:
       A :class:`Result`: the gradient aligned with ``theta`` and the adapted parameters.
@@ -123,7 +126,7 @@ def meta_gradients(inner: InnerLoop, theta: Sequence[tf.Tensor], state: Sequence
     def run_step(t: tf.Tensor, th: list[tf.Tensor], flat: list[tf.Tensor]) -> list[tf.Tensor]:
         xb, yb = inner._support_batch(x, y, t, seeds)
         new = inner.step(t, inner.split_theta(th).inner, pack(flat), xb, yb,
-                         first_order=first_order)
+                         first_order=first_order, blockwise=blocks)
         return tf.nest.flatten(new)
 
     def term(k: Any, flat: list[tf.Tensor]) -> tuple[list[tf.Tensor], list[tf.Tensor]]:

@@ -21,6 +21,7 @@ import keras
 import tensorflow as tf
 
 from tfmeta.core import functional as F
+from tfmeta.core import schedule
 from tfmeta.base.choices import INNER_OPTIMIZERS
 from tfmeta.core.inner_loop import InnerOptions, loop_steps
 from tfmeta.core.inner_loop import minibatch_indices  # noqa: F401  (part of this module's API)
@@ -182,7 +183,6 @@ class Reptile(MetaLearner):
           The step's metrics (means over the batch).
         """
         step = self.meta_step(batch)
-        for var, g in zip(self.meta_variables, step.grads):
-            var.assign_sub(tf.constant(self.outer_step_size, var.dtype) * g)
-        F.assign_floating(self.state_variables, step.non_trainable)
+        schedule.apply_meta_step(step.grads, self.meta_variables, step_size=self.outer_step_size)
+        schedule.assign_state(self.state_variables, step.non_trainable)
         return step.metrics

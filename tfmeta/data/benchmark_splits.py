@@ -35,9 +35,10 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from tfmeta.base.choices import BENCHMARKS
 from tfmeta.data.class_listing import SPLITS, DataError
 
-NAMES = ("miniimagenet", "tieredimagenet", "cifarfs", "fc100", "cub")
+NAMES = BENCHMARKS
 DIRECTORY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "splits")
 _URL = re.compile(r"https://github\.com/[\w.-]+/[\w.-]+/blob/[0-9a-f]{40}/\S+[^,\s]")
 _REQUIRED = ("name", "title", "source", "counts", "splits")

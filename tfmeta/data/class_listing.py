@@ -13,8 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from tfmeta.base import errors
-
-SPLITS = ("train", "validation", "test")
+from tfmeta.base.choices import SPLITS  # noqa: F401  (re-exported: the readers import it here)
 
 
 class DataError(errors.UserError, ValueError):
@@ -87,8 +86,8 @@ def check_unique_classes(splits: dict[str, Sequence[ClassImages]]) -> None:
 Loader = Callable[[], Any]
 
 # How classes are split when a source has no split of its own: the fractions of classes for
-# meta-training / validation / test and the seed of the shuffle (config.data's defaults; a test
-# checks that they agree).
+# meta-training / validation / test and the seed of the shuffle (config.data's defaults are
+# these).
 DEFAULT_FRACTIONS = (0.64, 0.16, 0.20)
 DEFAULT_SPLIT_SEED = 1
 # The file extensions (lower case) of the image files tfmeta reads, in training (class folders,

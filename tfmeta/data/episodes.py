@@ -183,11 +183,12 @@ class EpisodeSpec:
         return self.shots + self.queries
 
 
-def _pool_facts(images_or_num_classes: Any) -> tuple[int, int, tuple[int, ...] | None]:
-    """(classes, fewest images of a class, image shape or None) of what validate was given."""
+def _pool_facts(images_or_num_classes: Any) -> tuple[int, int | None, tuple[int, ...] | None]:
+    """(classes, fewest images of a class or None, image shape or None) of what validate was
+    given; a bare class count says nothing about the images of a class."""
     if isinstance(images_or_num_classes, (int, np.integer)) and not isinstance(
             images_or_num_classes, bool):
-        return int(images_or_num_classes), 20, None
+        return int(images_or_num_classes), None, None
     if isinstance(images_or_num_classes, (ImagePool, ShardPool)):
         pool = images_or_num_classes
         return pool.num_classes, int(pool.counts.min()), pool.image_shape
@@ -210,7 +211,7 @@ def validate(
     Args:
         images_or_num_classes: The pool (an ImagePool, ShardPool, or Omniglot's
             uint8 [C, D, S, S] array or tensor), or just its number of classes C
-            (then D = 20, Omniglot's).
+            (then the images per class are not checked: the source knows them).
         spec: The episode shape.
         global_batch_size: Tasks per step over all replicas, if batching.
         num_replicas: Replicas the global batch is split over.
@@ -228,7 +229,7 @@ def validate(
         raise ValueError(
             f"ways={spec.ways} exceeds the {num_classes} classes available; "
             f"allowed: 1..{num_classes}")
-    if spec.drawings_per_class > drawings:
+    if drawings is not None and spec.drawings_per_class > drawings:
         raise ValueError(
             f"shots + queries = {spec.shots} + {spec.queries} = {spec.drawings_per_class} "
             f"exceeds the {drawings} drawings per class; allowed: at most {drawings}")

@@ -44,12 +44,9 @@ from typing import BinaryIO, Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from tfmeta.base.choices import CHANNELS, RESIZE  # noqa: F401  (re-exported)
 from tfmeta.data.class_listing import DataError
 
-# The same names as config.RESIZE and config.CHANNELS (a test checks that they agree); not
-# imported from there, to keep ml_collections out of decoding.
-RESIZE = ("stretch", "crop")
-CHANNELS = (1, 3)
 # PIL modes with more than 8 bits per grey sample, which PIL's conversion to "L" would clip.
 HIGH_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 # Modes whose pixels carry an alpha channel; other modes may name a transparent value in `info`.

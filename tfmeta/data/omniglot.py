@@ -30,7 +30,7 @@ import tensorflow_datasets as tfds
 from absl import logging
 
 from tfmeta.data import class_store, omniglot_builder
-from tfmeta.base.choices import SPLIT_SCHEMES
+from tfmeta.base.choices import SPLIT_SCHEMES, SPLITS, SUBSETS  # noqa: F401  (re-exported)
 from tfmeta.data.omniglot_builder import (  # noqa: F401  (re-exported)
     DRAWINGS_PER_CHARACTER,
     OmniglotIntegrityError,
@@ -38,8 +38,6 @@ from tfmeta.data.omniglot_builder import (  # noqa: F401  (re-exported)
 )
 
 ARCHIVES_ENV = "TFMETA_OMNIGLOT_ARCHIVES"
-SUBSETS = ("full", "small")
-SPLITS = ("train", "validation", "test")
 DEFAULT_SPLIT_SEED = 1  # cbfinn/maml shuffles with random.seed(1).
 
 # cbfinn/maml: 1623 characters -> 1100 train / 100 validation / 423 test.

@@ -5,10 +5,12 @@ unreadable path with the built-in ``OSError`` subclasses below): the binary prin
 ``error: ...`` on stderr and exits with status 2; never a traceback. Failures that are not the
 user's input (a bug, a diverging run) keep their traceback and exit status 1.
 
-Start-up output: importing this module (the first import of every binary) loads TensorFlow with
-its C++ log level set from ``--verbosity`` and its native start-up lines filtered out, and
-:func:`run` lets through only tfmeta's own INFO lines (TFDS's progress bars off);
-``--verbosity=1`` brings back everything TensorFlow, TFDS and absl print.
+Start-up output: :func:`run` loads TensorFlow once the flags are parsed (so ``--help`` and flag
+errors return in about a second), with its C++ log level set from ``--verbosity`` and its native
+start-up lines filtered out, and lets through only tfmeta's own INFO lines (TFDS's progress bars
+off); ``--verbosity=1`` brings back everything TensorFlow, TFDS and absl print. A binary's
+module-level imports and its flag checks must therefore not import TensorFlow
+(``tests/unit/run/test_cli.py`` checks ``--help`` of every binary).
 
 This module imports nothing else of tfmeta, so a binary's shell never depends on the library's
 layers.
@@ -108,9 +110,6 @@ def _quiet_native_logs(argv: Sequence[str]) -> None:
                 print("\n".join(kept), file=sys.stderr, flush=True)
 
 
-_quiet_native_logs(sys.argv)
-
-
 class _OwnLinesOnly(py_logging.Filter):
     """Lets through tfmeta's own records and other libraries' errors.
 
@@ -168,7 +167,6 @@ def run(main: Callable[[list[str]], int | None], *,
             rest = flags.FLAGS(argv)
             if after_parse is not None:
                 after_parse()
-            return rest
         except SystemExit as e:
             # absl exits with status 1 after printing the help it was asked for.
             sys.exit(0 if _asks_for_help(argv) and e.code == 1 else e.code)
@@ -179,6 +177,9 @@ def run(main: Callable[[list[str]], int | None], *,
         except (AttributeError, KeyError, TypeError, ValueError, OSError) as e:
             # Errors raised while loading or overriding a config file.
             sys.exit(fail(f"{type(e).__name__} while parsing flags: {errors.first_line(str(e))}"))
+        # Only now: --help and bad flags are answered without loading TensorFlow (seconds).
+        _quiet_native_logs(argv)
+        return rest
 
     def guarded(argv: list[str]) -> Any:
         _configure_logging(sys.argv)

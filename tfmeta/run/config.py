@@ -17,21 +17,11 @@ from typing import Any, Mapping
 import ml_collections
 
 from tfmeta.base import errors, signatures
-from tfmeta.base.choices import (ALGORITHMS, BN_MODES, INNER_OPTIMIZERS, MAML_FAMILY, REMAT,
-                             SPLIT_SCHEMES)
-
-TASKS = ("omniglot", "sinusoid", "images")
-MODELS = ("conv4", "mlp", "resnet12")
-STORAGE = ("auto", "memory", "stream")
-RESIZE = ("stretch", "crop")
-CHANNELS = (1, 3)
-OUTER_OPTIMIZERS = ("adam", "sgd")
-SCHEDULES = ("constant", "linear", "cosine")
-DOWNSAMPLING = ("stride", "maxpool")
-HEADS = ("mean", "flatten")
-DTYPES = ("float32", "bfloat16")
-SUBSETS = ("full", "small")
-DRAWINGS_PER_CHARACTER = 20
+from tfmeta.data import class_listing
+from tfmeta.base.choices import (  # noqa: F401  (the closed sets, re-exported for the configs)
+    ALGORITHMS, BENCHMARKS, BN_MODES, CHANNELS, DOWNSAMPLING, DTYPES, HEADS, INNER_OPTIMIZERS,
+    MAML_FAMILY, MODELS, OUTER_OPTIMIZERS, REMAT, RESIZE, SCHEDULES, SPLIT_SCHEMES, SPLITS,
+    STORAGE, SUBSETS, TASKS)
 # Bounds on inner steps, so that a typo cannot trace a graph for minutes or evaluate for hours.
 # MAML-family training differentiates through the inner loop, so every step is unrolled into the
 # training graph (tracing time and memory grow with each one); 50 is ten times what the published
@@ -47,7 +37,7 @@ MAX_INNER_STEPS = 1000
 RESUMABLE_FIELDS = (
     "train.iterations", "train.steps_per_loop", "train.log_every", "train.checkpoint_every",
     "train.keep_checkpoints", "train.eval_every", "train.eval_episodes", "train.jit_compile",
-    "train.max_minutes", "train.tasks_in_parallel",
+    "train.max_minutes", "train.tasks_in_parallel", "train.memory_budget_mb",
     "inner.eval_steps", "eval.", "export.", "data.data_dir", "data.archives_dir",
     # How prepared images are held (memory or streamed) never changes the episodes.
     "data.prepared_dir", "data.storage", "data.memory_limit_mb",
@@ -94,8 +84,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.resize = "stretch"  # stretch to image_size^2 | crop (shorter side, then centre crop)
     c.data.min_image_side = 8  # images whose shorter side is smaller are skipped (and counted)
     # Classes of a source without its own split: fractions (seeded by split_seed) or class lists.
-    c.data.split_fractions = (0.64, 0.16, 0.20)
-    c.data.split_seed = 1
+    c.data.split_fractions = class_listing.DEFAULT_FRACTIONS
+    c.data.split_seed = class_listing.DEFAULT_SPLIT_SEED
     c.data.class_lists = ""  # directory with train.txt, validation.txt (or val.txt), test.txt
     c.data.storage = "auto"  # auto (memory when it fits memory_limit_mb) | memory | stream
     c.data.memory_limit_mb = 2048
@@ -134,8 +124,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.inner.carry_optimizer_state = False
     c.inner.bn_mode = "transductive"  # transductive | support | running
     # MAML family: "steps" keeps only each inner step's fast weights for the meta-gradient's
-    # backward pass and re-runs the step there (memory bounded in inner steps; same gradients).
-    c.inner.remat = "none"  # none | steps
+    # backward pass and re-runs the step there (memory bounded in inner steps; same gradients);
+    # "blocks" also re-runs each block of the model (residual / conv blocks, else layers) inside
+    # the re-run step, keeping only the activations between blocks.
+    c.inner.remat = "none"  # none | steps | blocks
 
     # MAML++ (algorithm 'mamlpp'; Antoniou et al. 2019): each of its changes to MAML is a switch.
     # The cosine meta learning rate is outer.schedule = 'cosine' (with outer.min_lr).
@@ -176,6 +168,10 @@ def base_config() -> ml_collections.ConfigDict:
     # Tasks computed together: 1 (one at a time), k, 'all' (the replica's whole meta-batch) or
     # 'auto' (all on GPU/TPU; on CPU what benchmarks/train_throughput.py measured fastest).
     c.train.tasks_in_parallel = "auto"
+    # Memory (MB) the 'auto' group's activations may take: the group is capped at what fits, from
+    # the measured peak of one task's meta-gradient; 0 = a GPU's free memory on GPU, no limit on
+    # CPU (docs/tasks-in-parallel.md).
+    c.train.memory_budget_mb = 0
 
     c.eval = ml_collections.ConfigDict()
     c.eval.split = "test"
@@ -227,18 +223,29 @@ def _one_of(name: str, value: Any, allowed: tuple[str, ...]) -> None:
         raise ConfigError(f"config field '{name}' is {value!r}; allowed values: {list(allowed)}")
 
 
-def _check_tasks_in_parallel(value: Any) -> None:
-    text = str(value)
-    if text in ("auto", "all") or (text.isdigit() and int(text) >= 1):
-        return
-    raise ConfigError(f"config field 'train.tasks_in_parallel' is {value!r}; allowed: a positive "
-                      "integer, 'all' or 'auto'")
+def parse_tasks_in_parallel(value: Any) -> int | str:
+    """``train.tasks_in_parallel`` as the algorithms take it: an int, ``'all'`` or ``'auto'``.
+
+    The one parse of the field: the algorithms' own
+    (:func:`tfmeta.core.grouping.check_tasks_in_parallel`), used by :func:`validate` and by
+    :func:`tasks_in_parallel` alike.
+
+    Raises:
+      ConfigError: naming the value and what is allowed.
+    """
+    # Imported here: it brings TensorFlow, which the binaries import only after their flags.
+    from tfmeta.core import grouping
+
+    try:
+        return grouping.check_tasks_in_parallel(value)
+    except ValueError:
+        raise ConfigError(f"config field 'train.tasks_in_parallel' is {value!r}; allowed: a "
+                          "positive integer, 'all' or 'auto'") from None
 
 
 def tasks_in_parallel(config: ml_collections.ConfigDict) -> int | str:
-    """``train.tasks_in_parallel`` as the algorithms take it (an int, 'all' or 'auto')."""
-    text = str(config.train.tasks_in_parallel)
-    return int(text) if text.isdigit() else text
+    """``train.tasks_in_parallel`` of ``config``, parsed (:func:`parse_tasks_in_parallel`)."""
+    return parse_tasks_in_parallel(config.train.tasks_in_parallel)
 
 
 # ------------------------------------------------------------------------- numeric ranges
@@ -294,6 +301,7 @@ RANGES: dict[str, _Range] = {
     "outer.lr": _Range(0, integer=False, low_exclusive=True),
     "outer.min_lr": _Range(0, integer=False),
     "train.meta_batch_size": _Range(1),
+    "train.memory_budget_mb": _Range(0, why="0 = the GPU's free memory, no limit on CPU"),
     "train.iterations": _Range(1),
     "train.steps_per_loop": _Range(1),
     "train.log_every": _Range(1),
@@ -375,7 +383,6 @@ _IMAGES_FIELDS = ("data.channels", "data.resize", "data.min_image_side", "data.s
 _OMNIGLOT_FIELDS = ("data.split_scheme", "data.subset", "data.archives_dir",
                     "data.rotation_classes")
 # Image sources with a published class split of their own.
-_BENCHMARK_SOURCES = ("miniimagenet", "tieredimagenet", "cifarfs", "fc100", "cub")
 CONV4_FIELDS = ("model.filters", "model.downsample", "model.head")
 RESNET12_FIELDS = ("model.widths",)
 
@@ -418,7 +425,7 @@ _SCOPES = (
            lambda c: "these are sinusoid options; episodes of classes have data.ways, data.shots "
                      "and data.queries"),
     _Scope(("data.split_fractions", "data.split_seed", "data.class_lists"),
-           lambda c: _data_kind(c) != "images" or _benchmark(c) not in _BENCHMARK_SOURCES,
+           lambda c: _data_kind(c) != "images" or _benchmark(c) not in BENCHMARKS,
            lambda c: f"data.source {c.data.source!r}",
            lambda c: (f"{_benchmark(c)} has its published class split; these options split "
                       "the classes of folder: and tfds: sources")),
@@ -577,7 +584,7 @@ def validate(config: ml_collections.ConfigDict, *, num_replicas: int = 1,
                           f"option (algorithm is {config.algorithm!r}: set inner.remat='none')")
     _one_of("model.downsample", config.model.downsample, DOWNSAMPLING)
     _one_of("model.head", config.model.head, HEADS)
-    _check_tasks_in_parallel(config.train.tasks_in_parallel)
+    parse_tasks_in_parallel(config.train.tasks_in_parallel)
     # The network each task takes, before the fields that belong to one network are checked.
     _one_of("model.name", config.model.name,
             ("mlp",) if config.task == "sinusoid" else ("conv4", "resnet12"))
@@ -620,15 +627,10 @@ def validate(config: ml_collections.ConfigDict, *, num_replicas: int = 1,
     if config.task in ("omniglot", "images"):
         _one_of("data.split_scheme", config.data.split_scheme, SPLIT_SCHEMES)
         _one_of("data.subset", config.data.subset, SUBSETS)
-        _one_of("eval.split", config.eval.split, ("train", "validation", "test"))
+        _one_of("eval.split", config.eval.split, SPLITS)
         shots = max(train_shots(config), config.data.shots)
-        if (config.task == "omniglot"
-                and shots + config.data.queries > DRAWINGS_PER_CHARACTER):
-            raise ConfigError(
-                f"config fields 'data.shots'/'data.train_shots' ({shots}) + 'data.queries' "
-                f"({config.data.queries}) = {shots + config.data.queries}; Omniglot has "
-                f"{DRAWINGS_PER_CHARACTER} drawings per character, so it must be <= "
-                f"{DRAWINGS_PER_CHARACTER}")
+        if config.task == "omniglot":
+            _check_omniglot_drawings(shots, config.data.queries)
         if config.algorithm == "reptile" and config.inner.batch_size > config.data.ways * shots:
             raise ConfigError(
                 f"config field 'inner.batch_size' is {config.inner.batch_size}; it must be <= the "
@@ -650,6 +652,18 @@ def validate(config: ml_collections.ConfigDict, *, num_replicas: int = 1,
     elif config.inner.bn_mode != "transductive":
         raise ConfigError("config field 'inner.bn_mode' must be 'transductive' for the "
                           "sinusoid MLP, which has no batch norm")
+
+
+def _check_omniglot_drawings(shots: int, queries: int) -> None:
+    """Shots + queries against the drawings of an Omniglot character (the source's fact)."""
+    # Imported here: the Omniglot source brings TFDS, which the binaries import after their flags.
+    from tfmeta.data.omniglot import DRAWINGS_PER_CHARACTER
+
+    if shots + queries > DRAWINGS_PER_CHARACTER:
+        raise ConfigError(
+            f"config fields 'data.shots'/'data.train_shots' ({shots}) + 'data.queries' "
+            f"({queries}) = {shots + queries}; Omniglot has {DRAWINGS_PER_CHARACTER} drawings "
+            f"per character, so it must be <= {DRAWINGS_PER_CHARACTER}")
 
 
 def _check_images(config: ml_collections.ConfigDict) -> None:

@@ -19,7 +19,7 @@ import tensorflow as tf
 
 from tfmeta.run import config as config_lib
 from tfmeta.core import imaml, maml, models, reptile
-from tfmeta.run import tasks
+from tfmeta.run import memory_budget, specs, tasks
 from tfmeta.run import workdir as workdir_lib
 from tfmeta.core.meta_learner import MetaLearner
 
@@ -123,13 +123,9 @@ ALGORITHMS: dict[str, Callable[..., MetaLearner]] = {
 def build_algorithm(config: ml_collections.ConfigDict, model: keras.Model,
                     classification: bool) -> MetaLearner:
     """The meta-learner ``config.algorithm`` names, around ``model``."""
-    common = dict(
-        inner_lr=config.inner.lr, inner_steps=config.inner.steps,
-        eval_inner_steps=config.inner.eval_steps,
-        loss="sparse_categorical_crossentropy" if classification else "mse",
-        inner_grad_clip=config.inner.grad_clip or None, bn_mode=config.inner.bn_mode,
-        tasks_in_parallel=config_lib.tasks_in_parallel(config))
-    return ALGORITHMS[config.algorithm](config, model, common)
+    options = specs.algorithm_options(config)
+    return ALGORITHMS[options.name](config, model,
+                                    options.common_kwargs(classification=classification))
 
 
 def build_optimizer(config: ml_collections.ConfigDict) -> keras.optimizers.Optimizer:
@@ -173,6 +169,9 @@ def build_experiment(config: ml_collections.ConfigDict, strategy: tf.distribute.
             algorithm = build_algorithm(config, model, source.classification)
         except ValueError as e:  # an option the model cannot support: a config mistake
             raise config_lib.ConfigError(f"the config cannot be built: {e}") from e
+        if check_data:  # training: the "auto" group capped at what the memory budget holds
+            memory_budget.apply(config, algorithm, classification=source.classification,
+                                num_replicas=strategy.num_replicas_in_sync)
         optimizer = build_optimizer(config)
         # Build the optimizer's slots under the scope, before any tf.function traces.
         optimizer.build(algorithm.meta_variables)

@@ -17,6 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfmeta.run import config as config_lib
+from tfmeta.run import specs
 from tfmeta.base import distribute
 from tfmeta.base import input_transform as input_transform_lib
 from tfmeta.base.input_transform import InputTransform
@@ -96,6 +97,8 @@ def _sinusoid(config: ml_collections.ConfigDict) -> TaskSource:
 def _omniglot(config: ml_collections.ConfigDict, data) -> TaskSource:
     from tfmeta.data import episodes, omniglot
 
+    shape = specs.episode_shape(config)
+
     @functools.cache
     def pools() -> dict[str, np.ndarray]:
         # Loaded on first use: restoring a model for export or inspection needs no data.
@@ -115,10 +118,8 @@ def _omniglot(config: ml_collections.ConfigDict, data) -> TaskSource:
             raise config_lib.ConfigError(
                 f"split {split!r} of split scheme {config.data.split_scheme!r} has no characters; "
                 "use another split")
-        shots = config_lib.train_shots(config) if split == "train" else config.data.shots
-        spec = episodes.EpisodeSpec(ways=config.data.ways, shots=shots,
-                                    queries=queries or config.data.queries,
-                                    rotate=config.data.rotate)
+        spec = episodes.EpisodeSpec(ways=shape.ways, shots=shape.shots_of(split),
+                                    queries=queries or shape.queries, rotate=shape.rotate)
         return episodes.episode_dataset(pools()[split], spec, seed=seed, pipeline_id=pipeline_id,
                                         start_index=start_index, batch_size=batch_size)
 
@@ -135,24 +136,20 @@ def _omniglot(config: ml_collections.ConfigDict, data) -> TaskSource:
 
 def _needed(config: ml_collections.ConfigDict, split: str, queries: int | None = None) -> int:
     """Images a class of ``split`` needs: shots (training shots for train) + queries."""
-    shots = config_lib.train_shots(config) if split == "train" else config.data.shots
-    return shots + (queries or config.data.queries)
+    return specs.episode_shape(config).needed(split, queries)
 
 
 def _images(config: ml_collections.ConfigDict) -> TaskSource:
     """Episodes of any prepared image source (folders, TFDS, the named benchmarks)."""
     from tfmeta.data import episodes, image_sources
 
-    d = config.data
+    d = specs.image_data(config)
+    shape = specs.episode_shape(config)
 
     @functools.cache
     def prepared():
         # Prepared (or found prepared) on first use: restoring a model needs no data.
-        return image_sources.prepare(
-            d.source, image_size=d.image_size, channels=d.channels, resize=d.resize,
-            min_side=d.min_image_side, data_dir=d.data_dir, prepared_dir=d.prepared_dir,
-            fractions=tuple(d.split_fractions), split_seed=d.split_seed,
-            class_lists=d.class_lists)
+        return image_sources.prepare(d.source, **d.prepare_kwargs())
 
     @functools.cache
     def benchmark_note() -> str:
@@ -189,30 +186,30 @@ def _images(config: ml_collections.ConfigDict) -> TaskSource:
 
     @functools.cache
     def transform() -> InputTransform:
-        mean, std = tuple(d.mean), tuple(d.std)
+        mean, std = d.mean, d.std
         if d.normalize and not mean:
             mean, std = prepared().mean_std("train")
         return InputTransform(int(d.image_size), int(d.channels), invert=False, mean=mean,
                               std=std)
 
     def make_dataset(split, pipeline_id, batch_size, seed, start_index, queries=None):
-        shots = config_lib.train_shots(config) if split == "train" else d.shots
         train = split == "train"
-        spec = episodes.EpisodeSpec(ways=d.ways, shots=shots, queries=queries or d.queries,
-                                    rotate=d.rotate, augment=d.augment and train,
+        spec = episodes.EpisodeSpec(ways=shape.ways, shots=shape.shots_of(split),
+                                    queries=queries or shape.queries, rotate=shape.rotate,
+                                    augment=d.augment and train,
                                     crop_padding=d.crop_padding if d.augment and train else 0)
         t = transform()
         return episodes.episode_dataset(
-            pool(split, _needed(config, split, queries)), spec, seed=seed,
+            pool(split, shape.needed(split, queries)), spec, seed=seed,
             pipeline_id=pipeline_id, start_index=start_index, batch_size=batch_size,
             normalization=(t.mean, t.std) if t.normalizes else None)
 
     def split_classes() -> dict[str, int]:
-        counts = {split: len(usable(split, _needed(config, split)))
+        counts = {split: len(usable(split, shape.needed(split)))
                   for split in prepared().classes}
         for split, classes in counts.items():
             # A split without any usable class is an error only where it is used.
-            if 0 < classes < d.ways:
+            if 0 < classes < shape.ways:
                 raise _too_few_classes(config, split, classes, summary())
         return counts
 
@@ -223,12 +220,12 @@ def _images(config: ml_collections.ConfigDict) -> TaskSource:
     def examples_per_class(split: str) -> tuple[int, str]:
         # An episode takes `ways` classes: the limit is the ways-th largest class.
         counts = sorted((c.count for c in prepared().classes[split]), reverse=True)
-        limit = counts[d.ways - 1] if len(counts) >= d.ways else 0
-        return limit, (f"images that {d.ways} classes (data.ways) of split {split!r} of "
+        limit = counts[shape.ways - 1] if len(counts) >= shape.ways else 0
+        return limit, (f"images that {shape.ways} classes (data.ways) of split {split!r} of "
                        f"{d.source!r} have (see the data summary for each class's count)")
 
     size = d.image_size
-    return TaskSource(make_dataset, num_outputs=d.ways, input_shape=(size, size, d.channels),
+    return TaskSource(make_dataset, num_outputs=shape.ways, input_shape=(size, size, d.channels),
                       classification=True, split_classes=split_classes,
                       input_transform=transform, data_summary=summary,
                       examples_per_class=examples_per_class, result_note=benchmark_note)

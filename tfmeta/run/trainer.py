@@ -13,8 +13,6 @@ All file I/O goes through ``tf.io.gfile`` so a work directory can be ``gs://buck
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import time
 from typing import Any, Callable
@@ -24,14 +22,15 @@ import ml_collections
 import tensorflow as tf
 from absl import logging
 
-from tfmeta.run import config as config_lib
 from tfmeta.base import distribute
-from tfmeta.run import tasks
 from tfmeta.base import input_transform as input_transform_lib
+from tfmeta.core.schedule import Phase, apply_meta_step, assign_state
+from tfmeta.run import config as config_lib
+from tfmeta.run import periodic, specs, tasks
 from tfmeta.run import workdir as workdir_lib
 from tfmeta.run.evaluation import evaluate, warn_if_chance
 from tfmeta.run.experiment import Experiment, build_experiment, checkpoint as make_checkpoint
-from tfmeta.run.workdir import CHECKPOINT_DIR, DATA_SUMMARY_FILE, HISTORY_FILE, write_json
+from tfmeta.run.workdir import CHECKPOINT_DIR, DATA_SUMMARY_FILE, write_json
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -42,34 +41,33 @@ def phase(config: ml_collections.ConfigDict, step: int) -> tuple[dict[str, Any],
     """How meta-iteration ``step`` is computed, and the first iteration computed differently.
 
     Derivative-order annealing (first order before ``first_order_until``) and MAML++'s multi-step
-    loss (on before ``multi_step_loss_until``) switch at fixed iterations; each phase is its own
-    compiled loop, so a switch happens exactly at its iteration, also in a resumed run.
+    loss (on before ``multi_step_loss_until``) switch at fixed iterations
+    (:class:`tfmeta.core.schedule.PhaseSchedule`); each phase is its own compiled loop, so a
+    switch happens exactly at its iteration, also in a resumed run.
 
     Returns:
       ``(meta_step keyword arguments, next switch iteration or train.iterations)``.
     """
-    if config.algorithm not in config_lib.MAML_FAMILY:
-        return {}, config.train.iterations
-    first_order_until = config_lib.first_order_until(config)
-    msl_until = config_lib.multi_step_loss_until(config)
-    kwargs = {"first_order": step < first_order_until}
-    if config.algorithm == "mamlpp":
-        kwargs["multi_step_loss"] = step < msl_until
-    switches = [s for s in (first_order_until, msl_until) if s > step]
-    return kwargs, min(switches + [config.train.iterations])
+    schedule = specs.phase_schedule(config)
+    return schedule.phase(step).kwargs(), schedule.next_switch(step, config.train.iterations)
 
 
-def _make_train_loop(exp: Experiment, phase_kwargs: dict[str, Any]) -> Callable:
-    """Returns ``train_loop(iterator, num_steps) -> (mean metrics, first non-finite step)``."""
+def _make_train_loop(exp: Experiment, phase: Phase | dict[str, Any]) -> Callable:
+    """Returns ``train_loop(iterator, num_steps) -> (mean metrics, first non-finite step)``.
+
+    ``phase``: the :class:`Phase` the loop's meta-iterations are in (or its ``meta_step``
+    keyword arguments).
+    """
+    if isinstance(phase, dict):
+        phase = Phase(**phase)
     strategy, algorithm, optimizer = exp.strategy, exp.algorithm, exp.optimizer
     variables = algorithm.meta_variables
     state = algorithm.state_variables
     global_batch = exp.config.train.meta_batch_size
-    uses_iteration = "multi_step_loss" in phase_kwargs
 
     def meta_step(batch, iteration):
-        kwargs = dict(phase_kwargs, iteration=iteration) if uses_iteration else phase_kwargs
-        step = algorithm.meta_step(batch, global_batch_size=global_batch, **kwargs)
+        step = algorithm.meta_step(batch, global_batch_size=global_batch,
+                                   **phase.kwargs(iteration))
         return step.grads, step.metrics, step.non_trainable
 
     if exp.config.train.jit_compile and not distribute.is_tpu(strategy):
@@ -78,7 +76,7 @@ def _make_train_loop(exp: Experiment, phase_kwargs: dict[str, Any]) -> Callable:
 
     def replica_step(batch, iteration):
         grads, metrics, nt = meta_step(batch, iteration)
-        optimizer.apply_gradients(zip(grads, variables))
+        apply_meta_step(grads, variables, optimizer=optimizer)
         return metrics, nt
 
     def one_step(iterator, iteration):
@@ -87,9 +85,7 @@ def _make_train_loop(exp: Experiment, phase_kwargs: dict[str, Any]) -> Callable:
         total = lambda v: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)  # noqa: E731
         # Batch-norm moving statistics after the support passes, averaged over all tasks: kept
         # for evaluation with bn_mode="running" and for the exported model's `predict`.
-        for var, value in zip(state, nt):
-            if tf.as_dtype(var.dtype).is_floating:
-                var.assign(total(value))
+        assign_state(state, nt, strategy=strategy)
         return {k: total(v) for k, v in metrics.items()}
 
     @tf.function
@@ -107,34 +103,6 @@ def _make_train_loop(exp: Experiment, phase_kwargs: dict[str, Any]) -> Callable:
         return {k: v / n for k, v in totals.items()}, bad
 
     return train_loop
-
-
-def _any_worker(strategy: tf.distribute.Strategy, flag: bool) -> bool:
-    """True if ``flag`` is set on any worker: every worker must stop at the same step."""
-    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        value = strategy.run(lambda x: x, args=(tf.constant(float(flag)),))
-        return bool(strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None).numpy() > 0)
-    return flag
-
-
-class _Clock:
-    """Tasks per second and time remaining, from the meta-iterations of the recent loops."""
-
-    def __init__(self, tasks_per_step: int):
-        self.tasks_per_step = tasks_per_step
-        self.steps = 0
-        self.seconds = 0.0
-
-    def add(self, steps: int, seconds: float) -> None:
-        self.steps += steps
-        self.seconds += seconds
-
-    def tasks_per_second(self) -> float:
-        return self.steps * self.tasks_per_step / max(self.seconds, 1e-9)
-
-    def remaining(self, steps_left: int) -> str:
-        secs = steps_left * self.seconds / max(self.steps, 1)
-        return time.strftime("%H:%M:%S", time.gmtime(secs)) if secs < 86400 else f"{secs/3600:.0f}h"
 
 
 def train(config: ml_collections.ConfigDict, workdir: str, *,
@@ -271,113 +239,57 @@ def record_data(exp: Experiment, workdir: str) -> None:
                      DATA_SUMMARY_FILE)
 
 
-def _append_history(workdir: str, entry: dict[str, Any]) -> None:
-    """Adds a validation point to ``history.jsonl`` (rewritten: object stores cannot append)."""
-    path = os.path.join(workdir, HISTORY_FILE)
-    text = ""
-    if tf.io.gfile.exists(path):
-        with tf.io.gfile.GFile(path) as f:
-            text = f.read()
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with tf.io.gfile.GFile(tmp, "w") as f:
-        f.write(text + json.dumps(entry, sort_keys=True) + "\n")
-    tf.io.gfile.rename(tmp, path, overwrite=True)
-
-
-def steps_within_budget(seconds_left: float, seconds_per_step: float | None,
-                        planned: int) -> int:
-    """Meta-iterations of the next compiled call under a wall-clock budget.
-
-    The compiled loop cannot look at the clock between its iterations (no host round trip inside
-    it), so the host gives the last call(s) fewer iterations: as many as fit in what is left,
-    from the measured time per iteration, and at least one, so a run ends within about one
-    iteration of its budget rather than a whole ``train.steps_per_loop`` after it.
-
-    Args:
-      seconds_left: the budget left.
-      seconds_per_step: measured seconds per meta-iteration; None before any measurement, when a
-        single iteration is run (the first call also traces the loop).
-      planned: the iterations the call would run without a budget.
-
-    Returns:
-      Between 1 and ``planned``.
-    """
-    if seconds_per_step is None:
-        return 1
-    fits = int(seconds_left // max(seconds_per_step, 1e-9))
-    return max(1, min(planned, fits))
-
-
-def _agree(strategy: tf.distribute.Strategy, steps: int) -> int:
-    """The same iteration count on every worker (their mean, rounded down): the loops are
-    collective, so workers whose clocks differ slightly must still run the same calls."""
-    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        value = strategy.run(lambda x: x, args=(tf.constant(float(steps)),))
-        return max(1, int(strategy.reduce(tf.distribute.ReduceOp.MEAN, value, axis=None)))
-    return steps
+_append_history = periodic.append_history
+steps_within_budget = periodic.steps_within_budget
 
 
 def _run_locked(exp: Experiment, workdir: str, *, should_stop: Callable[[], bool],
                 final_evaluation: bool,
                 now: Callable[[], float] = time.perf_counter) -> dict[str, Any]:
     config, strategy = exp.config, exp.strategy
+    train = config.train
     chief = distribute.is_chief(strategy)
     tf.io.gfile.makedirs(workdir)
 
     checkpoint = make_checkpoint(exp)
     real_dir = os.path.join(workdir, CHECKPOINT_DIR)
-    # Saving is collective under MultiWorkerMirroredStrategy: every worker saves, non-chief workers
-    # into a scratch directory that is removed right after.
+    # Non-chief workers save into a scratch directory (saving is collective).
     ckpt_dir = real_dir if chief else os.path.join(
         workdir, f"tmp_worker_{distribute.task_id(strategy)}")
-    manager = tf.train.CheckpointManager(checkpoint, ckpt_dir,
-                                         max_to_keep=config.train.keep_checkpoints)
+    manager = tf.train.CheckpointManager(checkpoint, ckpt_dir, max_to_keep=train.keep_checkpoints)
     restored = workdir_lib.restore_newest_readable(checkpoint, real_dir, partial=False)
     if restored:
         logging.info("Resumed from %s at iteration %d.", restored, int(exp.step.numpy()))
-    # The newest complete checkpoint in the real checkpoint directory (the chief's), for messages.
-    newest = restored
+    writes = periodic.Writes(lambda: int(exp.step.numpy()), newest=restored)
 
-    @contextlib.contextmanager
-    def writing(path: str):
-        """Turns a failed write (disk full, ...) into one error naming the path and the reason.
-
-        TensorFlow writes checkpoints to temporary files and renames them, so a failed save
-        leaves the earlier checkpoints complete; the message says which one a rerun resumes from.
-        """
-        try:
-            yield
-        except (OSError, tf.errors.OpError) as e:
-            kept = (f"the newest checkpoint {newest} is intact and a rerun of the same command "
-                    "resumes from it" if newest else
-                    "no checkpoint had been saved yet, so a rerun starts from the beginning")
-            raise workdir_lib.WorkdirWriteError(
-                f"cannot write {path}: {workdir_lib.os_reason(e)}; training stopped at "
-                f"meta-iteration {int(exp.step.numpy())}; {kept}; free space (or repair the file "
-                "system) first") from e
-
-    def save() -> None:
-        nonlocal newest
-        number = int(exp.step.numpy())
-        with writing(os.path.join(ckpt_dir, f"ckpt-{number}")):
-            manager.save(checkpoint_number=number)
-            if not chief:
-                tf.io.gfile.rmtree(ckpt_dir)
-        newest = os.path.join(real_dir, f"ckpt-{number}")
-
-    with writing(workdir):
+    with writes(workdir):
         writers = {name: (tf.summary.create_file_writer(os.path.join(workdir, name)) if chief
                           else tf.summary.create_noop_writer())
                    for name in ("train", "validation")}
-    total = config.train.iterations
-    budget = config.train.max_minutes * 60.0
+    total = train.iterations
+    summaries = periodic.TrainSummaries(writers["train"], os.path.join(workdir, "train"), writes)
+    progress = periodic.ProgressLog(train.log_every, total)
+    checkpoints = periodic.Checkpoints(train.checkpoint_every, total, manager=manager,
+                                       directory=ckpt_dir, real_dir=real_dir, chief=chief,
+                                       writes=writes)
+    validation = periodic.Validation(
+        train.eval_every, total, episodes=train.eval_episodes,
+        evaluate=lambda episodes: evaluate(exp, "validation", episodes=episodes),
+        writer=writers["validation"], workdir=workdir,
+        record=(lambda entry: _append_history(workdir, entry)) if chief else None,
+        writes=writes)
+    budget = periodic.TimeBudget(train.max_minutes, strategy)
+    preemption = periodic.Preemption(should_stop, strategy)
+    loops = periodic.Interval(train.steps_per_loop, total)
+    schedule = specs.phase_schedule(config)
+
     start = int(exp.step.numpy())
     dataset = tasks.distributed_dataset(strategy, exp.source, "train",
-                                        global_batch_size=config.train.meta_batch_size,
+                                        global_batch_size=train.meta_batch_size,
                                         seed=config.seed, start_step=start)
     iterator = iter(dataset)
-    train_loops: dict[tuple, Callable] = {}
-    clock = _Clock(config.train.meta_batch_size)
+    train_loops: dict[Phase, Callable] = {}
+    clock = periodic.Clock(train.meta_batch_size)
     summary: dict[str, Any] = {"preempted": False, "train": {}, "validation": None, "test": None}
     wall_at_start, t_start = float(exp.wall_seconds.numpy()), now()
 
@@ -388,29 +300,23 @@ def _run_locked(exp: Experiment, workdir: str, *, should_stop: Callable[[], bool
 
     step = start
     seconds_per_step: float | None = None
-    out_of_time = bool(budget) and wall_at_start >= budget
+    out_of_time = bool(budget) and wall_at_start >= budget.seconds
     while step < total and not out_of_time:
-        boundaries = [total]
-        for every in (config.train.steps_per_loop, config.train.log_every,
-                      config.train.checkpoint_every, config.train.eval_every):
-            if every:
-                boundaries.append((step // every + 1) * every)
-        phase_kwargs, next_switch = phase(config, step)
-        boundaries.append(next_switch)
-        num_steps = min(boundaries) - step
-        key = tuple(sorted(phase_kwargs.items()))
-        traced = key in train_loops
+        # A compiled call ends where an action is due or the phase changes.
+        ends = [loops.next_due(step), progress.next_due(step), checkpoints.next_due(step),
+                validation.next_due(step), schedule.next_switch(step, total)]
+        num_steps = min(e for e in ends if e is not None) - step
+        current = schedule.phase(step)
+        traced = current in train_loops
         if not traced:
             if train_loops:
-                logging.info("From iteration %d: %s.", step,
-                             ", ".join(f"{k}={v}" for k, v in key))
-            train_loops[key] = _make_train_loop(exp, phase_kwargs)
+                logging.info("From iteration %d: %s.", step, current.describe())
+            train_loops[current] = _make_train_loop(exp, current)
         if budget:
             # The count is a tensor argument: a shorter last call does not retrace the loop.
-            num_steps = _agree(strategy, steps_within_budget(
-                budget - tick(), seconds_per_step if traced else None, num_steps))
+            num_steps = budget.steps(tick(), seconds_per_step if traced else None, num_steps)
         t0 = now()
-        metrics, bad = train_loops[key](iterator, tf.constant(num_steps, tf.int64))
+        metrics, bad = train_loops[current](iterator, tf.constant(num_steps, tf.int64))
         metrics = {k: float(v) for k, v in metrics.items()}
         seconds = now() - t0
         if traced:  # a first call also traces (and compiles) the loop
@@ -419,56 +325,32 @@ def _run_locked(exp: Experiment, workdir: str, *, should_stop: Callable[[], bool
         exp.train_seconds.assign_add(seconds)
         step = int(exp.step.numpy())
         if int(bad) >= 0:
-            kept = (f"The last good checkpoint is kept: {newest}" if newest else
+            kept = (f"The last good checkpoint is kept: {writes.newest}" if writes.newest else
                     "No checkpoint had been saved yet (the first is written at meta-iteration "
-                    f"{min(config.train.checkpoint_every or total, total)}), so there is none to "
+                    f"{min(train.checkpoint_every or total, total)}), so there is none to "
                     "resume from")
             raise NonFiniteLossError(
                 f"meta-loss became {metrics['loss']} at meta-iteration {int(bad)}; stopping. "
                 f"{kept}.")
         wall = tick()
-        # Every worker must agree to stop at the same step, so the budget decision is shared too.
-        out_of_time = _any_worker(strategy, bool(budget) and wall >= budget)
+        out_of_time = budget.due(step, wall)
         summary["train"] = metrics
-        with writing(os.path.join(workdir, "train")), writers["train"].as_default(step=step):
-            for k, v in metrics.items():
-                tf.summary.scalar(k, v)
-            tf.summary.scalar("learning_rate", _learning_rate(exp.optimizer))
-            tf.summary.scalar("tasks_per_second", clock.tasks_per_second())
-        if step % config.train.log_every == 0 or step == total or out_of_time:
-            logging.info(
-                "iteration %d/%d  %s  %.1f tasks/s  remaining %s", step, total,
-                "  ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items())),
-                clock.tasks_per_second(), clock.remaining(total - step))
-        stop = _any_worker(strategy, should_stop())
-        if step % config.train.checkpoint_every == 0 or step == total or stop or out_of_time:
-            save()
+        summaries.run(step, metrics, _learning_rate(exp.optimizer), clock.tasks_per_second())
+        if progress.due(step, wall, ending=out_of_time):
+            progress.run(step, metrics, clock.tasks_per_second(), clock.remaining(total - step))
+        stop = preemption.due(step, wall)
+        if checkpoints.due(step, wall, ending=stop or out_of_time):
+            checkpoints.run(step)
         if stop:
-            logging.info("Stop requested: saved a checkpoint at iteration %d; rerun the same "
-                         "command to resume.", step)
+            preemption.run(step)
             summary.update(step=step, preempted=True)
             return summary
         if out_of_time:
-            logging.info("The time budget of train.max_minutes=%g is used up at iteration %d "
-                         "(%.1f minutes); finishing the run.", config.train.max_minutes, step,
-                         wall / 60)
-        if ((config.train.eval_every and step % config.train.eval_every == 0) or step == total
-                or out_of_time):
-            if config.train.eval_episodes:
-                result = evaluate(exp, "validation", episodes=config.train.eval_episodes)
-                summary["validation"] = result
-                with (writing(os.path.join(workdir, "validation")),
-                      writers["validation"].as_default(step=step)):
-                    tf.summary.scalar(result["metric"], result[result["metric"]])
-                logging.info("validation at %d: %s %.4f +- %.4f", step, result["metric"],
-                             result[result["metric"]], result["ci95"])
-                if chief:
-                    with writing(os.path.join(workdir, HISTORY_FILE)):
-                        _append_history(workdir, dict(
-                            result, wall_seconds=round(wall, 3),
-                            train_seconds=round(float(exp.train_seconds.numpy()), 3)))
-                # Validation time counts: the budget is wall-clock time.
-                tick()
+            budget.run(step, wall)
+        if validation.due(step, wall, ending=out_of_time):
+            summary["validation"] = validation.run(
+                step, wall_seconds=wall, train_seconds=float(exp.train_seconds.numpy()))
+            tick()  # validation time counts: the budget is wall-clock time
     summary["step"] = step
     if final_evaluation:
         split = config.eval.split
@@ -478,13 +360,13 @@ def _run_locked(exp: Experiment, workdir: str, *, should_stop: Callable[[], bool
         summary["test"] = result
         if chief:
             path = os.path.join(workdir, f"eval_{split}.json")
-            with writing(path):
+            with writes(path):
                 write_json(path, result)
         logging.info("%s: %s %.4f +- %.4f over %d episodes", split, result["metric"],
                      result[result["metric"]], result["ci95"], result["episodes"])
         warn_if_chance(result, config)
     for name, writer in writers.items():
-        with writing(os.path.join(workdir, name)):
+        with writes(os.path.join(workdir, name)):
             writer.flush()
     return summary
 
