@@ -11,8 +11,9 @@ resnet12_5way5shot
            parameters) instead of conv4, still second order with 5 inner steps. Its meta-gradient
            does not fit in memory with the unrolled tape, so ``inner.remat="blocks"``: each inner
            step and each residual block is recomputed during the backward pass (same gradients,
-           about 2.5x the time; docs/algorithms.md, docs/performance.md). No published MAML
-           figure for this pairing.
+           more time per meta-gradient; docs/algorithms.md, docs/performance.md), and tasks are
+           computed one at a time (``train.tasks_in_parallel="1"``: a group multiplies the
+           activations). No published MAML figure for this pairing.
 smoke      5-way 1-shot, a few hundred iterations of a narrow network at 32x32: a CPU check of
            train -> evaluate -> export on your copy of the data, not a result.
 =========  =====================================================================================
@@ -106,4 +107,5 @@ def resnet12_second_order(c):
     c.model.filters, c.model.downsample, c.model.head = (
         defaults.filters, defaults.downsample, defaults.head)  # conv4-only fields
     c.inner.remat = "blocks"
+    c.train.tasks_in_parallel = "1"
     return c

@@ -3,8 +3,8 @@ r"""Exports a trained run as a fast-adaptation SavedModel.
     python -m tfmeta.export --workdir=/tmp/run [--output=PATH [--replace]] [--max_inner_steps=N]
 
 (``tfmeta-export`` is the same command.) The SavedModel's signatures are described in
-:mod:`tfmeta.run.exporter`, the library that does the work; ``tfmeta.train`` runs it at the end of
-training.
+:mod:`tfmeta.serving.graph`; :mod:`tfmeta.run.exporter` is the library that does the work
+(``tfmeta.train`` exports the experiment it trained the same way).
 
 The default output, ``WORKDIR/export``, belongs to the run: a previous export there is replaced.
 ``--output=PATH`` must not exist, or hold a tfmeta SavedModel (nothing else in its whole tree)

@@ -64,12 +64,13 @@ def main(argv: list[str]) -> int:
     strategy = distribute.make_strategy(_STRATEGY.value, tpu=_TPU.value)
     logging.info("strategy %s with %d replicas", _STRATEGY.value, strategy.num_replicas_in_sync)
 
-    summary = trainer.train(config, _WORKDIR.value, strategy=strategy, should_stop=stop.is_set)
+    exp = trainer.prepare(config, _WORKDIR.value, strategy=strategy)
+    summary = trainer.run(exp, _WORKDIR.value, should_stop=stop.is_set)
     if summary["preempted"]:
         return 0
     if _EXPORT.value and distribute.is_chief(strategy):
         from tfmeta.run import exporter
-        path = exporter.export_from_workdir(_WORKDIR.value, replace=True)
+        path = exporter.export_trained(exp, _WORKDIR.value)
         logging.info("exported a fast-adaptation SavedModel to %s", path)
     return 0
 

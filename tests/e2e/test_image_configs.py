@@ -131,5 +131,6 @@ def test_miniimagenet_resnet12_variant_loads_and_validates():
         "resnet12", "blocks", "maml")
     assert (config.data.ways, config.data.shots, config.inner.steps) == (5, 5, 5)
     assert config.train.meta_batch_size == 2 and config.data.image_size == 84
+    assert config.train.tasks_in_parallel == "1"
     with pytest.raises(ValueError, match="resnet12_5way5shot"):
         module.get_config("resnet12")

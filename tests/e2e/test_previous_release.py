@@ -63,6 +63,24 @@ def _sine(n: int) -> list[str]:
     return [o.format(n=n) for o in SINE]
 
 
+def _assert_same_answers(old: str, new: str) -> None:
+    import tensorflow as tf
+
+    a, b = tf.saved_model.load(old), tf.saved_model.load(new)
+    assert sorted(a.signatures) == sorted(b.signatures)
+    rng = np.random.default_rng(1)
+    x = lambda *shape: rng.uniform(-5, 5, shape).astype(np.float32)  # noqa: E731
+    calls = {"adapt_and_predict": dict(support_x=x(10, 1), support_y=x(10, 1), query_x=x(7, 1)),
+             "adapt_and_predict_batch": dict(support_x=x(3, 10, 1), support_y=x(3, 10, 1),
+                                             query_x=x(3, 7, 1)),
+             "predict": dict(query_x=x(7, 1))}
+    calls["adapt_and_predict_steps"] = dict(calls["adapt_and_predict"],
+                                            inner_steps=np.int32(5))
+    for name, inputs in calls.items():
+        np.testing.assert_array_equal(a.signatures[name](**inputs)["predictions"],
+                                      b.signatures[name](**inputs)["predictions"], err_msg=name)
+
+
 def test_previous_release_sinusoid_run_resumes_evaluates_and_serves(tmp_path):
     from tfmeta.run import evaluation, experiment, exporter
     from tfmeta.serving import serving_client
@@ -74,6 +92,10 @@ def test_previous_release_sinusoid_run_resumes_evaluates_and_serves(tmp_path):
     shutil.copytree(os.path.join(workdir, "export"), old_export)
     old_meta = serving_client.read_metadata(old_export)
     assert old_meta["tfmeta_version"] == RELEASE_VERSION and old_meta["step"] == 2
+
+    # The same parameters exported by this code answer as the old export, bit for bit.
+    same = exporter.export_from_workdir(workdir, str(tmp_path / "same_step"))
+    _assert_same_answers(old_export, same)
 
     # This code resumes the old run (from its step 2) and trains two more steps.
     _train(REPO, "configs/sinusoid_maml.py:smoke", workdir, _sine(4), export=False)

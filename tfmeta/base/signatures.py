@@ -1,6 +1,6 @@
 """Names in a tfmeta fast-adaptation SavedModel, shared by the exporter and its clients.
 
-The exporter (:mod:`tfmeta.run.exporter`) writes these signatures and the metadata asset;
+The exporter (:mod:`tfmeta.serving.graph`) writes these signatures and the metadata asset;
 :mod:`tfmeta.serving.serving_client` and any other client look them up by the same names. Imports nothing.
 """
 

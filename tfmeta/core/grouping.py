@@ -187,9 +187,12 @@ def over_groups(fn: Callable[[dict[str, tf.Tensor]], tuple[Any, Any]], batch: Ba
         arrays = tf.nest.map_structure(lambda ta, x: ta.write(i, x), arrays, to_stack)
         return i + 1, add(acc, to_sum), arrays
 
+    # One group at a time: the groups are independent until the sum, so by default the executor
+    # would run several at once and hold their activations together (and nested loops' in-place
+    # accumulators, named by frame and iteration, would collide).
     _, acc, arrays = tf.while_loop(lambda i, *_: i < full, body,
                                    (tf.constant(0), sum_init, arrays),
-                                   maximum_iterations=full)
+                                   maximum_iterations=full, parallel_iterations=1)
     stacked = tf.nest.map_structure(lambda ta, s: _merge_groups(ta.stack(), s), arrays,
                                     stack_specs)
     if rest:

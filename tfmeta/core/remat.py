@@ -165,8 +165,10 @@ def meta_gradients(inner: InnerLoop, theta: Sequence[tf.Tensor], state: Sequence
                     [a.read(t - 1) for a in arrays], scatter(adjoint))
         return t - 1, d, _add(grads, g)
 
+    # One step at a time: re-running step t - 1 does not depend on the adjoint, so by default the
+    # executor would re-run several steps ahead and hold all their activations at once.
     _, adjoint, grads = tf.while_loop(
         lambda t, *_: t > 0, backward, (tf.constant(steps), adjoint, grads),
-        maximum_iterations=steps)
+        maximum_iterations=steps, parallel_iterations=1)
     g, _ = _vjp(lambda th, _: tf.nest.flatten(initial(th)), theta, [], scatter(adjoint))
     return Result(_add(grads, g), inner.result(pack(flat_last), carried=bool(carried)))

@@ -134,6 +134,17 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
         training (``WorkdirWriteError``: disk full, ...); the checkpoints saved before stay.
       NonFiniteLossError: when the meta-loss becomes NaN or Inf (naming the iteration).
     """
+    exp = prepare(config, workdir, strategy=strategy, data=data)
+    return run(exp, workdir, should_stop=should_stop, final_evaluation=final_evaluation)
+
+
+def prepare(config: ml_collections.ConfigDict, workdir: str, *,
+            strategy: tf.distribute.Strategy | None = None, data=None) -> Experiment:
+    """Checks ``config`` and ``workdir`` and builds the experiment :func:`train` runs.
+
+    ``tfmeta.train`` calls this and :func:`run` itself, so that it keeps the trained experiment
+    (and exports it without rebuilding it). Raises as :func:`train` does before training.
+    """
     workdir = workdir_lib.normalize(workdir)
     strategy = strategy or tf.distribute.get_strategy()
     config_lib.validate(config, num_replicas=strategy.num_replicas_in_sync)
@@ -143,8 +154,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
         saved = workdir_lib.check_state(workdir)
         if saved is not None:
             workdir_lib.check_resumable(saved, config)
-    exp = build_experiment(config, strategy, data=data, validated=True)
-    return run(exp, workdir, should_stop=should_stop, final_evaluation=final_evaluation)
+    return build_experiment(config, strategy, data=data, validated=True)
 
 
 def run(exp: Experiment, workdir: str, *, should_stop: Callable[[], bool] = lambda: False,

@@ -1,6 +1,6 @@
 """A client of tfmeta's fast-adaptation SavedModels: adapt to a support set, classify queries.
 
-The model adapts to the support set inside the SavedModel (see :mod:`tfmeta.run.exporter`); this
+The model adapts to the support set inside the SavedModel (see :mod:`tfmeta.serving.graph`); this
 module is the one place that knows its signatures (by the names in :mod:`tfmeta.base.signatures`).
 :func:`classify` takes folders (read by :mod:`tfmeta.data.image_folders`), :func:`adapt_and_predict`
 takes arrays, :func:`read_metadata` reads an export's metadata from its directory or from the
@@ -115,7 +115,7 @@ def read_metadata(saved_model: str | Any, name: str | None = None) -> dict[str, 
         'PATH'", or "the given SavedModel" for a loaded one.
 
     Returns:
-      The metadata (see :func:`tfmeta.run.exporter.metadata_from_config`).
+      The metadata (see :func:`tfmeta.serving.metadata.build`).
 
     Raises:
       AdaptError: the directory holds no tfmeta metadata asset, or the loaded SavedModel has no

@@ -446,6 +446,21 @@ def test_export_binary_on_trained_run(smoke_workdir, tmp_path):
                 "bn_mode", "step", "tfmeta_version", "tensorflow_version"):
         assert meta[key] == trained[key], key
     assert meta["inner_steps"] == 3 and meta["inner_lr"] == 0.4
+    # tfmeta.train exports the experiment it trained, in memory; the binary restores the
+    # checkpoint: the same model either way, every field but the time and every answer.
+    assert {**meta, "exported_at": None} == {**trained, "exported_at": None}
+    ours = tf.saved_model.load(os.path.join(smoke_workdir, "export"))
+    again = tf.saved_model.load(output)
+    assert sorted(ours.signatures) == sorted(again.signatures)
+    sx, sy, qx = _episode(3, ways=5)
+    for name in ("adapt_and_predict", "adapt_and_predict_transductive"):
+        if name not in ours.signatures:
+            continue
+        a = ours.signatures[name](support_images=sx, support_labels=sy, query_images=qx)
+        b = again.signatures[name](support_images=sx, support_labels=sy, query_images=qx)
+        np.testing.assert_array_equal(a["logits"], b["logits"])
+    np.testing.assert_array_equal(ours.signatures["predict"](query_images=qx)["logits"],
+                                  again.signatures["predict"](query_images=qx)["logits"])
 
 
 def test_export_binary_missing_workdir(tmp_path):
@@ -728,3 +743,27 @@ def test_export_binary_replaces_the_runs_own_export(smoke_workdir, tmp_path):
     assert exporter.is_tfmeta_export(os.path.join(workdir, "export"))
     assert {k: v for k, v in file_tree(workdir).items() if not k.startswith("export/")} == before
     assert sorted(os.listdir(tmp_path)) == ["run"]
+
+
+def test_shared_while_loop_answers_as_the_unrolled_graph(random_export):
+    """The signatures run the inner loop as a while loop over a constant step count: the same
+    logits as a graph unrolling the same steps (the library's int ``steps``; this one transforms
+    the inputs its own way, so to float precision), and bit for bit those of ``inner_steps=3``.
+    The previous release's (unrolled) export is compared bit for bit in test_previous_release.
+    """
+    loaded = tf.saved_model.load(random_export["path"])
+    algorithm = random_export["algorithm"]
+    mode = exporter.serving_bn_mode(algorithm)
+    sx, sy, qx = _episode(5, ways=5)  # already 28x28: the graph only inverts
+
+    @tf.function(autograph=False)
+    def unrolled(sx, sy, qx):
+        return algorithm.adapt_and_predict((1 - sx)[None], sy[None], (1 - qx)[None], steps=3,
+                                           bn_mode=mode)[0]
+
+    ours = loaded.signatures["adapt_and_predict"](support_images=sx, support_labels=sy,
+                                                  query_images=qx)["logits"]
+    np.testing.assert_allclose(ours, unrolled(sx, sy, qx), atol=ATOL)
+    steps = loaded.signatures["adapt_and_predict_steps"](
+        support_images=sx, support_labels=sy, query_images=qx, inner_steps=3)["logits"]
+    np.testing.assert_array_equal(ours, steps)
