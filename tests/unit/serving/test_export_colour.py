@@ -19,7 +19,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from tests.helpers import subprocess_env
+from tests.helpers import build_once, subprocess_env
 from tests.unit.serving.test_export import _NO_TFMETA
 from tfmeta.run import exporter, tasks
 from tfmeta.data import image_folders
@@ -45,27 +45,38 @@ def _photos(count: int, height: int, width: int, seed: int) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def colour_export(tmp_path_factory):
-    """A 3-way MAML conv4 (3 channels, 4 filters, 12x12), exported with a normalisation."""
+    """A 3-way MAML conv4 (3 channels, 4 filters, 12x12), exported with a normalisation.
+
+    The SavedModel is written once per pytest run and shared by the workers (with the metadata
+    it was given); each worker builds its own model, which the seed makes equal to the exported
+    one.
+    """
     from tfmeta.run import config as config_lib
     from tfmeta.core import models
     from tfmeta.core.maml import MAML
 
-    root = tmp_path_factory.mktemp("colour_export")
-    workdir = str(root / "workdir")
-    os.makedirs(workdir)
-    input_transform.write(workdir, TRANSFORM)  # what training records when it starts
-    config = config_lib.base_config()
-    config.task, config.data.source = "images", "folder:/unused"
-    config.data.update(channels=3, image_size=SIZE, ways=WAYS, normalize=True)
-    config.inner.eval_steps = 2
-    transform = tasks.input_transform_of(config, workdir)  # normalisation measured: recorded
-    assert transform == TRANSFORM
     model = models.omniglot_conv4(WAYS, image_size=SIZE, channels=3, filters=4, seed=0)
     algorithm = MAML(model, inner_lr=0.4, inner_steps=1, eval_inner_steps=2)
-    metadata = exporter.metadata_from_config(config, step=5, classification=True,
-                                             transform=transform)
-    path = exporter.export(model, algorithm, str(root / "model"), metadata=metadata)
-    return {"path": path, "algorithm": algorithm, "metadata": metadata,
+
+    def build(root):
+        workdir = str(root / "workdir")
+        os.makedirs(workdir)
+        input_transform.write(workdir, TRANSFORM)  # what training records when it starts
+        config = config_lib.base_config()
+        config.task, config.data.source = "images", "folder:/unused"
+        config.data.update(channels=3, image_size=SIZE, ways=WAYS, normalize=True)
+        config.inner.eval_steps = 2
+        transform = tasks.input_transform_of(config, workdir)  # normalisation measured: recorded
+        assert transform == TRANSFORM
+        metadata = exporter.metadata_from_config(config, step=5, classification=True,
+                                                 transform=transform)
+        exporter.export(model, algorithm, str(root / "model"), metadata=metadata)
+        (root / "metadata.json").write_text(json.dumps(metadata))
+
+    root = build_once(tmp_path_factory, "colour_export", build)
+    path = str(root / "model")
+    return {"path": path, "algorithm": algorithm,
+            "metadata": json.loads((root / "metadata.json").read_text()),
             "loaded": tf.saved_model.load(path)}
 
 
