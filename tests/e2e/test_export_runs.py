@@ -1,5 +1,6 @@
 """Fast-adaptation SavedModels outside the exporting process: loaded by a process that cannot
-import tfmeta, run by saved_model_cli, and written by the tfmeta.export binary.
+import tfmeta (grey and colour models), run by saved_model_cli and tfmeta.adapt, and written by
+the tfmeta.export binary.
 
 The exports themselves (answers, bad input, nothing lost) are tested in process in
 tests/unit/serving/.
@@ -21,7 +22,11 @@ import tensorflow as tf
 from tests.helpers import file_tree, subprocess_env
 from tests.unit.serving.test_export import (
     _NO_TFMETA, ATOL, _episode, _export_small, _fake_workdir, _in_process)
+from tests.unit.serving.test_export_colour import (  # noqa: F401 (colour_export is a fixture)
+    TRANSFORM, WAYS, _write_folders, colour_export)
+from tests.unit.serving.test_export_colour import _in_process as _colour_in_process
 from tfmeta.run import exporter
+from tfmeta.serving import serving_client
 
 SAVED_MODEL_CLI = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
 
@@ -244,3 +249,68 @@ def test_export_binary_replaces_the_runs_own_export(smoke_workdir, tmp_path):
     assert exporter.is_tfmeta_export(os.path.join(workdir, "export"))
     assert {k: v for k, v in file_tree(workdir).items() if not k.startswith("export/")} == before
     assert sorted(os.listdir(tmp_path)) == ["run"]
+
+
+# --------------------------------------------------------------------------- colour exports
+_COLOUR_CHILD = _NO_TFMETA + """
+import json
+import os
+
+import numpy as np
+import tensorflow as tf
+
+path, support, query, output = sys.argv[1:5]
+loaded = tf.saved_model.load(path)
+meta = json.loads(loaded.signatures["metadata"]()["json"].numpy())
+read = lambda f: tf.image.decode_png(tf.io.read_file(f), channels=meta["channels"]) / 255
+classes = sorted(os.listdir(support))
+sx = np.stack([read(os.path.join(support, c, "0.png")) for c in classes]).astype("float32")
+queries = sorted(os.listdir(query))
+qx = np.stack([read(os.path.join(query, q)) for q in queries]).astype("float32")
+out = loaded.signatures["adapt_and_predict"](
+    support_images=sx, support_labels=np.arange(len(classes), dtype="int32"), query_images=qx)
+np.savez(output, logits=out["logits"].numpy(), sx=sx, qx=qx)
+print(json.dumps({"channels": meta["channels"], "tfmeta": "tfmeta" in sys.modules}))
+"""
+
+
+def test_a_folder_of_rgb_pngs_adapts_without_tfmeta(colour_export, tmp_path):
+    support, query, _ = _write_folders(tmp_path / "rgb", channels=3)
+    (tmp_path / "child.py").write_text(_COLOUR_CHILD)
+    env = subprocess_env()
+    env["PYTHONPATH"] = ""  # not even the repository on the path
+    proc = subprocess.run([sys.executable, str(tmp_path / "child.py"), colour_export["path"],
+                           support, query, str(tmp_path / "out.npz")], cwd=str(tmp_path),
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"channels": 3, "tfmeta": False}
+    out = np.load(tmp_path / "out.npz")
+    assert out["sx"].shape == (WAYS, 19, 26, 3)
+    pre = lambda x: exporter.preprocess_images(tf.constant(x), TRANSFORM)  # noqa: E731
+    want = _colour_in_process(colour_export["algorithm"], pre(out["sx"]), np.arange(WAYS),
+                              pre(out["qx"]))
+    np.testing.assert_allclose(out["logits"], want, atol=ATOL)
+    # tfmeta's client reads the same folders with PIL (resized before the graph): the same
+    # model inputs within one level, so nearly the same answers.
+    _, preds = serving_client.classify(colour_export["loaded"], support, [query])
+    probabilities = tf.nn.softmax(out["logits"]).numpy()
+    for p, row in zip(preds, probabilities):
+        np.testing.assert_allclose([p.probabilities[f"class_{c}"] for c in range(WAYS)], row,
+                                   atol=0.02)
+
+
+@pytest.mark.slow
+def test_the_adapt_binary_adapts_a_colour_model_to_grey_pngs(colour_export, tmp_path):
+    support, query, _ = _write_folders(tmp_path / "grey", channels=1)
+    proc = subprocess.run(
+        [sys.executable, "-m", "tfmeta.adapt", f"--saved_model={colour_export['path']}",
+         f"--support={support}", f"--query={query}", "--json"],
+        env=subprocess_env(TF_ENABLE_ONEDNN_OPTS="0"), capture_output=True, text=True,
+        timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout)["predictions"]
+    _, preds = serving_client.classify(colour_export["loaded"], support, [query])
+    assert [(p["file"], p["label"]) for p in got] == [(p.file, p.label) for p in preds]
+    for a, b in zip(got, preds):
+        for name, value in b.probabilities.items():
+            assert abs(a["probabilities"][name] - value) < 1e-5
