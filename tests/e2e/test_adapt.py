@@ -131,7 +131,7 @@ def test_documented_names_stay_importable_from_tfmeta_adapt():
 
     Checked in a child process: importing the binary defines its flags.
     """
-    script = ("from tfmeta import adapt, serving_client\n"
+    script = ("from tfmeta import adapt\nfrom tfmeta.serving import serving_client\n"
               "assert adapt.adapt_and_predict is serving_client.adapt_and_predict\n"
               "assert adapt.check_labels is serving_client.check_labels\n")
     proc = subprocess.run([sys.executable, "-c", script], env=subprocess_env(),

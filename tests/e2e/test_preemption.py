@@ -16,7 +16,7 @@ SINE = os.path.join(REPO, "configs", "sinusoid_maml.py")
 
 _CHILD = textwrap.dedent("""
     import sys, time
-    from tfmeta import preemption
+    from tfmeta.run import preemption
     stop = preemption.StopRequest(float(sys.argv[1])).install()
     print("ready", flush=True)
     while True:

@@ -19,8 +19,9 @@ PACKAGE = os.path.join(REPO, "tfmeta")
 
 TIERS = ["base", "core", "data", "serving", "run"]
 BINARIES = ["train", "evaluate", "export", "adapt", "report", "demo"]
-# Top-level modules that are not binaries: the package, its old-path aliases, the Keras surface.
-TOP = ["__init__", "moved", "keras"]
+# Top-level modules that are not binaries: the package and its old-path aliases. The Keras
+# surface (tfmeta/keras/) is a tier of its own, over core and serving.
+TOP = ["__init__", "moved"]
 # Which tiers each tier may import (its own included). "bin": the binaries.
 MAY_IMPORT = {
     "base": {"base"},

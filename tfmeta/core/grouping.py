@@ -131,7 +131,8 @@ def static_count(t: tf.Tensor, axis: int) -> int | None:
 
 
 def over_groups(fn: Callable[[dict[str, tf.Tensor]], tuple[Any, Any]], batch: Batch, *,
-                group: int | None, sum_init: Any, stack_specs: Any) -> tuple[Any, Any]:
+                group: int | None, sum_init: Any, stack_specs: Any,
+                one_at_a_time: bool = False) -> tuple[Any, Any]:
     """Runs ``fn`` on groups of ``group`` tasks of ``batch`` (None: all at once).
 
     ``fn(group_batch) -> (to_sum, to_stack)``: ``to_sum`` is accumulated into ``sum_init``
@@ -146,6 +147,8 @@ def over_groups(fn: Callable[[dict[str, tf.Tensor]], tuple[Any, Any]], batch: Ba
       group: tasks per group, or None for one computation over every task.
       sum_init: zeros (and initial non-floating values) of ``to_sum``'s structure.
       stack_specs: ``tf.TensorSpec`` structure of one task's ``to_stack``.
+      one_at_a_time: never run two groups at once (``parallel_iterations=1``), so that only one
+        group's activations are alive; by default the executor may overlap them.
 
     Returns:
       ``(sum, stacked)``.
@@ -187,12 +190,13 @@ def over_groups(fn: Callable[[dict[str, tf.Tensor]], tuple[Any, Any]], batch: Ba
         arrays = tf.nest.map_structure(lambda ta, x: ta.write(i, x), arrays, to_stack)
         return i + 1, add(acc, to_sum), arrays
 
-    # One group at a time: the groups are independent until the sum, so by default the executor
-    # would run several at once and hold their activations together (and nested loops' in-place
-    # accumulators, named by frame and iteration, would collide).
+    # The groups are independent until the sum, so by default the executor may run several at
+    # once (faster on a CPU's cores) and hold their activations together; where memory is the
+    # point (rematerialised meta-gradients), one group at a time.
     _, acc, arrays = tf.while_loop(lambda i, *_: i < full, body,
                                    (tf.constant(0), sum_init, arrays),
-                                   maximum_iterations=full, parallel_iterations=1)
+                                   maximum_iterations=full,
+                                   parallel_iterations=1 if one_at_a_time else 10)
     stacked = tf.nest.map_structure(lambda ta, s: _merge_groups(ta.stack(), s), arrays,
                                     stack_specs)
     if rest:

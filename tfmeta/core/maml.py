@@ -173,6 +173,10 @@ class MAML(MetaLearner):
         epoch = 0 if iteration is None else iteration // self.iterations_per_epoch
         return multi_step_loss_weights(self.inner_steps, epoch, self.msl_epochs)
 
+    @property
+    def _memory_bound(self) -> bool:
+        return self.remat != "none"
+
     def _rematerialised(self, theta, state, task, *, iteration, first_order: bool, msl: bool):
         """:meth:`_group_contribution` with remat (:func:`tfmeta.core.remat.meta_gradients`)."""
         inner = self.inner

@@ -163,6 +163,11 @@ class MetaLearner:
         return self.group_size(grouping.static_count(batch["support_x"], 0), examples,
                                second_order=second_order)
 
+    @property
+    def _memory_bound(self) -> bool:
+        """Whether a meta-step must hold one group's activations at a time (remat)."""
+        return False
+
     def _second_order(self, **kwargs: Any) -> bool:
         """Whether a meta-step with these arguments differentiates through the inner loop."""
         return False
@@ -362,7 +367,8 @@ class MetaLearner:
         )
         group = self._group_for(batch, second_order=self._second_order(**kwargs))
         (grads, metrics, state_sum), _ = grouping.over_groups(
-            one_group, batch, group=group, sum_init=sum_init, stack_specs={})
+            one_group, batch, group=group, sum_init=sum_init, stack_specs={},
+            one_at_a_time=self._memory_bound)
         inv = 1.0 / global_batch_size
         return MetaStep(
             grads=F.scale(grads, inv),

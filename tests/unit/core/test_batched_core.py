@@ -260,7 +260,7 @@ import numpy as np, tensorflow as tf, keras
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 keras.config.set_floatx("float64"); keras.config.set_dtype_policy("float64")
-from tfmeta import maml, models
+from tfmeta.core import maml, models
 strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 with strategy.scope():
     model = models.omniglot_conv4(3, image_size=8, filters=4, seed=0)
@@ -309,7 +309,7 @@ def test_mirrored_two_devices_batched_equals_one_device_loop(bn_mode, remat):
 
 _ONEDNN = r"""
 import numpy as np, tensorflow as tf
-from tfmeta import batched, maml, models
+from tfmeta.core import batched, maml, models
 model = models.conv4(5, 12, 1, 8, seed=0)
 rng = np.random.default_rng(0)
 batch = {"support_x": tf.constant(rng.random((2, 5, 12, 12, 1)), tf.float32),

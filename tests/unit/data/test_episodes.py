@@ -240,7 +240,7 @@ _DISTRIBUTED_SCRIPT = textwrap.dedent("""
     # Must run before any TF op: split the CPU into two logical devices.
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    from tfmeta import episodes
+    from tfmeta.data import episodes
 
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     pool = np.random.default_rng(0).integers(0, 256, (10, 20, 6, 6), dtype=np.uint8)

@@ -365,7 +365,7 @@ def test_the_option_names_are_the_configs():
 # ----------------------------------------------------------------------------- memory
 _MEMORY_SCRIPT = textwrap.dedent("""
     import json, sys
-    from tfmeta import image_decode
+    from tfmeta.data import image_decode
 
     def status_mb(key):
         with open("/proc/self/status") as f:

@@ -103,7 +103,7 @@ def test_images_are_resized_one_by_one_like_pil_lanczos(tmp_path):
 
 _MEMORY_SCRIPT = textwrap.dedent("""
     import json, sys
-    from tfmeta import image_folders
+    from tfmeta.data import image_folders
 
     def status_mb(key):
         with open("/proc/self/status") as f:

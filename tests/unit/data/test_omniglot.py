@@ -288,7 +288,7 @@ def test_concurrent_preparation_by_several_workers(omniglot_archives_dir, tmp_pa
 
     from tests.helpers import subprocess_env
 
-    code = ("from tfmeta import omniglot; "
+    code = ("from tfmeta.data import omniglot; "
             f"d = omniglot.load(data_dir={str(tmp_path)!r}, subset='small'); "
             "print('characters', d.num_characters)")
     env = subprocess_env(TFMETA_OMNIGLOT_ARCHIVES=omniglot_archives_dir)
