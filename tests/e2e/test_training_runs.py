@@ -18,10 +18,20 @@ import time
 import numpy as np
 import pytest
 
-from tests.helpers import REPO
-from tests.unit.run.test_trainer import _SMALL_SINE, OMNIGLOT_MAML, SINE, TIMEOUT, _env
+from tests.helpers import REPO, build_once
+from tests.unit.run.test_trainer import _SMALL_SINE, OMNIGLOT_MAML, SINE
 
 DRIVER = os.path.join(REPO, "tests", "distributed_driver.py")
+TIMEOUT = 600
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # The driver runs as a script: this checkout's tfmeta, not an installed one.
+    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+    env.update(extra)
+    return env
 
 
 def _drive(spec: dict, **env: str) -> dict:
@@ -176,11 +186,13 @@ def _train_cmd(workdir) -> list[str]:
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("uninterrupted")
-    proc = subprocess.run(_train_cmd(workdir), capture_output=True, text=True, timeout=TIMEOUT,
-                          env=_env(), cwd=REPO)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return _checkpoint_values(str(workdir))
+    """The run both interrupted runs must end equal to, trained once per pytest run."""
+    def build(workdir):
+        proc = subprocess.run(_train_cmd(workdir), capture_output=True, text=True,
+                              timeout=TIMEOUT, env=_env(), cwd=REPO)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+
+    return _checkpoint_values(str(build_once(tmp_path_factory, "uninterrupted_sine_run", build)))
 
 
 def _start_and_interrupt(workdir, sig: int) -> subprocess.Popen:
@@ -269,3 +281,14 @@ def test_disk_full_in_the_binary_is_one_line_exit_2(tmp_path):
     assert len(errors) == 1 and "No space left on device" in errors[0]
     assert f"{workdir}/checkpoints/ckpt-3 is intact" in errors[0]
     assert os.path.exists(workdir / "checkpoints" / "ckpt-3.index")
+
+
+def test_multiworker_without_tf_config_is_one_line_exit_2(tmp_path):
+    env = _env()
+    env.pop("TF_CONFIG", None)
+    proc = subprocess.run([sys.executable, "-m", "tfmeta.train", f"--config={SINE}:smoke",
+                           f"--workdir={tmp_path / 'run'}", "--strategy=multiworker"],
+                          capture_output=True, text=True, timeout=TIMEOUT, env=env, cwd=REPO)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "TF_CONFIG" in errors[0] and '"task"' in errors[0]
