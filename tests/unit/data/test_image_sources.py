@@ -236,7 +236,8 @@ def test_images_task_episodes_summary_and_left_out_classes(tmp_path):
     # Normalised with the meta-train split's statistics: about zero mean, unit spread.
     x = batch["query_x"].numpy()
     assert abs(float(x.mean())) < 0.5 and 0.5 < float(x.std()) < 1.5
-    c.data.ways = 5
+    c.data.ways = 5  # a task source reads its config once, when built
+    source = tasks.build(c)
     with pytest.raises(config_lib.ConfigError, match=r"'train' split .* has only 4 usable "
                                                      r"classes .* 2 classes are left out for fewer "
                                                      r"images, e.g. 'class02' \(2\), 'class05' "

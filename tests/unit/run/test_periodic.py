@@ -39,7 +39,7 @@ def test_progress_log_line(caplog):
 
     log = periodic.ProgressLog(10, 30)
     assert log.due(10, 0.0) and not log.due(11, 0.0) and log.due(11, 0.0, ending=True)
-    with caplog.at_level(logging.INFO):
+    with caplog.at_level(logging.INFO, logger="absl"):
         log.run(20, {"loss": 0.5, "accuracy": 0.25}, 12.34, "00:00:05")
     assert "iteration 20/30  accuracy 0.2500  loss 0.5000  12.3 tasks/s  remaining 00:00:05" \
         in caplog.text
@@ -136,7 +136,7 @@ def test_preemption_is_due_when_a_stop_is_requested(caplog):
     stop = periodic.Preemption(lambda: next(requests))
     assert not stop.due(1, 0.0)
     assert stop.due(2, 0.0)
-    with caplog.at_level(logging.INFO):
+    with caplog.at_level(logging.INFO, logger="absl"):
         stop.run(2)
     assert "Stop requested: saved a checkpoint at iteration 2" in caplog.text
 
