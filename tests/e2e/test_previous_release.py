@@ -1,6 +1,6 @@
-"""Work directories and exports written by the previous release (0.2.0) work with this code.
+"""Work directories and exports written by the previous release (0.3) work with this code.
 
-0.2.0 (commit 3c526f0) had the flat layout (``tfmeta.exporter``, ``tfmeta.trainer``, ...). Its
+0.3 (commit 3c526f0; its version string still read 0.2.0) had the flat layout (``tfmeta.exporter``, ``tfmeta.trainer``, ...). Its
 training binary, taken from the repository's history, trains a tiny run and exports it; this code
 then resumes that run for a few more steps, evaluates it, and serves the old export. Without the
 history (a shallow clone, a source archive) the tests skip, saying so.
@@ -19,7 +19,7 @@ import pytest
 from tests.helpers import REPO, subprocess_env
 
 RELEASE = "3c526f0"
-RELEASE_VERSION = "0.2.0"
+RELEASE_VERSION = "0.2.0"  # what 0.3 wrote into its metadata
 
 
 def _release_tree(root) -> str:
