@@ -56,31 +56,11 @@ NETWORKS = {
 }
 
 
-def _status_mb(field: str) -> float | None:
-    """A field of /proc/self/status (``VmRSS``, ``VmHWM``) in MB; None where there is none."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return None
-
-
-def _reset_peak() -> bool:
-    """Resets the process's peak RSS (Linux: writing 5 to clear_refs); False where it cannot."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
 def _peak_mb() -> float:
-    # VmHWM follows _reset_peak; ru_maxrss (kilobytes on Linux) is the lifetime peak.
-    hwm = _status_mb("VmHWM")
+    # VmHWM follows reset_peak_rss; ru_maxrss (kilobytes on Linux) is the lifetime peak.
+    from tfmeta.run.memory_budget import status_mb
+
+    hwm = status_mb("VmHWM")
     return hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
@@ -90,6 +70,7 @@ def child(network: str, steps: int, remat: str, tasks_in_parallel: str) -> dict:
     import tensorflow as tf
 
     from tfmeta.core import imaml, maml, models
+    from tfmeta.run import memory_budget
 
     spec = NETWORKS[network]
     size, channels = spec["image"], spec["channels"]
@@ -120,8 +101,8 @@ def child(network: str, steps: int, remat: str, tasks_in_parallel: str) -> dict:
     concrete = step.get_concrete_function(batch)
     # Tracing can peak higher than a short call: the call's own peak is measured from here.
     traced_peak = _peak_mb()
-    reset = _reset_peak()
-    base = _status_mb("VmRSS") or traced_peak
+    reset = memory_budget.reset_peak_rss()
+    base = memory_budget.status_mb("VmRSS") or traced_peak
     [g.numpy() for g in concrete(batch)]
     peak = _peak_mb() if reset else max(traced_peak, _peak_mb())
     start = time.perf_counter()

@@ -36,7 +36,8 @@ def _gpu_free_bytes() -> float | None:
     return float(limits[0] - tf.config.experimental.get_memory_info("GPU:0")["current"])
 
 
-def _rss_mb(field: str) -> float | None:
+def status_mb(field: str) -> float | None:
+    """A field of /proc/self/status (``VmRSS``, ``VmHWM``) in MB; None where there is none."""
     try:
         with open("/proc/self/status") as f:
             for line in f:
@@ -45,6 +46,16 @@ def _rss_mb(field: str) -> float | None:
     except OSError:
         pass
     return None
+
+
+def reset_peak_rss() -> bool:
+    """Resets the process's peak RSS (Linux: writing 5 to clear_refs); False where it cannot."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
 
 
 def one_task_batch(config: ml_collections.ConfigDict, algorithm: MetaLearner,
@@ -79,14 +90,11 @@ def measure_task_peak(algorithm: MetaLearner, batch: dict[str, tf.Tensor]) -> fl
         before = tf.config.experimental.get_memory_info("GPU:0")["current"]
         [g.numpy() for g in concrete(batch)]
         return float(tf.config.experimental.get_memory_info("GPU:0")["peak"] - before)
-    try:  # Linux: writing 5 to clear_refs resets the peak RSS (VmHWM)
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
+    if not reset_peak_rss():
         return 0.0
-    before = _rss_mb("VmRSS")
+    before = status_mb("VmRSS")
     [g.numpy() for g in concrete(batch)]
-    peak = _rss_mb("VmHWM")
+    peak = status_mb("VmHWM")
     return 0.0 if before is None or peak is None else max(peak - before, 0.0) * MB
 
 
